@@ -1,0 +1,32 @@
+"""zerotask: a distributed task system over ZeroMQ and JSON-RPC 2.0."""
+
+from zerotask.exceptions import (
+    InvalidParams,
+    NotReady,
+    ProtocolError,
+    RemoteError,
+    TaskError,
+    TaskRevoked,
+    TaskTimeout,
+    UnknownMethod,
+    UnknownTask,
+    ZerotaskError,
+)
+from zerotask.task import task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "InvalidParams",
+    "NotReady",
+    "ProtocolError",
+    "RemoteError",
+    "TaskError",
+    "TaskRevoked",
+    "TaskTimeout",
+    "UnknownMethod",
+    "UnknownTask",
+    "ZerotaskError",
+    "__version__",
+    "task",
+]

@@ -1,0 +1,415 @@
+"""Broker: queues tasks from clients, hands them to nodes, and answers with their results.
+
+The broker owns two sockets: a ROUTER for requests (clients and nodes alike, every message JSON-RPC
+2.0) and an XPUB that announces task events. A request whose method is a task name is queued as a
+task and answered when a node has run it; ``zerotask.broker.*`` methods are the control path.
+
+Nothing leaves the broker before the store has committed what it says: replies and messages to nodes
+are collected while a round of incoming messages is handled, the store is flushed once, then
+everything is sent. That is how many tasks share one commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from zerotask import jsonrpc
+from zerotask.dispatcher import Dispatcher, default_dispatcher, split_params
+from zerotask.exceptions import InvalidParams, UnknownMethod, UnknownTask, ZerotaskError
+from zerotask.nodes import NodeRegistry, NodeState
+from zerotask.params import param
+from zerotask.peers import Envelope, Reply, Respond, Waiter, split_frames
+from zerotask.server import Server
+from zerotask.store import FAILED, FINAL_STATES, FINISHED, QUEUED, RUNNING, Store, TaskRecord, open_store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BIND = "tcp://*:5555"
+DEFAULT_PUBLISH = "tcp://*:5556"
+DEFAULT_STORE = "./zerotask.db"
+DEFERRED: Any = object()  # a handler's return value meaning "the response will be sent later"
+_DRAIN_LIMIT = 2000  # messages handled per round before the store is flushed and replies go out
+_MAX_TASK_ID = 128
+
+Handler = Callable[[jsonrpc.Request, Envelope, Respond | None], Any]
+
+
+class Broker(Server):
+    """``Broker().start()`` serves on tcp://*:5555 (requests) and tcp://*:5556 (events), storing tasks in
+    ./zerotask.db. ``store`` is a Store or a spec for :func:`zerotask.store.open_store`."""
+
+    def __init__(
+        self,
+        bind: str = DEFAULT_BIND,
+        publish: str = DEFAULT_PUBLISH,
+        store: Store | str = DEFAULT_STORE,
+        dispatcher: Dispatcher | None = None,
+        heartbeat_s: float = 1.0,
+        liveness: int = 3,
+        max_message_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
+        super().__init__()
+        self.bind_endpoint = bind
+        self.publish_endpoint = publish
+        self._store_spec = store
+        self.dispatcher = dispatcher or default_dispatcher
+        self.heartbeat_s = heartbeat_s
+        self.liveness = liveness
+        self.max_message_bytes = max_message_bytes
+        self._methods: dict[str, Handler] = {
+            "zerotask.broker.submit": self._submit_method,
+            "zerotask.broker.call": self._call_method,
+            "zerotask.broker.status": self._status_method,
+            "zerotask.broker.result": self._result_method,
+            "zerotask.broker.info": self._info_method,
+            "zerotask.broker.connect": self._connect_method,
+            "zerotask.broker.request": self._request_method,
+            "zerotask.broker.running": self._running_method,
+            "zerotask.broker.finished": self._finished_method,
+            "zerotask.broker.failed": self._finished_method,
+            "zerotask.broker.heartbeat": self._heartbeat_method,
+            "zerotask.broker.disconnect": self._disconnect_method,
+        }
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        assert self.context is not None
+        self.store = self._store_spec if isinstance(self._store_spec, Store) else open_store(self._store_spec)
+        requeued = self.store.requeue_unfinished()
+        self.nodes = NodeRegistry(self.store)
+        self._waiters: dict[str, list[Waiter]] = {}
+        self._outbox: list[tuple[Envelope, bytes]] = []
+        self._subscriptions: set[bytes] = set()
+        self.requests = self.context.socket(zmq.ROUTER)
+        # Without ROUTER_MANDATORY a reply to a vanished peer is dropped silently; with it we learn of it.
+        self.requests.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.requests.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.requests.setsockopt(zmq.SNDHWM, 0)  # replies are never dropped: flow control is by credit
+        self.requests.setsockopt(zmq.RCVHWM, 0)
+        self.requests.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        self.requests.setsockopt(zmq.LINGER, 0)
+        self.requests.bind(self.bind_endpoint)
+        self.events = self.context.socket(zmq.XPUB)
+        self.events.setsockopt(zmq.LINGER, 0)
+        self.events.bind(self.publish_endpoint)
+        self.add_socket(self.requests, self._on_requests)
+        self.add_socket(self.events, self._on_subscription)
+        self.call_every(self.heartbeat_s, self._heartbeat)
+        log.info(
+            "broker on %s, events on %s, %d task(s) queued",
+            self.requests.getsockopt_string(zmq.LAST_ENDPOINT),
+            self.events.getsockopt_string(zmq.LAST_ENDPOINT),
+            requeued,
+        )
+
+    def teardown(self) -> None:
+        self.store.close()
+        log.info("broker stopped")
+
+    # ---- the loop --------------------------------------------------------------------------------
+
+    def _on_requests(self) -> None:
+        for _ in range(_DRAIN_LIMIT):
+            try:
+                frames = self.requests.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._on_message(frames)
+
+    def after_events(self) -> None:
+        for node, records in self.nodes.assign():
+            self._send(node.envelope, jsonrpc.notification("zerotask.node.run", {"tasks": [r.to_wire() for r in records]}))
+            node.last_sent = time.monotonic()
+        self.store.flush()
+        outbox, self._outbox = self._outbox, []
+        for envelope, payload in outbox:
+            try:
+                self.requests.send_multipart([*envelope, payload], zmq.NOBLOCK)
+            except zmq.ZMQError as error:  # the peer is gone (EHOSTUNREACH); its own problem
+                log.debug("dropping a message to a vanished peer: %s", error)
+                self._node_lost(envelope[0], "unreachable")
+
+    def _send(self, envelope: Envelope, message: dict[str, Any] | list[Any]) -> None:
+        self._outbox.append((envelope, jsonrpc.dumps(message)))
+
+    def _on_message(self, frames: list[bytes]) -> None:
+        envelope, payload = split_frames(frames)
+        node = self.nodes.get(envelope[0])
+        if node is not None:
+            node.last_seen = time.monotonic()
+        if payload is None:
+            error = jsonrpc.error_object(jsonrpc.INVALID_REQUEST, "Invalid Request: expected one frame after the envelope")
+            self._send(envelope, jsonrpc.error(None, error))
+            return
+        try:
+            message = jsonrpc.loads(payload)
+        except jsonrpc.InvalidMessage as problem:
+            self._send(envelope, jsonrpc.error(None, jsonrpc.error_object(problem.code)))
+            return
+        if isinstance(message, list):
+            if not message:
+                self._send(envelope, jsonrpc.error(None, jsonrpc.error_object(jsonrpc.INVALID_REQUEST)))
+                return
+            reply = Reply(envelope, self._send, is_batch=True)
+            for item in message:
+                self._on_item(item, envelope, reply)
+            reply.seal()
+        else:
+            self._on_item(message, envelope, Reply(envelope, self._send, is_batch=False))
+
+    def _on_item(self, item: Any, envelope: Envelope, reply: Reply) -> None:
+        if jsonrpc.is_response(item):
+            return  # the broker sends only notifications, so a response is a peer's mistake: ignore it
+        try:
+            request = jsonrpc.parse_request(item)
+        except jsonrpc.InvalidMessage as problem:
+            reply.slot()(jsonrpc.error(problem.request_id, jsonrpc.error_object(problem.code)))
+            return
+        respond = None if request.is_notification else reply.slot()
+        failure: dict[str, Any] | None = None
+        try:
+            value = self._handle(request, envelope, respond)
+        except ZerotaskError as error:
+            value, failure = None, error.to_error_object()
+        except Exception as error:  # a bug here must not take the broker down with it
+            log.exception("internal error handling %s", request.method)
+            value, failure = None, jsonrpc.error_object(jsonrpc.INTERNAL_ERROR, f"Internal error: {error}")
+        if respond is None or value is DEFERRED:
+            return
+        respond(jsonrpc.error(request.id, failure) if failure else jsonrpc.result(request.id, value))
+
+    def _handle(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
+        handler = self._methods.get(request.method)
+        if handler is not None:
+            return handler(request, envelope, respond)
+        if request.method.startswith("broker.") and request.method in self.dispatcher:
+            response = self.dispatcher.dispatch(request)
+            if response is not None and respond is not None:
+                respond(response)
+            return DEFERRED
+        args, kwargs = split_params(request.params)
+        record = self.submit(request.method, args, kwargs)
+        if respond is None:
+            return None
+        self._wait_for(record, Waiter(request.id, respond))
+        return DEFERRED
+
+    # ---- tasks -----------------------------------------------------------------------------------
+
+    def submit(self, method: str, args: list[Any], kwargs: dict[str, Any], task_id: str | None = None) -> TaskRecord:
+        """Queue a task (or find the one with this id). Raises UnknownMethod when nodes are connected and
+        none serves ``method``; with no node connected the task waits for one."""
+        if not method:
+            raise InvalidParams("the method name is empty")
+        if task_id is not None:
+            existing = self.store.get(task_id)
+            if existing is not None:
+                return existing
+        if self.nodes and not self.nodes.serves(method):
+            raise UnknownMethod(f"Method not found: no connected node serves {method!r}", {"method": method})
+        record = TaskRecord(task_id or uuid.uuid4().hex, method, args, kwargs)
+        self.store.add(record)
+        self.nodes.queued[method] += 1
+        self._publish("zerotask.event.queued", {"task_id": record.id, "method": method})
+        return record
+
+    def _wait_for(self, record: TaskRecord, waiter: Waiter, timeout_s: float | None = None) -> None:
+        if record.state in FINAL_STATES:
+            waiter.answer_outcome(record.result, record.error)
+            return
+        self._waiters.setdefault(record.id, []).append(waiter)
+        if timeout_s is not None:
+            waiter.timer = self.call_later(timeout_s, lambda: self._wait_timed_out(record.id, waiter))
+
+    def _wait_timed_out(self, task_id: str, waiter: Waiter) -> None:
+        from zerotask.exceptions import TaskTimeout
+
+        waiting = self._waiters.get(task_id, [])
+        if waiter in waiting:
+            waiting.remove(waiter)
+        waiter.timer = None
+        waiter.answer_error(TaskTimeout(f"task {task_id} has no result yet"))
+
+    def _finish(self, task_id: str, state: str, result: Any = None, error: dict[str, Any] | None = None) -> None:
+        """Record a task's outcome, unless it has one already, and answer everyone waiting for it."""
+        if not self.store.finish(task_id, state, result, error):
+            return
+        for waiter in self._waiters.pop(task_id, []):
+            waiter.answer_outcome(result, error)
+        topic = "zerotask.event.finished" if state == FINISHED else "zerotask.event.failed"
+        self._publish(topic, {"task_id": task_id, "state": state})
+
+    def _requeue(self, records: list[TaskRecord]) -> None:
+        for record in records:
+            self.store.set_state(record.id, QUEUED)
+            self.nodes.queued[record.method] += 1
+
+    def _publish(self, method: str, params: dict[str, Any]) -> None:
+        if self._subscriptions:  # nobody listening: skip the encoding entirely
+            self.events.send(jsonrpc.dumps(jsonrpc.notification(method, params)), zmq.NOBLOCK)
+
+    def _on_subscription(self) -> None:
+        while True:
+            try:
+                message = self.events.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if message[:1] == b"\x01":
+                self._subscriptions.add(message[1:])
+            elif message[:1] == b"\x00":
+                self._subscriptions.discard(message[1:])
+
+    # ---- zerotask.broker.* for clients -------------------------------------------------------------
+
+    def _submit_params(self, request: jsonrpc.Request) -> TaskRecord:
+        params = request.params
+        method = param(params, "method", 0, str)
+        args = param(params, "args", 1, list, [])
+        kwargs = param(params, "kwargs", 2, dict, {})
+        task_id = param(params, "task_id", 3, str, None)
+        if task_id is not None and not 0 < len(task_id) <= _MAX_TASK_ID:
+            raise InvalidParams(f"task_id must have 1 to {_MAX_TASK_ID} characters")
+        return self.submit(method, args, kwargs, task_id)
+
+    def _submit_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
+        return self._submit_params(request).id
+
+    def _call_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
+        record = self._submit_params(request)
+        if respond is not None:
+            self._wait_for(record, Waiter(request.id, respond))
+        return DEFERRED
+
+    def _record(self, request: jsonrpc.Request) -> TaskRecord:
+        task_id = param(request.params, "task_id", 0, str)
+        record = self.store.get(task_id)
+        if record is None:
+            raise UnknownTask(f"unknown task id {task_id!r}", {"task_id": task_id})
+        return record
+
+    def _status_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
+        return self._record(request).state
+
+    def _result_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
+        from zerotask.exceptions import NotReady
+
+        record = self._record(request)
+        wait = param(request.params, "wait", 1, bool, True)
+        timeout_s: float | None = param(request.params, "timeout_s", 2, (int, float), None)
+        if record.state not in FINAL_STATES and not wait:
+            raise NotReady(f"task {record.id} is {record.state}", {"task_id": record.id, "state": record.state})
+        if respond is not None:
+            self._wait_for(record, Waiter(request.id, respond), timeout_s)
+        return DEFERRED
+
+    def _info_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
+        from zerotask import __version__
+
+        return {
+            "version": __version__,
+            "publish": self.events.getsockopt_string(zmq.LAST_ENDPOINT),
+            "nodes": [node.describe() for node in self.nodes],
+            "queued": {method: count for method, count in self.nodes.queued.items() if count > 0},
+            "heartbeat_s": self.heartbeat_s,
+            "liveness": self.liveness,
+        }
+
+    # ---- zerotask.broker.* for nodes ---------------------------------------------------------------
+
+    def _connect_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
+        params = request.params
+        name = param(params, "node", 0, str)
+        methods = param(params, "methods", 1, dict)
+        workers = param(params, "workers", 2, int, 1)
+        credit = param(params, "credit", 3, int, 0)
+        if not all(isinstance(options, dict) for options in methods.values()):
+            raise InvalidParams("methods must map each task name to an object of options")
+        node = NodeState(envelope[0], envelope, name, frozenset(methods), methods, workers, max(credit, 0))
+        self._requeue(self.nodes.remove(envelope[0]))  # a node that reconnects starts afresh
+        self.nodes.add(node)
+        log.info("node %s connected: %d worker(s), %d task name(s)", name, workers, len(methods))
+        return {"heartbeat_s": self.heartbeat_s, "liveness": self.liveness}
+
+    def _node_for(self, request: jsonrpc.Request, envelope: Envelope) -> NodeState | None:
+        node = self.nodes.get(envelope[0])
+        if node is None and request.method != "zerotask.broker.disconnect":
+            # A node we do not know (we restarted, or declared it dead): ask it to connect again.
+            self._send(envelope, jsonrpc.notification("zerotask.node.reconnect", {}))
+        return node
+
+    def _request_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
+        credit = param(request.params, "credit", 0, int)
+        node = self._node_for(request, envelope)
+        if node is not None:
+            node.credit = max(0, node.credit + credit)
+        return None
+
+    def _running_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
+        task_ids = param(request.params, "task_ids", 0, list)
+        node = self._node_for(request, envelope)
+        for task_id in task_ids:
+            if node is not None and isinstance(task_id, str) and task_id in node.tasks:
+                self.store.set_state(task_id, RUNNING)
+        return None
+
+    def _finished_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
+        outcomes = param(request.params, "tasks", 0, list)
+        self._node_for(request, envelope)
+        for outcome in outcomes:
+            if not isinstance(outcome, dict) or not isinstance(outcome.get("task_id"), str):
+                raise InvalidParams("each finished task is an object with a task_id")
+            task_id = outcome["task_id"]
+            self.nodes.release(task_id)
+            error = outcome.get("error")
+            if error is not None:
+                if not isinstance(error, dict):
+                    error = jsonrpc.error_object(jsonrpc.TASK_FAILED, str(error))
+                self._finish(task_id, FAILED, error=error)
+            else:
+                self._finish(task_id, FINISHED, result=outcome.get("result"))
+        return None
+
+    def _heartbeat_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
+        self._node_for(request, envelope)
+        return None
+
+    def _disconnect_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
+        self._node_lost(envelope[0], "disconnected")
+        return None
+
+    # ---- liveness --------------------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        deadline = self.heartbeat_s * self.liveness
+        for node in self.nodes:
+            if now - node.last_seen > deadline:
+                self._node_lost(node.identity, f"silent for {now - node.last_seen:.1f} s")
+            elif now - node.last_sent >= self.heartbeat_s:
+                self._send(node.envelope, jsonrpc.notification("zerotask.node.heartbeat", {}))
+                node.last_sent = now
+
+    def _node_lost(self, identity: bytes, reason: str) -> None:
+        node = self.nodes.get(identity)
+        if node is None:
+            return
+        held = self.nodes.remove(identity)
+        log.warning("node %s lost (%s): %d task(s) back to the queue", node.name, reason, len(held))
+        self._requeue(held)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from zerotask.cli import broker_main
+
+    broker_main(argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Exceptions a zerotask user can catch, and their mapping to and from JSON-RPC error objects.
+
+Errors are values on the wire (JSON-RPC error objects with a code and data) and exceptions in Python:
+:func:`from_error_object` turns the first into the second, :meth:`ZerotaskError.to_error_object` back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zerotask import jsonrpc
+
+
+class ZerotaskError(Exception):
+    """Base class of every error zerotask raises on purpose."""
+
+    code = jsonrpc.INTERNAL_ERROR
+
+    def __init__(self, message: str = "", data: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+    def to_error_object(self) -> dict[str, Any]:
+        return jsonrpc.error_object(self.code, self.message or None, self.data)
+
+
+class RemoteError(ZerotaskError):
+    """A JSON-RPC error from the other side that has no more specific class (``code`` says which)."""
+
+    def __init__(self, code: int, message: str = "", data: Any = None) -> None:
+        super().__init__(message, data)
+        self.code = code
+
+
+class ProtocolError(ZerotaskError):
+    """The peer sent something that is not the JSON-RPC zerotask expected."""
+
+    code = jsonrpc.INVALID_REQUEST
+
+
+class UnknownMethod(ZerotaskError, AttributeError):
+    """No connected node serves this task name (JSON-RPC -32601, "Method not found")."""
+
+    code = jsonrpc.METHOD_NOT_FOUND
+
+
+class InvalidParams(ZerotaskError, TypeError):
+    """The parameters do not fit the method (JSON-RPC -32602)."""
+
+    code = jsonrpc.INVALID_PARAMS
+
+
+class UnknownTask(ZerotaskError, KeyError):
+    """The broker has no task with this id."""
+
+    code = jsonrpc.UNKNOWN_TASK
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.message
+
+
+class TaskTimeout(ZerotaskError, TimeoutError):
+    """A wait ran out of time. The task itself may still finish later."""
+
+    code = jsonrpc.TIMED_OUT
+
+
+class NotReady(ZerotaskError):
+    """The task has no result yet (answer to a result request that asked not to wait)."""
+
+    code = jsonrpc.NOT_READY
+
+
+class TaskRevoked(ZerotaskError):
+    """The task was revoked before it finished."""
+
+    code = jsonrpc.REVOKED
+
+
+class TaskError(ZerotaskError):
+    """The task raised. ``type``, ``message`` and ``traceback`` describe the remote exception."""
+
+    code = jsonrpc.TASK_FAILED
+
+    def __init__(self, message: str = "", data: Any = None) -> None:
+        super().__init__(message, data)
+        details = data if isinstance(data, dict) else {}
+        self.type: str = str(details.get("type", "Exception"))
+        self.remote_message: str = str(details.get("message", message))
+        self.traceback: str = str(details.get("traceback", ""))
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.remote_message}"
+
+
+_BY_CODE: dict[int, type[ZerotaskError]] = {
+    cls.code: cls
+    for cls in (ProtocolError, UnknownMethod, InvalidParams, UnknownTask, TaskTimeout, NotReady, TaskRevoked, TaskError)
+}
+
+
+def from_error_object(error: dict[str, Any]) -> ZerotaskError:
+    """The exception for a JSON-RPC error object received from a peer."""
+    code = error.get("code")
+    message = str(error.get("message", ""))
+    data = error.get("data")
+    cls = _BY_CODE.get(code) if isinstance(code, int) else None
+    if cls is None:
+        return RemoteError(code if isinstance(code, int) else jsonrpc.INTERNAL_ERROR, message, data)
+    return cls(message, data)
+
+
+def task_error_object(exc: BaseException, traceback_text: str) -> dict[str, Any]:
+    """The error object a worker sends when a task raised ``exc``."""
+    type_name = type(exc).__qualname__
+    module = type(exc).__module__
+    if module not in ("builtins", "__main__"):
+        type_name = f"{module}.{type_name}"
+    return jsonrpc.error_object(
+        jsonrpc.TASK_FAILED,
+        f"{type_name}: {exc}",
+        {"type": type_name, "message": str(exc), "traceback": traceback_text},
+    )

@@ -1,0 +1,186 @@
+"""Server: ZeroMQ sockets polled with callbacks, timers, and clean signal handling.
+
+Broker and Node are Servers. A Server does nothing until :meth:`start`, which creates the ZeroMQ
+context and the sockets (in :meth:`setup`), then runs the loop in the calling thread until :meth:`stop`
+or SIGTERM / SIGINT. A second signal while stopping forces the process out.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[], None]
+
+
+@dataclass(order=True)
+class Timer:
+    when: float
+    sequence: int
+    callback: Callback = field(compare=False)
+    interval_s: float | None = field(compare=False, default=None)
+    cancelled: bool = field(compare=False, default=False)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Server:
+    """Polls sockets and file descriptors, calling one callback per ready source, and runs timers."""
+
+    def __init__(self) -> None:
+        self.context: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._poller = zmq.Poller()
+        self._callbacks: dict[Any, Callback] = {}
+        self._timers: list[Timer] = []
+        self._timer_sequence = 0
+        self._running = False
+        self._stopping_signals = 0
+        self._wakeup_reader: socket.socket | None = None
+        self._wakeup_writer: socket.socket | None = None
+
+    # ---- for subclasses --------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Create sockets and register them with :meth:`add_socket`. Called by :meth:`start`."""
+
+    def teardown(self) -> None:
+        """Release what :meth:`setup` made. Sockets are closed by the Server afterwards."""
+
+    def after_events(self) -> None:
+        """Called after each round of callbacks and timers: the place to flush batched work."""
+
+    def on_stop_signal(self, signum: int) -> None:
+        """First SIGTERM / SIGINT: stop the loop. Subclasses may start a graceful stop instead."""
+        self.stop()
+
+    # ---- registration ----------------------------------------------------------------------------
+
+    def add_socket(self, source: Any, callback: Callback) -> None:
+        """Call ``callback()`` whenever ``source`` (a ZeroMQ socket or a file descriptor) is readable."""
+        self._callbacks[source] = callback
+        self._poller.register(source, zmq.POLLIN)
+
+    def remove_socket(self, source: Any) -> None:
+        if source in self._callbacks:
+            del self._callbacks[source]
+            self._poller.unregister(source)
+
+    def call_later(self, delay_s: float, callback: Callback) -> Timer:
+        return self._add_timer(delay_s, callback, None)
+
+    def call_every(self, interval_s: float, callback: Callback) -> Timer:
+        return self._add_timer(interval_s, callback, interval_s)
+
+    def _add_timer(self, delay_s: float, callback: Callback, interval_s: float | None) -> Timer:
+        self._timer_sequence += 1
+        timer = Timer(time.monotonic() + delay_s, self._timer_sequence, callback, interval_s)
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    # ---- running ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Set up and run the loop until stopped. Blocks; returns after :meth:`teardown`."""
+        self.context = zmq.Context()
+        self._install_signal_handlers()
+        try:
+            self.setup()
+            self._running = True
+            self._loop()
+        finally:
+            try:
+                self.teardown()
+            finally:
+                self._restore_signal_handlers()
+                self.context.destroy(linger=0)
+                self.context = None
+
+    def stop(self) -> None:
+        """Ask the loop to end after the current round. Safe to call from a signal handler."""
+        self._running = False
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def _loop(self) -> None:
+        while self._running:
+            for source, _ in self._poller.poll(self._poll_timeout_ms()):
+                callback = self._callbacks.get(source)
+                if callback is not None:
+                    callback()
+            self._run_due_timers()
+            self.after_events()
+
+    def _poll_timeout_ms(self) -> int | None:
+        while self._timers and self._timers[0].cancelled:
+            heapq.heappop(self._timers)
+        if not self._timers:
+            return None
+        return max(0, int((self._timers[0].when - time.monotonic()) * 1000) + 1)
+
+    def _run_due_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0].when <= now:
+            timer = heapq.heappop(self._timers)
+            if timer.cancelled:
+                continue
+            if timer.interval_s is not None:
+                timer.when = now + timer.interval_s
+                heapq.heappush(self._timers, timer)
+            timer.callback()
+
+    # ---- signals ---------------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        self._previous_handlers: dict[int, Any] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals are delivered to the main thread only; an embedded server is stopped with stop()
+        # The wakeup fd makes a blocking poll return as soon as a signal arrives.
+        self._wakeup_reader, self._wakeup_writer = socket.socketpair()
+        self._wakeup_reader.setblocking(False)
+        self._wakeup_writer.setblocking(False)
+        self._previous_wakeup_fd = signal.set_wakeup_fd(self._wakeup_writer.fileno())
+        self.add_socket(self._wakeup_reader.fileno(), self._drain_wakeup)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous_handlers[signum] = signal.signal(signum, self._handle_signal)
+
+    def _restore_signal_handlers(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}
+        if self._wakeup_reader is not None and self._wakeup_writer is not None:
+            signal.set_wakeup_fd(self._previous_wakeup_fd)
+            self.remove_socket(self._wakeup_reader.fileno())
+            self._wakeup_reader.close()
+            self._wakeup_writer.close()
+            self._wakeup_reader = self._wakeup_writer = None
+
+    def _drain_wakeup(self) -> None:
+        assert self._wakeup_reader is not None
+        try:
+            while self._wakeup_reader.recv(512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _handle_signal(self, signum: int, frame: Any) -> None:
+        self._stopping_signals += 1
+        if self._stopping_signals > 1:
+            log.warning("second signal: exiting at once")
+            os._exit(1)
+        log.info("signal %d: stopping", signum)
+        self.on_stop_signal(signum)

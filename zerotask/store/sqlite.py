@@ -1,0 +1,139 @@
+"""SqliteStore: the durable embedded default. One file, WAL journal, one commit per flush.
+
+``synchronous=NORMAL`` with WAL makes each commit survive the broker being killed (the data is in the
+operating system once ``COMMIT`` returns) without an fsync per commit; pass ``synchronous="FULL"``
+to survive power loss as well, at the cost of one fsync per flush.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Collection, Iterable
+from typing import Any
+
+from zerotask import jsonrpc
+from zerotask.store import FINAL_STATES, QUEUED, Store, TaskRecord
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    method TEXT NOT NULL,
+    params BLOB NOT NULL,
+    state TEXT NOT NULL,
+    outcome BLOB,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS queued_by_method ON tasks (method, seq) WHERE state = 'QUEUED';
+CREATE INDEX IF NOT EXISTS unfinished ON tasks (state) WHERE state NOT IN ('FINISHED', 'FAILED', 'REVOKED');
+"""
+
+
+class SqliteStore(Store):
+    def __init__(self, path: str, synchronous: str = "NORMAL") -> None:
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={synchronous}")
+        self._db.executescript(_SCHEMA)
+        self._in_transaction = False
+
+    def _write(self, sql: str, parameters: Any = ()) -> sqlite3.Cursor:
+        if not self._in_transaction:
+            self._db.execute("BEGIN")
+            self._in_transaction = True
+        return self._db.execute(sql, parameters)
+
+    def add(self, record: TaskRecord) -> bool:
+        params = jsonrpc.dumps([record.args, record.kwargs])
+        cursor = self._write(
+            "INSERT OR IGNORE INTO tasks (id, method, params, state, attempts) VALUES (?, ?, ?, ?, ?)",
+            (record.id, record.method, params, QUEUED, record.attempts),
+        )
+        if cursor.rowcount == 1:
+            record.state = QUEUED
+            return True
+        return False
+
+    def take(self, methods: Collection[str], limit: int) -> list[TaskRecord]:
+        rows: list[tuple[int, str, str, bytes, int]] = []
+        for method in methods:
+            rows.extend(
+                self._db.execute(
+                    "SELECT seq, id, method, params, attempts FROM tasks"
+                    " WHERE state = 'QUEUED' AND method = ? ORDER BY seq LIMIT ?",
+                    (method, limit),
+                )
+            )
+        if not rows:
+            return []
+        rows.sort()
+        rows = rows[:limit]
+        self._write_many("UPDATE tasks SET state = 'ASSIGNED' WHERE seq = ?", [(row[0],) for row in rows])
+        taken = []
+        for _, task_id, method, params, attempts in rows:
+            args, kwargs = jsonrpc.loads(params)
+            taken.append(TaskRecord(task_id, method, args, kwargs, "ASSIGNED", attempts=attempts))
+        return taken
+
+    def _write_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        if not self._in_transaction:
+            self._db.execute("BEGIN")
+            self._in_transaction = True
+        self._db.executemany(sql, rows)
+
+    def set_state(self, task_id: str, state: str, attempts: int | None = None) -> None:
+        final = tuple(FINAL_STATES)
+        if attempts is None:
+            self._write("UPDATE tasks SET state = ? WHERE id = ? AND state NOT IN (?, ?, ?)", (state, task_id, *final))
+        else:
+            self._write(
+                "UPDATE tasks SET state = ?, attempts = ? WHERE id = ? AND state NOT IN (?, ?, ?)",
+                (state, attempts, task_id, *final),
+            )
+
+    def finish(self, task_id: str, state: str, result: Any = None, error: dict[str, Any] | None = None) -> bool:
+        outcome = jsonrpc.dumps({"error": error} if error is not None else {"result": result})
+        cursor = self._write(
+            "UPDATE tasks SET state = ?, outcome = ?, params = x'' WHERE id = ? AND state NOT IN (?, ?, ?)",
+            (state, outcome, task_id, *FINAL_STATES),
+        )
+        return cursor.rowcount == 1
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        row = self._db.execute("SELECT method, params, state, outcome, attempts FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is None:
+            return None
+        method, params, state, outcome, attempts = row
+        record = TaskRecord(task_id, method, state=state, attempts=attempts)
+        if params:
+            record.args, record.kwargs = jsonrpc.loads(params)
+        if outcome:
+            decoded = jsonrpc.loads(outcome)
+            record.result = decoded.get("result")
+            record.error = decoded.get("error")
+        return record
+
+    def unfinished(self) -> Iterable[TaskRecord]:
+        rows = self._db.execute(
+            "SELECT id, method, state, attempts FROM tasks WHERE state NOT IN ('FINISHED', 'FAILED', 'REVOKED') ORDER BY seq"
+        ).fetchall()
+        return [TaskRecord(task_id, method, state=state, attempts=attempts) for task_id, method, state, attempts in rows]
+
+    def queued_counts(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT method, count(*) FROM tasks WHERE state = 'QUEUED' GROUP BY method")
+        return {method: count for method, count in rows}
+
+    def requeue_unfinished(self) -> int:
+        self._write("UPDATE tasks SET state = 'QUEUED' WHERE state IN ('ASSIGNED', 'RUNNING', 'RETRY')")
+        self.flush()
+        return sum(self.queued_counts().values())
+
+    def flush(self) -> None:
+        if self._in_transaction:
+            self._db.execute("COMMIT")
+            self._in_transaction = False
+
+    def close(self) -> None:
+        self.flush()
+        self._db.close()

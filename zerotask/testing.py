@@ -1,0 +1,188 @@
+"""Run a real broker and real nodes as processes on this machine: for tests, demos and benchmarks.
+
+``Cluster`` starts ``python -m zerotask.broker`` and ``python -m zerotask.node`` as child processes on a
+free TCP port, waits until they answer, and stops every process it started (SIGTERM, then SIGKILL).
+Nothing here is imported by the broker, node or client.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from zerotask.client import Client
+
+TIMEOUT_SCALE = float(os.environ.get("ZEROTASK_TEST_TIMEOUT_SCALE", "1"))
+
+
+def scaled(seconds: float) -> float:
+    """``seconds`` times ZEROTASK_TEST_TIMEOUT_SCALE, for slow machines."""
+    return seconds * TIMEOUT_SCALE
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; raise TimeoutError after ``timeout_s`` (scaled)."""
+    deadline = time.monotonic() + scaled(timeout_s)
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {scaled(timeout_s):.1f} s waiting for {what}")
+        time.sleep(0.02)
+
+
+class ManagedProcess:
+    """A child process whose output goes to a log file, stopped for sure by :meth:`stop`."""
+
+    def __init__(self, args: list[str], log_path: Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.log_path = log_path
+        self._log: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            self.process.send_signal(signum)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: the process gets no chance to clean up."""
+        self.signal(signal.SIGKILL)
+        self.process.wait(scaled(10))
+
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout_s``. Returns the exit code."""
+        if self.alive():
+            self.process.terminate()
+            try:
+                self.process.wait(scaled(timeout_s))
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(scaled(timeout_s))
+        self._log.close()
+        return self.process.returncode
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+
+class Cluster:
+    """A broker and any number of nodes, as processes; a context manager that stops them all."""
+
+    def __init__(self, store: str = "memory", directory: Path | None = None, broker_args: list[str] | None = None) -> None:
+        self._tempdir = None if directory is not None else tempfile.TemporaryDirectory(prefix="zerotask-")
+        self.directory = directory if directory is not None else Path(self._tempdir.name)  # type: ignore[union-attr]
+        self.store = store if store == "memory" else str(self.directory / store)
+        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.publish = f"tcp://127.0.0.1:{free_port()}"
+        self.broker_args = broker_args or []
+        self.broker: ManagedProcess | None = None
+        self.nodes: list[ManagedProcess] = []
+        self._clients: list[Client] = []
+        self._count = 0
+
+    def _log(self, name: str) -> Path:
+        self._count += 1
+        return self.directory / f"{self._count:02d}-{name}.log"
+
+    def start_broker(self, *extra: str, wait: bool = True) -> ManagedProcess:
+        args = [
+            sys.executable,
+            "-m",
+            "zerotask.broker",
+            "--bind",
+            self.endpoint,
+            "--publish",
+            self.publish,
+            "--store",
+            self.store,
+        ]
+        self.broker = ManagedProcess([*args, *self.broker_args, *extra], self._log("broker"))
+        if wait:
+            self.wait_for_broker()
+        return self.broker
+
+    def wait_for_broker(self, timeout_s: float = 20.0) -> None:
+        probe = Client(self.endpoint, timeout=0.5)
+        try:
+
+            def answers() -> bool:
+                assert self.broker is not None
+                if not self.broker.alive():
+                    raise RuntimeError(f"the broker exited:\n{self.broker.output()}")
+                try:
+                    probe.info()
+                    return True
+                except TimeoutError:
+                    probe.close()  # a fresh socket for the next try: the old one holds a stale request
+                    return False
+
+            wait_until(answers, timeout_s, "the broker to answer")
+        finally:
+            probe.close()
+
+    def start_node(self, *modules: str, workers: int = 1, extra: list[str] | None = None, wait: bool = True) -> ManagedProcess:
+        before = len(self.info()["nodes"]) if wait else 0
+        args = [sys.executable, "-m", "zerotask.node", *modules, "--broker", self.endpoint, "--workers", str(workers)]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")]))
+        node = ManagedProcess([*args, *(extra or [])], self._log("node"), env=env)
+        self.nodes.append(node)
+        if wait:
+            self.wait_for_nodes(before + 1, node)
+        return node
+
+    def wait_for_nodes(self, count: int, node: ManagedProcess | None = None, timeout_s: float = 30.0) -> None:
+        def connected() -> bool:
+            if node is not None and not node.alive():
+                raise RuntimeError(f"the node exited:\n{node.output()}")
+            return len(self.info()["nodes"]) >= count
+
+        wait_until(connected, timeout_s, f"{count} node(s) to connect")
+
+    def info(self) -> dict[str, Any]:
+        with Client(self.endpoint, timeout=scaled(10)) as client:
+            return client.info()
+
+    def client(self, timeout_s: float = 30.0) -> Client:
+        client = Client(self.endpoint, timeout=scaled(timeout_s))
+        self._clients.append(client)
+        return client
+
+    def stop(self) -> None:
+        for client in self._clients:
+            client.close()
+        for node in self.nodes:
+            node.stop()
+        if self.broker is not None:
+            self.broker.stop()
+        if self._tempdir is not None:
+            self._tempdir.cleanup()
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
