@@ -87,3 +87,18 @@ def update(*values: Any) -> None:
 @task
 def get_data() -> list[Any]:
     return ["hello", 5]
+
+
+@task
+def add_one(value: float) -> float:
+    return value + 1
+
+
+@task(name="tests.pairs")
+def pairs(text: str) -> list[list[Any]]:
+    return [[word, 1] for word in text.split()]
+
+
+@task
+def sum_values(key: Any, values: list[float]) -> float:
+    return sum(values)

@@ -152,6 +152,41 @@ def call_main(argv: list[str] | None = None, prog: str = "zerotask call") -> int
     return 0
 
 
+def map_main(argv: list[str] | None = None, prog: str = "zerotask map") -> int:
+    from zerotask.client import DEFAULT_ENDPOINT, AsyncClient
+    from zerotask.exceptions import ZerotaskError
+    from zerotask.progress import Progress
+
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Run a task once per input and print the results (one JSON line each) in input order."
+    )
+    parser.add_argument("method", help="the task name; it gets one input per call")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="inputs, each JSON or else a string (default: lines of stdin)")
+    parser.add_argument("--broker", default=DEFAULT_ENDPOINT, metavar="ENDPOINT")
+    parser.add_argument("--window", type=int, default=1000, metavar="N", help="tasks in flight at most (default 1000)")
+    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="the longest wait for one result")
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default: on a terminal)"
+    )
+    options = parser.parse_args(argv)
+    inputs = options.inputs or [line.rstrip("\n") for line in sys.stdin]
+    show = sys.stderr.isatty() if options.progress is None else options.progress
+    progress = Progress(len(inputs), sys.stderr) if show else None
+    with AsyncClient(options.broker, timeout=options.timeout) as client:
+        try:
+            for result in client.map(options.method, (_parse_argument(text) for text in inputs), options.window):
+                print(jsonrpc.dumps(result).decode())
+                if progress is not None:
+                    progress.advance()
+        except ZerotaskError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        finally:
+            if progress is not None:
+                progress.close()
+    return 0
+
+
 def client_main(argv: list[str] | None = None) -> None:
     """The seed's client demo: prints 5 + 6 and 5 - 6."""
     from zerotask.client import DEFAULT_ENDPOINT, Client
@@ -167,9 +202,14 @@ def client_main(argv: list[str] | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"broker": "run a broker", "node": "run a node", "call": "call a task and print its result"}
+    commands = {
+        "broker": "run a broker",
+        "node": "run a node",
+        "call": "call a task and print its result",
+        "map": "call a task once per input, results in order, with a progress bar",
+    }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        print("usage: zerotask {broker,node,call} ...\n")
+        print("usage: zerotask {broker,node,call,map} ...\n")
         for name, help_text in commands.items():
             print(f"  {name:8} {help_text}")
         print("\nzerotask COMMAND -h shows the options of each.")
@@ -179,5 +219,11 @@ def main(argv: list[str] | None = None) -> None:
         broker_main(rest, prog="zerotask broker")
     elif command == "node":
         node_main(rest, prog="zerotask node")
+    elif command == "map":
+        sys.exit(map_main(rest))
     else:
         sys.exit(call_main(rest))
+
+
+if __name__ == "__main__":
+    main()

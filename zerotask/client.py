@@ -9,15 +9,20 @@ name collides with a Client method (``submit``, ``status``, ``result``...) is ca
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import itertools
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import zmq
 
 from zerotask import jsonrpc
+from zerotask.connection import BrokerConnection
 from zerotask.exceptions import ProtocolError, TaskTimeout, from_error_object
+from zerotask.handle import TaskHandle
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 
@@ -41,11 +46,11 @@ class Client:
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Run task ``method`` and return its result. Raises TaskError if it raised, UnknownMethod if no
         connected node serves it, TaskTimeout if ``self.timeout`` runs out first."""
-        return self.rpc("zerotask.broker.call", self._call_params(method, args, kwargs), self.timeout)
+        return self.rpc("zerotask.broker.call", call_params(method, args, kwargs), self.timeout)
 
     def submit(self, method: str, *args: Any, **kwargs: Any) -> str:
         """Queue task ``method`` and return its task id at once (once the broker has stored it)."""
-        task_id: str = self.rpc("zerotask.broker.submit", self._call_params(method, args, kwargs), self.timeout)
+        task_id: str = self.rpc("zerotask.broker.submit", call_params(method, args, kwargs), self.timeout)
         return task_id
 
     def status(self, task_id: str) -> str:
@@ -65,11 +70,6 @@ class Client:
         """The broker's description of itself: version, publish endpoint, nodes, queued counts."""
         info: dict[str, Any] = self.rpc("zerotask.broker.info", {}, self.timeout)
         return info
-
-    @staticmethod
-    def _call_params(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        # The client names the task: a call it repeats (after a lost reply) finds the same task.
-        return {"method": method, "args": list(args), "kwargs": kwargs, "task_id": uuid.uuid4().hex}
 
     # ---- the wire --------------------------------------------------------------------------------
 
@@ -120,10 +120,110 @@ class Client:
         self.close()
 
 
+def call_params(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The params of zerotask.broker.submit / call for one task. The client names the task, so that a
+    call it repeats (after a lost reply, or a broker restart) finds the same task instead of a new one."""
+    return {"method": method, "args": list(args), "kwargs": kwargs, "task_id": uuid.uuid4().hex}
+
+
+class AsyncClient:
+    """Submits tasks without waiting: ``client.add(5, 6)`` returns a :class:`TaskHandle` at once.
+
+    One background thread and one socket serve any number of outstanding tasks; submits made in a loop
+    go out together, and results are pushed by the broker as tasks finish. Handles are awaitable, so
+    ``await client.add(2, 3)`` works in any running event loop. ``timeout`` (seconds) bounds the
+    control calls (status, info) and :meth:`map`'s waits; None means no limit.
+    """
+
+    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, timeout: float | None = None) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self._connection = BrokerConnection(endpoint)
+
+    def __getattr__(self, name: str) -> _Method:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _Method(self, name)
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> TaskHandle:
+        """Submit task ``method``; returns its handle at once."""
+        params = call_params(method, args, kwargs)
+        params["notify"] = True
+        return TaskHandle(self, params["task_id"], method, self._connection.submit(params))
+
+    submit = call
+
+    def status(self, task_id: str, timeout: float | None = None) -> str:
+        """The state of any task this broker knows; raises UnknownTask otherwise."""
+        state: str = self._control("zerotask.broker.status", {"task_id": task_id}, timeout)
+        return state
+
+    def result(self, task_id: str, timeout: float | None = None) -> Any:
+        """Wait for the result of any task by id (also one submitted by another client)."""
+        params: dict[str, Any] = {"task_id": task_id, "wait": True}
+        if timeout is not None:
+            params["timeout_s"] = timeout
+        return self._control("zerotask.broker.result", params, timeout)
+
+    def info(self) -> dict[str, Any]:
+        info: dict[str, Any] = self._control("zerotask.broker.info", {}, self.timeout)
+        return info
+
+    def _control(self, method: str, params: jsonrpc.Params, timeout: float | None) -> Any:
+        answer = self._connection.call(method, params)
+        limit = timeout if timeout is not None else self.timeout
+        try:
+            return answer.result(limit)
+        except concurrent.futures.TimeoutError:
+            raise TaskTimeout(f"no answer to {method} within {limit} s") from None
+
+    def map(self, method: str, inputs: Iterable[Any], window: int = 1000) -> Iterator[Any]:
+        """Run ``method(item)`` for each item; yield the results in input order as they come.
+
+        Streams: at most ``window`` tasks are outstanding, so the first result arrives long before a
+        large (or endless) ``inputs`` has been submitted. A failed task raises when its turn comes.
+        """
+        return self.starmap(method, ((item,) for item in inputs), window)
+
+    def starmap(self, method: str, inputs: Iterable[Iterable[Any]], window: int = 1000) -> Iterator[Any]:
+        """Like :meth:`map`, with each item unpacked into positional arguments."""
+        source = iter(inputs)
+        in_flight: collections.deque[TaskHandle] = collections.deque(
+            self.call(method, *args) for args in itertools.islice(source, max(window, 1))
+        )
+        while in_flight:
+            head = in_flight.popleft()
+            following = next(source, None)
+            if following is not None:
+                in_flight.append(self.call(method, *following))
+            yield head.result(self.timeout)
+
+    @property
+    def outstanding(self) -> int:
+        """How many submitted tasks have no outcome yet."""
+        return self._connection.outstanding
+
+    def close(self) -> None:
+        """Stop the background thread; handles still waiting fail with ConnectionClosed."""
+        self._connection.close()
+
+    def __enter__(self) -> AsyncClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 class _Method:
     """``client.a.b.c(...)``: the task named ``a.b.c``."""
 
-    def __init__(self, client: Client, name: str) -> None:
+    def __init__(self, client: Client | AsyncClient, name: str) -> None:
         self._client = client
         self._name = name
 

@@ -25,6 +25,7 @@ class NodeState:
     options: dict[str, dict[str, Any]]
     workers: int
     credit: int = 0
+    finished: int = 0  # outcomes reported since it connected
     tasks: dict[str, TaskRecord] = field(default_factory=dict)
     last_seen: float = field(default_factory=time.monotonic)
     last_sent: float = field(default_factory=time.monotonic)
@@ -36,6 +37,7 @@ class NodeState:
             "workers": self.workers,
             "credit": self.credit,
             "tasks": len(self.tasks),
+            "finished": self.finished,
         }
 
 
