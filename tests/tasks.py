@@ -102,3 +102,69 @@ def pairs(text: str) -> list[list[Any]]:
 @task
 def sum_values(key: Any, values: list[float]) -> float:
     return sum(values)
+
+
+# ---- for the fault-tolerance tests ---------------------------------------------------------------
+
+
+def _count_attempt(path: str) -> int:
+    """Append a line to ``path`` and return how many lines it has: the attempts so far."""
+    with open(path, "a") as attempts:
+        attempts.write("x\n")
+    with open(path) as attempts:
+        return len(attempts.readlines())
+
+
+@task(retries=3, retry_backoff=0.2)
+def flaky(path: str, failures: int) -> int:
+    """Fails ``failures`` times, then returns the attempt number."""
+    attempt = _count_attempt(path)
+    if attempt <= failures:
+        raise ConnectionError(f"attempt {attempt} fails")
+    return attempt
+
+
+@task(retries=3, retry_backoff=0.05, retry_on=(ConnectionError,))
+def wrong_error(path: str) -> None:
+    _count_attempt(path)
+    raise KeyError("not a ConnectionError: no retry")
+
+
+@task(timeout=0.5)
+def overrun(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@task(retries=1, retry_backoff=0.1)
+def survive_kill(path: str) -> str:
+    """First attempt: leave our pid in ``path`` and wait to be killed. Second: succeed."""
+    if not os.path.exists(path):
+        with open(path + ".tmp", "w") as pid_file:
+            pid_file.write(str(os.getpid()))
+        os.rename(path + ".tmp", path)
+        time.sleep(60)
+        return "first"
+    return "second"
+
+
+@task
+def pid_then_sleep(path: str, seconds: float) -> int:
+    with open(path + ".tmp", "w") as pid_file:
+        pid_file.write(str(os.getpid()))
+    os.rename(path + ".tmp", path)
+    time.sleep(seconds)
+    return os.getpid()
+
+
+@task
+def touch(path: str) -> str:
+    with open(path, "w") as marker:
+        marker.write("ran")
+    return path
+
+
+@task
+def slow_add(a: float, b: float, seconds: float) -> float:
+    time.sleep(seconds)
+    return a + b

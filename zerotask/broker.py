@@ -26,7 +26,7 @@ from zerotask.nodes import NodeRegistry, NodeState
 from zerotask.params import param
 from zerotask.peers import Envelope, Reply, Respond, Waiter, split_frames
 from zerotask.server import Server
-from zerotask.store import FAILED, FINAL_STATES, FINISHED, QUEUED, RUNNING, Store, TaskRecord, open_store
+from zerotask.store import FAILED, FINAL_STATES, FINISHED, QUEUED, RETRY, REVOKED, RUNNING, Store, TaskRecord, open_store
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +65,19 @@ class Broker(Server):
         self._methods: dict[str, Handler] = {
             "zerotask.broker.submit": self._submit_method,
             "zerotask.broker.call": self._call_method,
+            "zerotask.broker.notify": self._notify_method,
             "zerotask.broker.status": self._status_method,
             "zerotask.broker.result": self._result_method,
             "zerotask.broker.info": self._info_method,
+            "zerotask.broker.ping": self._ping_method,
+            "zerotask.broker.revoke": self._revoke_method,
             "zerotask.broker.connect": self._connect_method,
             "zerotask.broker.request": self._request_method,
             "zerotask.broker.running": self._running_method,
             "zerotask.broker.finished": self._finished_method,
             "zerotask.broker.failed": self._finished_method,
             "zerotask.broker.heartbeat": self._heartbeat_method,
+            "zerotask.broker.release": self._release_method,
             "zerotask.broker.disconnect": self._disconnect_method,
         }
 
@@ -84,8 +88,10 @@ class Broker(Server):
         self.store = self._store_spec if isinstance(self._store_spec, Store) else open_store(self._store_spec)
         requeued = self.store.requeue_unfinished()
         self.nodes = NodeRegistry(self.store)
+        self.instance = uuid.uuid4().hex  # clients compare it to learn that the broker restarted
         self._waiters: dict[str, list[Waiter]] = {}
         self._outbox: list[tuple[Envelope, bytes]] = []
+        self._events_out: list[bytes] = []
         self._subscriptions: set[bytes] = set()
         self.requests = self.context.socket(zmq.ROUTER)
         # Without ROUTER_MANDATORY a reply to a vanished peer is dropped silently; with it we learn of it.
@@ -128,6 +134,9 @@ class Broker(Server):
             self._send(node.envelope, jsonrpc.notification("zerotask.node.run", {"tasks": [r.to_wire() for r in records]}))
             node.last_sent = time.monotonic()
         self.store.flush()
+        events, self._events_out = self._events_out, []
+        for event in events:
+            self.events.send(event, zmq.NOBLOCK)
         outbox, self._outbox = self._outbox, []
         for envelope, payload in outbox:
             try:
@@ -145,7 +154,8 @@ class Broker(Server):
         if node is not None:
             node.last_seen = time.monotonic()
         if payload is None:
-            error = jsonrpc.error_object(jsonrpc.INVALID_REQUEST, "Invalid Request: expected one frame after the envelope")
+            # The message stays the specification's; what was wrong goes in data.
+            error = jsonrpc.error_object(jsonrpc.INVALID_REQUEST, data="expected one frame after the envelope")
             self._send(envelope, jsonrpc.error(None, error))
             return
         try:
@@ -189,6 +199,8 @@ class Broker(Server):
         handler = self._methods.get(request.method)
         if handler is not None:
             return handler(request, envelope, respond)
+        if request.method.startswith("zerotask."):  # a misspelled control method is not a task name
+            raise UnknownMethod("Method not found", {"method": request.method})
         if request.method.startswith("broker.") and request.method in self.dispatcher:
             response = self.dispatcher.dispatch(request)
             if response is not None and respond is not None:
@@ -203,7 +215,14 @@ class Broker(Server):
 
     # ---- tasks -----------------------------------------------------------------------------------
 
-    def submit(self, method: str, args: list[Any], kwargs: dict[str, Any], task_id: str | None = None) -> TaskRecord:
+    def submit(
+        self,
+        method: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        task_id: str | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> TaskRecord:
         """Queue a task (or find the one with this id). Raises UnknownMethod when nodes are connected and
         none serves ``method``; with no node connected the task waits for one."""
         if not method:
@@ -213,8 +232,9 @@ class Broker(Server):
             if existing is not None:
                 return existing
         if self.nodes and not self.nodes.serves(method):
-            raise UnknownMethod(f"Method not found: no connected node serves {method!r}", {"method": method})
-        record = TaskRecord(task_id or uuid.uuid4().hex, method, args, kwargs)
+            # The message is the specification's own, so any JSON-RPC client recognises it; the name is in data.
+            raise UnknownMethod(jsonrpc.ERROR_MESSAGES[jsonrpc.METHOD_NOT_FOUND], {"method": method})
+        record = TaskRecord(task_id or uuid.uuid4().hex, method, args, kwargs, options=options or {})
         self.store.add(record)
         self.nodes.queued[method] += 1
         self._publish("zerotask.event.queued", {"task_id": record.id, "method": method})
@@ -243,8 +263,7 @@ class Broker(Server):
             return
         for waiter in self._waiters.pop(task_id, []):
             waiter.answer_outcome(result, error)
-        topic = "zerotask.event.finished" if state == FINISHED else "zerotask.event.failed"
-        self._publish(topic, {"task_id": task_id, "state": state})
+        self._publish(f"zerotask.event.{state.lower()}", {"task_id": task_id, "state": state})
 
     def _requeue(self, records: list[TaskRecord]) -> None:
         for record in records:
@@ -252,8 +271,9 @@ class Broker(Server):
             self.nodes.queued[record.method] += 1
 
     def _publish(self, method: str, params: dict[str, Any]) -> None:
+        """Announce an event on the PUB socket once the store has committed it."""
         if self._subscriptions:  # nobody listening: skip the encoding entirely
-            self.events.send(jsonrpc.dumps(jsonrpc.notification(method, params)), zmq.NOBLOCK)
+            self._events_out.append(jsonrpc.dumps(jsonrpc.notification(method, params)))
 
     def _on_subscription(self) -> None:
         while True:
@@ -274,12 +294,35 @@ class Broker(Server):
         args = param(params, "args", 1, list, [])
         kwargs = param(params, "kwargs", 2, dict, {})
         task_id = param(params, "task_id", 3, str, None)
+        time_limit_s: float | None = param(params, "time_limit_s", 5, (int, float), None)
         if task_id is not None and not 0 < len(task_id) <= _MAX_TASK_ID:
             raise InvalidParams(f"task_id must have 1 to {_MAX_TASK_ID} characters")
-        return self.submit(method, args, kwargs, task_id)
+        if time_limit_s is not None and time_limit_s <= 0:
+            raise InvalidParams("time_limit_s must be a positive number of seconds")
+        options = {"time_limit_s": time_limit_s} if time_limit_s is not None else None
+        return self.submit(method, args, kwargs, task_id, options)
 
     def _submit_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
-        return self._submit_params(request).id
+        record = self._submit_params(request)
+        if param(request.params, "notify", 4, bool, False):
+            self._notify_when_done(record, envelope)
+        return record.id
+
+    def _notify_when_done(self, record: TaskRecord, envelope: Envelope) -> None:
+        """Push the task's outcome to this peer as a zerotask.client.finished notification."""
+        self._wait_for(record, Waiter(None, lambda message: self._send(envelope, message), notify_task_id=record.id))
+
+    def _notify_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
+        """Ask for zerotask.client.finished notifications for tasks submitted earlier (after a reconnect)."""
+        task_ids = param(request.params, "task_ids", 0, list)
+        unknown = []
+        for task_id in task_ids:
+            record = self.store.get(task_id) if isinstance(task_id, str) else None
+            if record is None:
+                unknown.append(task_id)
+            else:
+                self._notify_when_done(record, envelope)
+        return {"unknown": unknown}
 
     def _call_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
         record = self._submit_params(request)
@@ -319,7 +362,31 @@ class Broker(Server):
             "queued": {method: count for method, count in self.nodes.queued.items() if count > 0},
             "heartbeat_s": self.heartbeat_s,
             "liveness": self.liveness,
+            "instance": self.instance,
         }
+
+    def _ping_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
+        return {"instance": self.instance}
+
+    def _revoke_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
+        """A queued task never runs; a running one is stopped (its node kills the worker). The task ends
+        REVOKED, which the store keeps like any outcome. Returns the task's state afterwards."""
+        from zerotask.exceptions import TaskRevoked
+
+        record = self._record(request)
+        if record.state in FINAL_STATES:
+            return record.state
+        was_queued = record.state == QUEUED
+        holder = self.nodes.holder(record.id)
+        self._finish(
+            record.id, REVOKED, error=TaskRevoked(f"task {record.id} was revoked", {"task_id": record.id}).to_error_object()
+        )
+        if was_queued:
+            self.nodes.queued[record.method] -= 1
+        if holder is not None:
+            self.nodes.release(record.id)
+            self._send(holder.envelope, jsonrpc.notification("zerotask.node.revoke", {"task_ids": [record.id]}))
+        return REVOKED
 
     # ---- zerotask.broker.* for nodes ---------------------------------------------------------------
 
@@ -331,11 +398,20 @@ class Broker(Server):
         credit = param(params, "credit", 3, int, 0)
         if not all(isinstance(options, dict) for options in methods.values()):
             raise InvalidParams("methods must map each task name to an object of options")
+        running = param(params, "running", 4, list, [])
         node = NodeState(envelope[0], envelope, name, frozenset(methods), methods, workers, max(credit, 0))
         self._requeue(self.nodes.remove(envelope[0]))  # a node that reconnects starts afresh
         self.nodes.add(node)
+        for task_id in running:  # tasks it kept running while we were apart stay its own
+            record = self.store.get(task_id) if isinstance(task_id, str) else None
+            if record is None or record.state in FINAL_STATES or self.nodes.holder(task_id) is not None:
+                continue
+            if record.state == QUEUED:
+                self.nodes.queued[record.method] -= 1
+            self.store.set_state(task_id, RUNNING)
+            self.nodes.hold(node, record)
         log.info("node %s connected: %d worker(s), %d task name(s)", name, workers, len(methods))
-        return {"heartbeat_s": self.heartbeat_s, "liveness": self.liveness}
+        return {"heartbeat_s": self.heartbeat_s, "liveness": self.liveness, "max_message_bytes": self.max_message_bytes}
 
     def _node_for(self, request: jsonrpc.Request, envelope: Envelope) -> NodeState | None:
         node = self.nodes.get(envelope[0])
@@ -347,8 +423,24 @@ class Broker(Server):
     def _request_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
         credit = param(request.params, "credit", 0, int)
         node = self._node_for(request, envelope)
-        if node is not None:
+        if node is not None and not node.draining:
             node.credit = max(0, node.credit + credit)
+        return None
+
+    def _release_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
+        """A node hands back tasks it will not start; ``draining`` means it takes no more."""
+        task_ids = param(request.params, "task_ids", 0, list)
+        draining = param(request.params, "draining", 1, bool, False)
+        node = self._node_for(request, envelope)
+        if node is None:
+            return None
+        held = [
+            self.nodes.release(task_id) for task_id in task_ids if isinstance(task_id, str) and self.nodes.holder(task_id) is node
+        ]
+        self._requeue([record for record in held if record is not None])
+        if draining:
+            node.draining = True
+            node.credit = 0
         return None
 
     def _running_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
@@ -361,20 +453,54 @@ class Broker(Server):
 
     def _finished_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
         outcomes = param(request.params, "tasks", 0, list)
-        self._node_for(request, envelope)
+        sender = self._node_for(request, envelope)
+        if sender is not None:
+            sender.finished += len(outcomes)
         for outcome in outcomes:
             if not isinstance(outcome, dict) or not isinstance(outcome.get("task_id"), str):
                 raise InvalidParams("each finished task is an object with a task_id")
             task_id = outcome["task_id"]
-            self.nodes.release(task_id)
+            held = self.nodes.release(task_id)
             error = outcome.get("error")
             if error is not None:
                 if not isinstance(error, dict):
                     error = jsonrpc.error_object(jsonrpc.TASK_FAILED, str(error))
-                self._finish(task_id, FAILED, error=error)
+                if not self._retry(task_id, held, error):
+                    self._finish(task_id, FAILED, error=error)
             else:
                 self._finish(task_id, FINISHED, result=outcome.get("result"))
         return None
+
+    def _retry(self, task_id: str, held: TaskRecord | None, error: dict[str, Any]) -> bool:
+        """Schedule another attempt if the task's policy allows one; False if the failure is final.
+
+        The worker says whether the exception is one to retry (``data.retryable``); the broker counts
+        attempts (kept in the store) and waits ``retry_backoff_s * 2**(attempt - 1)``, capped, in state RETRY.
+        """
+        data = error.get("data")
+        if not isinstance(data, dict) or not data.get("retryable"):
+            return False
+        record = held if held is not None else self.store.get(task_id)
+        if record is None or record.state in FINAL_STATES:
+            return False
+        options = self.nodes.options_for(record.method)
+        if record.attempts >= int(options.get("retries", 0)):
+            return False
+        attempt = record.attempts + 1
+        backoff_s = float(options.get("retry_backoff_s", 1.0)) * 2 ** (attempt - 1)
+        delay_s = min(backoff_s, float(options.get("retry_backoff_max_s", 60.0)))
+        self.store.set_state(task_id, RETRY, attempts=attempt)
+        self.call_later(delay_s, lambda: self._retry_due(task_id))
+        self._publish("zerotask.event.retry", {"task_id": task_id, "attempt": attempt, "delay_s": delay_s})
+        log.info(
+            "task %s (%s) failed, attempt %d of %d in %.2f s", task_id, record.method, attempt, options.get("retries"), delay_s
+        )
+        return True
+
+    def _retry_due(self, task_id: str) -> None:
+        record = self.store.get(task_id)
+        if record is not None and record.state == RETRY:  # not revoked in the meantime
+            self._requeue([record])
 
     def _heartbeat_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
         self._node_for(request, envelope)

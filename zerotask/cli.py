@@ -89,6 +89,13 @@ def _node_parser(prog: str) -> argparse.ArgumentParser:
         "--heartbeat", type=float, default=1.0, metavar="SECONDS", help="heartbeat interval with the broker (default 1.0)"
     )
     parser.add_argument("--liveness", type=int, default=3, metavar="N", help="missed heartbeats before reconnecting (default 3)")
+    parser.add_argument("--prefetch", type=int, default=0, metavar="N", help="tasks to hold beyond one per worker (default 0)")
+    parser.add_argument(
+        "--grace", type=float, default=30.0, metavar="SECONDS", help="on SIGTERM, how long running tasks may finish (default 30)"
+    )
+    parser.add_argument(
+        "--time-limit", type=float, default=None, metavar="SECONDS", help="kill tasks that run longer (tasks may set their own)"
+    )
     parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
     return parser
 
@@ -117,6 +124,9 @@ def node_main(argv: list[str] | None = None, prog: str = "python -m zerotask.nod
         name=options.name,
         heartbeat_s=options.heartbeat,
         liveness=options.liveness,
+        prefetch=options.prefetch,
+        grace_s=options.grace,
+        time_limit_s=options.time_limit,
     ).start()
 
 

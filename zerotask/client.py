@@ -28,13 +28,32 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 
 
 class Client:
-    """A blocking client. ``timeout`` (seconds, None for no limit) bounds every call that waits."""
+    """A blocking client. ``timeout`` (seconds, None for no limit) bounds every call that waits;
+    ``time_limit`` (seconds) is the default time limit of the tasks it submits (the node kills a task
+    that runs longer; a task's own ``@task(timeout=...)`` applies when neither is set).
 
-    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, timeout: float | None = None) -> None:
+    While it waits, the client pings the broker every ``heartbeat_s``; when the broker restarts or
+    stays silent for ``liveness`` heartbeats, it reconnects and asks again (calls are idempotent: the
+    task id is chosen here), so a caller blocked on a result gets it after a broker restart.
+    """
+
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_ENDPOINT,
+        timeout: float | None = None,
+        time_limit: float | None = None,
+        heartbeat_s: float = 1.0,
+        liveness: int = 5,
+    ) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
+        self.time_limit = time_limit
+        self.heartbeat_s = heartbeat_s
+        self.liveness = liveness
         self._socket: zmq.Socket[bytes] | None = None
         self._ids = itertools.count(1)
+        self._pings = itertools.count(1)
+        self._instance: str | None = None
 
     # ---- calling tasks ---------------------------------------------------------------------------
 
@@ -46,12 +65,18 @@ class Client:
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Run task ``method`` and return its result. Raises TaskError if it raised, UnknownMethod if no
         connected node serves it, TaskTimeout if ``self.timeout`` runs out first."""
-        return self.rpc("zerotask.broker.call", call_params(method, args, kwargs), self.timeout)
+        return self.rpc("zerotask.broker.call", call_params(method, args, kwargs, self.time_limit), self.timeout)
 
     def submit(self, method: str, *args: Any, **kwargs: Any) -> str:
         """Queue task ``method`` and return its task id at once (once the broker has stored it)."""
-        task_id: str = self.rpc("zerotask.broker.submit", call_params(method, args, kwargs), self.timeout)
+        task_id: str = self.rpc("zerotask.broker.submit", call_params(method, args, kwargs, self.time_limit), self.timeout)
         return task_id
+
+    def revoke(self, task_id: str) -> str:
+        """Revoke a task: if queued it never runs, if running its worker is stopped. Returns the state
+        afterwards (REVOKED, or the outcome it reached first). Waiting callers get TaskRevoked."""
+        state: str = self.rpc("zerotask.broker.revoke", {"task_id": task_id}, self.timeout)
+        return state
 
     def status(self, task_id: str) -> str:
         """The task's state: QUEUED, ASSIGNED, RUNNING, RETRY, FINISHED, FAILED or REVOKED.
@@ -77,18 +102,48 @@ class Client:
         """Send one JSON-RPC request to the broker and return its result (or raise its error)."""
         sock = self._connected()
         request_id = next(self._ids)
-        sock.send(jsonrpc.dumps(jsonrpc.request(method, params, request_id)))
-        deadline = None if timeout is None else time.monotonic() + timeout
+        request = jsonrpc.dumps(jsonrpc.request(method, params, request_id))
+        sock.send(request)
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        last_heard = last_ping = now
+        silence_limit_s = self.heartbeat_s * self.liveness
         while True:
-            remaining_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-            if not sock.poll(remaining_ms):
+            wait_s = self.heartbeat_s if deadline is None else min(self.heartbeat_s, deadline - now)
+            if sock.poll(max(0, int(wait_s * 1000))):
+                response = self._parse(sock.recv())
+                last_heard = time.monotonic()
+                silence_limit_s = self.heartbeat_s * self.liveness
+                if response is not None and isinstance(response.id, str) and response.id.startswith("ping-"):
+                    if self._broker_restarted(response):
+                        sock.send(request)  # the new broker never saw it
+                elif response is not None and response.id == request_id:
+                    if response.error is not None:
+                        raise from_error_object(response.error)
+                    return response.result
+                # anything else: the late answer to an earlier call that timed out
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
                 raise TaskTimeout(f"no answer to {method} within {timeout} s")
-            response = self._parse(sock.recv())
-            if response is None or response.id != request_id:
-                continue  # the late answer to an earlier call that timed out
-            if response.error is not None:
-                raise from_error_object(response.error)
-            return response.result
+            if now - last_heard > silence_limit_s:
+                # Silent broker: a fresh socket (the old one may hold a dead connection), then ask again.
+                silence_limit_s = min(silence_limit_s * 2, 32.0)
+                last_heard = now
+                self.close()
+                sock = self._connected()
+                sock.send(request)
+            elif now - last_ping >= self.heartbeat_s:
+                last_ping = now
+                self._ping(sock)
+
+    def _ping(self, sock: zmq.Socket[bytes]) -> None:
+        sock.send(jsonrpc.dumps(jsonrpc.request("zerotask.broker.ping", {}, f"ping-{next(self._pings)}")))
+
+    def _broker_restarted(self, pong: jsonrpc.Response) -> bool:
+        instance = pong.result.get("instance") if isinstance(pong.result, dict) else None
+        restarted = self._instance is not None and instance != self._instance
+        self._instance = instance
+        return restarted
 
     @staticmethod
     def _parse(payload: bytes) -> jsonrpc.Response | None:
@@ -106,6 +161,7 @@ class Client:
             self._socket = zmq.Context.instance().socket(zmq.DEALER)
             self._socket.setsockopt(zmq.LINGER, 0)
             self._socket.connect(self.endpoint)
+            self._ping(self._socket)  # learn which broker instance answers, to notice a restart later
         return self._socket
 
     def close(self) -> None:
@@ -120,10 +176,13 @@ class Client:
         self.close()
 
 
-def call_params(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+def call_params(method: str, args: tuple[Any, ...], kwargs: dict[str, Any], time_limit: float | None = None) -> dict[str, Any]:
     """The params of zerotask.broker.submit / call for one task. The client names the task, so that a
     call it repeats (after a lost reply, or a broker restart) finds the same task instead of a new one."""
-    return {"method": method, "args": list(args), "kwargs": kwargs, "task_id": uuid.uuid4().hex}
+    params: dict[str, Any] = {"method": method, "args": list(args), "kwargs": kwargs, "task_id": uuid.uuid4().hex}
+    if time_limit is not None:
+        params["time_limit_s"] = time_limit
+    return params
 
 
 class AsyncClient:
@@ -135,9 +194,10 @@ class AsyncClient:
     control calls (status, info) and :meth:`map`'s waits; None means no limit.
     """
 
-    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, timeout: float | None = None) -> None:
+    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, timeout: float | None = None, time_limit: float | None = None) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
+        self.time_limit = time_limit
         self._connection = BrokerConnection(endpoint)
 
     def __getattr__(self, name: str) -> _Method:
@@ -147,7 +207,7 @@ class AsyncClient:
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> TaskHandle:
         """Submit task ``method``; returns its handle at once."""
-        params = call_params(method, args, kwargs)
+        params = call_params(method, args, kwargs, self.time_limit)
         params["notify"] = True
         return TaskHandle(self, params["task_id"], method, self._connection.submit(params))
 
@@ -168,6 +228,11 @@ class AsyncClient:
     def info(self) -> dict[str, Any]:
         info: dict[str, Any] = self._control("zerotask.broker.info", {}, self.timeout)
         return info
+
+    def revoke(self, task_id: str, timeout: float | None = None) -> str:
+        """Revoke a task (see :meth:`Client.revoke`); its handle then raises TaskRevoked."""
+        state: str = self._control("zerotask.broker.revoke", {"task_id": task_id}, timeout)
+        return state
 
     def _control(self, method: str, params: jsonrpc.Params, timeout: float | None) -> Any:
         answer = self._connection.call(method, params)

@@ -14,6 +14,7 @@ import itertools
 import logging
 import socket
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,9 @@ from zerotask import jsonrpc
 from zerotask.exceptions import ZerotaskError, from_error_object
 
 log = logging.getLogger(__name__)
+
+BATCH_SIZE = 1000  # requests per message at most
+MAX_SILENCE_S = 32.0  # the longest the connection waits before trying again
 
 
 class ConnectionClosed(ZerotaskError):
@@ -47,7 +51,7 @@ class _Call:
 class BrokerConnection:
     """Submits tasks and control calls to one broker from a background thread."""
 
-    def __init__(self, endpoint: str, heartbeat_s: float = 1.0, liveness: int = 3) -> None:
+    def __init__(self, endpoint: str, heartbeat_s: float = 1.0, liveness: int = 5) -> None:
         self.endpoint = endpoint
         self.heartbeat_s = heartbeat_s
         self.liveness = liveness
@@ -55,6 +59,11 @@ class BrokerConnection:
         self._tasks: dict[str, _Submission] = {}  # submitted, outcome not yet known
         self._calls: dict[int, _Call] = {}  # control calls awaiting their response
         self._acks: dict[int, str] = {}  # submit request id -> task id
+        self._resubscriptions: set[int] = set()  # ids of zerotask.broker.notify requests sent after a restart
+        self._instance: str | None = None  # the broker instance that has our tasks
+        self._last_heard = time.monotonic()
+        self._last_ping = 0.0
+        self._silence_limit_s = heartbeat_s * liveness
         self._ids = itertools.count(1)
         self._signalled = False
         self._wake_reader, self._wake_writer = socket.socketpair()
@@ -101,31 +110,101 @@ class BrokerConnection:
     # ---- the connection's own thread ---------------------------------------------------------------
 
     def _run(self) -> None:
-        self._socket = self._connect()
-        poller = zmq.Poller()
-        poller.register(self._wake_reader.fileno(), zmq.POLLIN)
-        poller.register(self._socket, zmq.POLLIN)
+        self._poller = zmq.Poller()
+        self._poller.register(self._wake_reader.fileno(), zmq.POLLIN)
+        self._socket: zmq.Socket[bytes] | None = None
+        self._open_socket()
         running = True
         try:
             while running:
-                ready = dict(poller.poll(int(self.heartbeat_s * 1000)))
+                ready = dict(self._poller.poll(int(self.heartbeat_s * 1000)))
                 if self._socket in ready:
                     self._receive()
                 if self._wake_reader.fileno() in ready:
                     running = self._send_outgoing()
+                self._check_liveness()
         except Exception:  # a bug here must fail the callers, not leave them waiting forever
             log.exception("the client connection thread failed")
         finally:
             self._fail_everything(ConnectionClosed("the client is closed"))
-            self._socket.close(linger=0)
+            if self._socket is not None:
+                self._socket.close(linger=0)
 
-    def _connect(self) -> zmq.Socket[bytes]:
+    def _open_socket(self) -> None:
+        if self._socket is not None:
+            self._poller.unregister(self._socket)
+            self._socket.close(linger=0)
         sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 0)  # flow control is the caller's business; never block or drop here
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.connect(self.endpoint)
-        return sock
+        self._socket = sock
+        self._poller.register(sock, zmq.POLLIN)
+        self._ping()  # learn which broker instance holds what we are about to send
+
+    # ---- surviving a broker restart --------------------------------------------------------------
+
+    def _ping(self) -> None:
+        request_id = next(self._ids)
+        self._calls[request_id] = _Call("zerotask.broker.ping", {}, Future())
+        self._calls[request_id].answer.add_done_callback(self._on_pong)
+        self._last_ping = time.monotonic()
+        self._send([jsonrpc.request("zerotask.broker.ping", {}, request_id)])
+
+    def _on_pong(self, answer: Future[Any]) -> None:
+        if answer.exception() is not None:
+            return
+        instance = (answer.result() or {}).get("instance")
+        if self._instance is not None and instance != self._instance:
+            log.warning("the broker restarted: sending our %d unfinished task(s) again", len(self._tasks))
+            self._resend_everything()
+        self._instance = instance
+
+    def _check_liveness(self) -> None:
+        """While anything is outstanding, ping the broker every heartbeat; if it stays silent, connect
+        a fresh socket (backing off) and send everything again. Every resent call is idempotent."""
+        now = time.monotonic()
+        if not self._tasks and len(self._calls) <= 1:  # idle (at most our own ping): nothing to lose
+            self._last_heard = now
+            return
+        if now - self._last_heard > self._silence_limit_s:
+            log.warning("the broker has been silent for %.1f s: reconnecting", now - self._last_heard)
+            self._silence_limit_s = min(self._silence_limit_s * 2, MAX_SILENCE_S)
+            self._last_heard = now
+            self._calls = {request_id: call for request_id, call in self._calls.items() if call.method != "zerotask.broker.ping"}
+            self._open_socket()
+            self._resend_everything()
+        elif now - self._last_ping >= self.heartbeat_s:
+            self._ping()
+
+    def _resend_everything(self) -> None:
+        """Submit again what the broker never acknowledged, ask to be notified of what it did, and
+        repeat every control call. The broker finds tasks by the ids we chose, so nothing doubles."""
+        self._acks.clear()
+        batch: list[dict[str, Any]] = []
+        acknowledged = []
+        for task_id, submission in self._tasks.items():
+            if submission.acknowledged:
+                acknowledged.append(task_id)
+            else:
+                batch.append(self._submit_request(submission))
+        if acknowledged:
+            request_id = next(self._ids)
+            self._resubscriptions.add(request_id)
+            batch.append(jsonrpc.request("zerotask.broker.notify", {"task_ids": acknowledged}, request_id))
+        for request_id, call in self._calls.items():
+            if call.method != "zerotask.broker.ping":
+                batch.append(jsonrpc.request(call.method, call.params, request_id))
+        self._send(batch)
+
+    def _on_resubscribed(self, result: Any) -> None:
+        """Tasks the restarted broker does not know (a volatile store lost them) are submitted again."""
+        unknown = result.get("unknown", []) if isinstance(result, dict) else []
+        again = [self._tasks[task_id] for task_id in unknown if task_id in self._tasks]
+        if again:
+            log.warning("the broker lost %d task(s): submitting them again", len(again))
+            self._send([self._submit_request(submission) for submission in again])
 
     def _send_outgoing(self) -> bool:
         """Send everything queued as one message; False once close() asked the thread to stop."""
@@ -142,25 +221,38 @@ class BrokerConnection:
             if item is None:
                 keep_running = False
                 break
-            request_id = next(self._ids)
             if isinstance(item, _Submission):
-                task_id = item.params["task_id"]
-                self._tasks[task_id] = item
-                self._acks[request_id] = task_id
-                batch.append(jsonrpc.request("zerotask.broker.submit", item.params, request_id))
+                self._tasks[item.params["task_id"]] = item
+                batch.append(self._submit_request(item))
             else:
+                request_id = next(self._ids)
                 self._calls[request_id] = item
                 batch.append(jsonrpc.request(item.method, item.params, request_id))
-        if batch:
-            self._socket.send(jsonrpc.dumps(batch[0] if len(batch) == 1 else batch))
+        self._send(batch)
         return keep_running
 
+    def _submit_request(self, submission: _Submission) -> dict[str, Any]:
+        request_id = next(self._ids)
+        self._acks[request_id] = submission.params["task_id"]
+        return jsonrpc.request("zerotask.broker.submit", submission.params, request_id)
+
+    def _send(self, batch: list[dict[str, Any]]) -> None:
+        """Send requests in batches of at most BATCH_SIZE: the broker reads a batch at once, and
+        smaller messages keep it answering everyone else (and our pings) in between."""
+        assert self._socket is not None
+        for start in range(0, len(batch), BATCH_SIZE):
+            chunk = batch[start : start + BATCH_SIZE]
+            self._socket.send(jsonrpc.dumps(chunk[0] if len(chunk) == 1 else chunk))
+
     def _receive(self) -> None:
+        assert self._socket is not None
         while True:
             try:
                 payload = self._socket.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            self._last_heard = time.monotonic()
+            self._silence_limit_s = self.heartbeat_s * self.liveness
             try:
                 message = jsonrpc.loads(payload)
             except jsonrpc.InvalidMessage:
@@ -188,6 +280,10 @@ class BrokerConnection:
                 _settle(submission.outcome, exception=from_error_object(error))
             else:
                 submission.acknowledged = True
+            return
+        if request_id in self._resubscriptions:
+            self._resubscriptions.discard(request_id)
+            self._on_resubscribed(item.get("result"))
             return
         call = self._calls.pop(request_id, None)
         if call is None:

@@ -47,7 +47,10 @@ class Dispatcher:
         except (UnknownMethod, InvalidParams) as error:
             return None, error.to_error_object()
         except Exception as error:  # the task's own failure travels to the caller
-            return None, task_error_object(error, traceback.format_exc())
+            failure = task_error_object(error, traceback.format_exc())
+            found = self._tasks.get(name)
+            failure["data"]["retryable"] = found is not None and found.options.retryable(error)
+            return None, failure
 
     def dispatch(self, request: jsonrpc.Request) -> dict[str, Any] | None:
         """One JSON-RPC request in, its response out (None for a notification)."""

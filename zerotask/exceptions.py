@@ -44,6 +44,10 @@ class UnknownMethod(ZerotaskError, AttributeError):
 
     code = jsonrpc.METHOD_NOT_FOUND
 
+    def __str__(self) -> str:  # the broker's message is the bare "Method not found"; its data names the method
+        method = self.data.get("method") if isinstance(self.data, dict) else None
+        return f"{self.message}: {method!r}" if isinstance(method, str) else self.message
+
 
 class InvalidParams(ZerotaskError, TypeError):
     """The parameters do not fit the method (JSON-RPC -32602)."""
@@ -76,6 +80,25 @@ class TaskRevoked(ZerotaskError):
     """The task was revoked before it finished."""
 
     code = jsonrpc.REVOKED
+
+
+class WorkerLost(ZerotaskError):
+    """Raised node-side (and reported as a TaskError of type WorkerLost) when a worker process dies
+    while running a task."""
+
+    code = jsonrpc.TASK_FAILED
+
+
+class TimeLimitExceeded(ZerotaskError):
+    """A task ran past its time limit; its worker was killed (reported as a TaskError of this type)."""
+
+    code = jsonrpc.TASK_FAILED
+
+
+class ResultTooLarge(ZerotaskError):
+    """A task's result is larger than the broker accepts in one message."""
+
+    code = jsonrpc.TASK_FAILED
 
 
 class TaskError(ZerotaskError):

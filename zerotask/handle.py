@@ -27,6 +27,10 @@ class TaskHandle:
         """The broker's state for the task: QUEUED, ASSIGNED, RUNNING, RETRY, FINISHED, FAILED or REVOKED."""
         return self._client.status(self.id, timeout)
 
+    def revoke(self, timeout: float | None = None) -> str:
+        """Revoke the task: queued, it never runs; running, its worker is stopped. Returns the state."""
+        return self._client.revoke(self.id, timeout)
+
     def result(self, timeout: float | None = None) -> Any:
         """Wait up to ``timeout`` seconds (None: no limit) and return the result; raises TaskError,
         UnknownMethod..., or TaskTimeout if the time runs out first (the task goes on)."""

@@ -26,6 +26,7 @@ class NodeState:
     workers: int
     credit: int = 0
     finished: int = 0  # outcomes reported since it connected
+    draining: bool = False  # stopping: it takes no more tasks
     tasks: dict[str, TaskRecord] = field(default_factory=dict)
     last_seen: float = field(default_factory=time.monotonic)
     last_sent: float = field(default_factory=time.monotonic)
@@ -50,6 +51,7 @@ class NodeRegistry:
         self._served: Counter[str] = Counter()
         self.queued: Counter[str] = Counter(store.queued_counts())
         self._holder: dict[str, NodeState] = {}
+        self._options: dict[str, dict[str, Any]] = {}
         self._rotation = 0
 
     def __bool__(self) -> bool:
@@ -65,16 +67,15 @@ class NodeRegistry:
         return self._served[method] > 0
 
     def options_for(self, method: str) -> dict[str, Any]:
-        for node in self._nodes.values():
-            if method in node.options:
-                return node.options[method]
-        return {}
+        """The task options (retries...) the latest node serving ``method`` announced, even if it left."""
+        return self._options.get(method, {})
 
     def add(self, node: NodeState) -> None:
         """Register a node; a node reconnecting under the same identity replaces its old state."""
         self.remove(node.identity)
         self._nodes[node.identity] = node
         self._served.update(node.methods)
+        self._options.update(node.options)
 
     def remove(self, identity: bytes) -> list[TaskRecord]:
         """Forget a node; returns the tasks it held (the caller decides what becomes of them)."""
@@ -85,6 +86,11 @@ class NodeRegistry:
         for task_id in node.tasks:
             self._holder.pop(task_id, None)
         return list(node.tasks.values())
+
+    def hold(self, node: NodeState, record: TaskRecord) -> None:
+        """Record that ``node`` holds the task (it reconnected while running it)."""
+        node.tasks[record.id] = record
+        self._holder[record.id] = node
 
     def holder(self, task_id: str) -> NodeState | None:
         return self._holder.get(task_id)

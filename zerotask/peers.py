@@ -1,7 +1,8 @@
 """How the broker answers the peers on its ROUTER socket: envelopes, batches and waiting callers.
 
 A ROUTER socket prefixes every message with the sender's routing id. REQ peers (and DEALER peers that
-imitate them) add an empty delimiter frame; bare DEALER peers do not. The reply must use the same
+imitate them) add an empty delimiter frame, REQ peers with REQ_CORRELATE a request-id frame before it,
+and a proxy in between its own routing id; bare DEALER peers add nothing. The reply must use the same
 envelope, so it is kept with every request until the response is sent.
 """
 
@@ -21,11 +22,17 @@ Send = Callable[[Envelope, dict[str, Any] | list[Any]], None]
 
 
 def split_frames(frames: list[bytes]) -> tuple[Envelope, bytes | None]:
-    """``(envelope, payload)``; payload is None when the frames are not one of the two valid shapes."""
+    """``(envelope, payload)``: the payload is the last frame, the envelope every frame before it.
+
+    Valid shapes are ``[routing id, payload]`` and ``[routing id, ..., b"", payload]``: an envelope that
+    ends in the empty delimiter may carry more frames (a REQ_CORRELATE request id, a proxy's routing id),
+    which the reply must repeat. For any other shape the payload is None and the envelope is the one an
+    error reply can reach.
+    """
     if len(frames) == 2:
         return (frames[0],), frames[1]
-    if len(frames) == 3 and frames[1] == b"":
-        return (frames[0], b""), frames[2]
+    if len(frames) > 2 and frames[-2] == b"":
+        return tuple(frames[:-1]), frames[-1]
     if len(frames) > 1 and frames[1] == b"":
         return (frames[0], b""), None
     return (frames[0],), None
@@ -72,11 +79,13 @@ class Reply:
 
 @dataclass(slots=True)
 class Waiter:
-    """A caller waiting for a task's outcome: answered once, with its own request id."""
+    """A caller waiting for a task's outcome, answered once: with a response to its request, or (when
+    ``notify_task_id`` is set) with a ``zerotask.client.finished`` notification for that task."""
 
     request_id: jsonrpc.RequestId
     respond: Respond
     timer: Timer | None = None
+    notify_task_id: str | None = None
     answered: bool = field(default=False)
 
     def answer(self, response: dict[str, Any]) -> None:
@@ -88,10 +97,17 @@ class Waiter:
         self.respond(response)
 
     def answer_outcome(self, result: Any, error: dict[str, Any] | None) -> None:
-        if error is not None:
+        if self.notify_task_id is not None:
+            outcome: dict[str, Any] = {"task_id": self.notify_task_id}
+            if error is not None:
+                outcome["error"] = error
+            else:
+                outcome["result"] = result
+            self.answer(jsonrpc.notification("zerotask.client.finished", outcome))
+        elif error is not None:
             self.answer(jsonrpc.error(self.request_id, error))
         else:
             self.answer(jsonrpc.result(self.request_id, result))
 
     def answer_error(self, error: ZerotaskError) -> None:
-        self.answer(jsonrpc.error(self.request_id, error.to_error_object()))
+        self.answer_outcome(None, error.to_error_object())

@@ -15,24 +15,29 @@ F = TypeVar("F", bound=Callable[..., Any])
 @dataclass(frozen=True, slots=True)
 class TaskOptions:
     """How a task is delivered. ``retries`` extra attempts after a failure (only for exceptions in
-    ``retry_on``, or any exception when it is empty), waiting ``retry_backoff_s * 2**attempt`` seconds
+    ``retry_on``, or any exception when it is empty), waiting ``retry_backoff_s * 2**(attempt - 1)`` seconds
     (capped at ``retry_backoff_max_s``); ``timeout_s`` kills a run that takes longer."""
 
     retries: int = 0
-    retry_on: tuple[str, ...] = ()
+    retry_on: tuple[type[BaseException], ...] = ()
     retry_backoff_s: float = 1.0
     retry_backoff_max_s: float = 60.0
     timeout_s: float | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        """The options as the node announces them to the broker (only those that differ from the default)."""
+        """The options as the node announces them to the broker (those that differ from the default).
+        ``retry_on`` stays home: the worker, which has the exception, decides whether it is retryable."""
         wire: dict[str, Any] = {}
         default = TaskOptions()
-        for name in ("retries", "retry_on", "retry_backoff_s", "retry_backoff_max_s", "timeout_s"):
+        for name in ("retries", "retry_backoff_s", "retry_backoff_max_s", "timeout_s"):
             value = getattr(self, name)
             if value != getattr(default, name):
-                wire[name] = list(value) if isinstance(value, tuple) else value
+                wire[name] = value
         return wire
+
+    def retryable(self, error: BaseException) -> bool:
+        """Whether the retry policy covers this exception (attempts left are the broker's to count)."""
+        return self.retries > 0 and (not self.retry_on or isinstance(error, self.retry_on))
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +83,7 @@ def task(
 
     options = TaskOptions(
         retries=retries,
-        retry_on=tuple(_exception_name(cls) for cls in retry_on),
+        retry_on=tuple(retry_on),
         retry_backoff_s=retry_backoff,
         retry_backoff_max_s=retry_backoff_max,
         timeout_s=timeout,
@@ -93,9 +98,3 @@ def task(
         return register(function)
     return register
 
-
-def _exception_name(cls: type[BaseException]) -> str:
-    """The name a worker reports for an exception of this class (see exceptions.task_error_object)."""
-    if cls.__module__ in ("builtins", "__main__"):
-        return cls.__qualname__
-    return f"{cls.__module__}.{cls.__qualname__}"

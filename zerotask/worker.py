@@ -27,16 +27,20 @@ _fork = multiprocessing.get_context("fork")
 class Worker:
     """The node's handle on one worker process."""
 
-    def __init__(self, dispatcher: Dispatcher, index: int) -> None:
+    def __init__(self, dispatcher: Dispatcher, index: int, siblings: list[Connection] | None = None) -> None:
+        """Fork the process. ``siblings``: the node's ends of the other workers' pipes, which the child
+        closes so that each pipe reaches end-of-file as soon as the node lets go of it."""
         self.index = index
         self.connection, child_end = _fork.Pipe(duplex=True)
+        inherited = [self.connection, *(siblings or [])]
         self.process = _fork.Process(
-            target=_run, args=(child_end, self.connection, dispatcher), name=f"zerotask-worker-{index}", daemon=True
+            target=_run, args=(child_end, inherited, dispatcher), name=f"zerotask-worker-{index}", daemon=True
         )
         self.process.start()
         child_end.close()
         self.task: dict[str, Any] | None = None  # the task it is running, if any
         self.started_at = 0.0
+        self.kill_reason: str | None = None  # why the node killed it: "timeout", "revoked", "shutdown"
 
     def fileno(self) -> int:
         return self.connection.fileno()
@@ -50,16 +54,19 @@ class Worker:
         self.started_at = time.monotonic()
         self.connection.send_bytes(jsonrpc.dumps(task))
 
-    def receive(self) -> dict[str, Any] | None:
-        """The outcome of the running task, or None if the worker died (its pipe is closed)."""
+    def receive(self) -> tuple[dict[str, Any], int] | None:
+        """The outcome of the running task and its size in bytes, or None if the worker died."""
         try:
-            outcome: dict[str, Any] = jsonrpc.loads(self.connection.recv_bytes())
+            encoded = self.connection.recv_bytes()
         except (EOFError, OSError):
             return None
         self.task = None
-        return outcome
+        return jsonrpc.loads(encoded), len(encoded)
 
-    def kill(self) -> None:
+    def kill(self, reason: str) -> None:
+        """SIGKILL the process (a running task cannot be interrupted any other way); the node learns of
+        its death from the pipe, and ``reason`` says what to report."""
+        self.kill_reason = reason
         if self.process.is_alive():
             self.process.kill()
 
@@ -77,9 +84,10 @@ class Worker:
             self.process.join(timeout_s)
 
 
-def _run(connection: Connection, node_end: Connection, dispatcher: Dispatcher) -> None:
+def _run(connection: Connection, inherited: list[Connection], dispatcher: Dispatcher) -> None:
     """The worker process's loop: read a task, run it, send its outcome, until the pipe closes."""
-    node_end.close()
+    for node_end in inherited:
+        node_end.close()
     # The node owns signals: Ctrl-C reaches the whole process group, and the node decides what a
     # running task gets. The wakeup fd inherited from the node must not be written to from here.
     signal.set_wakeup_fd(-1)

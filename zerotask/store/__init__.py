@@ -36,10 +36,14 @@ class TaskRecord:
     result: Any = None
     error: dict[str, Any] | None = None
     attempts: int = 0
+    options: dict[str, Any] = field(default_factory=dict)  # per-call delivery options, e.g. time_limit_s
 
     def to_wire(self) -> dict[str, Any]:
         """The task as a node receives it."""
-        return {"task_id": self.id, "method": self.method, "args": self.args, "kwargs": self.kwargs, "attempt": self.attempts}
+        wire = {"task_id": self.id, "method": self.method, "args": self.args, "kwargs": self.kwargs, "attempt": self.attempts}
+        if self.options:
+            wire.update(self.options)
+        return wire
 
 
 class Store(ABC):

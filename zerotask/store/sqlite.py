@@ -45,7 +45,7 @@ class SqliteStore(Store):
         return self._db.execute(sql, parameters)
 
     def add(self, record: TaskRecord) -> bool:
-        params = jsonrpc.dumps([record.args, record.kwargs])
+        params = jsonrpc.dumps([record.args, record.kwargs, record.options])
         cursor = self._write(
             "INSERT OR IGNORE INTO tasks (id, method, params, state, attempts) VALUES (?, ?, ?, ?, ?)",
             (record.id, record.method, params, QUEUED, record.attempts),
@@ -56,8 +56,10 @@ class SqliteStore(Store):
         return False
 
     def take(self, methods: Collection[str], limit: int) -> list[TaskRecord]:
+        if limit <= 0:
+            return []  # SQLite reads a negative LIMIT as "no limit", and rows[:limit] would then keep all but -limit
         rows: list[tuple[int, str, str, bytes, int]] = []
-        for method in methods:
+        for method in set(methods):  # a method named twice would otherwise select, and return, its tasks twice
             rows.extend(
                 self._db.execute(
                     "SELECT seq, id, method, params, attempts FROM tasks"
@@ -72,8 +74,8 @@ class SqliteStore(Store):
         self._write_many("UPDATE tasks SET state = 'ASSIGNED' WHERE seq = ?", [(row[0],) for row in rows])
         taken = []
         for _, task_id, method, params, attempts in rows:
-            args, kwargs = jsonrpc.loads(params)
-            taken.append(TaskRecord(task_id, method, args, kwargs, "ASSIGNED", attempts=attempts))
+            args, kwargs, options = _call(params)
+            taken.append(TaskRecord(task_id, method, args, kwargs, "ASSIGNED", attempts=attempts, options=options))
         return taken
 
     def _write_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
@@ -107,7 +109,7 @@ class SqliteStore(Store):
         method, params, state, outcome, attempts = row
         record = TaskRecord(task_id, method, state=state, attempts=attempts)
         if params:
-            record.args, record.kwargs = jsonrpc.loads(params)
+            record.args, record.kwargs, record.options = _call(params)
         if outcome:
             decoded = jsonrpc.loads(outcome)
             record.result = decoded.get("result")
@@ -137,3 +139,9 @@ class SqliteStore(Store):
     def close(self) -> None:
         self.flush()
         self._db.close()
+
+
+def _call(params: bytes) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+    """``[args, kwargs, options]`` as stored (files from before options were added hold two items)."""
+    args, kwargs, *rest = jsonrpc.loads(params)
+    return args, kwargs, rest[0] if rest else {}
