@@ -1,0 +1,53 @@
+"""The command line: every entry point answers -h, and `zerotask call` calls a task."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from zerotask.testing import Cluster, scaled
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["-m", "zerotask.broker", "-h"],
+        ["-m", "zerotask.node", "-h"],
+        ["-m", "zerotask.client", "-h"],
+        ["-m", "zerotask.cli", "broker", "-h"],
+        ["-m", "zerotask.cli", "node", "-h"],
+        ["-m", "zerotask.cli", "call", "-h"],
+        ["-m", "zerotask.cli", "map", "-h"],
+        ["-m", "zerotask.cli", "--help"],
+    ],
+)
+def test_help(command: list[str]) -> None:
+    done = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=scaled(30))
+    assert done.returncode == 0, done.stderr
+    assert "usage:" in done.stdout
+
+
+def test_broker_help_names_its_options() -> None:
+    done = subprocess.run([sys.executable, "-m", "zerotask.broker", "-h"], capture_output=True, text=True, timeout=scaled(30))
+    for option in ("--bind", "--publish", "--store", "--log-level"):
+        assert option in done.stdout
+
+
+def test_node_help_names_its_options() -> None:
+    done = subprocess.run([sys.executable, "-m", "zerotask.node", "-h"], capture_output=True, text=True, timeout=scaled(30))
+    for option in ("--broker", "--workers", "MODULE"):
+        assert option in done.stdout
+
+
+def test_zerotask_call_prints_the_result_as_json(running: Cluster) -> None:
+    def call(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "zerotask.cli", "call", *args, "--broker", running.endpoint, "--timeout", "20"]
+        return subprocess.run(command, capture_output=True, text=True, timeout=scaled(60))
+
+    assert call("add", "5", "6").stdout == "11\n"
+    assert call("echo", "x", "[1, 2]", "--kwargs", '{"k": null}').stdout == '{"args":["x",[1,2]],"kwargs":{"k":null}}\n'
+    failed = call("fail", "boom")
+    assert failed.returncode == 1 and "ValueError: boom" in failed.stderr
+    assert call("no_such_task").returncode == 1
