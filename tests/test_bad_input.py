@@ -96,6 +96,33 @@ def test_malformed_json_gets_a_parse_error(good: RawPeer, bad: RawPeer, payload:
     assert_still_serving(good, queued)
 
 
+def nested(levels: int) -> str:
+    return "[" * levels + "]" * levels
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(f'{{"jsonrpc": "2.0", "method": "echo", "params": [{nested(199)}], "id": 1}}', id="task-params"),
+        # zerotask.broker.notify answers with the ids it does not know: this one would be echoed back
+        pytest.param(
+            f'{{"jsonrpc": "2.0", "method": "zerotask.broker.notify", "params": [[{nested(300)}]], "id": 1}}', id="echoed"
+        ),
+    ],
+)
+def test_json_nested_deeper_than_the_broker_could_send_on_gets_a_parse_error(good: RawPeer, bad: RawPeer, payload: str) -> None:
+    # orjson reads 1024 levels but writes only 254: the broker must not take what it could not send on.
+    queued = queue_sleepers(good)
+    assert bad.call(payload) == PARSE_ERROR
+    bad.assert_served()
+    assert_still_serving(good, queued)
+
+
+def test_json_nested_within_the_limit_is_served(good: RawPeer) -> None:
+    deep = json.loads(nested(190))
+    assert good.call(request("echo", [deep], 1)) == result({"args": [deep], "kwargs": {}}, 1)
+
+
 @pytest.mark.parametrize(
     ("payload", "request_id"),
     [

@@ -51,6 +51,31 @@ def test_loads_raises_parse_error_on_anything_not_json(data: bytes) -> None:
     assert str(raised.value) == "Parse error"
 
 
+def test_loads_refuses_nesting_deeper_than_max_depth() -> None:
+    assert jsonrpc.loads(b"[" * 200 + b"]" * 200, max_depth=200) == json_nested(199)
+    assert jsonrpc.loads("[" * 200 + "]" * 200, max_depth=200) == json_nested(199)
+    for data in (b"[" * 201 + b"]" * 201, "[" * 201 + "]" * 201, b'{"a":' * 201 + b"1" + b"}" * 201):
+        with pytest.raises(jsonrpc.InvalidMessage) as raised:
+            jsonrpc.loads(data, max_depth=200)
+        assert raised.value.code == jsonrpc.PARSE_ERROR
+    # many brackets side by side are not deep
+    assert jsonrpc.loads(b"[" + b"[]," * 1000 + b"[]]", max_depth=2) == [[]] * 1001
+    assert jsonrpc.loads(b"[" * 500 + b"]" * 500) == json_nested(499)  # no limit unless asked
+
+
+def test_max_depth_leaves_room_to_send_on() -> None:
+    # A node's run message puts a task's args 4 levels deeper than the request did (5 in a batch).
+    value = json_nested(jsonrpc.MAX_DEPTH + 5)
+    assert jsonrpc.loads(jsonrpc.dumps(value)) == value
+
+
+def json_nested(levels: int) -> Any:
+    value: Any = []
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
 def test_invalid_message_defaults_to_the_standard_message() -> None:
     assert str(jsonrpc.InvalidMessage(jsonrpc.INVALID_REQUEST)) == "Invalid Request"
     assert str(jsonrpc.InvalidMessage(jsonrpc.INVALID_REQUEST, "no method")) == "no method"

@@ -34,7 +34,10 @@ DEFAULT_BIND = "tcp://*:5555"
 DEFAULT_PUBLISH = "tcp://*:5556"
 DEFAULT_STORE = "./zerotask.db"
 DEFERRED: Any = object()  # a handler's return value meaning "the response will be sent later"
-_DRAIN_LIMIT = 2000  # messages handled per round before the store is flushed and replies go out
+# Requests (batch items count one each) handled per round before the store is flushed and replies go
+# out: big enough to share a commit among many tasks, small enough that nodes keep getting work while a
+# client floods us with submits.
+_ROUND_BUDGET = 1000
 _MAX_TASK_ID = 128
 
 Handler = Callable[[jsonrpc.Request, Envelope, Respond | None], Any]
@@ -90,7 +93,7 @@ class Broker(Server):
         self.nodes = NodeRegistry(self.store)
         self.instance = uuid.uuid4().hex  # clients compare it to learn that the broker restarted
         self._waiters: dict[str, list[Waiter]] = {}
-        self._outbox: list[tuple[Envelope, bytes]] = []
+        self._outbox: dict[Envelope, list[dict[str, Any] | list[Any]]] = {}
         self._events_out: list[bytes] = []
         self._subscriptions: set[bytes] = set()
         self.requests = self.context.socket(zmq.ROUTER)
@@ -122,12 +125,13 @@ class Broker(Server):
     # ---- the loop --------------------------------------------------------------------------------
 
     def _on_requests(self) -> None:
-        for _ in range(_DRAIN_LIMIT):
+        budget = _ROUND_BUDGET
+        while budget > 0:
             try:
                 frames = self.requests.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self._on_message(frames)
+            budget -= self._on_message(frames)
 
     def after_events(self) -> None:
         for node, records in self.nodes.assign():
@@ -137,18 +141,21 @@ class Broker(Server):
         events, self._events_out = self._events_out, []
         for event in events:
             self.events.send(event, zmq.NOBLOCK)
-        outbox, self._outbox = self._outbox, []
-        for envelope, payload in outbox:
+        outbox, self._outbox = self._outbox, {}
+        for envelope, messages in outbox.items():
             try:
-                self.requests.send_multipart([*envelope, payload], zmq.NOBLOCK)
+                for payload in _coalesce(messages):
+                    self.requests.send_multipart([*envelope, payload], zmq.NOBLOCK)
             except zmq.ZMQError as error:  # the peer is gone (EHOSTUNREACH); its own problem
                 log.debug("dropping a message to a vanished peer: %s", error)
                 self._node_lost(envelope[0], "unreachable")
 
     def _send(self, envelope: Envelope, message: dict[str, Any] | list[Any]) -> None:
-        self._outbox.append((envelope, jsonrpc.dumps(message)))
+        """Queue a message for the peer; it leaves after the next store flush."""
+        self._outbox.setdefault(envelope, []).append(message)
 
-    def _on_message(self, frames: list[bytes]) -> None:
+    def _on_message(self, frames: list[bytes]) -> int:
+        """Handle one incoming message; returns how many requests it held."""
         envelope, payload = split_frames(frames)
         node = self.nodes.get(envelope[0])
         if node is not None:
@@ -157,22 +164,26 @@ class Broker(Server):
             # The message stays the specification's; what was wrong goes in data.
             error = jsonrpc.error_object(jsonrpc.INVALID_REQUEST, data="expected one frame after the envelope")
             self._send(envelope, jsonrpc.error(None, error))
-            return
+            return 1
         try:
-            message = jsonrpc.loads(payload)
+            # Nested deeper than MAX_DEPTH, what a client sends could not be sent on to a node; what a node
+            # sends fits in our replies, since the node could encode it.
+            message = jsonrpc.loads(payload, max_depth=None if node is not None else jsonrpc.MAX_DEPTH)
         except jsonrpc.InvalidMessage as problem:
             self._send(envelope, jsonrpc.error(None, jsonrpc.error_object(problem.code)))
-            return
+            return 1
         if isinstance(message, list):
             if not message:
                 self._send(envelope, jsonrpc.error(None, jsonrpc.error_object(jsonrpc.INVALID_REQUEST)))
-                return
+                return 1
             reply = Reply(envelope, self._send, is_batch=True)
             for item in message:
                 self._on_item(item, envelope, reply)
             reply.seal()
+            return len(message)
         else:
             self._on_item(message, envelope, Reply(envelope, self._send, is_batch=False))
+        return 1
 
     def _on_item(self, item: Any, envelope: Envelope, reply: Reply) -> None:
         if jsonrpc.is_response(item):
@@ -296,6 +307,19 @@ class Broker(Server):
 
     def _submit_params(self, request: jsonrpc.Request) -> TaskRecord:
         params = request.params
+        if isinstance(params, dict):  # the common case, checked without param()'s generality: it is hot
+            method, task_id, limit = params.get("method"), params.get("task_id"), params.get("time_limit_s")
+            args, kwargs = params.get("args"), params.get("kwargs")
+            args = [] if args is None else args
+            kwargs = {} if kwargs is None else kwargs
+            if (
+                type(method) is str
+                and type(args) is list
+                and type(kwargs) is dict
+                and (task_id is None or (type(task_id) is str and 0 < len(task_id) <= _MAX_TASK_ID))
+                and limit is None
+            ):
+                return self.submit(method, args, kwargs, task_id)
         method = param(params, "method", 0, str)
         args = param(params, "args", 1, list, [])
         kwargs = param(params, "kwargs", 2, dict, {})
@@ -309,8 +333,19 @@ class Broker(Server):
         return self.submit(method, args, kwargs, task_id, options)
 
     def _submit_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
-        record = self._submit_params(request)
-        if param(request.params, "notify", 4, bool, False):
+        """Queue a task; with ``notify`` its outcome is pushed to the caller when it ends. Sent as a
+        notification with notify and a task_id, even a refusal (bad params, unknown method) is pushed."""
+        notify = param(request.params, "notify", 4, bool, False)
+        try:
+            record = self._submit_params(request)
+        except ZerotaskError as error:
+            task_id = request.params.get("task_id") if isinstance(request.params, dict) else None
+            if respond is not None or not notify or not isinstance(task_id, str):
+                raise
+            refusal = {"task_id": task_id, "error": error.to_error_object()}
+            self._send(envelope, jsonrpc.notification("zerotask.client.finished", refusal))
+            return None
+        if notify:
             self._notify_when_done(record, envelope)
         return record.id
 
@@ -535,6 +570,25 @@ class Broker(Server):
         held = self.nodes.remove(identity)
         log.warning("node %s lost (%s): %d task(s) back to the queue", node.name, reason, len(held))
         self._requeue(held)
+
+
+def _coalesce(messages: list[dict[str, Any] | list[Any]]) -> list[bytes]:
+    """Encode one peer's messages in order, sending each run of notifications as one JSON-RPC batch:
+    a result pushed per task would otherwise cost a message (and a wake-up) per task. Responses stay
+    single, as the caller's request was."""
+    payloads: list[bytes] = []
+    notifications: list[dict[str, Any]] = []
+    for message in messages:
+        if isinstance(message, dict) and "method" in message:
+            notifications.append(message)
+            continue
+        if notifications:
+            payloads.append(jsonrpc.dumps(notifications[0] if len(notifications) == 1 else notifications))
+            notifications = []
+        payloads.append(jsonrpc.dumps(message))
+    if notifications:
+        payloads.append(jsonrpc.dumps(notifications[0] if len(notifications) == 1 else notifications))
+    return payloads
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -89,7 +89,13 @@ def _node_parser(prog: str) -> argparse.ArgumentParser:
         "--heartbeat", type=float, default=1.0, metavar="SECONDS", help="heartbeat interval with the broker (default 1.0)"
     )
     parser.add_argument("--liveness", type=int, default=3, metavar="N", help="missed heartbeats before reconnecting (default 3)")
-    parser.add_argument("--prefetch", type=int, default=0, metavar="N", help="tasks to hold beyond one per worker (default 0)")
+    parser.add_argument(
+        "--prefetch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tasks to hold beyond one per worker (default: adapt, none for tasks of 1 ms or more)",
+    )
     parser.add_argument(
         "--grace", type=float, default=30.0, metavar="SECONDS", help="on SIGTERM, how long running tasks may finish (default 30)"
     )

@@ -38,7 +38,6 @@ class ConnectionClosed(ZerotaskError):
 class _Submission:
     params: dict[str, Any]
     outcome: Future[Any]
-    acknowledged: bool = False
 
 
 @dataclass(slots=True)
@@ -58,8 +57,6 @@ class BrokerConnection:
         self._outgoing: collections.deque[_Submission | _Call | None] = collections.deque()
         self._tasks: dict[str, _Submission] = {}  # submitted, outcome not yet known
         self._calls: dict[int, _Call] = {}  # control calls awaiting their response
-        self._acks: dict[int, str] = {}  # submit request id -> task id
-        self._resubscriptions: set[int] = set()  # ids of zerotask.broker.notify requests sent after a restart
         self._instance: str | None = None  # the broker instance that has our tasks
         self._last_heard = time.monotonic()
         self._last_ping = 0.0
@@ -179,32 +176,14 @@ class BrokerConnection:
             self._ping()
 
     def _resend_everything(self) -> None:
-        """Submit again what the broker never acknowledged, ask to be notified of what it did, and
-        repeat every control call. The broker finds tasks by the ids we chose, so nothing doubles."""
-        self._acks.clear()
-        batch: list[dict[str, Any]] = []
-        acknowledged = []
-        for task_id, submission in self._tasks.items():
-            if submission.acknowledged:
-                acknowledged.append(task_id)
-            else:
-                batch.append(self._submit_request(submission))
-        if acknowledged:
-            request_id = next(self._ids)
-            self._resubscriptions.add(request_id)
-            batch.append(jsonrpc.request("zerotask.broker.notify", {"task_ids": acknowledged}, request_id))
+        """Submit again every task without an outcome, and repeat every control call. The broker finds
+        a task it has by the id we chose (and pushes its outcome to us again), queues one it lost (a
+        volatile store forgets), so nothing is lost and nothing doubles."""
+        batch = [self._submit_request(submission) for submission in self._tasks.values()]
         for request_id, call in self._calls.items():
             if call.method != "zerotask.broker.ping":
                 batch.append(jsonrpc.request(call.method, call.params, request_id))
         self._send(batch)
-
-    def _on_resubscribed(self, result: Any) -> None:
-        """Tasks the restarted broker does not know (a volatile store lost them) are submitted again."""
-        unknown = result.get("unknown", []) if isinstance(result, dict) else []
-        again = [self._tasks[task_id] for task_id in unknown if task_id in self._tasks]
-        if again:
-            log.warning("the broker lost %d task(s): submitting them again", len(again))
-            self._send([self._submit_request(submission) for submission in again])
 
     def _send_outgoing(self) -> bool:
         """Send everything queued as one message; False once close() asked the thread to stop."""
@@ -231,10 +210,11 @@ class BrokerConnection:
         self._send(batch)
         return keep_running
 
-    def _submit_request(self, submission: _Submission) -> dict[str, Any]:
-        request_id = next(self._ids)
-        self._acks[request_id] = submission.params["task_id"]
-        return jsonrpc.request("zerotask.broker.submit", submission.params, request_id)
+    @staticmethod
+    def _submit_request(submission: _Submission) -> dict[str, Any]:
+        # A notification: no per-task acknowledgement to send, parse and match. The broker pushes the
+        # outcome, or the refusal, as zerotask.client.finished; until then we keep the task to resend.
+        return jsonrpc.notification("zerotask.broker.submit", submission.params)
 
     def _send(self, batch: list[dict[str, Any]]) -> None:
         """Send requests in batches of at most BATCH_SIZE: the broker reads a batch at once, and
@@ -270,21 +250,6 @@ class BrokerConnection:
         if not isinstance(request_id, int):
             return
         error = item.get("error")
-        task_id = self._acks.pop(request_id, None)
-        if task_id is not None:
-            submission = self._tasks.get(task_id)
-            if submission is None:
-                return
-            if isinstance(error, dict):  # refused: unknown method, bad params...
-                del self._tasks[task_id]
-                _settle(submission.outcome, exception=from_error_object(error))
-            else:
-                submission.acknowledged = True
-            return
-        if request_id in self._resubscriptions:
-            self._resubscriptions.discard(request_id)
-            self._on_resubscribed(item.get("result"))
-            return
         call = self._calls.pop(request_id, None)
         if call is None:
             return

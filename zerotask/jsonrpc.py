@@ -33,6 +33,12 @@ ERROR_MESSAGES = {
     INTERNAL_ERROR: "Internal error",
 }
 
+# orjson decodes up to 1024 levels of nesting but encodes only 254. What a peer sends must nest less, with
+# room for the levels our own messages wrap around it (a task's args reach a node 4 levels deeper), or
+# the broker would accept a message that it then cannot send on.
+_ENCODABLE_DEPTH = 254
+MAX_DEPTH = 200
+
 RequestId = str | int | float | None
 Params = list[Any] | dict[str, Any]
 
@@ -69,12 +75,30 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value)
 
 
-def loads(data: bytes | str) -> Any:
-    """Decode JSON; raises InvalidMessage(PARSE_ERROR) on anything that is not JSON."""
+def loads(data: bytes | str, max_depth: int | None = None) -> Any:
+    """Decode JSON; raises InvalidMessage(PARSE_ERROR) on anything that is not JSON, and (with
+    ``max_depth``) on arrays and objects nested more than ``max_depth`` levels deep."""
     try:
-        return orjson.loads(data)
+        value = orjson.loads(data)
     except orjson.JSONDecodeError as error:
         raise InvalidMessage(PARSE_ERROR) from error
+    if max_depth is not None and _deeper_than(data, value, max_depth):
+        raise InvalidMessage(PARSE_ERROR)
+    return value
+
+
+def _deeper_than(data: bytes | str, value: Any, levels: int) -> bool:
+    brackets = data.count(b"[") + data.count(b"{") if isinstance(data, bytes) else data.count("[") + data.count("{")
+    if brackets <= levels:
+        return False  # the common case, decided by two scans at C speed
+    # orjson encodes at most _ENCODABLE_DEPTH levels, so wrapped in the rest, value encodes only if it fits.
+    for _ in range(_ENCODABLE_DEPTH - levels):
+        value = [value]
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return True
+    return False
 
 
 # ---- building messages -------------------------------------------------------------------------

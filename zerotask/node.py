@@ -12,35 +12,36 @@ hands back what has not started and lets running tasks finish within a grace per
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import socket
 import time
 import uuid
-from collections import deque
 from typing import Any
 
 import zmq
 
 from zerotask import jsonrpc
 from zerotask.dispatcher import Dispatcher, default_dispatcher
-from zerotask.exceptions import ResultTooLarge, TimeLimitExceeded, WorkerLost, ZerotaskError, task_error_object
-from zerotask.server import Server, Timer
-from zerotask.worker import Worker
+from zerotask.pool import _ENVELOPE_ROOM, WorkerPool
+from zerotask.server import Server
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
 MAX_RECONNECT_S = 32.0
-_ENVELOPE_ROOM = 4096  # bytes kept free for the JSON-RPC around an outcome
+ROUND_TRIP_S = 0.001  # about one node -> broker -> node exchange here; what adaptive prefetch covers
+MAX_PREFETCH_PER_WORKER = 64
 
 
 class Node(Server):
     """``Node().start()`` serves every registered task with one worker per CPU, via the local broker.
 
-    ``prefetch``: tasks held beyond one per worker (faster hand-off, less fair). ``grace_s``: how long
-    SIGTERM waits for running tasks. ``time_limit_s``: a default limit for tasks that set none.
+    ``prefetch``: tasks held beyond one per worker. None (the default) adapts it: the node holds as
+    many extra tasks as its workers finish in about one round trip to the broker (see ROUND_TRIP_S),
+    so short tasks stream without a pause while long ones (a millisecond or more) are held only by
+    free workers and spread fairly over nodes. ``grace_s``: how long SIGTERM waits for running tasks.
+    ``time_limit_s``: a default limit for tasks that set none.
     """
 
     def __init__(
@@ -51,28 +52,23 @@ class Node(Server):
         name: str | None = None,
         heartbeat_s: float = 1.0,
         liveness: int = 3,
-        prefetch: int = 0,
+        prefetch: int | None = None,
         grace_s: float = 30.0,
         time_limit_s: float | None = None,
     ) -> None:
         super().__init__()
         self.broker_endpoint = broker
-        self.worker_count = workers or os.cpu_count() or 1
         self.dispatcher = dispatcher or default_dispatcher
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.identity = f"node-{uuid.uuid4().hex}".encode()
         self.heartbeat_s = heartbeat_s
         self.liveness = liveness
-        self.prefetch = max(prefetch, 0)
+        self.prefetch = prefetch
         self.grace_s = grace_s
-        self.time_limit_s = time_limit_s
-        self.workers: list[Worker] = []
-        self._pending: deque[dict[str, Any]] = deque()
-        self._started: list[str] = []
+        self.pool = WorkerPool(self, self.dispatcher, workers or os.cpu_count() or 1, self._outcomes_append, time_limit_s)
         self._outcomes: list[dict[str, Any]] = []
         self._released: list[str] = []
-        self._credit = 0
-        self._limits: dict[int, Timer] = {}  # worker index -> its running task's time limit
+        self._credit_out = 0  # credit granted to the broker and not yet used by it
         self._draining = False
         self._announce_drain = False
         self._socket: zmq.Socket[bytes] | None = None
@@ -80,13 +76,18 @@ class Node(Server):
         self._last_sent = 0.0
         self._silence_limit_s = heartbeat_s * liveness
         self._connects = 0
-        self._max_message_bytes = 16 * 1024 * 1024  # until the broker tells us its own limit
+
+    @property
+    def worker_count(self) -> int:
+        return self.pool.count
+
+    def _outcomes_append(self, outcome: dict[str, Any]) -> None:
+        self._outcomes.append(outcome)
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        for index in range(self.worker_count):
-            self.workers.append(self._start_worker(index))
+        self.pool.start()
         self._connect()
         self.call_every(self.heartbeat_s, self._heartbeat)
 
@@ -96,23 +97,13 @@ class Node(Server):
             self._send(jsonrpc.notification("zerotask.broker.disconnect", {}))
             self._socket.close(linger=500)  # give the goodbye a moment to leave
             self._socket = None
-        for worker in self.workers:
-            if not worker.connection.closed:
-                self.remove_socket(worker.fileno())
-            worker.stop()
-        self.workers = []
-        log.info("node %s stopped", self.name)
-
-    def _start_worker(self, index: int) -> Worker:
-        siblings = [other.connection for other in self.workers if other.index != index]
-        worker = Worker(self.dispatcher, index, siblings)
-        self.add_socket(worker.fileno(), lambda: self._on_worker(worker))
-        return worker
+        self.pool.stop()
+        log.info("node %s stopped (a task took %.6f s on average lately)", self.name, self.pool.service_s)
 
     def _connect(self) -> None:
-        """(Re)connect to the broker and announce ourselves, with the tasks our workers are running so
-        the broker keeps them ours. Tasks not yet started are dropped: a broker that forgot us has
-        queued them again."""
+        """(Re)connect to the broker and announce ourselves, with the tasks our workers hold so the
+        broker keeps them ours. Tasks waiting here are dropped: a broker that forgot us has queued
+        them again."""
         assert self.context is not None
         if self._socket is not None:
             self.remove_socket(self._socket)
@@ -123,23 +114,41 @@ class Node(Server):
         self._socket.setsockopt(zmq.SNDHWM, 0)
         self._socket.connect(self.broker_endpoint)
         self.add_socket(self._socket, self._on_broker)
-        self._pending.clear()
-        self._started.clear()
+        self.pool.take_pending()
+        self.pool.started.clear()
         self._released.clear()
-        self._credit = 0
         self._connects += 1
-        running = [worker.task["task_id"] for worker in self.workers if worker.task is not None]
-        credit = 0 if self._draining else self.worker_count - len(running) + self.prefetch
+        self._credit_out = self._credit_wanted()
         methods = {name: found.options.to_wire() for name in self.dispatcher.names() if (found := self.dispatcher.get(name))}
-        params = {"node": self.name, "methods": methods, "workers": self.worker_count, "credit": credit, "running": running}
+        params = {
+            "node": self.name,
+            "methods": methods,
+            "workers": self.worker_count,
+            "credit": self._credit_out,
+            "running": self.pool.running_ids(),
+        }
         self._send(jsonrpc.request("zerotask.broker.connect", params, f"connect-{self._connects}"))
         self._last_heard = time.monotonic()
         log.info("node %s connecting to %s with %d task name(s)", self.name, self.broker_endpoint, len(methods))
 
+    def _credit_wanted(self) -> int:
+        """How many more tasks to ask for: room for one task per worker plus the prefetch, less what
+        we hold and what the broker may already be sending."""
+        if self._draining:
+            return 0
+        if self.prefetch is not None:
+            extra = self.prefetch
+        else:
+            extra = self.worker_count * min(MAX_PREFETCH_PER_WORKER, int(ROUND_TRIP_S / self.pool.service_s))
+        in_hand = self.pool.held + self._credit_out
+        # Ask again only once half the prefetch is used up: fewer, larger messages both ways.
+        if in_hand > self.worker_count + extra // 2:
+            return 0
+        return max(0, self.worker_count + extra - in_hand)
+
     # ---- messages from the broker ------------------------------------------------------------------
 
     def _on_broker(self) -> None:
-        assert self._socket is not None
         while self._socket is not None:
             try:
                 payload = self._socket.recv(zmq.NOBLOCK)
@@ -167,13 +176,13 @@ class Node(Server):
         params = item.get("params") or {}
         if method == "zerotask.node.run":
             tasks = params.get("tasks", [])
+            self._credit_out = max(0, self._credit_out - len(tasks))
             if self._draining:
                 self._released.extend(task["task_id"] for task in tasks)
             else:
-                self._pending.extend(tasks)
-                self._dispatch()
+                self.pool.add(tasks)
         elif method == "zerotask.node.revoke":
-            self._revoke(set(params.get("task_ids", [])))
+            self.pool.revoke(set(params.get("task_ids", [])))
         elif method == "zerotask.node.reconnect":
             self._connect()
 
@@ -185,100 +194,8 @@ class Node(Server):
             self.heartbeat_s = float(heartbeat_s)
             self.call_every(self.heartbeat_s, self._heartbeat)
         limit = settings.get("max_message_bytes")
-        if isinstance(limit, int) and limit > _ENVELOPE_ROOM:
-            self._max_message_bytes = limit
-
-    def _revoke(self, task_ids: set[str]) -> None:
-        kept = deque(task for task in self._pending if task["task_id"] not in task_ids)
-        if not self._draining:
-            self._credit += len(self._pending) - len(kept)
-        self._pending = kept
-        for worker in self.workers:
-            if worker.task is not None and worker.task["task_id"] in task_ids:
-                log.info("revoking task %s: killing worker %d", worker.task["task_id"], worker.index)
-                worker.kill("revoked")
-
-    # ---- workers ---------------------------------------------------------------------------------
-
-    def _dispatch(self) -> None:
-        for worker in self.workers:
-            if not self._pending:
-                return
-            if worker.idle and worker.kill_reason is None:
-                task = self._pending.popleft()
-                worker.run(task)
-                self._started.append(task["task_id"])
-                limit = self._time_limit(task)
-                if limit is not None:
-                    self._limits[worker.index] = self.call_later(limit, functools.partial(self._time_up, worker, task))
-
-    def _time_limit(self, task: dict[str, Any]) -> float | None:
-        limit = task.get("time_limit_s")
-        if isinstance(limit, int | float) and limit > 0:
-            return float(limit)
-        found = self.dispatcher.get(task.get("method", ""))
-        if found is not None and found.options.timeout_s is not None:
-            return found.options.timeout_s
-        return self.time_limit_s
-
-    def _time_up(self, worker: Worker, task: dict[str, Any]) -> None:
-        if worker.task is task:
-            log.warning("task %s (%s) ran past its time limit: killing worker %d", task["task_id"], task["method"], worker.index)
-            worker.kill("timeout")
-
-    def _on_worker(self, worker: Worker) -> None:
-        task = worker.task
-        received = worker.receive()
-        timer = self._limits.pop(worker.index, None)
-        if timer is not None:
-            timer.cancel()
-        if received is None:
-            self._replace(worker, task)
-        else:
-            outcome, size = received
-            if size > self._max_message_bytes - _ENVELOPE_ROOM and task is not None:
-                # The broker would disconnect us for sending it, and the caller would wait forever.
-                limit = self._max_message_bytes
-                self._report_failure(
-                    task, ResultTooLarge(f"the outcome of {task['method']} is {size} bytes; the broker takes {limit}")
-                )
-            else:
-                self._outcomes.append(outcome)
-            self._free_one()
-        self._dispatch()
-        if self._draining and all(w.idle for w in self.workers):
-            self.stop()
-
-    def _free_one(self) -> None:
-        if not self._draining:
-            self._credit += 1
-
-    def _replace(self, worker: Worker, task: dict[str, Any] | None) -> None:
-        """A worker died: report its task (unless we killed it on purpose), start another in its place."""
-        worker.process.join(1.0)
-        code = worker.process.exitcode
-        reason = worker.kill_reason
-        self.remove_socket(worker.fileno())
-        worker.stop()
-        worker.task = None
-        if task is not None:
-            if reason == "timeout":
-                limit = self._time_limit(task)
-                self._report_failure(task, TimeLimitExceeded(f"{task['method']} ran past its time limit of {limit} s"))
-            elif reason is None:
-                log.error("worker %d died running %s (exit code %s)", worker.index, task["method"], code)
-                self._report_failure(task, WorkerLost(f"the worker running {task['method']} died (exit code {code})"))
-            self._free_one()
-        if reason != "shutdown":
-            self.workers[worker.index] = self._start_worker(worker.index)
-
-    def _report_failure(self, task: dict[str, Any], error: ZerotaskError) -> None:
-        failure = task_error_object(error, "")
-        failure["data"]["type"] = type(error).__name__
-        failure["message"] = f"{type(error).__name__}: {error}"
-        found = self.dispatcher.get(task["method"])
-        failure["data"]["retryable"] = found is not None and found.options.retryable(error)
-        self._outcomes.append({"task_id": task["task_id"], "error": failure})
+        if isinstance(limit, int) and limit > 2 * _ENVELOPE_ROOM:
+            self.pool.max_outcome_bytes = limit - _ENVELOPE_ROOM
 
     # ---- stopping --------------------------------------------------------------------------------
 
@@ -289,23 +206,17 @@ class Node(Server):
             return
         self._draining = True
         self._announce_drain = True
-        self._released.extend(task["task_id"] for task in self._pending)
-        self._pending.clear()
-        self._credit = 0
-        busy = [worker for worker in self.workers if not worker.idle]
-        log.info("node %s stopping: %d task(s) handed back, waiting for %d running", self.name, len(self._released), len(busy))
-        if not busy:
+        self._released.extend(self.pool.take_pending())
+        running = self.pool.running_ids()
+        log.info("node %s stopping: %d task(s) handed back, waiting for %d", self.name, len(self._released), len(running))
+        if not running:
             self.stop()
         else:
             self.call_later(self.grace_s, self._grace_over)
 
     def _grace_over(self) -> None:
-        for worker in self.workers:
-            if not worker.idle:
-                log.warning(
-                    "grace period over: stopping %s; the broker will queue it again", worker.task and worker.task["method"]
-                )
-                worker.kill("shutdown")
+        log.warning("grace period over: stopping %d task(s); the broker will queue them again", len(self.pool.running_ids()))
+        self.pool.kill_busy()
         self.stop()
 
     # ---- messages to the broker ------------------------------------------------------------------
@@ -313,10 +224,15 @@ class Node(Server):
     def after_events(self) -> None:
         if self._socket is None:
             return
+        if self._draining:
+            # Tasks batched behind the running one have not started: hand them back too.
+            self._released.extend(self.pool.take_pending())
+            if not self.pool.busy:
+                self.stop()
         batch = []
-        if self._started:
-            batch.append(jsonrpc.notification("zerotask.broker.running", {"task_ids": self._started}))
-            self._started = []
+        if self.pool.started:
+            batch.append(jsonrpc.notification("zerotask.broker.running", {"task_ids": self.pool.started}))
+            self.pool.started = []
         if self._outcomes:
             batch.append(jsonrpc.notification("zerotask.broker.finished", {"tasks": self._outcomes}))
             self._outcomes = []
@@ -326,9 +242,10 @@ class Node(Server):
             )
             self._released = []
             self._announce_drain = False
-        if self._credit:
-            batch.append(jsonrpc.notification("zerotask.broker.request", {"credit": self._credit}))
-            self._credit = 0
+        credit = self._credit_wanted()
+        if credit:
+            self._credit_out += credit
+            batch.append(jsonrpc.notification("zerotask.broker.request", {"credit": credit}))
         if batch:
             self._send(batch[0] if len(batch) == 1 else batch)
 

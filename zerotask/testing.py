@@ -85,7 +85,8 @@ class ManagedProcess:
         return self.process.returncode
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
 

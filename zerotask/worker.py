@@ -1,8 +1,9 @@
-"""Worker: one process that runs one task at a time for its node.
+"""Worker: one process that runs its node's tasks one at a time.
 
 A worker is forked by its node and talks to it over a pipe, not ZeroMQ: a ZeroMQ context must not
-cross a fork, and a pipe is all one process needs to hear from its parent. The node sends a task as
-JSON; the worker answers ``{"task_id", "result"}`` or ``{"task_id", "error"}``. Forking (rather than
+cross a fork, and a pipe is all one process needs to hear from its parent. The node sends tasks as
+a JSON array (several at once when many are waiting); the worker answers with arrays of
+``{"task_id", "result"}`` or ``{"task_id", "error"}``, in order, at least every millisecond. Forking (rather than
 spawning) keeps the tasks a script registered before ``Node().start()``, as the seed's examples do.
 """
 
@@ -13,6 +14,7 @@ import multiprocessing
 import os
 import signal
 import time
+from collections import deque
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -22,6 +24,7 @@ from zerotask.dispatcher import Dispatcher
 log = logging.getLogger(__name__)
 
 _fork = multiprocessing.get_context("fork")
+FLUSH_S = 0.001  # the longest a finished task's outcome waits in the worker for others to join it
 
 
 class Worker:
@@ -38,30 +41,39 @@ class Worker:
         )
         self.process.start()
         child_end.close()
-        self.task: dict[str, Any] | None = None  # the task it is running, if any
-        self.started_at = 0.0
+        self.batch: deque[dict[str, Any]] = deque()  # handed over, no outcome yet; the first is running
+        self.last_event = 0.0  # when it was handed a batch or last sent an outcome
         self.kill_reason: str | None = None  # why the node killed it: "timeout", "revoked", "shutdown"
+        self.revoked: set[str] = set()  # with kill_reason "revoked": the task ids that were
 
     def fileno(self) -> int:
         return self.connection.fileno()
 
     @property
     def idle(self) -> bool:
-        return self.task is None
+        return not self.batch
 
-    def run(self, task: dict[str, Any]) -> None:
-        self.task = task
-        self.started_at = time.monotonic()
-        self.connection.send_bytes(jsonrpc.dumps(task))
+    @property
+    def task(self) -> dict[str, Any] | None:
+        """The task it is running (the first of its batch), if any."""
+        return self.batch[0] if self.batch else None
 
-    def receive(self) -> tuple[dict[str, Any], int] | None:
-        """The outcome of the running task and its size in bytes, or None if the worker died."""
+    def run(self, tasks: list[dict[str, Any]]) -> None:
+        """Hand over tasks to run one after the other; their outcomes come back one by one."""
+        self.batch.extend(tasks)
+        self.last_event = time.monotonic()
+        self.connection.send_bytes(jsonrpc.dumps(tasks))
+
+    def receive(self) -> tuple[list[tuple[dict[str, Any], dict[str, Any]]], int] | None:
+        """``([(task, outcome), ...], size in bytes)`` for the tasks that just ended, in order, or None if
+        the worker died (its batch is left as it was: the first task in it was running)."""
         try:
             encoded = self.connection.recv_bytes()
         except (EOFError, OSError):
             return None
-        self.task = None
-        return jsonrpc.loads(encoded), len(encoded)
+        self.last_event = time.monotonic()
+        outcomes: list[dict[str, Any]] = jsonrpc.loads(encoded)
+        return [(self.batch.popleft(), outcome) for outcome in outcomes], len(encoded)
 
     def kill(self, reason: str) -> None:
         """SIGKILL the process (a running task cannot be interrupted any other way); the node learns of
@@ -95,10 +107,21 @@ def _run(connection: Connection, inherited: list[Connection], dispatcher: Dispat
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     while True:
         try:
-            task = jsonrpc.loads(connection.recv_bytes())
+            tasks = jsonrpc.loads(connection.recv_bytes())
         except (EOFError, OSError):
             break
-        connection.send_bytes(_execute(dispatcher, task))
+        # Outcomes go back together at the end of the batch, or every FLUSH_S while a batch runs long,
+        # so the node hears about finished tasks promptly without a message per task.
+        finished: list[bytes] = []
+        last_flush = time.monotonic()
+        for task in tasks:
+            finished.append(_execute(dispatcher, task))
+            now = time.monotonic()
+            if now - last_flush >= FLUSH_S:
+                connection.send_bytes(b"[" + b",".join(finished) + b"]")
+                finished, last_flush = [], now
+        if finished:
+            connection.send_bytes(b"[" + b",".join(finished) + b"]")
     os._exit(0)  # no atexit handlers or finalizers inherited from the node
 
 

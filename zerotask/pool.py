@@ -1,0 +1,205 @@
+"""WorkerPool: a node's worker processes, the tasks waiting for them, and what happens when one dies.
+
+The pool hands tasks to idle workers in batches (several tasks per hand-off when many are waiting,
+one at a time when few are), enforces time limits by killing the worker, replaces workers that die,
+and measures how long a task takes, from which the node decides how many tasks to hold in advance.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from zerotask import jsonrpc
+from zerotask.dispatcher import Dispatcher
+from zerotask.exceptions import ResultTooLarge, TimeLimitExceeded, WorkerLost, ZerotaskError, task_error_object
+from zerotask.server import Server, Timer
+from zerotask.worker import Worker
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 64  # tasks per hand-off at most
+BATCH_WINDOW_S = 0.001  # a hand-off holds about this much work
+_ENVELOPE_ROOM = 4096  # bytes kept free for the JSON-RPC around an outcome
+
+Task = dict[str, Any]
+
+
+class WorkerPool:
+    """``count`` worker processes fed from one local queue. Outcomes go to ``report`` (one dict per
+    task, ``{"task_id", "result"}`` or ``{"task_id", "error"}``)."""
+
+    def __init__(
+        self,
+        server: Server,
+        dispatcher: Dispatcher,
+        count: int,
+        report: Callable[[dict[str, Any]], None],
+        default_time_limit_s: float | None = None,
+    ) -> None:
+        self._server = server
+        self._dispatcher = dispatcher
+        self.count = count
+        self._report = report
+        self.default_time_limit_s = default_time_limit_s
+        self.max_outcome_bytes = 16 * 1024 * 1024 - _ENVELOPE_ROOM
+        self.workers: list[Worker] = []
+        self.pending: deque[Task] = deque()
+        self.started: list[str] = []  # ids handed to workers since the node last reported them
+        self.service_s = 1.0  # moving average of one task's time, pessimistic until measured
+        self._limits: dict[int, Timer] = {}  # worker index -> the time limit of the task it runs
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for index in range(self.count):
+            self.workers.append(self._start_worker(index))
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            if not worker.connection.closed:
+                self._server.remove_socket(worker.fileno())
+            worker.stop()
+        self.workers = []
+
+    def _start_worker(self, index: int) -> Worker:
+        siblings = [other.connection for other in self.workers if other.index != index and not other.connection.closed]
+        worker = Worker(self._dispatcher, index, siblings)
+        self._server.add_socket(worker.fileno(), functools.partial(self._on_worker, worker))
+        return worker
+
+    # ---- what the node asks ----------------------------------------------------------------------
+
+    @property
+    def held(self) -> int:
+        """Tasks in the node's hands: waiting here or handed to a worker."""
+        return len(self.pending) + sum(len(worker.batch) for worker in self.workers)
+
+    @property
+    def batch_size(self) -> int:
+        """Tasks per hand-off: as many as a worker runs in BATCH_WINDOW_S, so that batching saves
+        wake-ups for short tasks and never leaves a long task waiting behind another."""
+        return max(1, min(MAX_BATCH, int(BATCH_WINDOW_S / self.service_s)))
+
+    @property
+    def busy(self) -> bool:
+        return any(not worker.idle for worker in self.workers)
+
+    def running_ids(self) -> list[str]:
+        return [task["task_id"] for worker in self.workers for task in worker.batch]
+
+    def add(self, tasks: list[Task]) -> None:
+        self.pending.extend(tasks)
+        self.dispatch()
+
+    def take_pending(self) -> list[str]:
+        """Remove the tasks no worker has started and return their ids (to hand them back)."""
+        task_ids = [task["task_id"] for task in self.pending]
+        self.pending.clear()
+        return task_ids
+
+    def revoke(self, task_ids: set[str]) -> None:
+        """Drop revoked tasks that wait here; kill a worker whose batch holds one (its other tasks
+        come back to the queue)."""
+        self.pending = deque(task for task in self.pending if task["task_id"] not in task_ids)
+        for worker in self.workers:
+            if any(task["task_id"] in task_ids for task in worker.batch):
+                log.info("revoking a task of worker %d: killing it", worker.index)
+                worker.revoked.update(task_ids)
+                worker.kill("revoked")
+
+    def kill_busy(self) -> None:
+        """Stop every running task now (the grace period is over); nothing is reported for them."""
+        for worker in self.workers:
+            if not worker.idle:
+                worker.kill("shutdown")
+
+    # ---- handing tasks over ----------------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        idle = [worker for worker in self.workers if worker.idle and worker.kill_reason is None]
+        for position, worker in enumerate(idle):
+            if not self.pending:
+                return
+            share = min(self.batch_size, math.ceil(len(self.pending) / (len(idle) - position)))
+            batch = [self.pending.popleft()]
+            limit = self._time_limit(batch[0])
+            # A task with a time limit runs alone, so that the limit's timer is the task's own.
+            while limit is None and len(batch) < share and self._time_limit(self.pending[0]) is None:
+                batch.append(self.pending.popleft())
+            worker.run(batch)
+            self.started.extend(task["task_id"] for task in batch)
+            if limit is not None:
+                self._limits[worker.index] = self._server.call_later(limit, functools.partial(self._time_up, worker, batch[0]))
+
+    def _time_limit(self, task: Task) -> float | None:
+        limit = task.get("time_limit_s")
+        if isinstance(limit, int | float) and limit > 0:
+            return float(limit)
+        found = self._dispatcher.get(task.get("method", ""))
+        if found is not None and found.options.timeout_s is not None:
+            return found.options.timeout_s
+        return self.default_time_limit_s
+
+    def _time_up(self, worker: Worker, task: Task) -> None:
+        if worker.task is task:
+            log.warning("task %s (%s) ran past its time limit: killing worker %d", task["task_id"], task["method"], worker.index)
+            worker.kill("timeout")
+
+    # ---- outcomes --------------------------------------------------------------------------------
+
+    def _on_worker(self, worker: Worker) -> None:
+        started = worker.last_event
+        received = worker.receive()
+        timer = self._limits.pop(worker.index, None)
+        if timer is not None:
+            timer.cancel()
+        if received is None:
+            self._replace(worker)
+        else:
+            ended, size = received
+            self.service_s += 0.2 * (max(worker.last_event - started, 1e-6) / max(len(ended), 1) - self.service_s)
+            for task, outcome in ended:
+                if size > self.max_outcome_bytes and len(jsonrpc.dumps(outcome)) > self.max_outcome_bytes:
+                    # The broker would disconnect us for sending it, and the caller would wait forever.
+                    self._fail(task, ResultTooLarge(f"the outcome of {task['method']} is over the broker's size limit"))
+                else:
+                    self._report(outcome)
+        self.dispatch()
+
+    def _replace(self, worker: Worker) -> None:
+        """A worker died: report its running task (unless it was killed on purpose), put the rest of its
+        batch back in the queue, and start another worker in its place."""
+        worker.process.join(1.0)
+        code = worker.process.exitcode
+        reason = worker.kill_reason
+        self._server.remove_socket(worker.fileno())
+        worker.stop()
+        batch = list(worker.batch)
+        worker.batch.clear()
+        if batch and reason != "shutdown":
+            running, rest = batch[0], batch[1:]
+            if reason == "timeout":
+                self._fail(
+                    running, TimeLimitExceeded(f"{running['method']} ran past its time limit of {self._time_limit(running)} s")
+                )
+            elif reason == "revoked":
+                rest = batch  # the running one goes back too unless it is the revoked one
+            else:
+                log.error("worker %d died running %s (exit code %s)", worker.index, running["method"], code)
+                self._fail(running, WorkerLost(f"the worker running {running['method']} died (exit code {code})"))
+            self.pending.extendleft(reversed([task for task in rest if task["task_id"] not in worker.revoked]))
+        if reason != "shutdown":
+            self.workers[worker.index] = self._start_worker(worker.index)
+
+    def _fail(self, task: Task, error: ZerotaskError) -> None:
+        failure = task_error_object(error, "")
+        failure["data"]["type"] = type(error).__name__
+        failure["message"] = f"{type(error).__name__}: {error}"
+        found = self._dispatcher.get(task["method"])
+        failure["data"]["retryable"] = found is not None and found.options.retryable(error)
+        self._report({"task_id": task["task_id"], "error": failure})
