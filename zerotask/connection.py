@@ -23,6 +23,7 @@ import zmq
 
 from zerotask import jsonrpc
 from zerotask.exceptions import ZerotaskError, from_error_object
+from zerotask.handle import TaskHandle
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class ConnectionClosed(ZerotaskError):
 @dataclass(slots=True)
 class _Submission:
     params: dict[str, Any]
-    outcome: Future[Any]
+    outcome: TaskHandle
 
 
 @dataclass(slots=True)
@@ -71,11 +72,9 @@ class BrokerConnection:
 
     # ---- any thread ------------------------------------------------------------------------------
 
-    def submit(self, params: dict[str, Any]) -> Future[Any]:
-        """Queue ``zerotask.broker.submit`` params (with a task_id); the future gets the task's outcome."""
-        submission = _Submission(params, Future())
-        self._put(submission)
-        return submission.outcome
+    def submit(self, params: dict[str, Any], handle: TaskHandle) -> None:
+        """Queue ``zerotask.broker.submit`` params (with a task_id); ``handle`` gets the task's outcome."""
+        self._put(_Submission(params, handle))
 
     def call(self, method: str, params: jsonrpc.Params) -> Future[Any]:
         """Send one control request; the future gets its result (or its error as an exception)."""
@@ -264,19 +263,19 @@ class BrokerConnection:
             return
         error = params.get("error")
         if isinstance(error, dict):
-            _settle(submission.outcome, exception=from_error_object(error))
+            submission.outcome._settle(error=from_error_object(error))
         else:
-            _settle(submission.outcome, result=params.get("result"))
+            submission.outcome._settle(params.get("result"))
 
     def _fail_everything(self, error: ZerotaskError) -> None:
         for submission in self._tasks.values():
-            _settle(submission.outcome, exception=error)
+            submission.outcome._settle(error=error)
         for call in self._calls.values():
             _settle(call.answer, exception=error)
         while self._outgoing:
             item = self._outgoing.popleft()
             if isinstance(item, _Submission):
-                _settle(item.outcome, exception=error)
+                item.outcome._settle(error=error)
             elif isinstance(item, _Call):
                 _settle(item.answer, exception=error)
         self._tasks.clear()

@@ -35,10 +35,15 @@ class Dispatcher:
         if found is None:
             raise UnknownMethod(f"Method not found: {name}")
         try:
-            bound = inspect.signature(found.function).bind(*args, **kwargs)
+            return found.function(*args, **kwargs)
         except TypeError as error:
-            raise InvalidParams(f"Invalid params for {name}: {error}") from None
-        return found.function(*bound.args, **bound.kwargs)
+            # Binding the arguments is checked only now, off the hot path: if they do not fit the
+            # signature the function never ran, and the caller sent wrong params.
+            try:
+                inspect.signature(found.function).bind(*args, **kwargs)
+            except TypeError:
+                raise InvalidParams(f"Invalid params for {name}: {error}") from None
+            raise
 
     def run(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
         """Run a task and never raise: ``(result, None)`` on success, ``(None, error object)`` otherwise."""

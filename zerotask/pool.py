@@ -153,7 +153,6 @@ class WorkerPool:
     # ---- outcomes --------------------------------------------------------------------------------
 
     def _on_worker(self, worker: Worker) -> None:
-        started = worker.last_event
         received = worker.receive()
         timer = self._limits.pop(worker.index, None)
         if timer is not None:
@@ -161,8 +160,8 @@ class WorkerPool:
         if received is None:
             self._replace(worker)
         else:
-            ended, size = received
-            self.service_s += 0.2 * (max(worker.last_event - started, 1e-6) / max(len(ended), 1) - self.service_s)
+            ended, busy_s, size = received
+            self.service_s += 0.2 * (max(busy_s, 1e-6) / max(len(ended), 1) - self.service_s)
             for task, outcome in ended:
                 if size > self.max_outcome_bytes and len(jsonrpc.dumps(outcome)) > self.max_outcome_bytes:
                     # The broker would disconnect us for sending it, and the caller would wait forever.

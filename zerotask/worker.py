@@ -2,8 +2,9 @@
 
 A worker is forked by its node and talks to it over a pipe, not ZeroMQ: a ZeroMQ context must not
 cross a fork, and a pipe is all one process needs to hear from its parent. The node sends tasks as
-a JSON array (several at once when many are waiting); the worker answers with arrays of
-``{"task_id", "result"}`` or ``{"task_id", "error"}``, in order, at least every millisecond. Forking (rather than
+a JSON array (several at once when many are waiting); the worker answers with
+``{"busy_s", "outcomes"}``: the outcomes (``{"task_id", "result"}`` or ``{"task_id", "error"}``) of the tasks
+it ran since its last answer, in order, at least every millisecond, and the time it spent on them. Forking (rather than
 spawning) keeps the tasks a script registered before ``Node().start()``, as the seed's examples do.
 """
 
@@ -42,7 +43,6 @@ class Worker:
         self.process.start()
         child_end.close()
         self.batch: deque[dict[str, Any]] = deque()  # handed over, no outcome yet; the first is running
-        self.last_event = 0.0  # when it was handed a batch or last sent an outcome
         self.kill_reason: str | None = None  # why the node killed it: "timeout", "revoked", "shutdown"
         self.revoked: set[str] = set()  # with kill_reason "revoked": the task ids that were
 
@@ -61,19 +61,19 @@ class Worker:
     def run(self, tasks: list[dict[str, Any]]) -> None:
         """Hand over tasks to run one after the other; their outcomes come back one by one."""
         self.batch.extend(tasks)
-        self.last_event = time.monotonic()
         self.connection.send_bytes(jsonrpc.dumps(tasks))
 
-    def receive(self) -> tuple[list[tuple[dict[str, Any], dict[str, Any]]], int] | None:
-        """``([(task, outcome), ...], size in bytes)`` for the tasks that just ended, in order, or None if
-        the worker died (its batch is left as it was: the first task in it was running)."""
+    def receive(self) -> tuple[list[tuple[dict[str, Any], dict[str, Any]]], float, int] | None:
+        """``([(task, outcome), ...], seconds the worker spent on them, size in bytes)`` for the tasks that
+        just ended, in order; None if the worker died (its batch is left as it was: the first task in it
+        was running)."""
         try:
             encoded = self.connection.recv_bytes()
         except (EOFError, OSError):
             return None
-        self.last_event = time.monotonic()
-        outcomes: list[dict[str, Any]] = jsonrpc.loads(encoded)
-        return [(self.batch.popleft(), outcome) for outcome in outcomes], len(encoded)
+        report = jsonrpc.loads(encoded)
+        outcomes: list[dict[str, Any]] = report["outcomes"]
+        return [(self.batch.popleft(), outcome) for outcome in outcomes], float(report["busy_s"]), len(encoded)
 
     def kill(self, reason: str) -> None:
         """SIGKILL the process (a running task cannot be interrupted any other way); the node learns of
@@ -118,11 +118,17 @@ def _run(connection: Connection, inherited: list[Connection], dispatcher: Dispat
             finished.append(_execute(dispatcher, task))
             now = time.monotonic()
             if now - last_flush >= FLUSH_S:
-                connection.send_bytes(b"[" + b",".join(finished) + b"]")
+                connection.send_bytes(_report(finished, now - last_flush))
                 finished, last_flush = [], now
         if finished:
-            connection.send_bytes(b"[" + b",".join(finished) + b"]")
+            connection.send_bytes(_report(finished, time.monotonic() - last_flush))
     os._exit(0)  # no atexit handlers or finalizers inherited from the node
+
+
+def _report(outcomes: list[bytes], busy_s: float) -> bytes:
+    """``{"busy_s": seconds spent on these tasks, "outcomes": [...]}``: the node learns from busy_s how
+    long a task takes when it is running, not when it waits for a CPU."""
+    return b'{"busy_s":%f,"outcomes":[%b]}' % (busy_s, b",".join(outcomes))
 
 
 def _execute(dispatcher: Dispatcher, task: dict[str, Any]) -> bytes:
