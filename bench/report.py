@@ -1,0 +1,174 @@
+"""The report: machine facts, the main table, the scale table and notes, as Markdown; BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import subprocess
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+
+import zmq
+
+from bench.config import REPO_ROOT
+from bench.stats import Run, ScaleRun, Spread
+
+HEADER = """# Benchmarks
+
+Each section below is one run of the benchmark in `bench/`, appended by it. To reproduce:
+
+```sh
+make bench                      # installs .[bench] (Celery with Redis), runs python -m bench, appends here
+python -m bench -h              # the options: task counts, repetitions, systems, worker counts
+python -m bench --no-write      # print the report only
+```
+
+Every system runs as real processes on this one machine, interleaved (A B C A B C ...) so that a noisy
+machine hurts all of them alike; each cell is the median of the repetitions, with the minimum and maximum.
+Celery uses the Redis on 127.0.0.1:6379 (or a redis-server it starts) and is left out, with a note, when
+there is none.
+"""
+
+
+def source_fingerprint() -> str:
+    """A hash of zerotask's source files: what every zerotask process started by the run imports."""
+    import zerotask
+
+    root = Path(zerotask.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(f"{path.relative_to(root)}\0".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def source_state() -> str:
+    """Which zerotask code runs: the git commit, whether zerotask/ has uncommitted changes, and the hash."""
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "no git commit"
+    dirty = " with uncommitted changes in zerotask/" if git("status", "--porcelain", "--", "zerotask") else ""
+    return f"- zerotask source: {commit}{dirty}; sha256 of zerotask/**/*.py {source_fingerprint()}"
+
+
+def machine_facts(redis_version: str) -> list[str]:
+    def version(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    cpu = "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        cpu = models[0] if models else cpu
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    return [
+        f"- CPUs: {os.cpu_count()} ({cpu}); load average at the start: {load}",
+        f"- Python {platform.python_version()} ({platform.python_implementation()}), {platform.platform()}",
+        f"- zerotask {version('zerotask')}, pyzmq {version('pyzmq')} (libzmq {zmq.zmq_version()}), orjson {version('orjson')}",
+        f"- Celery {version('celery')}, kombu {version('kombu')}, redis-py {version('redis')}, "
+        f"Redis server {redis_version or 'none'}",
+        source_state(),
+    ]
+
+
+def _number(value: float) -> str:
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def _spread(values: Sequence[float], scale: float = 1.0) -> str:
+    spread = Spread.of([value * scale for value in values])
+    if len(values) == 1:
+        return _number(spread.median)
+    return f"{_number(spread.median)} ({_number(spread.low)}–{_number(spread.high)})"
+
+
+def _bytes(value: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.1f} {unit}"
+    return f"{value:.0f} B"
+
+
+def _groups(runs: Sequence[Run]) -> dict[tuple[str, int], list[Run]]:
+    groups: dict[tuple[str, int], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.system, run.workers), []).append(run)
+    return groups
+
+
+def _median(runs: Sequence[Run], value: Callable[[Run], float]) -> float:
+    return Spread.of([value(run) for run in runs]).median
+
+
+def _ratio(mine: Sequence[Run], theirs: Sequence[Run] | None) -> str:
+    if not theirs:
+        return "—"
+    rate = _median(mine, lambda r: r.rate) / _median(theirs, lambda r: r.rate)
+    p50 = _median(mine, lambda r: r.p50_s) / _median(theirs, lambda r: r.p50_s)
+    return f"{rate:.2f}× · {p50:.2f}×"
+
+
+def rates(runs: Sequence[Run]) -> dict[tuple[str, int], float]:
+    """The median tasks/s of each (system, workers)."""
+    return {key: _median(group, lambda r: r.rate) for key, group in _groups(runs).items()}
+
+
+def main_table(runs: Sequence[Run]) -> str:
+    groups = _groups(runs)
+    celery = {workers: group for (system, workers), group in groups.items() if system.startswith("celery-")}
+    raw = {workers: group for (system, workers), group in groups.items() if system == "raw"}
+    lines = [
+        "| system | workers | tasks/s | p50 ms | p99 ms | vs Celery: tasks/s · p50 | vs raw ceiling: tasks/s · p50 | results |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for (system, workers), group in groups.items():
+        versus_celery = None if system.startswith("celery-") else celery.get(workers)
+        versus_raw = None if system == "raw" else raw.get(workers)
+        ok = all(run.sum_ok and run.calls_ok for run in group)
+        lines.append(
+            f"| {system} | {workers} | {_spread([r.rate for r in group])} | {_spread([r.p50_s for r in group], 1000)} "
+            f"| {_spread([r.p99_s for r in group], 1000)} | {_ratio(group, versus_celery)} | {_ratio(group, versus_raw)} "
+            f"| {'sums right' if ok else 'WRONG'} |"
+        )
+    return "\n".join(lines)
+
+
+def scale_table(scale_runs: Sequence[ScaleRun], runs: Sequence[Run]) -> str:
+    medians = rates(runs)
+    lines = [
+        "| system | workers | queued | queued/s | memory idle → holding (per task) | memory at the end "
+        "| drained | drain tasks/s | drain ÷ throughput | results |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for run in scale_runs:
+        per_task = (run.memory_holding - run.memory_before) / run.tasks
+        baseline = medians.get((run.system, run.workers))
+        versus = f"{run.drain_rate / baseline:.2f}×" if baseline else "—"
+        lines.append(
+            f"| {run.system} | {run.workers} | {run.tasks:,} | {_number(run.queue_rate)} "
+            f"| {_bytes(run.memory_before)} → {_bytes(run.memory_holding)} ({_bytes(per_task)}) | {_bytes(run.memory_after)} "
+            f"| {run.drained:,} in {run.drain_seconds:.1f} s | {_number(run.drain_rate)} | {versus} "
+            f"| {'sample right' if run.sample_ok else 'WRONG'} |"
+        )
+    return "\n".join(lines)
+
+
+def append(path: Path, section: str) -> None:
+    """Append a section to BENCHMARKS.md, creating it with its header first if need be."""
+    text = path.read_text() if path.exists() else HEADER
+    path.write_text(text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n")
