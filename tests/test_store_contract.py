@@ -356,6 +356,32 @@ class TestFinish:
         assert_same_json(taken.kwargs, kwargs)
 
 
+class TestFinishUnfinished:
+    def test_outcomes_written_without_checking_are_seen_by_every_read(self, store: Store) -> None:
+        queue(store, ("t1", "add"), ("t2", "add"), ("t3", "add"))
+        store.take(["add"], 3)
+        store.finish_unfinished("t1", FINISHED, result=1)
+        store.finish_unfinished("t2", FAILED, error={"code": -32000, "message": "boom"})
+        record = store.get("t1")
+        assert record is not None and (record.state, record.result) == (FINISHED, 1)
+        assert state(store, "t2") == FAILED
+        assert [record.id for record in store.unfinished()] == ["t3"]
+        assert store.finish("t1", FAILED, error={"code": -32000, "message": "late"}) is False
+
+    def test_outcomes_written_without_checking_survive_a_flush_and_reopen(self, tmp_path: Path) -> None:
+        path = str(tmp_path / "tasks.db")
+        first = SqliteStore(path)
+        queue(first, ("t1", "add"))
+        first.take(["add"], 1)
+        first.finish_unfinished("t1", FINISHED, result=[1, 2])
+        first.flush()
+        first.close()
+        second = SqliteStore(path)
+        record = second.get("t1")
+        second.close()
+        assert record is not None and (record.state, record.result) == (FINISHED, [1, 2])
+
+
 class TestQueries:
     def test_get_of_an_unknown_id_returns_none(self, store: Store) -> None:
         assert store.get("nope") is None

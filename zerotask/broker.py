@@ -22,11 +22,11 @@ import zmq
 from zerotask import jsonrpc
 from zerotask.dispatcher import Dispatcher, default_dispatcher, split_params
 from zerotask.exceptions import InvalidParams, UnknownMethod, UnknownTask, ZerotaskError
-from zerotask.nodes import NodeRegistry, NodeState
+from zerotask.nodes import NodeMethods, NodeRegistry
 from zerotask.params import param
-from zerotask.peers import Envelope, Reply, Respond, Waiter, split_frames
+from zerotask.peers import Envelope, Reply, Respond, Waiter, coalesce, split_frames
 from zerotask.server import Server
-from zerotask.store import FAILED, FINAL_STATES, FINISHED, QUEUED, RETRY, REVOKED, RUNNING, Store, TaskRecord, open_store
+from zerotask.store import FAILED, FINAL_STATES, FINISHED, QUEUED, REVOKED, Store, TaskRecord, open_store
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ _MAX_TASK_ID = 128
 Handler = Callable[[jsonrpc.Request, Envelope, Respond | None], Any]
 
 
-class Broker(Server):
+class Broker(Server, NodeMethods):
     """``Broker().start()`` serves on tcp://*:5555 (requests) and tcp://*:5556 (events), storing tasks in
     ./zerotask.db. ``store`` is a Store or a spec for :func:`zerotask.store.open_store`."""
 
@@ -144,7 +144,7 @@ class Broker(Server):
         outbox, self._outbox = self._outbox, {}
         for envelope, messages in outbox.items():
             try:
-                for payload in _coalesce(messages):
+                for payload in coalesce(messages):
                     self.requests.send_multipart([*envelope, payload], zmq.NOBLOCK)
             except zmq.ZMQError as error:  # the peer is gone (EHOSTUNREACH); its own problem
                 log.debug("dropping a message to a vanished peer: %s", error)
@@ -233,21 +233,24 @@ class Broker(Server):
         none serves ``method``; with no node connected the task waits for one."""
         if not method:
             raise InvalidParams("the method name is empty")
-        if task_id is not None:
-            existing = self.store.get(task_id)
-            if existing is not None:
-                return existing
         record = TaskRecord(task_id or uuid.uuid4().hex, method, args, kwargs, options=options or {})
         if method.startswith("broker.") and method in self.dispatcher:
-            self.store.add(record)
-            return self._run_here(record)
+            return self._run_here(record) if self.store.add(record) else self._existing(record)
         if self.nodes and not self.nodes.serves(method):
+            if task_id is not None and (existing := self.store.get(task_id)) is not None:
+                return existing
             # The message is the specification's own, so any JSON-RPC client recognises it; the name is in data.
             raise UnknownMethod(jsonrpc.ERROR_MESSAGES[jsonrpc.METHOD_NOT_FOUND], {"method": method})
-        self.store.add(record)
+        if not self.store.add(record):  # a task id we know: a client asking again, not a new task
+            return self._existing(record)
         self.nodes.queued[method] += 1
         self._publish("zerotask.event.queued", {"task_id": record.id, "method": method})
         return record
+
+    def _existing(self, record: TaskRecord) -> TaskRecord:
+        existing = self.store.get(record.id)
+        assert existing is not None, "the store refused to add a task it does not have"
+        return existing
 
     def _run_here(self, record: TaskRecord) -> TaskRecord:
         """A custom broker method (``@task(name="broker.x")`` in the broker's process) runs at once, in
@@ -274,9 +277,14 @@ class Broker(Server):
         waiter.timer = None
         waiter.answer_error(TaskTimeout(f"task {task_id} has no result yet"))
 
-    def _finish(self, task_id: str, state: str, result: Any = None, error: dict[str, Any] | None = None) -> None:
-        """Record a task's outcome, unless it has one already, and answer everyone waiting for it."""
-        if not self.store.finish(task_id, state, result, error):
+    def _finish(
+        self, task_id: str, state: str, result: Any = None, error: dict[str, Any] | None = None, unfinished: bool = False
+    ) -> None:
+        """Record a task's outcome, unless it has one already, and answer everyone waiting for it.
+        ``unfinished``: the caller knows the task has no outcome yet (a node held it)."""
+        if unfinished:
+            self.store.finish_unfinished(task_id, state, result, error)
+        elif not self.store.finish(task_id, state, result, error):
             return
         for waiter in self._waiters.pop(task_id, []):
             waiter.answer_outcome(result, error)
@@ -373,6 +381,9 @@ class Broker(Server):
 
     def _record(self, request: jsonrpc.Request) -> TaskRecord:
         task_id = param(request.params, "task_id", 0, str)
+        holder = self.nodes.holder(task_id)
+        if holder is not None:  # in a node's hands: its state (ASSIGNED or RUNNING) is known here
+            return holder.tasks[task_id]
         record = self.store.get(task_id)
         if record is None:
             raise UnknownTask(f"unknown task id {task_id!r}", {"task_id": task_id})
@@ -428,167 +439,6 @@ class Broker(Server):
             self.nodes.release(record.id)
             self._send(holder.envelope, jsonrpc.notification("zerotask.node.revoke", {"task_ids": [record.id]}))
         return REVOKED
-
-    # ---- zerotask.broker.* for nodes ---------------------------------------------------------------
-
-    def _connect_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
-        params = request.params
-        name = param(params, "node", 0, str)
-        methods = param(params, "methods", 1, dict)
-        workers = param(params, "workers", 2, int, 1)
-        credit = param(params, "credit", 3, int, 0)
-        if not all(isinstance(options, dict) for options in methods.values()):
-            raise InvalidParams("methods must map each task name to an object of options")
-        running = param(params, "running", 4, list, [])
-        node = NodeState(envelope[0], envelope, name, frozenset(methods), methods, workers, max(credit, 0))
-        self._requeue(self.nodes.remove(envelope[0]))  # a node that reconnects starts afresh
-        self.nodes.add(node)
-        for task_id in running:  # tasks it kept running while we were apart stay its own
-            record = self.store.get(task_id) if isinstance(task_id, str) else None
-            if record is None or record.state in FINAL_STATES or self.nodes.holder(task_id) is not None:
-                continue
-            if record.state == QUEUED:
-                self.nodes.queued[record.method] -= 1
-            self.store.set_state(task_id, RUNNING)
-            self.nodes.hold(node, record)
-        log.info("node %s connected: %d worker(s), %d task name(s)", name, workers, len(methods))
-        return {"heartbeat_s": self.heartbeat_s, "liveness": self.liveness, "max_message_bytes": self.max_message_bytes}
-
-    def _node_for(self, request: jsonrpc.Request, envelope: Envelope) -> NodeState | None:
-        node = self.nodes.get(envelope[0])
-        if node is None and request.method != "zerotask.broker.disconnect":
-            # A node we do not know (we restarted, or declared it dead): ask it to connect again.
-            self._send(envelope, jsonrpc.notification("zerotask.node.reconnect", {}))
-        return node
-
-    def _request_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
-        credit = param(request.params, "credit", 0, int)
-        node = self._node_for(request, envelope)
-        if node is not None and not node.draining:
-            node.credit = max(0, node.credit + credit)
-        return None
-
-    def _release_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
-        """A node hands back tasks it will not start; ``draining`` means it takes no more."""
-        task_ids = param(request.params, "task_ids", 0, list)
-        draining = param(request.params, "draining", 1, bool, False)
-        node = self._node_for(request, envelope)
-        if node is None:
-            return None
-        held = [
-            self.nodes.release(task_id) for task_id in task_ids if isinstance(task_id, str) and self.nodes.holder(task_id) is node
-        ]
-        self._requeue([record for record in held if record is not None])
-        if draining:
-            node.draining = True
-            node.credit = 0
-        return None
-
-    def _running_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
-        task_ids = param(request.params, "task_ids", 0, list)
-        node = self._node_for(request, envelope)
-        for task_id in task_ids:
-            if node is not None and isinstance(task_id, str) and task_id in node.tasks:
-                self.store.set_state(task_id, RUNNING)
-        return None
-
-    def _finished_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
-        outcomes = param(request.params, "tasks", 0, list)
-        sender = self._node_for(request, envelope)
-        if sender is not None:
-            sender.finished += len(outcomes)
-        for outcome in outcomes:
-            if not isinstance(outcome, dict) or not isinstance(outcome.get("task_id"), str):
-                raise InvalidParams("each finished task is an object with a task_id")
-            task_id = outcome["task_id"]
-            held = self.nodes.release(task_id)
-            error = outcome.get("error")
-            if error is not None:
-                if not isinstance(error, dict):
-                    error = jsonrpc.error_object(jsonrpc.TASK_FAILED, str(error))
-                if not self._retry(task_id, held, error):
-                    self._finish(task_id, FAILED, error=error)
-            else:
-                self._finish(task_id, FINISHED, result=outcome.get("result"))
-        return None
-
-    def _retry(self, task_id: str, held: TaskRecord | None, error: dict[str, Any]) -> bool:
-        """Schedule another attempt if the task's policy allows one; False if the failure is final.
-
-        The worker says whether the exception is one to retry (``data.retryable``); the broker counts
-        attempts (kept in the store) and waits ``retry_backoff_s * 2**(attempt - 1)``, capped, in state RETRY.
-        """
-        data = error.get("data")
-        if not isinstance(data, dict) or not data.get("retryable"):
-            return False
-        record = held if held is not None else self.store.get(task_id)
-        if record is None or record.state in FINAL_STATES:
-            return False
-        options = self.nodes.options_for(record.method)
-        if record.attempts >= int(options.get("retries", 0)):
-            return False
-        attempt = record.attempts + 1
-        backoff_s = float(options.get("retry_backoff_s", 1.0)) * 2 ** (attempt - 1)
-        delay_s = min(backoff_s, float(options.get("retry_backoff_max_s", 60.0)))
-        self.store.set_state(task_id, RETRY, attempts=attempt)
-        self.call_later(delay_s, lambda: self._retry_due(task_id))
-        self._publish("zerotask.event.retry", {"task_id": task_id, "attempt": attempt, "delay_s": delay_s})
-        log.info(
-            "task %s (%s) failed, attempt %d of %d in %.2f s", task_id, record.method, attempt, options.get("retries"), delay_s
-        )
-        return True
-
-    def _retry_due(self, task_id: str) -> None:
-        record = self.store.get(task_id)
-        if record is not None and record.state == RETRY:  # not revoked in the meantime
-            self._requeue([record])
-
-    def _heartbeat_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
-        self._node_for(request, envelope)
-        return None
-
-    def _disconnect_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
-        self._node_lost(envelope[0], "disconnected")
-        return None
-
-    # ---- liveness --------------------------------------------------------------------------------
-
-    def _heartbeat(self) -> None:
-        now = time.monotonic()
-        deadline = self.heartbeat_s * self.liveness
-        for node in self.nodes:
-            if now - node.last_seen > deadline:
-                self._node_lost(node.identity, f"silent for {now - node.last_seen:.1f} s")
-            elif now - node.last_sent >= self.heartbeat_s:
-                self._send(node.envelope, jsonrpc.notification("zerotask.node.heartbeat", {}))
-                node.last_sent = now
-
-    def _node_lost(self, identity: bytes, reason: str) -> None:
-        node = self.nodes.get(identity)
-        if node is None:
-            return
-        held = self.nodes.remove(identity)
-        log.warning("node %s lost (%s): %d task(s) back to the queue", node.name, reason, len(held))
-        self._requeue(held)
-
-
-def _coalesce(messages: list[dict[str, Any] | list[Any]]) -> list[bytes]:
-    """Encode one peer's messages in order, sending each run of notifications as one JSON-RPC batch:
-    a result pushed per task would otherwise cost a message (and a wake-up) per task. Responses stay
-    single, as the caller's request was."""
-    payloads: list[bytes] = []
-    notifications: list[dict[str, Any]] = []
-    for message in messages:
-        if isinstance(message, dict) and "method" in message:
-            notifications.append(message)
-            continue
-        if notifications:
-            payloads.append(jsonrpc.dumps(notifications[0] if len(notifications) == 1 else notifications))
-            notifications = []
-        payloads.append(jsonrpc.dumps(message))
-    if notifications:
-        payloads.append(jsonrpc.dumps(notifications[0] if len(notifications) == 1 else notifications))
-    return payloads
 
 
 def main(argv: list[str] | None = None) -> None:

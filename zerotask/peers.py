@@ -111,3 +111,22 @@ class Waiter:
 
     def answer_error(self, error: ZerotaskError) -> None:
         self.answer_outcome(None, error.to_error_object())
+
+
+def coalesce(messages: list[dict[str, Any] | list[Any]]) -> list[bytes]:
+    """Encode one peer's messages in order, sending each run of notifications as one JSON-RPC batch:
+    a result pushed per task would otherwise cost a message (and a wake-up) per task. Responses stay
+    single, as the caller's request was."""
+    payloads: list[bytes] = []
+    notifications: list[dict[str, Any]] = []
+    for message in messages:
+        if isinstance(message, dict) and "method" in message:
+            notifications.append(message)
+            continue
+        if notifications:
+            payloads.append(jsonrpc.dumps(notifications[0] if len(notifications) == 1 else notifications))
+            notifications = []
+        payloads.append(jsonrpc.dumps(message))
+    if notifications:
+        payloads.append(jsonrpc.dumps(notifications[0] if len(notifications) == 1 else notifications))
+    return payloads

@@ -97,4 +97,3 @@ def task(
     if function is not None:
         return register(function)
     return register
-

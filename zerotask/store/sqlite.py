@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS queued_by_method ON tasks (method, seq) WHERE state = 'QUEUED';
-CREATE INDEX IF NOT EXISTS unfinished ON tasks (state) WHERE state NOT IN ('FINISHED', 'FAILED', 'REVOKED');
+DROP INDEX IF EXISTS unfinished;
 """
 
 
@@ -35,8 +35,10 @@ class SqliteStore(Store):
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
+        self._db.execute("PRAGMA cache_size=-32768")  # 32 MiB of pages: the queue's index stays in memory
         self._db.executescript(_SCHEMA)
         self._in_transaction = False
+        self._finishing: list[tuple[str, bytes, str]] = []  # outcomes not yet written (see finish_unfinished)
 
     def _write(self, sql: str, parameters: Any = ()) -> sqlite3.Cursor:
         if not self._in_transaction:
@@ -56,6 +58,7 @@ class SqliteStore(Store):
         return False
 
     def take(self, methods: Collection[str], limit: int) -> list[TaskRecord]:
+        self._write_finishing()
         if limit <= 0:
             return []  # SQLite reads a negative LIMIT as "no limit", and rows[:limit] would then keep all but -limit
         rows: list[tuple[int, str, str, bytes, int]] = []
@@ -85,6 +88,7 @@ class SqliteStore(Store):
         self._db.executemany(sql, rows)
 
     def set_state(self, task_id: str, state: str, attempts: int | None = None) -> None:
+        self._write_finishing()
         final = tuple(FINAL_STATES)
         if attempts is None:
             self._write("UPDATE tasks SET state = ? WHERE id = ? AND state NOT IN (?, ?, ?)", (state, task_id, *final))
@@ -94,7 +98,28 @@ class SqliteStore(Store):
                 (state, attempts, task_id, *final),
             )
 
+    def set_states(self, task_ids: list[str], state: str) -> None:
+        self._write_many(
+            "UPDATE tasks SET state = ? WHERE id = ? AND state NOT IN ('FINISHED', 'FAILED', 'REVOKED')",
+            [(state, task_id) for task_id in task_ids],
+        )
+
+    def finish_unfinished(self, task_id: str, state: str, result: Any = None, error: dict[str, Any] | None = None) -> None:
+        outcome = jsonrpc.dumps({"error": error} if error is not None else {"result": result})
+        self._finishing.append((state, outcome, task_id))
+
+    def _write_finishing(self) -> None:
+        """Write the batched outcomes: one executemany instead of a statement per task."""
+        if self._finishing:
+            finishing, self._finishing = self._finishing, []
+            self._write_many(
+                "UPDATE tasks SET state = ?, outcome = ?, params = x''"
+                " WHERE id = ? AND state NOT IN ('FINISHED', 'FAILED', 'REVOKED')",
+                finishing,
+            )
+
     def finish(self, task_id: str, state: str, result: Any = None, error: dict[str, Any] | None = None) -> bool:
+        self._write_finishing()
         outcome = jsonrpc.dumps({"error": error} if error is not None else {"result": result})
         cursor = self._write(
             "UPDATE tasks SET state = ?, outcome = ?, params = x'' WHERE id = ? AND state NOT IN (?, ?, ?)",
@@ -103,6 +128,7 @@ class SqliteStore(Store):
         return cursor.rowcount == 1
 
     def get(self, task_id: str) -> TaskRecord | None:
+        self._write_finishing()
         row = self._db.execute("SELECT method, params, state, outcome, attempts FROM tasks WHERE id = ?", (task_id,)).fetchone()
         if row is None:
             return None
@@ -117,21 +143,25 @@ class SqliteStore(Store):
         return record
 
     def unfinished(self) -> Iterable[TaskRecord]:
+        self._write_finishing()
         rows = self._db.execute(
             "SELECT id, method, state, attempts FROM tasks WHERE state NOT IN ('FINISHED', 'FAILED', 'REVOKED') ORDER BY seq"
         ).fetchall()
         return [TaskRecord(task_id, method, state=state, attempts=attempts) for task_id, method, state, attempts in rows]
 
     def queued_counts(self) -> dict[str, int]:
+        self._write_finishing()
         rows = self._db.execute("SELECT method, count(*) FROM tasks WHERE state = 'QUEUED' GROUP BY method")
         return {method: count for method, count in rows}
 
     def requeue_unfinished(self) -> int:
+        self._write_finishing()
         self._write("UPDATE tasks SET state = 'QUEUED' WHERE state IN ('ASSIGNED', 'RUNNING', 'RETRY')")
         self.flush()
         return sum(self.queued_counts().values())
 
     def flush(self) -> None:
+        self._write_finishing()
         if self._in_transaction:
             self._db.execute("COMMIT")
             self._in_transaction = False
