@@ -115,7 +115,6 @@ class Node(Server):
         self._socket.connect(self.broker_endpoint)
         self.add_socket(self._socket, self._on_broker)
         self.pool.take_pending()
-        self.pool.started.clear()
         self._released.clear()
         self._connects += 1
         self._credit_out = self._credit_wanted()
@@ -230,9 +229,9 @@ class Node(Server):
             if not self.pool.busy:
                 self.stop()
         batch = []
-        if self.pool.started:
-            batch.append(jsonrpc.notification("zerotask.broker.running", {"task_ids": self.pool.started}))
-            self.pool.started = []
+        running = self.pool.due_running()
+        if running:
+            batch.append(jsonrpc.notification("zerotask.broker.running", {"task_ids": running}))
         if self._outcomes:
             batch.append(jsonrpc.notification("zerotask.broker.finished", {"tasks": self._outcomes}))
             self._outcomes = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,7 @@ from zerotask.worker import Worker
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 64  # tasks per hand-off at most
+RUNNING_AFTER_S = 0.001  # a task still running after this long is reported RUNNING
 BATCH_WINDOW_S = 0.001  # a hand-off holds about this much work
 _ENVELOPE_ROOM = 4096  # bytes kept free for the JSON-RPC around an outcome
 
@@ -49,7 +51,8 @@ class WorkerPool:
         self.max_outcome_bytes = 16 * 1024 * 1024 - _ENVELOPE_ROOM
         self.workers: list[Worker] = []
         self.pending: deque[Task] = deque()
-        self.started: list[str] = []  # ids handed to workers since the node last reported them
+        self._handed: dict[str, float] = {}  # task id -> when a worker got it; until reported running
+        self._wake_pending = False
         self.service_s = 1.0  # moving average of one task's time, pessimistic until measured
         self._limits: dict[int, Timer] = {}  # worker index -> the time limit of the task it runs
 
@@ -132,9 +135,31 @@ class WorkerPool:
             while limit is None and len(batch) < share and self._time_limit(self.pending[0]) is None:
                 batch.append(self.pending.popleft())
             worker.run(batch)
-            self.started.extend(task["task_id"] for task in batch)
+            now = time.monotonic()
+            for task in batch:
+                self._handed[task["task_id"]] = now
+            if not self._wake_pending:  # make sure the node looks again once they are due to be reported
+                self._wake_pending = True
+                self._server.call_later(RUNNING_AFTER_S, self._woken)
             if limit is not None:
                 self._limits[worker.index] = self._server.call_later(limit, functools.partial(self._time_up, worker, batch[0]))
+
+    def _woken(self) -> None:
+        self._wake_pending = False
+        if self._handed:
+            self._wake_pending = True
+            self._server.call_later(RUNNING_AFTER_S, self._woken)
+
+    def due_running(self) -> list[str]:
+        """Tasks a worker has held for RUNNING_AFTER_S and not finished: the ones worth reporting as
+        RUNNING. A shorter task is reported only by its outcome, which saves the broker a message."""
+        if not self._handed:
+            return []
+        cutoff = time.monotonic() - RUNNING_AFTER_S
+        due = [task_id for task_id, handed_at in self._handed.items() if handed_at <= cutoff]
+        for task_id in due:
+            del self._handed[task_id]
+        return due
 
     def _time_limit(self, task: Task) -> float | None:
         limit = task.get("time_limit_s")
@@ -163,6 +188,7 @@ class WorkerPool:
             ended, busy_s, size = received
             self.service_s += 0.2 * (max(busy_s, 1e-6) / max(len(ended), 1) - self.service_s)
             for task, outcome in ended:
+                self._handed.pop(task["task_id"], None)
                 if size > self.max_outcome_bytes and len(jsonrpc.dumps(outcome)) > self.max_outcome_bytes:
                     # The broker would disconnect us for sending it, and the caller would wait forever.
                     self._fail(task, ResultTooLarge(f"the outcome of {task['method']} is over the broker's size limit"))
@@ -180,6 +206,8 @@ class WorkerPool:
         worker.stop()
         batch = list(worker.batch)
         worker.batch.clear()
+        for task in batch:
+            self._handed.pop(task["task_id"], None)
         if batch and reason != "shutdown":
             running, rest = batch[0], batch[1:]
             if reason == "timeout":
