@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from zerotask import TaskError, TaskTimeout, UnknownMethod, UnknownTask
+from zerotask.client import Client
 from zerotask.exceptions import InvalidParams
-from zerotask.testing import Cluster, scaled
+from zerotask.testing import Cluster, scaled, wait_until
 
 
 def test_call_returns_the_result(running: Cluster) -> None:
@@ -104,3 +107,23 @@ def test_info_lists_nodes_and_their_methods(running: Cluster) -> None:
     assert len(info["nodes"]) == 1
     assert "add" in info["nodes"][0]["methods"]
     assert info["nodes"][0]["workers"] == 2
+
+
+def test_outcomes_are_forgotten_after_the_result_ttl(cluster: Cluster) -> None:
+    cluster.start_broker("--result-ttl", "0.5")
+    cluster.start_node("tests.tasks")
+    client = cluster.client()
+    task_id = client.submit("add", 1, 1)
+    assert client.result(task_id, timeout=scaled(10)) == 2
+    wait_until(lambda: _unknown(client, task_id), 10, "the outcome to expire")
+    waiting = client.submit("sleep", 2)  # an unfinished task is never expired
+    time.sleep(1.2)
+    assert client.status(waiting) in {"ASSIGNED", "RUNNING"}
+
+
+def _unknown(client: Client, task_id: str) -> bool:
+    try:
+        client.status(task_id)
+    except UnknownTask:
+        return True
+    return False

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -380,6 +381,31 @@ class TestFinishUnfinished:
         record = second.get("t1")
         second.close()
         assert record is not None and (record.state, record.result) == (FINISHED, [1, 2])
+
+
+class TestExpire:
+    def test_expire_forgets_outcomes_recorded_before_the_time_and_nothing_else(self, store: Store) -> None:
+        queue(store, ("old", "add"), ("new", "add"), ("waiting", "add"))
+        store.take(["add"], 2)
+        store.finish("old", FINISHED, result=1)
+        store.flush()
+        cutoff = time.time()
+        time.sleep(0.01)
+        store.finish_unfinished("new", FAILED, error={"code": -32000, "message": "x"})
+        assert store.expire(cutoff) == 1
+        assert store.get("old") is None
+        assert state(store, "new") == FAILED
+        assert state(store, "waiting") == QUEUED
+        assert store.expire(time.time() + 1) == 1
+        assert store.get("new") is None and state(store, "waiting") == QUEUED
+
+    def test_expire_is_bounded_by_its_limit(self, store: Store) -> None:
+        queue(store, *[(f"t{i}", "add") for i in range(5)])
+        store.take(["add"], 5)
+        for i in range(5):
+            store.finish(f"t{i}", FINISHED, result=i)
+        assert store.expire(time.time() + 1, limit=3) == 3
+        assert store.expire(time.time() + 1, limit=3) == 2
 
 
 class TestQueries:

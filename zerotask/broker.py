@@ -45,7 +45,8 @@ Handler = Callable[[jsonrpc.Request, Envelope, Respond | None], Any]
 
 class Broker(Server, NodeMethods):
     """``Broker().start()`` serves on tcp://*:5555 (requests) and tcp://*:5556 (events), storing tasks in
-    ./zerotask.db. ``store`` is a Store or a spec for :func:`zerotask.store.open_store`."""
+    ./zerotask.db. ``store`` is a Store or a spec for :func:`zerotask.store.open_store`. Outcomes are kept
+    ``result_ttl_s`` seconds (a day; None keeps them for ever), as Celery's result_expires."""
 
     def __init__(
         self,
@@ -56,6 +57,7 @@ class Broker(Server, NodeMethods):
         heartbeat_s: float = 1.0,
         liveness: int = 3,
         max_message_bytes: int = 16 * 1024 * 1024,
+        result_ttl_s: float | None = 86400.0,
     ) -> None:
         super().__init__()
         self.bind_endpoint = bind
@@ -65,6 +67,7 @@ class Broker(Server, NodeMethods):
         self.heartbeat_s = heartbeat_s
         self.liveness = liveness
         self.max_message_bytes = max_message_bytes
+        self.result_ttl_s = result_ttl_s
         self._methods: dict[str, Handler] = {
             "zerotask.broker.submit": self._submit_method,
             "zerotask.broker.call": self._call_method,
@@ -111,6 +114,8 @@ class Broker(Server, NodeMethods):
         self.add_socket(self.requests, self._on_requests)
         self.add_socket(self.events, self._on_subscription)
         self.call_every(self.heartbeat_s, self._heartbeat)
+        if self.result_ttl_s:
+            self.call_every(min(60.0, max(self.result_ttl_s / 10, 0.1)), self._expire)
         log.info(
             "broker on %s, events on %s, %d task(s) queued",
             self.requests.getsockopt_string(zmq.LAST_ENDPOINT),
@@ -251,6 +256,13 @@ class Broker(Server, NodeMethods):
         existing = self.store.get(record.id)
         assert existing is not None, "the store refused to add a task it does not have"
         return existing
+
+    def _expire(self) -> None:
+        """Forget outcomes older than result_ttl_s (a bounded number per call, so the loop stays quick)."""
+        assert self.result_ttl_s
+        expired = self.store.expire(time.time() - self.result_ttl_s)
+        if expired:
+            log.info("forgot %d task outcome(s) older than %.0f s", expired, self.result_ttl_s)
 
     def _run_here(self, record: TaskRecord) -> TaskRecord:
         """A custom broker method (``@task(name="broker.x")`` in the broker's process) runs at once, in

@@ -50,6 +50,13 @@ def _broker_parser(prog: str) -> argparse.ArgumentParser:
         metavar="BYTES",
         help="larger messages disconnect their sender (default 16 MiB)",
     )
+    parser.add_argument(
+        "--result-ttl",
+        type=float,
+        default=86400.0,
+        metavar="SECONDS",
+        help="forget outcomes older than this (default 1 day; 0: never)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
     return parser
 
@@ -66,6 +73,7 @@ def broker_main(argv: list[str] | None = None, prog: str = "python -m zerotask.b
         heartbeat_s=options.heartbeat,
         liveness=options.liveness,
         max_message_bytes=options.max_message_bytes,
+        result_ttl_s=options.result_ttl or None,
     ).start()
 
 

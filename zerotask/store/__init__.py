@@ -79,6 +79,11 @@ class Store(ABC):
         self.finish(task_id, state, result, error)
 
     @abstractmethod
+    def expire(self, before: float, limit: int = 10_000) -> int:
+        """Forget up to ``limit`` tasks whose outcome was recorded before ``before`` (a ``time.time()``
+        value), oldest first. Returns how many were forgotten; unfinished tasks are never touched."""
+
+    @abstractmethod
     def get(self, task_id: str) -> TaskRecord | None:
         """The task, or None if the id is unknown."""
 

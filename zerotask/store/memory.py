@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import heapq
+import time
+from collections import deque
 from collections.abc import Collection, Iterable
 from typing import Any
 
@@ -18,6 +20,7 @@ class MemoryStore(Store):
         self._queues: dict[str, list[tuple[int, str]]] = {}
         self._queued: dict[str, int] = {}
         self._next_sequence = 0
+        self._finished: deque[tuple[float, str]] = deque()  # (when, task id), in the order they ended
 
     def add(self, record: TaskRecord) -> bool:
         if record.id in self._records:
@@ -76,7 +79,16 @@ class MemoryStore(Store):
         record.args = []
         record.kwargs = {}
         del self._sequence[task_id]
+        self._finished.append((time.time(), task_id))
         return True
+
+    def expire(self, before: float, limit: int = 10_000) -> int:
+        expired = 0
+        while self._finished and self._finished[0][0] < before and expired < limit:
+            _, task_id = self._finished.popleft()
+            self._records.pop(task_id, None)
+            expired += 1
+        return expired
 
     def get(self, task_id: str) -> TaskRecord | None:
         return self._records.get(task_id)

@@ -8,6 +8,7 @@ to survive power loss as well, at the cost of one fsync per flush.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Collection, Iterable
 from typing import Any
 
@@ -22,10 +23,12 @@ CREATE TABLE IF NOT EXISTS tasks (
     params BLOB NOT NULL,
     state TEXT NOT NULL,
     outcome BLOB,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    finished_at REAL
 );
 CREATE INDEX IF NOT EXISTS queued_by_method ON tasks (method, seq) WHERE state = 'QUEUED';
 DROP INDEX IF EXISTS unfinished;
+CREATE INDEX IF NOT EXISTS finished_by_time ON tasks (finished_at) WHERE finished_at IS NOT NULL;
 """
 
 
@@ -36,9 +39,12 @@ class SqliteStore(Store):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute("PRAGMA cache_size=-32768")  # 32 MiB of pages: the queue's index stays in memory
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}
+        if columns and "finished_at" not in columns:  # a file from before results expired
+            self._db.execute("ALTER TABLE tasks ADD COLUMN finished_at REAL")
         self._db.executescript(_SCHEMA)
         self._in_transaction = False
-        self._finishing: list[tuple[str, bytes, str]] = []  # outcomes not yet written (see finish_unfinished)
+        self._finishing: list[tuple[str, bytes, float, str]] = []  # outcomes not yet written (see finish_unfinished)
 
     def _write(self, sql: str, parameters: Any = ()) -> sqlite3.Cursor:
         if not self._in_transaction:
@@ -106,14 +112,14 @@ class SqliteStore(Store):
 
     def finish_unfinished(self, task_id: str, state: str, result: Any = None, error: dict[str, Any] | None = None) -> None:
         outcome = jsonrpc.dumps({"error": error} if error is not None else {"result": result})
-        self._finishing.append((state, outcome, task_id))
+        self._finishing.append((state, outcome, time.time(), task_id))
 
     def _write_finishing(self) -> None:
         """Write the batched outcomes: one executemany instead of a statement per task."""
         if self._finishing:
             finishing, self._finishing = self._finishing, []
             self._write_many(
-                "UPDATE tasks SET state = ?, outcome = ?, params = x''"
+                "UPDATE tasks SET state = ?, outcome = ?, finished_at = ?, params = x''"
                 " WHERE id = ? AND state NOT IN ('FINISHED', 'FAILED', 'REVOKED')",
                 finishing,
             )
@@ -122,8 +128,8 @@ class SqliteStore(Store):
         self._write_finishing()
         outcome = jsonrpc.dumps({"error": error} if error is not None else {"result": result})
         cursor = self._write(
-            "UPDATE tasks SET state = ?, outcome = ?, params = x'' WHERE id = ? AND state NOT IN (?, ?, ?)",
-            (state, outcome, task_id, *FINAL_STATES),
+            "UPDATE tasks SET state = ?, outcome = ?, finished_at = ?, params = x'' WHERE id = ? AND state NOT IN (?, ?, ?)",
+            (state, outcome, time.time(), task_id, *FINAL_STATES),
         )
         return cursor.rowcount == 1
 
@@ -153,6 +159,14 @@ class SqliteStore(Store):
         self._write_finishing()
         rows = self._db.execute("SELECT method, count(*) FROM tasks WHERE state = 'QUEUED' GROUP BY method")
         return {method: count for method, count in rows}
+
+    def expire(self, before: float, limit: int = 10_000) -> int:
+        self._write_finishing()
+        cursor = self._write(
+            "DELETE FROM tasks WHERE seq IN (SELECT seq FROM tasks WHERE finished_at < ? ORDER BY finished_at LIMIT ?)",
+            (before, limit),
+        )
+        return cursor.rowcount
 
     def requeue_unfinished(self) -> int:
         self._write_finishing()
