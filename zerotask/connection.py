@@ -232,14 +232,8 @@ class BrokerConnection:
                 return
             self._last_heard = time.monotonic()
             self._silence_limit_s = self.heartbeat_s * self.liveness
-            try:
-                message = jsonrpc.loads(payload)
-            except jsonrpc.InvalidMessage:
-                log.warning("ignoring a message from the broker that is not JSON")
-                continue
-            for item in message if isinstance(message, list) else [message]:
-                if isinstance(item, dict):
-                    self._on_item(item)
+            for item in jsonrpc.items(payload):
+                self._on_item(item)
 
     def _on_item(self, item: dict[str, Any]) -> None:
         if item.get("method") == "zerotask.client.finished":

@@ -101,6 +101,17 @@ def _deeper_than(data: bytes | str, value: Any, levels: int) -> bool:
     return False
 
 
+def items(payload: bytes) -> list[dict[str, Any]]:
+    """The message objects in one received payload (a single object or a batch), for a peer that reads
+    what the broker sends; anything that is not an object is left out, and so is a payload that is not
+    JSON at all (the broker never sends one)."""
+    try:
+        message = loads(payload)
+    except InvalidMessage:
+        return []
+    return [item for item in (message if isinstance(message, list) else [message]) if isinstance(item, dict)]
+
+
 # ---- building messages -------------------------------------------------------------------------
 
 

@@ -155,14 +155,8 @@ class Node(Server):
                 return
             self._last_heard = time.monotonic()
             self._silence_limit_s = self.heartbeat_s * self.liveness
-            try:
-                message = jsonrpc.loads(payload)
-            except jsonrpc.InvalidMessage:
-                log.warning("ignoring a message from the broker that is not JSON")
-                continue
-            for item in message if isinstance(message, list) else [message]:
-                if isinstance(item, dict):
-                    self._on_broker_item(item)
+            for item in jsonrpc.items(payload):
+                self._on_broker_item(item)
 
     def _on_broker_item(self, item: dict[str, Any]) -> None:
         if jsonrpc.is_response(item):
