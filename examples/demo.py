@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+from zerotask.client import AsyncClient
 from zerotask.testing import Cluster
 
 
@@ -25,11 +26,14 @@ def main() -> None:
         print(f"  client.submit('add', 2, 3) -> task {task_id}")
         print(f"  client.result(task_id)     = {client.result(task_id, timeout=10)}")
         print(f"  client.status(task_id)     = {client.status(task_id)}")
-        started = time.perf_counter()
-        ids = [client.submit("add", i, i) for i in range(1000)]
-        total = sum(client.result(task_id, timeout=30) for task_id in ids)
-        elapsed = time.perf_counter() - started
-        print(f"  1000 tasks submitted and collected one by one: sum {total}, {elapsed:.2f} s")
+        with AsyncClient(cluster.endpoint, timeout=60) as many:
+            print(f"async:  AsyncClient({cluster.endpoint!r})")
+            started = time.perf_counter()
+            handles = [many.add(i, i) for i in range(10_000)]
+            total = sum(handle.result() for handle in handles)
+            elapsed = time.perf_counter() - started
+            print(f"  10,000 add tasks in flight at once: sum {total}, {elapsed:.2f} s ({10_000 / elapsed:,.0f} tasks/s)")
+            print(f"  many.starmap('subtract', ...) = {list(many.starmap('subtract', [(10, 1), (10, 2), (10, 3)]))}")
     print("broker and node stopped")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +52,12 @@ def test_zerotask_call_prints_the_result_as_json(running: Cluster) -> None:
     failed = call("fail", "boom")
     assert failed.returncode == 1 and "ValueError: boom" in failed.stderr
     assert call("no_such_task").returncode == 1
+
+
+def test_make_demo_script_runs_and_stops_everything() -> None:
+    demo = Path(__file__).resolve().parent.parent / "examples" / "demo.py"
+    done = subprocess.run([sys.executable, str(demo)], capture_output=True, text=True, timeout=scaled(120))
+    assert done.returncode == 0, done.stderr
+    assert "client.add(5, 6)      = 11" in done.stdout
+    assert "sum 99990000" in done.stdout
+    assert done.stdout.rstrip().endswith("broker and node stopped")
