@@ -211,6 +211,24 @@ def map_main(argv: list[str] | None = None, prog: str = "zerotask map") -> int:
     return 0
 
 
+def events_main(argv: list[str] | None = None, prog: str = "zerotask events") -> int:
+    from zerotask.client import DEFAULT_ENDPOINT, Client
+
+    parser = argparse.ArgumentParser(prog=prog, description="Print the broker's task events, one JSON line each.")
+    parser.add_argument("--broker", default=DEFAULT_ENDPOINT, metavar="ENDPOINT")
+    parser.add_argument(
+        "--idle-timeout", type=float, default=None, metavar="SECONDS", help="stop after this long without an event"
+    )
+    options = parser.parse_args(argv)
+    with Client(options.broker, timeout=10) as client:
+        try:
+            for event in client.events(options.idle_timeout):
+                print(jsonrpc.dumps(event).decode(), flush=True)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
 def client_main(argv: list[str] | None = None) -> None:
     """The seed's client demo: prints 5 + 6 and 5 - 6."""
     from zerotask.client import DEFAULT_ENDPOINT, Client
@@ -231,9 +249,10 @@ def main(argv: list[str] | None = None) -> None:
         "node": "run a node",
         "call": "call a task and print its result",
         "map": "call a task once per input, results in order, with a progress bar",
+        "events": "print the broker's task events as they happen",
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        print("usage: zerotask {broker,node,call,map} ...\n")
+        print("usage: zerotask {broker,node,call,map,events} ...\n")
         for name, help_text in commands.items():
             print(f"  {name:8} {help_text}")
         print("\nzerotask COMMAND -h shows the options of each.")
@@ -245,6 +264,8 @@ def main(argv: list[str] | None = None) -> None:
         node_main(rest, prog="zerotask node")
     elif command == "map":
         sys.exit(map_main(rest))
+    elif command == "events":
+        sys.exit(events_main(rest))
     else:
         sys.exit(call_main(rest))
 

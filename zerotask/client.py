@@ -165,6 +165,24 @@ class Client:
             self._ping(self._socket)  # learn which broker instance answers, to notice a restart later
         return self._socket
 
+    def events(self, idle_timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Yield the broker's task events as they happen, each ``{"event": "queued" | "finished" |
+        "failed" | "revoked" | "retry", "task_id": ..., ...}``, until ``idle_timeout`` seconds pass with
+        none (None: for ever). Events are best effort: see docs/protocol.md, 1.3."""
+        publish = str(self.info()["publish"])
+        subscriber: zmq.Socket[bytes]
+        with zmq.Context.instance().socket(zmq.SUB) as subscriber:
+            subscriber.setsockopt(zmq.LINGER, 0)
+            subscriber.setsockopt(zmq.SUBSCRIBE, b"")
+            subscriber.connect(reachable(publish, self.endpoint))
+            time.sleep(0.1)  # a SUB socket misses what is published before its subscription arrives
+            timeout_ms = None if idle_timeout is None else int(idle_timeout * 1000)
+            while subscriber.poll(timeout_ms):
+                for item in jsonrpc.items(subscriber.recv()):
+                    method = str(item.get("method", ""))
+                    if method.startswith("zerotask.event."):
+                        yield {"event": method.removeprefix("zerotask.event."), **(item.get("params") or {})}
+
     def close(self) -> None:
         if self._socket is not None:
             self._socket.close(linger=0)
@@ -189,6 +207,17 @@ def new_task_id() -> str:
     if os.getpid() != _ID_PID:
         _ID_PREFIX, _ID_PID = uuid.uuid4().hex[:20], os.getpid()
     return f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
+
+
+def reachable(bound: str, via: str) -> str:
+    """The address of an endpoint the broker bound to a wildcard (``tcp://*:5556`` reads back as
+    ``tcp://0.0.0.0:5556``), as seen from a client that reached the broker at ``via``."""
+    for wildcard in ("0.0.0.0", "*", "[::]"):
+        prefix = f"tcp://{wildcard}:"
+        if bound.startswith(prefix) and via.startswith("tcp://"):
+            host = via[len("tcp://") :].rsplit(":", 1)[0]
+            return f"tcp://{host}:{bound[len(prefix) :]}"
+    return bound
 
 
 def call_params(method: str, args: tuple[Any, ...], kwargs: dict[str, Any], time_limit: float | None = None) -> dict[str, Any]:
