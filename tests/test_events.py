@@ -5,31 +5,44 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 import pytest
 
 from zerotask import TaskError
 from zerotask.client import Client, reachable
-from zerotask.testing import Cluster, scaled
+from zerotask.testing import Cluster, scaled, wait_until
 
 
 def watch(cluster: Cluster, seen: list[dict[str, Any]]) -> threading.Thread:
     def collect() -> None:
         with Client(cluster.endpoint, timeout=scaled(10)) as client:
-            seen.extend(client.events(idle_timeout=scaled(2)))
+            for event in client.events(idle_timeout=scaled(3)):
+                seen.append(event)
 
     watcher = threading.Thread(target=collect)
     watcher.start()
     return watcher
 
 
+def subscribed(client: Client, seen: list[dict[str, Any]]) -> None:
+    """Submit probe tasks until the watcher sees events: a SUB socket misses what comes before it is in."""
+
+    def probe() -> bool:
+        if seen:
+            return True
+        client.submit("add", 0, 0)
+        return False
+
+    wait_until(probe, 30, "the subscription to take effect")
+
+
 def test_events_announce_queued_finished_and_failed(running: Cluster) -> None:
     seen: list[dict[str, Any]] = []
     watcher = watch(running, seen)
     client = running.client()
-    client.info()
-    threading.Event().wait(0.5)  # let the subscription reach the broker
+    subscribed(client, seen)
     done_id = client.submit("add", 1, 2)
     assert client.result(done_id, timeout=scaled(10)) == 3
     failed_id = client.submit("fail", "x")
@@ -43,13 +56,17 @@ def test_events_announce_queued_finished_and_failed(running: Cluster) -> None:
 def test_events_command_prints_json_lines(running: Cluster) -> None:
     command = [sys.executable, "-m", "zerotask.cli", "events", "--broker", running.endpoint, "--idle-timeout", "3"]
     watcher = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    client = running.client()
     try:
-        threading.Event().wait(1.0)  # the command subscribes
-        task_id = running.client().submit("add", 2, 2)
+        task_ids = []
+        for _ in range(6):  # the command takes a moment to subscribe: tasks until then go unseen
+            task_ids.append(client.submit("add", 2, 2))
+            time.sleep(0.5)
         output, _ = watcher.communicate(timeout=scaled(30))
     finally:
         watcher.kill()
-    assert f'{{"event":"finished","task_id":"{task_id}","state":"FINISHED"}}' in output
+    lines = [f'{{"event":"finished","task_id":"{task_id}","state":"FINISHED"}}' for task_id in task_ids]
+    assert any(line in output.splitlines() for line in lines), output
 
 
 @pytest.mark.parametrize(
