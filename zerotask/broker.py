@@ -23,7 +23,7 @@ from zerotask import jsonrpc
 from zerotask.dispatcher import Dispatcher, default_dispatcher, split_params
 from zerotask.exceptions import InvalidParams, UnknownMethod, UnknownTask, ZerotaskError
 from zerotask.nodes import NodeMethods, NodeRegistry
-from zerotask.params import param
+from zerotask.params import param, read_task_call
 from zerotask.peers import Envelope, Reply, Respond, Waiter, coalesce, split_frames
 from zerotask.server import Server
 from zerotask.store import FAILED, FINAL_STATES, FINISHED, QUEUED, REVOKED, Store, TaskRecord, open_store
@@ -38,7 +38,6 @@ DEFERRED: Any = object()  # a handler's return value meaning "the response will 
 # out: big enough to share a commit among many tasks, small enough that nodes keep getting work while a
 # client floods us with submits.
 _ROUND_BUDGET = 1000
-_MAX_TASK_ID = 128
 
 Handler = Callable[[jsonrpc.Request, Envelope, Respond | None], Any]
 
@@ -326,31 +325,7 @@ class Broker(Server, NodeMethods):
     # ---- zerotask.broker.* for clients -------------------------------------------------------------
 
     def _submit_params(self, request: jsonrpc.Request) -> TaskRecord:
-        params = request.params
-        if isinstance(params, dict):  # the common case, checked without param()'s generality: it is hot
-            method, task_id, limit = params.get("method"), params.get("task_id"), params.get("time_limit_s")
-            args, kwargs = params.get("args"), params.get("kwargs")
-            args = [] if args is None else args
-            kwargs = {} if kwargs is None else kwargs
-            if (
-                type(method) is str
-                and type(args) is list
-                and type(kwargs) is dict
-                and (task_id is None or (type(task_id) is str and 0 < len(task_id) <= _MAX_TASK_ID))
-                and limit is None
-            ):
-                return self.submit(method, args, kwargs, task_id)
-        method = param(params, "method", 0, str)
-        args = param(params, "args", 1, list, [])
-        kwargs = param(params, "kwargs", 2, dict, {})
-        task_id = param(params, "task_id", 3, str, None)
-        time_limit_s: float | None = param(params, "time_limit_s", 5, (int, float), None)
-        if task_id is not None and not 0 < len(task_id) <= _MAX_TASK_ID:
-            raise InvalidParams(f"task_id must have 1 to {_MAX_TASK_ID} characters")
-        if time_limit_s is not None and time_limit_s <= 0:
-            raise InvalidParams("time_limit_s must be a positive number of seconds")
-        options = {"time_limit_s": time_limit_s} if time_limit_s is not None else None
-        return self.submit(method, args, kwargs, task_id, options)
+        return self.submit(*read_task_call(request.params))
 
     def _submit_method(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
         """Queue a task; with ``notify`` its outcome is pushed to the caller when it ends. Sent as a

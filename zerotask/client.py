@@ -195,16 +195,16 @@ class Client:
         self.close()
 
 
-_ID_PREFIX = uuid.uuid4().hex[:20]
+_ID_PREFIX = ""
 _ID_COUNTER = itertools.count(1)
-_ID_PID = os.getpid()
+_ID_PID = -1
 
 
 def new_task_id() -> str:
     """A task id unique across clients: 80 random bits for this process, then a counter (cheaper than
     a uuid4 per task, which costs a system call). A forked child draws its own random part."""
     global _ID_PREFIX, _ID_PID
-    if os.getpid() != _ID_PID:
+    if os.getpid() != _ID_PID:  # drawn on first use, not at import
         _ID_PREFIX, _ID_PID = uuid.uuid4().hex[:20], os.getpid()
     return f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
 

@@ -44,3 +44,38 @@ def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
 def _describe(kind: type | tuple[type, ...]) -> str:
     names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array", dict: "an object"}
     return " or ".join(names.get(k, k.__name__) for k in _kinds(kind))
+
+
+MAX_TASK_ID = 128  # characters
+TaskCall = tuple[str, list[Any], dict[str, Any], str | None, dict[str, Any] | None]
+
+
+def read_task_call(params: jsonrpc.Params) -> TaskCall:
+    """``(method, args, kwargs, task_id, options)`` from the params of zerotask.broker.submit or call.
+
+    Raises InvalidParams with what is wrong. Every task passes through here, so the common shape (an
+    object with the right types) is checked first, without param()'s generality.
+    """
+    if isinstance(params, dict):
+        method, task_id, limit = params.get("method"), params.get("task_id"), params.get("time_limit_s")
+        args, kwargs = params.get("args"), params.get("kwargs")
+        args = [] if args is None else args
+        kwargs = {} if kwargs is None else kwargs
+        if (
+            type(method) is str
+            and type(args) is list
+            and type(kwargs) is dict
+            and (task_id is None or (type(task_id) is str and 0 < len(task_id) <= MAX_TASK_ID))
+            and limit is None
+        ):
+            return method, args, kwargs, task_id, None
+    method = param(params, "method", 0, str)
+    args = param(params, "args", 1, list, [])
+    kwargs = param(params, "kwargs", 2, dict, {})
+    task_id = param(params, "task_id", 3, str, None)
+    time_limit_s: float | None = param(params, "time_limit_s", 5, (int, float), None)
+    if task_id is not None and not 0 < len(task_id) <= MAX_TASK_ID:
+        raise InvalidParams(f"task_id must have 1 to {MAX_TASK_ID} characters")
+    if time_limit_s is not None and time_limit_s <= 0:
+        raise InvalidParams("time_limit_s must be a positive number of seconds")
+    return method, args, kwargs, task_id, {"time_limit_s": time_limit_s} if time_limit_s is not None else None
