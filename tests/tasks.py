@@ -168,3 +168,8 @@ def touch(path: str) -> str:
 def slow_add(a: float, b: float, seconds: float) -> float:
     time.sleep(seconds)
     return a + b
+
+
+@task
+def text(size: int) -> str:
+    return "x" * size

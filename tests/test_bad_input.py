@@ -13,6 +13,8 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from tests.test_jsonrpc_spec import RawPeer
+from zerotask import TaskError
+from zerotask.client import AsyncClient
 from zerotask.testing import Cluster, scaled, wait_until
 
 SLEEP_S = 0.2
@@ -260,3 +262,17 @@ def test_peer_that_vanishes_mid_request_does_not_lose_its_task(
     wait = request("zerotask.broker.result", {"task_id": "vanished", "timeout_s": scaled(5)}, "vanished")
     assert good.call(wait) == result(SLEEP_S, "vanished")
     assert_still_serving(good, queued)
+
+
+def test_results_that_together_exceed_the_message_limit_still_arrive(cluster: Cluster) -> None:
+    """Each result fits the broker's limit, but a node's batch of them would not: the node splits it."""
+    cluster.start_broker("--max-message-bytes", "100000")
+    cluster.start_node("tests.tasks", workers=2)
+    with AsyncClient(cluster.endpoint, timeout=scaled(30)) as client:
+        # Short tasks first: the node learns they are short and hands them out (and gets them back) in batches.
+        assert sum(handle.result(scaled(30)) for handle in [client.add(i, 0) for i in range(500)]) == sum(range(500))
+        handles = [client.text(40_000) for _ in range(60)]
+        assert [len(handle.result(scaled(30))) for handle in handles] == [40_000] * 60
+        with pytest.raises(TaskError) as raised:
+            client.text(200_000).result(scaled(30))  # one result over the limit fails clearly
+        assert raised.value.type == "ResultTooLarge"

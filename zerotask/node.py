@@ -240,11 +240,19 @@ class Node(Server):
             self._credit_out += credit
             batch.append(jsonrpc.notification("zerotask.broker.request", {"credit": credit}))
         if batch:
-            self._send(batch[0] if len(batch) == 1 else batch)
+            payload = jsonrpc.dumps(batch[0] if len(batch) == 1 else batch)
+            if len(payload) <= self.pool.max_outcome_bytes:
+                self._send_bytes(payload)
+            else:  # over the broker's limit, which would disconnect us: one message per outcome
+                for message in _split(batch):
+                    self._send(message)
 
     def _send(self, message: dict[str, Any] | list[Any]) -> None:
+        self._send_bytes(jsonrpc.dumps(message))
+
+    def _send_bytes(self, payload: bytes) -> None:
         assert self._socket is not None
-        self._socket.send(jsonrpc.dumps(message))
+        self._socket.send(payload)
         self._last_sent = time.monotonic()
 
     def _heartbeat(self) -> None:
@@ -255,6 +263,18 @@ class Node(Server):
             self._connect()
         elif now - self._last_sent >= self.heartbeat_s:
             self._send(jsonrpc.notification("zerotask.broker.heartbeat", {}))
+
+
+def _split(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The batch's notifications with ``zerotask.broker.finished`` cut into one per outcome (each of
+    which the pool has checked fits the broker's limit)."""
+    split: list[dict[str, Any]] = []
+    for message in batch:
+        if message["method"] == "zerotask.broker.finished":
+            split.extend(jsonrpc.notification(message["method"], {"tasks": [outcome]}) for outcome in message["params"]["tasks"])
+        else:
+            split.append(message)
+    return split
 
 
 def main(argv: list[str] | None = None) -> None:
