@@ -173,3 +173,11 @@ def slow_add(a: float, b: float, seconds: float) -> float:
 @task
 def text(size: int) -> str:
     return "x" * size
+
+
+@task
+def nested(levels: int) -> Any:
+    value: Any = []
+    for _ in range(levels):
+        value = [value]
+    return value

@@ -127,3 +127,12 @@ def _unknown(client: Client, task_id: str) -> bool:
     except UnknownTask:
         return True
     return False
+
+
+def test_a_result_nested_too_deep_for_the_wire_fails_clearly(running: Cluster) -> None:
+    client = running.client()
+    assert client.nested(150) is not None
+    with pytest.raises(TaskError) as raised:
+        client.nested(252)  # orjson writes 254 levels; the broker adds a few around a result
+    assert "levels deep" in raised.value.remote_message
+    assert client.add(1, 1) == 2  # the broker is still serving

@@ -9,7 +9,7 @@ import pytest
 
 from zerotask import jsonrpc
 from zerotask.exceptions import TaskTimeout
-from zerotask.peers import Envelope, Reply, Waiter, split_frames
+from zerotask.peers import Envelope, Reply, Waiter, coalesce, split_frames
 from zerotask.server import Timer
 
 # ---- error codes -----------------------------------------------------------------------------------
@@ -333,3 +333,21 @@ def test_waiter_cancels_its_timer_when_answered() -> None:
     timer = Timer(0.0, 1, lambda: None)
     Waiter(1, lambda response: None, timer=timer).answer_outcome(1, None)
     assert timer.cancelled
+
+
+def test_coalesce_turns_a_message_it_cannot_encode_into_an_error_and_keeps_the_rest() -> None:
+    deep: Any = []
+    for _ in range(300):
+        deep = [deep]
+    finished = "zerotask.client.finished"
+    payloads = coalesce(
+        [
+            {"jsonrpc": "2.0", "result": deep, "id": 7},
+            {"jsonrpc": "2.0", "method": finished, "params": {"task_id": "a", "result": deep}},
+            {"jsonrpc": "2.0", "method": finished, "params": {"task_id": "b", "result": 1}},
+        ]
+    )
+    response, batch = (jsonrpc.loads(payload) for payload in payloads)
+    assert response["id"] == 7 and response["error"]["code"] == -32603
+    assert batch[0]["params"]["task_id"] == "a" and batch[0]["params"]["error"]["code"] == -32603
+    assert batch[1]["params"] == {"task_id": "b", "result": 1}

@@ -82,12 +82,13 @@ def loads(data: bytes | str, max_depth: int | None = None) -> Any:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as error:
         raise InvalidMessage(PARSE_ERROR) from error
-    if max_depth is not None and _deeper_than(data, value, max_depth):
+    if max_depth is not None and deeper_than(data, value, max_depth):
         raise InvalidMessage(PARSE_ERROR)
     return value
 
 
-def _deeper_than(data: bytes | str, value: Any, levels: int) -> bool:
+def deeper_than(data: bytes | str, value: Any, levels: int) -> bool:
+    """Whether ``value`` (decoded from ``data``) nests arrays and objects more than ``levels`` deep."""
     brackets = data.count(b"[") + data.count(b"{") if isinstance(data, bytes) else data.count("[") + data.count("{")
     if brackets <= levels:
         return False  # the common case, decided by two scans at C speed

@@ -124,9 +124,25 @@ def coalesce(messages: list[dict[str, Any] | list[Any]]) -> list[bytes]:
             notifications.append(message)
             continue
         if notifications:
-            payloads.append(jsonrpc.dumps(notifications[0] if len(notifications) == 1 else notifications))
+            payloads.append(_encode(notifications[0] if len(notifications) == 1 else notifications))
             notifications = []
-        payloads.append(jsonrpc.dumps(message))
+        payloads.append(_encode(message))
     if notifications:
-        payloads.append(jsonrpc.dumps(notifications[0] if len(notifications) == 1 else notifications))
+        payloads.append(_encode(notifications[0] if len(notifications) == 1 else notifications))
     return payloads
+
+
+def _encode(message: dict[str, Any] | list[Any]) -> bytes:
+    """Encode a message; one that cannot be (a value too deeply nested for orjson, which nodes and
+    clients are kept from sending) becomes an internal error, so one bad value never stops the broker."""
+    try:
+        return jsonrpc.dumps(message)
+    except TypeError:
+        if isinstance(message, list):
+            return b"[" + b",".join(_encode(item) for item in message) + b"]"
+        error = jsonrpc.error_object(jsonrpc.INTERNAL_ERROR, "Internal error: the broker could not encode this message")
+        if "method" in message:  # a notification: keep what it was about, drop what could not be sent
+            params = message.get("params")
+            task_id = params.get("task_id") if isinstance(params, dict) else None
+            return jsonrpc.dumps(jsonrpc.notification(message["method"], {"task_id": task_id, "error": error}))
+        return jsonrpc.dumps(jsonrpc.error(message.get("id"), error))

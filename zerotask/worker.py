@@ -137,7 +137,11 @@ def _execute(dispatcher: Dispatcher, task: dict[str, Any]) -> bytes:
     if error is not None:
         return jsonrpc.dumps({"task_id": task_id, "error": error})
     try:
-        return jsonrpc.dumps({"task_id": task_id, "result": result})
+        encoded = jsonrpc.dumps({"task_id": task_id, "result": result})
+        if jsonrpc.deeper_than(encoded, result, jsonrpc.MAX_DEPTH):
+            # The broker wraps a result in a few more levels, and orjson cannot write very deep JSON.
+            raise TypeError(f"it nests more than {jsonrpc.MAX_DEPTH} levels deep")
+        return encoded
     except TypeError as problem:
         message = f"the result of {task['method']} is not JSON: {problem}"
         error = jsonrpc.error_object(
