@@ -351,3 +351,22 @@ def test_coalesce_turns_a_message_it_cannot_encode_into_an_error_and_keeps_the_r
     assert response["id"] == 7 and response["error"]["code"] == -32603
     assert batch[0]["params"]["task_id"] == "a" and batch[0]["params"]["error"]["code"] == -32603
     assert batch[1]["params"] == {"task_id": "b", "result": 1}
+
+
+def test_dispatcher_answers_one_request_with_one_response() -> None:
+    from zerotask.dispatcher import Dispatcher
+    from zerotask.task import task
+
+    dispatcher = Dispatcher()
+    task(name="double", dispatcher=dispatcher)(lambda value: value * 2)
+    task(name="boom", dispatcher=dispatcher)(lambda: 1 / 0)
+    assert dispatcher.dispatch(jsonrpc.Request("double", [21], 1)) == {"jsonrpc": "2.0", "result": 42, "id": 1}
+    assert dispatcher.dispatch(jsonrpc.Request("double", {"value": 2}, 2)) == {"jsonrpc": "2.0", "result": 4, "id": 2}
+    assert dispatcher.dispatch(jsonrpc.Request("double", [1], None, is_notification=True)) is None
+    missing = dispatcher.dispatch(jsonrpc.Request("nope", [], 3))
+    wrong = dispatcher.dispatch(jsonrpc.Request("double", [1, 2], 4))
+    failed = dispatcher.dispatch(jsonrpc.Request("boom", [], 5))
+    assert missing is not None and missing["error"]["code"] == jsonrpc.METHOD_NOT_FOUND
+    assert wrong is not None and wrong["error"]["code"] == jsonrpc.INVALID_PARAMS
+    assert failed is not None and failed["error"]["code"] == jsonrpc.TASK_FAILED
+    assert failed["error"]["data"]["type"] == "ZeroDivisionError"

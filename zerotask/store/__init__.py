@@ -63,11 +63,6 @@ class Store(ABC):
         """Set a task that is not final to a non-final state (RUNNING, RETRY, ...). A task that goes
         back to QUEUED keeps its place: it is taken before tasks queued after it."""
 
-    def set_states(self, task_ids: list[str], state: str) -> None:
-        """:meth:`set_state` for many tasks at once."""
-        for task_id in task_ids:
-            self.set_state(task_id, state)
-
     @abstractmethod
     def finish(self, task_id: str, state: str, result: Any = None, error: dict[str, Any] | None = None) -> bool:
         """Record the end of a task (FINISHED, FAILED or REVOKED) unless it already has one.

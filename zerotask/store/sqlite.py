@@ -104,12 +104,6 @@ class SqliteStore(Store):
                 (state, attempts, task_id, *final),
             )
 
-    def set_states(self, task_ids: list[str], state: str) -> None:
-        self._write_many(
-            "UPDATE tasks SET state = ? WHERE id = ? AND state NOT IN ('FINISHED', 'FAILED', 'REVOKED')",
-            [(state, task_id) for task_id in task_ids],
-        )
-
     def finish_unfinished(self, task_id: str, state: str, result: Any = None, error: dict[str, Any] | None = None) -> None:
         outcome = jsonrpc.dumps({"error": error} if error is not None else {"result": result})
         self._finishing.append((state, outcome, time.time(), task_id))
