@@ -214,3 +214,12 @@ def test_result_from_a_node_declared_dead_is_accepted_if_none_yet(cluster: Clust
         node.signal(signal.SIGCONT)
     assert client.result(task_id, timeout=scaled(20)) == 4.0  # its late result is taken
     wait_until(lambda: len(cluster.info()["nodes"]) == 1, 20, "the node to connect again")
+
+
+def test_worker_that_segfaults_fails_its_task_and_is_replaced(running: Cluster) -> None:
+    client = running.client()
+    with pytest.raises(TaskError) as raised:
+        client.segfault()
+    assert raised.value.type == "WorkerLost"
+    assert "exit code -11" in raised.value.remote_message  # killed by SIGSEGV
+    assert [client.add(i, 1) for i in range(4)] == [1, 2, 3, 4]
