@@ -24,6 +24,7 @@ from zerotask import jsonrpc
 from zerotask.connection import BrokerConnection
 from zerotask.exceptions import ProtocolError, TaskTimeout, from_error_object
 from zerotask.handle import TaskHandle
+from zerotask.server import Silence
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 
@@ -107,14 +108,13 @@ class Client:
         sock.send(request)
         now = time.monotonic()
         deadline = None if timeout is None else now + timeout
-        last_heard = last_ping = now
-        silence_limit_s = self.heartbeat_s * self.liveness
+        last_ping = now
+        silence = Silence(self.heartbeat_s, self.liveness)
         while True:
             wait_s = self.heartbeat_s if deadline is None else min(self.heartbeat_s, deadline - now)
             if sock.poll(max(0, int(wait_s * 1000))):
                 response = self._parse(sock.recv())
-                last_heard = time.monotonic()
-                silence_limit_s = self.heartbeat_s * self.liveness
+                silence.heard()
                 if response is not None and isinstance(response.id, str) and response.id.startswith("ping-"):
                     if self._broker_restarted(response):
                         sock.send(request)  # the new broker never saw it
@@ -126,10 +126,8 @@ class Client:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 raise TaskTimeout(f"no answer to {method} within {timeout} s")
-            if now - last_heard > silence_limit_s:
+            if silence.overdue():
                 # Silent broker: a fresh socket (the old one may hold a dead connection), then ask again.
-                silence_limit_s = min(silence_limit_s * 2, 32.0)
-                last_heard = now
                 self.close()
                 sock = self._connected()
                 sock.send(request)

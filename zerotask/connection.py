@@ -24,11 +24,11 @@ import zmq
 from zerotask import jsonrpc
 from zerotask.exceptions import ZerotaskError, from_error_object
 from zerotask.handle import TaskHandle
+from zerotask.server import Silence
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 1000  # requests per message at most
-MAX_SILENCE_S = 32.0  # the longest the connection waits before trying again
 
 
 class ConnectionClosed(ZerotaskError):
@@ -59,9 +59,8 @@ class BrokerConnection:
         self._tasks: dict[str, _Submission] = {}  # submitted, outcome not yet known
         self._calls: dict[int, _Call] = {}  # control calls awaiting their response
         self._instance: str | None = None  # the broker instance that has our tasks
-        self._last_heard = time.monotonic()
         self._last_ping = 0.0
-        self._silence_limit_s = heartbeat_s * liveness
+        self._silence = Silence(heartbeat_s, liveness)
         self._ids = itertools.count(1)
         self._signalled = False
         self._wake_reader, self._wake_writer = socket.socketpair()
@@ -160,18 +159,16 @@ class BrokerConnection:
     def _check_liveness(self) -> None:
         """While anything is outstanding, ping the broker every heartbeat; if it stays silent, connect
         a fresh socket (backing off) and send everything again. Every resent call is idempotent."""
-        now = time.monotonic()
         if not self._tasks and len(self._calls) <= 1:  # idle (at most our own ping): nothing to lose
-            self._last_heard = now
+            self._silence.last_heard = time.monotonic()
             return
-        if now - self._last_heard > self._silence_limit_s:
-            log.warning("the broker has been silent for %.1f s: reconnecting", now - self._last_heard)
-            self._silence_limit_s = min(self._silence_limit_s * 2, MAX_SILENCE_S)
-            self._last_heard = now
+        silent_s = self._silence.silent_s()
+        if self._silence.overdue():
+            log.warning("the broker has been silent for %.1f s: reconnecting", silent_s)
             self._calls = {request_id: call for request_id, call in self._calls.items() if call.method != "zerotask.broker.ping"}
             self._open_socket()
             self._resend_everything()
-        elif now - self._last_ping >= self.heartbeat_s:
+        elif time.monotonic() - self._last_ping >= self.heartbeat_s:
             self._ping()
 
     def _resend_everything(self) -> None:
@@ -230,8 +227,7 @@ class BrokerConnection:
                 payload = self._socket.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self._last_heard = time.monotonic()
-            self._silence_limit_s = self.heartbeat_s * self.liveness
+            self._silence.heard()
             for item in jsonrpc.items(payload):
                 self._on_item(item)
 

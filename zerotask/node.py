@@ -24,12 +24,11 @@ import zmq
 from zerotask import jsonrpc
 from zerotask.dispatcher import Dispatcher, default_dispatcher
 from zerotask.pool import _ENVELOPE_ROOM, WorkerPool
-from zerotask.server import Server
+from zerotask.server import Server, Silence
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
-MAX_RECONNECT_S = 32.0
 ROUND_TRIP_S = 0.001  # about one node -> broker -> node exchange here; what adaptive prefetch covers
 MAX_PREFETCH_PER_WORKER = 64
 
@@ -72,9 +71,8 @@ class Node(Server):
         self._draining = False
         self._announce_drain = False
         self._socket: zmq.Socket[bytes] | None = None
-        self._last_heard = 0.0
         self._last_sent = 0.0
-        self._silence_limit_s = heartbeat_s * liveness
+        self._silence = Silence(heartbeat_s, liveness)
         self._connects = 0
 
     @property
@@ -127,7 +125,7 @@ class Node(Server):
             "running": self.pool.running_ids(),
         }
         self._send(jsonrpc.request("zerotask.broker.connect", params, f"connect-{self._connects}"))
-        self._last_heard = time.monotonic()
+        self._silence.last_heard = time.monotonic()
         log.info("node %s connecting to %s with %d task name(s)", self.name, self.broker_endpoint, len(methods))
 
     def _credit_wanted(self) -> int:
@@ -153,8 +151,7 @@ class Node(Server):
                 payload = self._socket.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self._last_heard = time.monotonic()
-            self._silence_limit_s = self.heartbeat_s * self.liveness
+            self._silence.heard()
             for item in jsonrpc.items(payload):
                 self._on_broker_item(item)
 
@@ -186,6 +183,7 @@ class Node(Server):
         if isinstance(heartbeat_s, int | float) and 0 < heartbeat_s < self.heartbeat_s:
             self.heartbeat_s = float(heartbeat_s)
             self.call_every(self.heartbeat_s, self._heartbeat)
+            self._silence.base_s = self.heartbeat_s * self.liveness
         limit = settings.get("max_message_bytes")
         if isinstance(limit, int) and limit > 2 * _ENVELOPE_ROOM:
             self.pool.max_outcome_bytes = limit - _ENVELOPE_ROOM
@@ -256,12 +254,11 @@ class Node(Server):
         self._last_sent = time.monotonic()
 
     def _heartbeat(self) -> None:
-        now = time.monotonic()
-        if now - self._last_heard > self._silence_limit_s:
-            log.warning("broker silent for %.1f s: reconnecting", now - self._last_heard)
-            self._silence_limit_s = min(self._silence_limit_s * 2, MAX_RECONNECT_S)  # back off while it stays away
+        silent_s = self._silence.silent_s()
+        if self._silence.overdue():
+            log.warning("broker silent for %.1f s: reconnecting", silent_s)
             self._connect()
-        elif now - self._last_sent >= self.heartbeat_s:
+        elif time.monotonic() - self._last_sent >= self.heartbeat_s:
             self._send(jsonrpc.notification("zerotask.broker.heartbeat", {}))
 
 

@@ -37,6 +37,36 @@ class Timer:
         self.cancelled = True
 
 
+MAX_SILENCE_S = 32.0  # the longest a peer waits for a silent broker before trying again
+
+
+class Silence:
+    """How long the broker has been silent, and when to give up on the connection: after ``liveness``
+    heartbeats without a word, then twice as long each time it stays away, up to MAX_SILENCE_S (the
+    ZeroMQ guide's Paranoid Pirate). The node, the Client and the AsyncClient's connection share it."""
+
+    def __init__(self, heartbeat_s: float, liveness: int) -> None:
+        self.limit_s = self.base_s = heartbeat_s * liveness
+        self.last_heard = time.monotonic()
+
+    def heard(self) -> None:
+        """Anything arrived: the broker is alive, and the backoff starts over."""
+        self.last_heard = time.monotonic()
+        self.limit_s = self.base_s
+
+    def silent_s(self) -> float:
+        return time.monotonic() - self.last_heard
+
+    def overdue(self) -> bool:
+        """True once the silence passed the limit; the limit then doubles and the clock restarts, so
+        the caller reconnects now and, while the broker stays away, less and less often."""
+        if self.silent_s() <= self.limit_s:
+            return False
+        self.limit_s = min(self.limit_s * 2, MAX_SILENCE_S)
+        self.last_heard = time.monotonic()
+        return True
+
+
 class Server:
     """Polls sockets and file descriptors, calling one callback per ready source, and runs timers."""
 
