@@ -14,40 +14,20 @@ import zmq
 from bench.config import Config, expected_sum, pairs
 from bench.procs import drain, memory_kib, wait_for
 from bench.stats import Run, ScaleRun, percentile
-from zerotask.client import Client
+from zerotask.client import AsyncClient
 from zerotask.testing import Cluster
 
 TASKS_MODULE = "bench.tasks"
 
 
-def _has_async_client() -> bool:
-    try:
-        from zerotask.client import AsyncClient  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-HAS_ASYNC_CLIENT = _has_async_client()
-CLIENT_KIND = "AsyncClient, every task submitted before the first result is awaited" if HAS_ASYNC_CLIENT else (
-    "the blocking Client (zerotask.client.AsyncClient does not exist yet): submit() one task at a time, then result() each"
-)  # fmt: skip
+CLIENT_KIND = "AsyncClient, every task submitted before the first result is awaited"
 
 
 def produce(endpoint: str, work: list[tuple[int, int]], timeout_s: float) -> int:
     """The throughput producer: submit every add(x, y), collect every result, return their sum."""
-    if HAS_ASYNC_CLIENT:
-        from zerotask.client import AsyncClient
-
-        client = AsyncClient(endpoint)
-        try:
-            handles = [client.submit("add", x, y) for x, y in work]
-            return sum(handle.result(timeout=timeout_s) for handle in handles)
-        finally:
-            client.close()
-    with Client(endpoint, timeout=timeout_s) as blocking:
-        task_ids = [blocking.submit("add", x, y) for x, y in work]
-        return sum(blocking.result(task_id, timeout=timeout_s) for task_id in task_ids)
+    with AsyncClient(endpoint) as client:
+        handles = [client.submit("add", x, y) for x, y in work]
+        return sum(handle.result(timeout=timeout_s) for handle in handles)
 
 
 @contextmanager

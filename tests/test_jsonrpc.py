@@ -1,5 +1,5 @@
-"""Unit tests of the pure parts of the wire format: zerotask.jsonrpc, and zerotask.peers' envelopes and
-batched replies. No sockets, no processes."""
+"""Unit tests of the pure parts of the wire format: zerotask.jsonrpc, zerotask.broker.replies' envelopes
+and batched replies, and the Dispatcher's error objects. No sockets, no processes."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
-from zerotask import jsonrpc
+from zerotask import jsonrpc, wire
+from zerotask.broker.replies import Envelope, Reply, Waiter, coalesce, split_frames
 from zerotask.exceptions import TaskTimeout
-from zerotask.peers import Envelope, Reply, Waiter, coalesce, split_frames
-from zerotask.server import Timer
+from zerotask.loop import Timer
+from zerotask.task import Dispatcher, task
 
 # ---- error codes -----------------------------------------------------------------------------------
 
@@ -28,7 +29,7 @@ def test_error_codes_are_the_specifications() -> None:
 
 
 def test_zerotask_codes_are_in_the_range_left_to_implementations() -> None:
-    codes = [jsonrpc.TASK_FAILED, jsonrpc.UNKNOWN_TASK, jsonrpc.TIMED_OUT, jsonrpc.NOT_READY, jsonrpc.REVOKED]
+    codes = [wire.TASK_FAILED, wire.UNKNOWN_TASK, wire.TIMED_OUT, wire.NOT_READY, wire.REVOKED_CODE]
     assert codes == [-32000, -32001, -32002, -32003, -32004]
     assert all(-32099 <= code <= -32000 for code in codes)
 
@@ -114,13 +115,13 @@ def test_error_object_uses_the_standard_message_unless_given_one() -> None:
         "code": -32602,
         "message": "x must be an integer",
     }
-    assert jsonrpc.error_object(jsonrpc.TASK_FAILED) == {"code": -32000, "message": "Error"}
+    assert jsonrpc.error_object(wire.TASK_FAILED) == {"code": -32000, "message": "Error"}
     assert jsonrpc.error_object(jsonrpc.INVALID_REQUEST, data="why") == {
         "code": -32600,
         "message": "Invalid Request",
         "data": "why",
     }
-    assert jsonrpc.error_object(jsonrpc.TASK_FAILED, "boom", {"type": "ValueError"})["data"] == {"type": "ValueError"}
+    assert jsonrpc.error_object(wire.TASK_FAILED, "boom", {"type": "ValueError"})["data"] == {"type": "ValueError"}
 
 
 # ---- parse_request ---------------------------------------------------------------------------------
@@ -318,7 +319,7 @@ def test_waiter_answers_once_with_its_own_request_id() -> None:
 
 def test_waiter_answers_a_failure_with_the_error_object() -> None:
     answers: list[dict[str, Any]] = []
-    problem = jsonrpc.error_object(jsonrpc.TASK_FAILED, "ValueError: boom", {"type": "ValueError"})
+    problem = jsonrpc.error_object(wire.TASK_FAILED, "ValueError: boom", {"type": "ValueError"})
     Waiter(3, answers.append).answer_outcome(None, problem)
     assert answers == [{"jsonrpc": "2.0", "error": problem, "id": 3}]
 
@@ -353,20 +354,52 @@ def test_coalesce_turns_a_message_it_cannot_encode_into_an_error_and_keeps_the_r
     assert batch[1]["params"] == {"task_id": "b", "result": 1}
 
 
-def test_dispatcher_answers_one_request_with_one_response() -> None:
-    from zerotask.dispatcher import Dispatcher
-    from zerotask.task import task
-
+def test_dispatcher_runs_a_call_and_turns_failures_into_error_objects() -> None:
     dispatcher = Dispatcher()
     task(name="double", dispatcher=dispatcher)(lambda value: value * 2)
     task(name="boom", dispatcher=dispatcher)(lambda: 1 / 0)
-    assert dispatcher.dispatch(jsonrpc.Request("double", [21], 1)) == {"jsonrpc": "2.0", "result": 42, "id": 1}
-    assert dispatcher.dispatch(jsonrpc.Request("double", {"value": 2}, 2)) == {"jsonrpc": "2.0", "result": 4, "id": 2}
-    assert dispatcher.dispatch(jsonrpc.Request("double", [1], None, is_notification=True)) is None
-    missing = dispatcher.dispatch(jsonrpc.Request("nope", [], 3))
-    wrong = dispatcher.dispatch(jsonrpc.Request("double", [1, 2], 4))
-    failed = dispatcher.dispatch(jsonrpc.Request("boom", [], 5))
-    assert missing is not None and missing["error"]["code"] == jsonrpc.METHOD_NOT_FOUND
-    assert wrong is not None and wrong["error"]["code"] == jsonrpc.INVALID_PARAMS
-    assert failed is not None and failed["error"]["code"] == jsonrpc.TASK_FAILED
-    assert failed["error"]["data"]["type"] == "ZeroDivisionError"
+    assert dispatcher.run("double", [21], {}) == (42, None)
+    assert dispatcher.run("double", [], {"value": 2}) == (4, None)
+    _, missing = dispatcher.run("nope", [], {})
+    _, wrong = dispatcher.run("double", [1, 2], {})
+    _, failed = dispatcher.run("boom", [], {})
+    assert missing is not None and missing["code"] == jsonrpc.METHOD_NOT_FOUND and "data" not in missing
+    assert wrong is not None and wrong["code"] == jsonrpc.INVALID_PARAMS and "data" not in wrong
+    assert failed is not None and failed["code"] == wire.TASK_FAILED
+    assert failed["data"]["type"] == "ZeroDivisionError" and failed["data"]["retryable"] is False
+    assert "retry_in_s" not in failed["data"]
+
+
+def test_a_failure_carries_the_tasks_own_retry_decision() -> None:
+    """The retry policy travels with the failure: retry_in_s while attempts remain, for the exceptions
+    retry_on names, doubling from retry_backoff up to retry_backoff_max."""
+    dispatcher = Dispatcher()
+
+    @task(name="flaky", retries=3, retry_on=(ConnectionError,), retry_backoff=0.5, retry_backoff_max=1.5, dispatcher=dispatcher)
+    def flaky(kind: str) -> None:
+        raise ConnectionError("down") if kind == "network" else ValueError("bad")
+
+    delays = []
+    for attempt in range(4):
+        _, error = dispatcher.run("flaky", ["network"], {}, attempt)
+        assert error is not None and error["data"]["retryable"] is True
+        delays.append(error["data"].get("retry_in_s"))
+    assert delays == [0.5, 1.0, 1.5, None]
+    _, other = dispatcher.run("flaky", ["value"], {}, 0)
+    assert other is not None and other["data"]["retryable"] is False and "retry_in_s" not in other["data"]
+
+
+def test_task_takes_time_limit_and_still_reads_the_old_timeout_with_a_warning() -> None:
+    dispatcher = Dispatcher()
+    task(name="limited", time_limit=2.5, dispatcher=dispatcher)(lambda: None)
+    with pytest.warns(DeprecationWarning, match="time_limit"):
+        task(name="old", timeout=4.0, dispatcher=dispatcher)(lambda: None)
+    limited, old = dispatcher.get("limited"), dispatcher.get("old")
+    assert limited is not None and limited.options.time_limit_s == 2.5
+    assert old is not None and old.options.time_limit_s == 4.0
+
+
+@pytest.mark.parametrize("options", [{"retries": -1}, {"time_limit": 0}, {"time_limit": float("nan")}, {"retry_backoff": -1.0}])
+def test_task_refuses_options_no_task_could_use(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        task(name="bad", dispatcher=Dispatcher(), **options)(lambda: None)

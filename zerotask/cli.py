@@ -1,7 +1,7 @@
-"""The ``zerotask`` command: ``zerotask broker``, ``zerotask node``, ``zerotask call``.
+"""The ``zerotask`` command: ``zerotask broker``, ``node``, ``call``, ``map`` and ``events``.
 
-``python -m zerotask.broker``, ``python -m zerotask.node`` and ``python -m zerotask.client`` call
-into the same functions.
+``python -m zerotask.broker``, ``python -m zerotask.node`` and ``python -m zerotask.client`` use the same
+parsers and functions. Defaults come from the constructors' modules, so they are written once.
 """
 
 from __future__ import annotations
@@ -11,9 +11,14 @@ import importlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from zerotask import jsonrpc
+from zerotask.broker import transport
+from zerotask.client.calls import DEFAULT_ENDPOINT
+from zerotask.exceptions import ZerotaskError
+from zerotask.node import node as node_module
 
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 
@@ -22,103 +27,11 @@ def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
-def _broker_parser(prog: str) -> argparse.ArgumentParser:
-    from zerotask.broker import DEFAULT_BIND, DEFAULT_PUBLISH, DEFAULT_STORE
-
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Run a zerotask broker: queues tasks, hands them to nodes, returns results."
-    )
-    parser.add_argument(
-        "--bind", default=DEFAULT_BIND, metavar="ENDPOINT", help=f"request socket for clients and nodes (default {DEFAULT_BIND})"
-    )
-    parser.add_argument(
-        "--publish", default=DEFAULT_PUBLISH, metavar="ENDPOINT", help=f"event socket (default {DEFAULT_PUBLISH})"
-    )
-    parser.add_argument(
-        "--store", default=DEFAULT_STORE, metavar="memory|PATH", help=f"'memory', or an SQLite file (default {DEFAULT_STORE})"
-    )
-    parser.add_argument(
-        "--heartbeat", type=float, default=1.0, metavar="SECONDS", help="heartbeat interval with nodes (default 1.0)"
-    )
-    parser.add_argument(
-        "--liveness", type=int, default=3, metavar="N", help="missed heartbeats before a node is declared dead (default 3)"
-    )
-    parser.add_argument(
-        "--max-message-bytes",
-        type=int,
-        default=16 * 1024 * 1024,
-        metavar="BYTES",
-        help="larger messages disconnect their sender (default 16 MiB)",
-    )
-    parser.add_argument(
-        "--result-ttl",
-        type=float,
-        default=86400.0,
-        metavar="SECONDS",
-        help="forget outcomes older than this (default 1 day; 0: never)",
-    )
-    parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
-    return parser
-
-
-def broker_main(argv: list[str] | None = None, prog: str = "python -m zerotask.broker") -> None:
-    options = _broker_parser(prog).parse_args(argv)
-    _configure_logging(options.log_level)
-    from zerotask.broker import Broker
-
-    Broker(
-        bind=options.bind,
-        publish=options.publish,
-        store=options.store,
-        heartbeat_s=options.heartbeat,
-        liveness=options.liveness,
-        max_message_bytes=options.max_message_bytes,
-        result_ttl_s=options.result_ttl or None,
-    ).start()
-
-
-def _node_parser(prog: str) -> argparse.ArgumentParser:
-    from zerotask.node import DEFAULT_BROKER
-
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Run a zerotask node: worker processes that run the tasks of the given modules."
-    )
-    parser.add_argument(
-        "modules", nargs="*", metavar="MODULE", help="task modules to import (default: the demo tasks add and subtract)"
-    )
-    parser.add_argument(
-        "--broker", default=DEFAULT_BROKER, metavar="ENDPOINT", help=f"the broker's request endpoint (default {DEFAULT_BROKER})"
-    )
-    parser.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, metavar="N", help="worker processes (default: the CPU count)"
-    )
-    parser.add_argument("--name", default=None, help="the name the broker shows for this node (default host-pid)")
-    parser.add_argument(
-        "--heartbeat", type=float, default=1.0, metavar="SECONDS", help="heartbeat interval with the broker (default 1.0)"
-    )
-    parser.add_argument("--liveness", type=int, default=3, metavar="N", help="missed heartbeats before reconnecting (default 3)")
-    parser.add_argument(
-        "--prefetch",
-        type=int,
-        default=None,
-        metavar="N",
-        help="tasks to hold beyond one per worker (default: adapt, none for tasks of 1 ms or more)",
-    )
-    parser.add_argument(
-        "--grace", type=float, default=30.0, metavar="SECONDS", help="on SIGTERM, how long running tasks may finish (default 30)"
-    )
-    parser.add_argument(
-        "--time-limit", type=float, default=None, metavar="SECONDS", help="kill tasks that run longer (tasks may set their own)"
-    )
-    parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
-    return parser
-
-
 def import_task_modules(modules: list[str]) -> None:
     """Import each module (a dotted name, or a path to a .py file) so that its @task functions register."""
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # `zerotask node tasks` finds ./tasks.py, as with celery -A
-    for module in modules or ["zerotask.demo"]:
+    for module in modules:
         if module.endswith(".py"):
             directory, filename = os.path.split(os.path.abspath(module))
             sys.path.insert(0, directory)
@@ -126,22 +39,119 @@ def import_task_modules(modules: list[str]) -> None:
         importlib.import_module(module)
 
 
-def node_main(argv: list[str] | None = None, prog: str = "python -m zerotask.node") -> None:
-    options = _node_parser(prog).parse_args(argv)
+# ---- broker ----------------------------------------------------------------------------------------
+
+
+def _broker_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("modules", nargs="*", metavar="MODULE", help="modules to import first, e.g. with @task(name='broker.x') methods")
+    add("--bind", default=transport.DEFAULT_BIND, metavar="ENDPOINT", help="request socket for clients and nodes (%(default)s)")
+    add("--publish", default=transport.DEFAULT_PUBLISH, metavar="ENDPOINT", help="event socket (%(default)s)")
+    add("--store", default=transport.DEFAULT_STORE, metavar="memory|PATH", help="'memory', or an SQLite file (%(default)s)")
+    add("--heartbeat", type=float, default=transport.DEFAULT_HEARTBEAT_S, metavar="SECONDS", help="with nodes (%(default)s)")
+    add(
+        "--liveness",
+        type=int,
+        default=transport.DEFAULT_LIVENESS,
+        metavar="N",
+        help="missed heartbeats before a node is lost (%(default)s)",
+    )
+    add(
+        "--max-message-bytes",
+        type=int,
+        default=transport.DEFAULT_MAX_MESSAGE_BYTES,
+        metavar="BYTES",
+        help="larger messages disconnect their sender (%(default)s)",
+    )
+    add(
+        "--result-ttl",
+        type=float,
+        default=transport.DEFAULT_RESULT_TTL_S,
+        metavar="SECONDS",
+        help="forget outcomes older than this (%(default)s; 0: never)",
+    )
+    add("--log-level", default="INFO", choices=LOG_LEVELS)
+
+
+def _run_broker(options: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _configure_logging(options.log_level)
     import_task_modules(options.modules)
-    from zerotask.node import Node
+    try:
+        broker = transport.Broker(
+            bind=options.bind,
+            publish=options.publish,
+            store=options.store,
+            heartbeat_s=options.heartbeat,
+            liveness=options.liveness,
+            max_message_bytes=options.max_message_bytes,
+            result_ttl_s=options.result_ttl or None,
+        )
+    except ValueError as problem:
+        parser.error(str(problem))
+    broker.start()
+    return 0
 
-    Node(
-        broker=options.broker,
-        workers=options.workers,
-        name=options.name,
-        heartbeat_s=options.heartbeat,
-        liveness=options.liveness,
-        prefetch=options.prefetch,
-        grace_s=options.grace,
-        time_limit_s=options.time_limit,
-    ).start()
+
+# ---- node ------------------------------------------------------------------------------------------
+
+
+def _node_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("modules", nargs="*", metavar="MODULE", help="task modules to import (default: the demo tasks add and subtract)")
+    add("--broker", default=node_module.DEFAULT_BROKER, metavar="ENDPOINT", help="the broker's request endpoint (%(default)s)")
+    add("--workers", type=int, default=os.cpu_count() or 1, metavar="N", help="worker processes (default: the CPU count)")
+    add("--name", default=None, help="the name the broker shows for this node (default host-pid)")
+    add(
+        "--heartbeat",
+        type=float,
+        default=node_module.DEFAULT_HEARTBEAT_S,
+        metavar="SECONDS",
+        help="with the broker (%(default)s)",
+    )
+    add(
+        "--liveness",
+        type=int,
+        default=node_module.DEFAULT_LIVENESS,
+        metavar="N",
+        help="missed heartbeats before reconnecting (%(default)s)",
+    )
+    add(
+        "--prefetch", type=int, default=None, metavar="N", help="tasks held beyond one per worker (default: adapt to task length)"
+    )
+    add(
+        "--grace",
+        type=float,
+        default=node_module.DEFAULT_GRACE_S,
+        metavar="SECONDS",
+        help="on SIGTERM, how long tasks may finish (%(default)s)",
+    )
+    add("--time-limit", type=float, default=None, metavar="SECONDS", help="kill tasks that run longer (tasks may set their own)")
+    add("--log-level", default="INFO", choices=LOG_LEVELS)
+
+
+def _run_node(options: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    _configure_logging(options.log_level)
+    if options.workers < 1:
+        parser.error("--workers must be at least 1")
+    import_task_modules(options.modules or ["zerotask.demo"])
+    try:
+        node = node_module.Node(
+            broker=options.broker,
+            workers=options.workers,
+            name=options.name,
+            heartbeat_s=options.heartbeat,
+            liveness=options.liveness,
+            prefetch=options.prefetch,
+            grace_s=options.grace,
+            time_limit_s=options.time_limit,
+        )
+    except ValueError as problem:
+        parser.error(str(problem))
+    node.start()
+    return 0
+
+
+# ---- clients ---------------------------------------------------------------------------------------
 
 
 def _parse_argument(text: str) -> Any:
@@ -152,17 +162,17 @@ def _parse_argument(text: str) -> Any:
         return text
 
 
-def call_main(argv: list[str] | None = None, prog: str = "zerotask call") -> int:
-    from zerotask.client import DEFAULT_ENDPOINT, Client
-    from zerotask.exceptions import ZerotaskError
-
-    parser = argparse.ArgumentParser(prog=prog, description="Call a task and print its result as JSON.")
+def _call_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("method", help="the task name, e.g. add")
     parser.add_argument("args", nargs="*", metavar="ARG", help="positional arguments, each JSON or else a string")
     parser.add_argument("--kwargs", default="{}", metavar="JSON", help="keyword arguments as a JSON object")
     parser.add_argument("--broker", default=DEFAULT_ENDPOINT, metavar="ENDPOINT")
     parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS")
-    options = parser.parse_args(argv)
+
+
+def _run_call(options: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from zerotask.client import Client
+
     kwargs = _parse_argument(options.kwargs)
     if not isinstance(kwargs, dict):
         parser.error("--kwargs must be a JSON object")
@@ -176,26 +186,23 @@ def call_main(argv: list[str] | None = None, prog: str = "zerotask call") -> int
     return 0
 
 
-def map_main(argv: list[str] | None = None, prog: str = "zerotask map") -> int:
-    from zerotask.client import DEFAULT_ENDPOINT, AsyncClient
-    from zerotask.exceptions import ZerotaskError
-    from zerotask.progress import Progress
+def _map_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("method", help="the task name; it gets one input per call")
+    add("inputs", nargs="*", metavar="INPUT", help="inputs, each JSON or else a string (default: lines of stdin)")
+    add("--broker", default=DEFAULT_ENDPOINT, metavar="ENDPOINT")
+    add("--window", type=int, default=1000, metavar="N", help="tasks in flight at most (%(default)s)")
+    add("--timeout", type=float, default=None, metavar="SECONDS", help="the longest wait for one result")
+    add("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default: on a terminal)")
 
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Run a task once per input and print the results (one JSON line each) in input order."
-    )
-    parser.add_argument("method", help="the task name; it gets one input per call")
-    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="inputs, each JSON or else a string (default: lines of stdin)")
-    parser.add_argument("--broker", default=DEFAULT_ENDPOINT, metavar="ENDPOINT")
-    parser.add_argument("--window", type=int, default=1000, metavar="N", help="tasks in flight at most (default 1000)")
-    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="the longest wait for one result")
-    parser.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default: on a terminal)"
-    )
-    options = parser.parse_args(argv)
+
+def _run_map(options: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from zerotask.client import AsyncClient
+    from zerotask.progressbar import ProgressBar
+
     inputs = options.inputs or [line.rstrip("\n") for line in sys.stdin]
     show = sys.stderr.isatty() if options.progress is None else options.progress
-    progress = Progress(len(inputs), sys.stderr) if show else None
+    progress = ProgressBar(len(inputs), sys.stderr) if show else None
     with AsyncClient(options.broker, timeout=options.timeout) as client:
         try:
             for result in client.map(options.method, (_parse_argument(text) for text in inputs), options.window):
@@ -211,15 +218,16 @@ def map_main(argv: list[str] | None = None, prog: str = "zerotask map") -> int:
     return 0
 
 
-def events_main(argv: list[str] | None = None, prog: str = "zerotask events") -> int:
-    from zerotask.client import DEFAULT_ENDPOINT, Client
-
-    parser = argparse.ArgumentParser(prog=prog, description="Print the broker's task events, one JSON line each.")
+def _events_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--broker", default=DEFAULT_ENDPOINT, metavar="ENDPOINT")
     parser.add_argument(
         "--idle-timeout", type=float, default=None, metavar="SECONDS", help="stop after this long without an event"
     )
-    options = parser.parse_args(argv)
+
+
+def _run_events(options: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from zerotask.client import Client
+
     with Client(options.broker, timeout=10) as client:
         try:
             for event in client.events(options.idle_timeout):
@@ -229,9 +237,38 @@ def events_main(argv: list[str] | None = None, prog: str = "zerotask events") ->
     return 0
 
 
+# ---- entry points ----------------------------------------------------------------------------------
+
+Arguments = Callable[[argparse.ArgumentParser], None]
+Run = Callable[[argparse.Namespace, argparse.ArgumentParser], int]
+COMMANDS: dict[str, tuple[str, Arguments, Run]] = {
+    "broker": ("run a broker: queues tasks, hands them to nodes, returns results", _broker_arguments, _run_broker),
+    "node": ("run a node: worker processes that run the tasks of the given modules", _node_arguments, _run_node),
+    "call": ("call a task and print its result as JSON", _call_arguments, _run_call),
+    "map": ("call a task once per input; results in input order, one JSON line each", _map_arguments, _run_map),
+    "events": ("print the broker's task events as they happen, one JSON line each", _events_arguments, _run_events),
+}
+
+
+def _command(name: str, argv: list[str] | None, prog: str) -> int:
+    """Run one command with a parser of its own (``python -m zerotask.broker`` and friends)."""
+    description, arguments, run = COMMANDS[name]
+    parser = argparse.ArgumentParser(prog=prog, description=description[0].upper() + description[1:] + ".")
+    arguments(parser)
+    return run(parser.parse_args(argv), parser)
+
+
+def broker_main(argv: list[str] | None = None, prog: str = "zerotask broker") -> None:
+    sys.exit(_command("broker", argv, prog))
+
+
+def node_main(argv: list[str] | None = None, prog: str = "zerotask node") -> None:
+    sys.exit(_command("node", argv, prog))
+
+
 def client_main(argv: list[str] | None = None) -> None:
     """The seed's client demo: prints 5 + 6 and 5 - 6."""
-    from zerotask.client import DEFAULT_ENDPOINT, Client
+    from zerotask.client import Client
 
     parser = argparse.ArgumentParser(prog="python -m zerotask.client", description="Call the demo tasks add and subtract.")
     parser.add_argument("--broker", default=DEFAULT_ENDPOINT, metavar="ENDPOINT")
@@ -243,31 +280,14 @@ def client_main(argv: list[str] | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    commands = {
-        "broker": "run a broker",
-        "node": "run a node",
-        "call": "call a task and print its result",
-        "map": "call a task once per input, results in order, with a progress bar",
-        "events": "print the broker's task events as they happen",
-    }
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        print("usage: zerotask {broker,node,call,map,events} ...\n")
-        for name, help_text in commands.items():
-            print(f"  {name:8} {help_text}")
-        print("\nzerotask COMMAND -h shows the options of each.")
-        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
-    command, rest = argv[0], argv[1:]
-    if command == "broker":
-        broker_main(rest, prog="zerotask broker")
-    elif command == "node":
-        node_main(rest, prog="zerotask node")
-    elif command == "map":
-        sys.exit(map_main(rest))
-    elif command == "events":
-        sys.exit(events_main(rest))
-    else:
-        sys.exit(call_main(rest))
+    parser = argparse.ArgumentParser(prog="zerotask", description="A distributed task system over ZeroMQ and JSON-RPC 2.0.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (description, arguments, run) in COMMANDS.items():
+        sub = commands.add_parser(name, help=description, description=description[0].upper() + description[1:] + ".")
+        arguments(sub)
+        sub.set_defaults(run=run, parser=sub)
+    options = parser.parse_args(argv)
+    sys.exit(options.run(options, options.parser))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zerotask import jsonrpc
+from zerotask import jsonrpc, wire
 
 
 class ZerotaskError(Exception):
@@ -58,7 +58,7 @@ class InvalidParams(ZerotaskError, TypeError):
 class UnknownTask(ZerotaskError, KeyError):
     """The broker has no task with this id."""
 
-    code = jsonrpc.UNKNOWN_TASK
+    code = wire.UNKNOWN_TASK
 
     def __str__(self) -> str:  # KeyError would quote the message
         return self.message
@@ -67,44 +67,44 @@ class UnknownTask(ZerotaskError, KeyError):
 class TaskTimeout(ZerotaskError, TimeoutError):
     """A wait ran out of time. The task itself may still finish later."""
 
-    code = jsonrpc.TIMED_OUT
+    code = wire.TIMED_OUT
 
 
 class NotReady(ZerotaskError):
     """The task has no result yet (answer to a result request that asked not to wait)."""
 
-    code = jsonrpc.NOT_READY
+    code = wire.NOT_READY
 
 
 class TaskRevoked(ZerotaskError):
     """The task was revoked before it finished."""
 
-    code = jsonrpc.REVOKED
+    code = wire.REVOKED_CODE
 
 
 class WorkerLost(ZerotaskError):
     """Raised node-side (and reported as a TaskError of type WorkerLost) when a worker process dies
     while running a task."""
 
-    code = jsonrpc.TASK_FAILED
+    code = wire.TASK_FAILED
 
 
 class TimeLimitExceeded(ZerotaskError):
     """A task ran past its time limit; its worker was killed (reported as a TaskError of this type)."""
 
-    code = jsonrpc.TASK_FAILED
+    code = wire.TASK_FAILED
 
 
 class ResultTooLarge(ZerotaskError):
     """A task's result is larger than the broker accepts in one message."""
 
-    code = jsonrpc.TASK_FAILED
+    code = wire.TASK_FAILED
 
 
 class TaskError(ZerotaskError):
     """The task raised. ``type``, ``message`` and ``traceback`` describe the remote exception."""
 
-    code = jsonrpc.TASK_FAILED
+    code = wire.TASK_FAILED
 
     def __init__(self, message: str = "", data: Any = None) -> None:
         super().__init__(message, data)
@@ -141,7 +141,7 @@ def task_error_object(exc: BaseException, traceback_text: str) -> dict[str, Any]
     if module not in ("builtins", "__main__"):
         type_name = f"{module}.{type_name}"
     return jsonrpc.error_object(
-        jsonrpc.TASK_FAILED,
+        wire.TASK_FAILED,
         f"{type_name}: {exc}",
         {"type": type_name, "message": str(exc), "traceback": traceback_text},
     )

@@ -18,12 +18,7 @@ INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
-# zerotask's own codes, in the range the specification leaves to implementations.
-TASK_FAILED = -32000
-UNKNOWN_TASK = -32001
-TIMED_OUT = -32002
-NOT_READY = -32003
-REVOKED = -32004
+# zerotask's own codes are in zerotask.wire.
 
 ERROR_MESSAGES = {
     PARSE_ERROR: "Parse error",

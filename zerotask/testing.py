@@ -1,12 +1,15 @@
-"""Run a real broker and real nodes as processes on this machine: for tests, demos and benchmarks.
+"""Helpers for tests, demos and benchmarks: real processes, and a manual clock for the broker's core.
 
 ``Cluster`` starts ``python -m zerotask.broker`` and ``python -m zerotask.node`` as child processes on a
 free TCP port, waits until they answer, and stops every process it started (SIGTERM, then SIGKILL).
-Nothing here is imported by the broker, node or client.
+``ManualClock`` is a scheduler whose time moves only when told, so the core's retries and timeouts are
+tested in-process without sleeping. Nothing here is imported by the broker, node or client.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import signal
 import socket
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from zerotask.client import Client
+from zerotask.loop import Callback, Timer
 
 TIMEOUT_SCALE = float(os.environ.get("ZEROTASK_TEST_TIMEOUT_SCALE", "1"))
 
@@ -45,6 +49,36 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str = "cond
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {scaled(timeout_s):.1f} s waiting for {what}")
         time.sleep(0.02)
+
+
+class ManualClock:
+    """A :class:`zerotask.loop.Scheduler` for in-process tests: ``call_later`` only records the callback,
+    and :meth:`advance` moves time on, running what falls due, in order."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._timers: list[Timer] = []
+        self._sequence = itertools.count()
+
+    def call_later(self, delay_s: float, callback: Callback) -> Timer:
+        timer = Timer(self.now + delay_s, next(self._sequence), callback)
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    def advance(self, seconds: float) -> None:
+        """Move time on by ``seconds``, running every timer that falls due (timers they add included)."""
+        until = self.now + seconds
+        while self._timers and self._timers[0].when <= until:
+            timer = heapq.heappop(self._timers)
+            self.now = timer.when
+            if not timer.cancelled:
+                timer.callback()
+        self.now = until
+
+    @property
+    def pending(self) -> int:
+        """Timers not yet run or cancelled."""
+        return sum(1 for timer in self._timers if not timer.cancelled)
 
 
 class ManagedProcess:

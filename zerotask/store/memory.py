@@ -1,20 +1,20 @@
-"""MemoryStore: the queue and results in this process's memory. Fast, volatile, the test stand-in."""
+"""MemoryStore: the queue and outcomes in this process's memory. Fast, volatile, the test stand-in."""
 
 from __future__ import annotations
 
 import heapq
 import time
 from collections import deque
-from collections.abc import Collection, Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
 
-from zerotask.store import FINAL_STATES, QUEUED, Store, TaskRecord
+from zerotask.store.base import Outcome, Store, TaskRecord, Want
+from zerotask.wire import ASSIGNED, FINAL_STATES, QUEUED, RETRY
 
 
 class MemoryStore(Store):
     def __init__(self) -> None:
         self._records: dict[str, TaskRecord] = {}
-        self._sequence: dict[str, int] = {}
+        self._sequence: dict[str, int] = {}  # task id -> its place in the queue, kept until it ends
         # One min-heap of (sequence, task id) per method: FIFO, and a requeued task keeps its place.
         # Entries whose task is no longer QUEUED are dropped lazily when they reach the top.
         self._queues: dict[str, list[tuple[int, str]]] = {}
@@ -36,51 +36,78 @@ class MemoryStore(Store):
         heapq.heappush(self._queues.setdefault(record.method, []), (self._sequence[record.id], record.id))
         self._queued[record.method] = self._queued.get(record.method, 0) + 1
 
-    def take(self, methods: Collection[str], limit: int) -> list[TaskRecord]:
+    def _leave_queue(self, record: TaskRecord, state: str) -> None:
+        """Move a task out of QUEUED; its heap entry is dropped when it surfaces."""
+        self._queued[record.method] -= 1
+        if not self._queued[record.method]:
+            del self._queued[record.method]
+        record.state = state
+
+    def take_many(self, wants: Sequence[Want]) -> list[list[TaskRecord]]:
+        return [self._take(methods, limit) for methods, limit in wants]
+
+    def _take(self, methods: Iterable[str], limit: int) -> list[TaskRecord]:
         taken: list[TaskRecord] = []
-        heads = [(method, queue) for method in methods if (queue := self._queues.get(method))]
+        heads = [(method, queue) for method in set(methods) if (queue := self._queues.get(method))]
         while len(taken) < limit and heads:
             method, queue = min(heads, key=lambda head: head[1][0][0])
             _, task_id = heapq.heappop(queue)
             record = self._records.get(task_id)
             if record is not None and record.state == QUEUED and record.method == method:
-                record.state = "ASSIGNED"
-                self._queued[method] -= 1
+                self._leave_queue(record, ASSIGNED)
                 taken.append(record)
             if not queue:
                 heads = [(m, q) for m, q in heads if q]
         return taken
 
-    def set_state(self, task_id: str, state: str, attempts: int | None = None) -> None:
-        record = self._records.get(task_id)
-        if record is None or record.state in FINAL_STATES:
-            return
-        if attempts is not None:
-            record.attempts = attempts
-        if state == record.state:
-            return
-        if record.state == QUEUED:
-            # Leaves the queue; its heap entry is dropped when it surfaces.
-            self._queued[record.method] -= 1
-        record.state = state
-        if state == QUEUED:
-            self._push(record)
+    def claim(self, task_ids: Iterable[str]) -> list[TaskRecord]:
+        claimed = []
+        for task_id in task_ids:
+            record = self._records.get(task_id)
+            if record is None or record.state in FINAL_STATES:
+                continue
+            if record.state == QUEUED:
+                self._leave_queue(record, ASSIGNED)
+            record.state = ASSIGNED
+            claimed.append(record)
+        return claimed
 
-    def finish(self, task_id: str, state: str, result: Any = None, error: dict[str, Any] | None = None) -> bool:
+    def requeue(self, task_ids: Iterable[str]) -> None:
+        for task_id in task_ids:
+            record = self._records.get(task_id)
+            if record is not None and record.state in (ASSIGNED, RETRY):
+                record.state = QUEUED
+                self._push(record)
+
+    def retry(self, task_id: str, attempts: int) -> None:
         record = self._records.get(task_id)
         if record is None or record.state in FINAL_STATES:
-            return False
+            return
         if record.state == QUEUED:
-            self._queued[record.method] -= 1
-        record.state = state
-        record.result = result
-        record.error = error
-        # The call is no longer needed: drop its arguments so finished tasks cost only their result.
-        record.args = []
-        record.kwargs = {}
-        del self._sequence[task_id]
-        self._finished.append((time.time(), task_id))
-        return True
+            self._leave_queue(record, RETRY)
+        record.state = RETRY
+        record.attempts = attempts
+
+    def finish_many(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        recorded = []
+        now = time.time()
+        for outcome in outcomes:
+            record = self._records.get(outcome.task_id)
+            if record is None or record.state in FINAL_STATES:
+                recorded.append(False)
+                continue
+            if record.state == QUEUED:
+                self._leave_queue(record, outcome.state)
+            record.state = outcome.state
+            record.result = outcome.result
+            record.error = outcome.error
+            # The call is no longer needed: drop its arguments so finished tasks cost only their result.
+            record.args = []
+            record.kwargs = {}
+            del self._sequence[record.id]
+            self._finished.append((now, record.id))
+            recorded.append(True)
+        return recorded
 
     def expire(self, before: float, limit: int = 10_000) -> int:
         expired = 0
@@ -93,8 +120,9 @@ class MemoryStore(Store):
     def get(self, task_id: str) -> TaskRecord | None:
         return self._records.get(task_id)
 
-    def unfinished(self) -> Iterable[TaskRecord]:
-        return [record for record in self._records.values() if record.state not in FINAL_STATES]
+    def queued_counts(self) -> Mapping[str, int]:
+        return self._queued
 
-    def queued_counts(self) -> dict[str, int]:
-        return {method: count for method, count in self._queued.items() if count}
+    def recover(self) -> int:
+        self.requeue([record.id for record in self._records.values() if record.state in (ASSIGNED, RETRY)])
+        return sum(self._queued.values())

@@ -3,17 +3,22 @@
 ``synchronous=NORMAL`` with WAL makes each commit survive the broker being killed (the data is in the
 operating system once ``COMMIT`` returns) without an fsync per commit; pass ``synchronous="FULL"``
 to survive power loss as well, at the cost of one fsync per flush.
+
+The broker is the file's only writer, so the queued counts are kept in memory, loaded at open and
+updated by every write, instead of counted with a query every round.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Collection, Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from zerotask import jsonrpc
-from zerotask.store import FINAL_STATES, QUEUED, Store, TaskRecord
+from zerotask.store.base import Outcome, Store, TaskRecord, Want
+from zerotask.wire import ASSIGNED, FINAL_STATES, QUEUED, RETRY
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -27,9 +32,10 @@ CREATE TABLE IF NOT EXISTS tasks (
     finished_at REAL
 );
 CREATE INDEX IF NOT EXISTS queued_by_method ON tasks (method, seq) WHERE state = 'QUEUED';
-DROP INDEX IF EXISTS unfinished;
 CREATE INDEX IF NOT EXISTS finished_by_time ON tasks (finished_at) WHERE finished_at IS NOT NULL;
 """
+_NOT_FINAL = "state NOT IN ('FINISHED', 'FAILED', 'REVOKED')"
+_CHUNK = 500  # ids per statement, well under SQLite's limit on bound variables
 
 
 class SqliteStore(Store):
@@ -39,18 +45,25 @@ class SqliteStore(Store):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute("PRAGMA cache_size=-32768")  # 32 MiB of pages: the queue's index stays in memory
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}
-        if columns and "finished_at" not in columns:  # a file from before results expired
-            self._db.execute("ALTER TABLE tasks ADD COLUMN finished_at REAL")
         self._db.executescript(_SCHEMA)
         self._in_transaction = False
-        self._finishing: list[tuple[str, bytes, float, str]] = []  # outcomes not yet written (see finish_unfinished)
+        self._queued: Counter[str] = Counter(
+            dict(self._db.execute("SELECT method, count(*) FROM tasks WHERE state = 'QUEUED' GROUP BY method").fetchall())
+        )
 
-    def _write(self, sql: str, parameters: Any = ()) -> sqlite3.Cursor:
+    def _begin(self) -> None:
         if not self._in_transaction:
             self._db.execute("BEGIN")
             self._in_transaction = True
+
+    def _write(self, sql: str, parameters: Any = ()) -> sqlite3.Cursor:
+        self._begin()
         return self._db.execute(sql, parameters)
+
+    def _count(self, method: str, change: int) -> None:
+        self._queued[method] += change
+        if self._queued[method] <= 0:
+            del self._queued[method]
 
     def add(self, record: TaskRecord) -> bool:
         params = jsonrpc.dumps([record.args, record.kwargs, record.options])
@@ -58,118 +71,142 @@ class SqliteStore(Store):
             "INSERT OR IGNORE INTO tasks (id, method, params, state, attempts) VALUES (?, ?, ?, ?, ?)",
             (record.id, record.method, params, QUEUED, record.attempts),
         )
-        if cursor.rowcount == 1:
-            record.state = QUEUED
-            return True
-        return False
+        if cursor.rowcount != 1:
+            return False
+        record.state = QUEUED
+        self._count(record.method, 1)
+        return True
 
-    def take(self, methods: Collection[str], limit: int) -> list[TaskRecord]:
-        self._write_finishing()
-        if limit <= 0:
-            return []  # SQLite reads a negative LIMIT as "no limit", and rows[:limit] would then keep all but -limit
-        rows: list[tuple[int, str, str, bytes, int]] = []
-        for method in set(methods):  # a method named twice would otherwise select, and return, its tasks twice
-            rows.extend(
-                self._db.execute(
-                    "SELECT seq, id, method, params, attempts FROM tasks"
-                    " WHERE state = 'QUEUED' AND method = ? ORDER BY seq LIMIT ?",
-                    (method, limit),
-                )
-            )
-        if not rows:
-            return []
-        rows.sort()
-        rows = rows[:limit]
-        self._write_many("UPDATE tasks SET state = 'ASSIGNED' WHERE seq = ?", [(row[0],) for row in rows])
-        taken = []
-        for _, task_id, method, params, attempts in rows:
-            args, kwargs, options = _call(params)
-            taken.append(TaskRecord(task_id, method, args, kwargs, "ASSIGNED", attempts=attempts, options=options))
+    def take_many(self, wants: Sequence[Want]) -> list[list[TaskRecord]]:
+        taken: list[list[TaskRecord]] = []
+        assigned: list[tuple[int]] = []
+        chosen: set[int] = set()  # a want's query cannot see that an earlier one took a row: skip it here
+        for methods, limit in wants:
+            rows: list[tuple[int, str, str, bytes, int]] = []
+            if limit > 0:  # SQLite reads a negative LIMIT as "no limit"
+                for method in set(methods):  # a method named twice would otherwise select its tasks twice
+                    if self._queued.get(method):
+                        rows.extend(
+                            self._db.execute(
+                                "SELECT seq, id, method, params, attempts FROM tasks"
+                                " WHERE state = 'QUEUED' AND method = ? ORDER BY seq LIMIT ?",
+                                (method, limit + len(chosen)),
+                            )
+                        )
+            rows = sorted(row for row in rows if row[0] not in chosen)[:limit]
+            records = []
+            for seq, task_id, method, params, attempts in rows:
+                chosen.add(seq)
+                assigned.append((seq,))
+                self._count(method, -1)
+                args, kwargs, options = jsonrpc.loads(params)
+                records.append(TaskRecord(task_id, method, args, kwargs, ASSIGNED, attempts=attempts, options=options))
+            taken.append(records)
+        if assigned:
+            self._begin()
+            self._db.executemany("UPDATE tasks SET state = 'ASSIGNED' WHERE seq = ?", assigned)
         return taken
 
-    def _write_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        if not self._in_transaction:
-            self._db.execute("BEGIN")
-            self._in_transaction = True
-        self._db.executemany(sql, rows)
+    def claim(self, task_ids: Iterable[str]) -> list[TaskRecord]:
+        claimed = []
+        for task_id in task_ids:
+            record = self.get(task_id)
+            if record is None or record.state in FINAL_STATES:
+                continue
+            if record.state == QUEUED:
+                self._count(record.method, -1)
+            self._write("UPDATE tasks SET state = 'ASSIGNED' WHERE id = ?", (task_id,))
+            record.state = ASSIGNED
+            claimed.append(record)
+        return claimed
 
-    def set_state(self, task_id: str, state: str, attempts: int | None = None) -> None:
-        self._write_finishing()
-        final = tuple(FINAL_STATES)
-        if attempts is None:
-            self._write("UPDATE tasks SET state = ? WHERE id = ? AND state NOT IN (?, ?, ?)", (state, task_id, *final))
-        else:
-            self._write(
-                "UPDATE tasks SET state = ?, attempts = ? WHERE id = ? AND state NOT IN (?, ?, ?)",
-                (state, attempts, task_id, *final),
+    def requeue(self, task_ids: Iterable[str]) -> None:
+        for task_id in task_ids:
+            rows = self._write(
+                "UPDATE tasks SET state = 'QUEUED' WHERE id = ? AND state IN ('ASSIGNED', 'RETRY') RETURNING method", (task_id,)
+            ).fetchall()
+            for (method,) in rows:
+                self._count(method, 1)
+
+    def retry(self, task_id: str, attempts: int) -> None:
+        row = self._db.execute("SELECT method, state FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is None or row[1] in FINAL_STATES:
+            return
+        if row[1] == QUEUED:
+            self._count(row[0], -1)
+        self._write("UPDATE tasks SET state = ?, attempts = ? WHERE id = ?", (RETRY, attempts, task_id))
+
+    def finish_many(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        now = time.time()
+        recorded = [False] * len(outcomes)
+        writes: list[tuple[str, bytes, float, str]] = []
+        seen: set[str] = set()
+        unheld = [outcome.task_id for outcome in outcomes if not outcome.held]
+        states = self._states(unheld) if unheld else {}
+        for index, outcome in enumerate(outcomes):
+            if outcome.task_id in seen:
+                continue  # the first outcome in the batch wins, as it would in separate calls
+            if outcome.held:
+                pass  # held by a node until now: ASSIGNED in this file, so neither final nor queued
+            else:
+                found = states.get(outcome.task_id)
+                if found is None or found[1] in FINAL_STATES:
+                    continue
+                if found[1] == QUEUED:
+                    self._count(found[0], -1)
+            seen.add(outcome.task_id)
+            value = {"error": outcome.error} if outcome.error is not None else {"result": outcome.result}
+            writes.append((outcome.state, jsonrpc.dumps(value), now, outcome.task_id))
+            recorded[index] = True
+        if writes:
+            self._begin()
+            self._db.executemany(
+                f"UPDATE tasks SET state = ?, outcome = ?, finished_at = ?, params = x'' WHERE id = ? AND {_NOT_FINAL}", writes
             )
+        return recorded
 
-    def finish_unfinished(self, task_id: str, state: str, result: Any = None, error: dict[str, Any] | None = None) -> None:
-        outcome = jsonrpc.dumps({"error": error} if error is not None else {"result": result})
-        self._finishing.append((state, outcome, time.time(), task_id))
-
-    def _write_finishing(self) -> None:
-        """Write the batched outcomes: one executemany instead of a statement per task."""
-        if self._finishing:
-            finishing, self._finishing = self._finishing, []
-            self._write_many(
-                "UPDATE tasks SET state = ?, outcome = ?, finished_at = ?, params = x''"
-                " WHERE id = ? AND state NOT IN ('FINISHED', 'FAILED', 'REVOKED')",
-                finishing,
-            )
-
-    def finish(self, task_id: str, state: str, result: Any = None, error: dict[str, Any] | None = None) -> bool:
-        self._write_finishing()
-        outcome = jsonrpc.dumps({"error": error} if error is not None else {"result": result})
-        cursor = self._write(
-            "UPDATE tasks SET state = ?, outcome = ?, finished_at = ?, params = x'' WHERE id = ? AND state NOT IN (?, ?, ?)",
-            (state, outcome, time.time(), task_id, *FINAL_STATES),
-        )
-        return cursor.rowcount == 1
+    def _states(self, task_ids: list[str]) -> dict[str, tuple[str, str]]:
+        """task id -> (method, state), for those of ``task_ids`` that exist."""
+        found: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(task_ids), _CHUNK):
+            chunk = task_ids[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for task_id, method, state in self._db.execute(f"SELECT id, method, state FROM tasks WHERE id IN ({marks})", chunk):
+                found[task_id] = (method, state)
+        return found
 
     def get(self, task_id: str) -> TaskRecord | None:
-        self._write_finishing()
         row = self._db.execute("SELECT method, params, state, outcome, attempts FROM tasks WHERE id = ?", (task_id,)).fetchone()
         if row is None:
             return None
         method, params, state, outcome, attempts = row
         record = TaskRecord(task_id, method, state=state, attempts=attempts)
         if params:
-            record.args, record.kwargs, record.options = _call(params)
+            record.args, record.kwargs, record.options = jsonrpc.loads(params)
         if outcome:
             decoded = jsonrpc.loads(outcome)
             record.result = decoded.get("result")
             record.error = decoded.get("error")
         return record
 
-    def unfinished(self) -> Iterable[TaskRecord]:
-        self._write_finishing()
-        rows = self._db.execute(
-            "SELECT id, method, state, attempts FROM tasks WHERE state NOT IN ('FINISHED', 'FAILED', 'REVOKED') ORDER BY seq"
-        ).fetchall()
-        return [TaskRecord(task_id, method, state=state, attempts=attempts) for task_id, method, state, attempts in rows]
-
-    def queued_counts(self) -> dict[str, int]:
-        self._write_finishing()
-        rows = self._db.execute("SELECT method, count(*) FROM tasks WHERE state = 'QUEUED' GROUP BY method")
-        return {method: count for method, count in rows}
+    def queued_counts(self) -> Mapping[str, int]:
+        return self._queued
 
     def expire(self, before: float, limit: int = 10_000) -> int:
-        self._write_finishing()
         cursor = self._write(
             "DELETE FROM tasks WHERE seq IN (SELECT seq FROM tasks WHERE finished_at < ? ORDER BY finished_at LIMIT ?)",
             (before, limit),
         )
         return cursor.rowcount
 
-    def requeue_unfinished(self) -> int:
-        self._write_finishing()
-        self._write("UPDATE tasks SET state = 'QUEUED' WHERE state IN ('ASSIGNED', 'RUNNING', 'RETRY')")
+    def recover(self) -> int:
+        requeued = self._write("UPDATE tasks SET state = 'QUEUED' WHERE state IN ('ASSIGNED', 'RETRY') RETURNING method")
+        for (method,) in requeued.fetchall():
+            self._count(method, 1)
         self.flush()
-        return sum(self.queued_counts().values())
+        return sum(self._queued.values())
 
     def flush(self) -> None:
-        self._write_finishing()
         if self._in_transaction:
             self._db.execute("COMMIT")
             self._in_transaction = False
@@ -177,9 +214,3 @@ class SqliteStore(Store):
     def close(self) -> None:
         self.flush()
         self._db.close()
-
-
-def _call(params: bytes) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
-    """``[args, kwargs, options]`` as stored (files from before options were added hold two items)."""
-    args, kwargs, *rest = jsonrpc.loads(params)
-    return args, kwargs, rest[0] if rest else {}

@@ -21,19 +21,22 @@ from typing import Any
 
 import zmq
 
-from zerotask import jsonrpc
-from zerotask.dispatcher import Dispatcher, default_dispatcher
-from zerotask.pool import _ENVELOPE_ROOM, WorkerPool
-from zerotask.server import Server, Silence
+from zerotask import jsonrpc, sockets, wire
+from zerotask.loop import EventLoop, Silence
+from zerotask.node.pool import ENVELOPE_ROOM, WorkerPool
+from zerotask.task import Dispatcher, default_dispatcher
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
+DEFAULT_HEARTBEAT_S = 1.0
+DEFAULT_LIVENESS = 3
+DEFAULT_GRACE_S = 30.0
 ROUND_TRIP_S = 0.001  # about one node -> broker -> node exchange here; what adaptive prefetch covers
 MAX_PREFETCH_PER_WORKER = 64
 
 
-class Node(Server):
+class Node(EventLoop):
     """``Node().start()`` serves every registered task with one worker per CPU, via the local broker.
 
     ``prefetch``: tasks held beyond one per worker. None (the default) adapts it: the node holds as
@@ -49,14 +52,14 @@ class Node(Server):
         workers: int | None = None,
         dispatcher: Dispatcher | None = None,
         name: str | None = None,
-        heartbeat_s: float = 1.0,
-        liveness: int = 3,
+        heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+        liveness: int = DEFAULT_LIVENESS,
         prefetch: int | None = None,
-        grace_s: float = 30.0,
+        grace_s: float = DEFAULT_GRACE_S,
         time_limit_s: float | None = None,
     ) -> None:
         super().__init__()
-        self.broker_endpoint = broker
+        self.broker_endpoint = sockets.check_endpoint(broker)
         self.dispatcher = dispatcher or default_dispatcher
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.identity = f"node-{uuid.uuid4().hex}".encode()
@@ -91,8 +94,12 @@ class Node(Server):
 
     def teardown(self) -> None:
         if self._socket is not None:
-            # The broker puts back in the queue whatever we still hold.
-            self._send(jsonrpc.notification("zerotask.broker.disconnect", {}))
+            # The broker puts back in the queue whatever we still hold. Never block on the goodbye: with
+            # no broker there, a DEALER's send would wait for ever.
+            try:
+                self._socket.send(jsonrpc.dumps(jsonrpc.notification(wire.DISCONNECT, {})), zmq.NOBLOCK)
+            except zmq.Again:
+                pass
             self._socket.close(linger=500)  # give the goodbye a moment to leave
             self._socket = None
         self.pool.stop()
@@ -106,17 +113,14 @@ class Node(Server):
         if self._socket is not None:
             self.remove_socket(self._socket)
             self._socket.close(linger=0)
-        self._socket = self.context.socket(zmq.DEALER)
-        self._socket.setsockopt(zmq.ROUTING_ID, self.identity)
-        self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.setsockopt(zmq.SNDHWM, 0)
-        self._socket.connect(self.broker_endpoint)
+        self._socket = sockets.dealer(self.context, self.broker_endpoint, routing_id=self.identity)
+        self._socket.setsockopt(zmq.SNDHWM, 0)  # what the node says is bounded by its credit and workers
         self.add_socket(self._socket, self._on_broker)
         self.pool.take_pending()
         self._released.clear()
         self._connects += 1
         self._credit_out = self._credit_wanted()
-        methods = {name: found.options.to_wire() for name in self.dispatcher.names() if (found := self.dispatcher.get(name))}
+        methods = self.dispatcher.names()
         params = {
             "node": self.name,
             "methods": methods,
@@ -124,7 +128,7 @@ class Node(Server):
             "credit": self._credit_out,
             "running": self.pool.running_ids(),
         }
-        self._send(jsonrpc.request("zerotask.broker.connect", params, f"connect-{self._connects}"))
+        self._send(jsonrpc.request(wire.CONNECT, params, f"connect-{self._connects}"))
         self._silence.last_heard = time.monotonic()
         log.info("node %s connecting to %s with %d task name(s)", self.name, self.broker_endpoint, len(methods))
 
@@ -164,16 +168,16 @@ class Node(Server):
             return
         method = item.get("method")
         params = item.get("params") or {}
-        if method == "zerotask.node.run":
+        if method == wire.NODE_RUN:
             tasks = params.get("tasks", [])
             self._credit_out = max(0, self._credit_out - len(tasks))
             if self._draining:
                 self._released.extend(task["task_id"] for task in tasks)
             else:
                 self.pool.add(tasks)
-        elif method == "zerotask.node.revoke":
+        elif method == wire.NODE_REVOKE:
             self.pool.revoke(set(params.get("task_ids", [])))
-        elif method == "zerotask.node.reconnect":
+        elif method == wire.NODE_RECONNECT:
             self._connect()
 
     def _adopt(self, settings: dict[str, Any]) -> None:
@@ -185,8 +189,8 @@ class Node(Server):
             self.call_every(self.heartbeat_s, self._heartbeat)
             self._silence.base_s = self.heartbeat_s * self.liveness
         limit = settings.get("max_message_bytes")
-        if isinstance(limit, int) and limit > 2 * _ENVELOPE_ROOM:
-            self.pool.max_outcome_bytes = limit - _ENVELOPE_ROOM
+        if isinstance(limit, int) and limit > 2 * ENVELOPE_ROOM:
+            self.pool.max_outcome_bytes = limit - ENVELOPE_ROOM
 
     # ---- stopping --------------------------------------------------------------------------------
 
@@ -223,20 +227,18 @@ class Node(Server):
         batch = []
         running = self.pool.due_running()
         if running:
-            batch.append(jsonrpc.notification("zerotask.broker.running", {"task_ids": running}))
+            batch.append(jsonrpc.notification(wire.RUNNING_TASKS, {"task_ids": running}))
         if self._outcomes:
-            batch.append(jsonrpc.notification("zerotask.broker.finished", {"tasks": self._outcomes}))
+            batch.append(jsonrpc.notification(wire.FINISHED_TASKS, {"tasks": self._outcomes}))
             self._outcomes = []
         if self._released or self._announce_drain:
-            batch.append(
-                jsonrpc.notification("zerotask.broker.release", {"task_ids": self._released, "draining": self._draining})
-            )
+            batch.append(jsonrpc.notification(wire.RELEASE, {"task_ids": self._released, "draining": self._draining}))
             self._released = []
             self._announce_drain = False
         credit = self._credit_wanted()
         if credit:
             self._credit_out += credit
-            batch.append(jsonrpc.notification("zerotask.broker.request", {"credit": credit}))
+            batch.append(jsonrpc.notification(wire.REQUEST, {"credit": credit}))
         if batch:
             payload = jsonrpc.dumps(batch[0] if len(batch) == 1 else batch)
             if len(payload) <= self.pool.max_outcome_bytes:
@@ -259,7 +261,7 @@ class Node(Server):
             log.warning("broker silent for %.1f s: reconnecting", silent_s)
             self._connect()
         elif time.monotonic() - self._last_sent >= self.heartbeat_s:
-            self._send(jsonrpc.notification("zerotask.broker.heartbeat", {}))
+            self._send(jsonrpc.notification(wire.HEARTBEAT, {}))
 
 
 def _split(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -267,18 +269,8 @@ def _split(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     which the pool has checked fits the broker's limit)."""
     split: list[dict[str, Any]] = []
     for message in batch:
-        if message["method"] == "zerotask.broker.finished":
+        if message["method"] == wire.FINISHED_TASKS:
             split.extend(jsonrpc.notification(message["method"], {"tasks": [outcome]}) for outcome in message["params"]["tasks"])
         else:
             split.append(message)
     return split
-
-
-def main(argv: list[str] | None = None) -> None:
-    from zerotask.cli import node_main
-
-    node_main(argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -16,17 +16,17 @@ from collections.abc import Callable
 from typing import Any
 
 from zerotask import jsonrpc
-from zerotask.dispatcher import Dispatcher
-from zerotask.exceptions import ResultTooLarge, TimeLimitExceeded, WorkerLost, ZerotaskError, task_error_object
-from zerotask.server import Server, Timer
-from zerotask.worker import Worker
+from zerotask.exceptions import ResultTooLarge, TimeLimitExceeded, WorkerLost, ZerotaskError
+from zerotask.loop import EventLoop, Timer
+from zerotask.node.worker import Worker
+from zerotask.task import Dispatcher
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 64  # tasks per hand-off at most
 RUNNING_AFTER_S = 0.001  # a task still running after this long is reported RUNNING
 BATCH_WINDOW_S = 0.001  # a hand-off holds about this much work
-_ENVELOPE_ROOM = 4096  # bytes kept free for the JSON-RPC around an outcome
+ENVELOPE_ROOM = 4096  # bytes kept free for the JSON-RPC around an outcome
 
 Task = dict[str, Any]
 
@@ -37,7 +37,7 @@ class WorkerPool:
 
     def __init__(
         self,
-        server: Server,
+        server: EventLoop,
         dispatcher: Dispatcher,
         count: int,
         report: Callable[[dict[str, Any]], None],
@@ -48,7 +48,7 @@ class WorkerPool:
         self.count = count
         self._report = report
         self.default_time_limit_s = default_time_limit_s
-        self.max_outcome_bytes = 16 * 1024 * 1024 - _ENVELOPE_ROOM
+        self.max_outcome_bytes = 16 * 1024 * 1024 - ENVELOPE_ROOM
         self.workers: list[Worker] = []
         self.pending: deque[Task] = deque()
         self._handed: dict[str, float] = {}  # task id -> when a worker got it; until reported running
@@ -166,8 +166,8 @@ class WorkerPool:
         if isinstance(limit, int | float) and limit > 0:
             return float(limit)
         found = self._dispatcher.get(task.get("method", ""))
-        if found is not None and found.options.timeout_s is not None:
-            return found.options.timeout_s
+        if found is not None and found.options.time_limit_s is not None:
+            return found.options.time_limit_s
         return self.default_time_limit_s
 
     def _time_up(self, worker: Worker, task: Task) -> None:
@@ -224,9 +224,9 @@ class WorkerPool:
             self.workers[worker.index] = self._start_worker(worker.index)
 
     def _fail(self, task: Task, error: ZerotaskError) -> None:
-        failure = task_error_object(error, "")
+        """Report a failure the node saw (the worker died, ran too long...), with the task's retry decision."""
+        attempt = task.get("attempt")
+        failure = self._dispatcher.failure(task["method"], error, "", attempt if type(attempt) is int else 0)
         failure["data"]["type"] = type(error).__name__
         failure["message"] = f"{type(error).__name__}: {error}"
-        found = self._dispatcher.get(task["method"])
-        failure["data"]["retryable"] = found is not None and found.options.retryable(error)
         self._report({"task_id": task["task_id"], "error": failure})

@@ -1,4 +1,4 @@
-"""How the broker answers the peers on its ROUTER socket: envelopes, batches and waiting callers.
+"""How the broker answers the peers on its ROUTER socket: envelopes, the outbox, batches and waiting callers.
 
 A ROUTER socket prefixes every message with the sender's routing id. REQ peers (and DEALER peers that
 imitate them) add an empty delimiter frame, REQ peers with REQ_CORRELATE a request-id frame before it,
@@ -12,13 +12,31 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from zerotask import jsonrpc
+from zerotask import jsonrpc, wire
 from zerotask.exceptions import ZerotaskError
-from zerotask.server import Timer
+from zerotask.loop import Timer
+from zerotask.store import TaskRecord
 
 Envelope = tuple[bytes, ...]
+Message = dict[str, Any] | list[Any]
 Respond = Callable[[dict[str, Any]], None]
-Send = Callable[[Envelope, dict[str, Any] | list[Any]], None]
+Send = Callable[[Envelope, Message], None]
+
+
+class Outbox:
+    """Messages for peers, held until the store has committed what they say (the transport sends them
+    after each round's flush), in order per peer."""
+
+    def __init__(self) -> None:
+        self._messages: dict[Envelope, list[Message]] = {}
+
+    def send(self, envelope: Envelope, message: Message) -> None:
+        self._messages.setdefault(envelope, []).append(message)
+
+    def take(self) -> dict[Envelope, list[Message]]:
+        """Everything queued so far, by peer; the outbox is empty afterwards."""
+        messages, self._messages = self._messages, {}
+        return messages
 
 
 def split_frames(frames: list[bytes]) -> tuple[Envelope, bytes | None]:
@@ -87,6 +105,7 @@ class Waiter:
     timer: Timer | None = None
     notify_task_id: str | None = None
     answered: bool = field(default=False)
+    token: int | None = None  # the core's, to cancel the wait
 
     def answer(self, response: dict[str, Any]) -> None:
         if self.answered:
@@ -96,6 +115,10 @@ class Waiter:
             self.timer.cancel()
         self.respond(response)
 
+    def answer_record(self, record: TaskRecord) -> None:
+        """Answer with the outcome of a task that ended (the core's callback)."""
+        self.answer_outcome(record.result, record.error)
+
     def answer_outcome(self, result: Any, error: dict[str, Any] | None) -> None:
         if self.notify_task_id is not None:
             outcome: dict[str, Any] = {"task_id": self.notify_task_id}
@@ -103,7 +126,7 @@ class Waiter:
                 outcome["error"] = error
             else:
                 outcome["result"] = result
-            self.answer(jsonrpc.notification("zerotask.client.finished", outcome))
+            self.answer(jsonrpc.notification(wire.CLIENT_FINISHED, outcome))
         elif error is not None:
             self.answer(jsonrpc.error(self.request_id, error))
         else:
@@ -113,7 +136,7 @@ class Waiter:
         self.answer_outcome(None, error.to_error_object())
 
 
-def coalesce(messages: list[dict[str, Any] | list[Any]]) -> list[bytes]:
+def coalesce(messages: list[Message]) -> list[bytes]:
     """Encode one peer's messages in order, sending each run of notifications as one JSON-RPC batch:
     a result pushed per task would otherwise cost a message (and a wake-up) per task. Responses stay
     single, as the caller's request was."""
@@ -132,7 +155,7 @@ def coalesce(messages: list[dict[str, Any] | list[Any]]) -> list[bytes]:
     return payloads
 
 
-def _encode(message: dict[str, Any] | list[Any]) -> bytes:
+def _encode(message: Message) -> bytes:
     """Encode a message; one that cannot be (a value too deeply nested for orjson, which nodes and
     clients are kept from sending) becomes an internal error, so one bad value never stops the broker."""
     try:
@@ -146,3 +169,9 @@ def _encode(message: dict[str, Any] | list[Any]) -> bytes:
             task_id = params.get("task_id") if isinstance(params, dict) else None
             return jsonrpc.dumps(jsonrpc.notification(message["method"], {"task_id": task_id, "error": error}))
         return jsonrpc.dumps(jsonrpc.error(message.get("id"), error))
+
+
+# A handler of a zerotask.broker.* method: (request, the sender's envelope, where its response goes, or None
+# for a notification) -> the result, or DEFERRED when the response will be sent later.
+Handler = Callable[[jsonrpc.Request, Envelope, Respond | None], Any]
+DEFERRED: Any = object()

@@ -19,8 +19,8 @@ from collections import deque
 from multiprocessing.connection import Connection
 from typing import Any
 
-from zerotask import jsonrpc
-from zerotask.dispatcher import Dispatcher
+from zerotask import jsonrpc, wire
+from zerotask.task import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,10 @@ def _report(outcomes: list[bytes], busy_s: float) -> bytes:
 
 def _execute(dispatcher: Dispatcher, task: dict[str, Any]) -> bytes:
     task_id = task.get("task_id")
-    result, error = dispatcher.run(task["method"], task.get("args", []), task.get("kwargs", {}))
+    attempt = task.get("attempt")
+    result, error = dispatcher.run(
+        task["method"], task.get("args", []), task.get("kwargs", {}), attempt if type(attempt) is int else 0
+    )
     if error is not None:
         return jsonrpc.dumps({"task_id": task_id, "error": error})
     try:
@@ -145,6 +148,6 @@ def _execute(dispatcher: Dispatcher, task: dict[str, Any]) -> bytes:
     except TypeError as problem:
         message = f"the result of {task['method']} is not JSON: {problem}"
         error = jsonrpc.error_object(
-            jsonrpc.TASK_FAILED, f"TypeError: {message}", {"type": "TypeError", "message": message, "traceback": ""}
+            wire.TASK_FAILED, f"TypeError: {message}", {"type": "TypeError", "message": message, "traceback": ""}
         )
         return jsonrpc.dumps({"task_id": task_id, "error": error})

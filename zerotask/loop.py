@@ -1,6 +1,6 @@
-"""Server: ZeroMQ sockets polled with callbacks, timers, and clean signal handling.
+"""EventLoop: ZeroMQ sockets polled with callbacks, timers, and clean signal handling (the seed's Server).
 
-Broker and Node are Servers. A Server does nothing until :meth:`start`, which creates the ZeroMQ
+Broker and Node each run one. An EventLoop does nothing until :meth:`start`, which creates the ZeroMQ
 context and the sockets (in :meth:`setup`), then runs the loop in the calling thread until :meth:`stop`
 or SIGTERM / SIGINT. A second signal while stopping forces the process out.
 """
@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
 
@@ -35,6 +35,12 @@ class Timer:
 
     def cancel(self) -> None:
         self.cancelled = True
+
+
+class Scheduler(Protocol):
+    """What runs a callback later: the EventLoop, or a manual clock in tests."""
+
+    def call_later(self, delay_s: float, callback: Callback) -> Timer: ...
 
 
 MAX_SILENCE_S = 32.0  # the longest a peer waits for a silent broker before trying again
@@ -67,7 +73,7 @@ class Silence:
         return True
 
 
-class Server:
+class EventLoop:
     """Polls sockets and file descriptors, calling one callback per ready source, and runs timers."""
 
     def __init__(self) -> None:
@@ -87,7 +93,7 @@ class Server:
         """Create sockets and register them with :meth:`add_socket`. Called by :meth:`start`."""
 
     def teardown(self) -> None:
-        """Release what :meth:`setup` made. Sockets are closed by the Server afterwards."""
+        """Release what :meth:`setup` made. Sockets are closed with the context afterwards."""
 
     def after_events(self) -> None:
         """Called after each round of callbacks and timers: the place to flush batched work."""
@@ -141,10 +147,6 @@ class Server:
     def stop(self) -> None:
         """Ask the loop to end after the current round. Safe to call from a signal handler."""
         self._running = False
-
-    @property
-    def running(self) -> bool:
-        return self._running
 
     def _loop(self) -> None:
         while self._running:

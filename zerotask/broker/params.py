@@ -53,8 +53,9 @@ TaskCall = tuple[str, list[Any], dict[str, Any], str | None, dict[str, Any] | No
 def read_task_call(params: jsonrpc.Params) -> TaskCall:
     """``(method, args, kwargs, task_id, options)`` from the params of zerotask.broker.submit or call.
 
-    Raises InvalidParams with what is wrong. Every task passes through here, so the common shape (an
-    object with the right types) is checked first, without param()'s generality.
+    Raises InvalidParams with what is wrong (the time limit's value is the TimeLimits hook's to check).
+    Every task passes through here, so the common shape (an object with the right types) is checked
+    first, without param()'s generality.
     """
     if isinstance(params, dict):
         method, task_id, limit = params.get("method"), params.get("task_id"), params.get("time_limit_s")
@@ -76,6 +77,4 @@ def read_task_call(params: jsonrpc.Params) -> TaskCall:
     time_limit_s: float | None = param(params, "time_limit_s", 5, (int, float), None)
     if task_id is not None and not 0 < len(task_id) <= MAX_TASK_ID:
         raise InvalidParams(f"task_id must have 1 to {MAX_TASK_ID} characters")
-    if time_limit_s is not None and time_limit_s <= 0:
-        raise InvalidParams("time_limit_s must be a positive number of seconds")
     return method, args, kwargs, task_id, {"time_limit_s": time_limit_s} if time_limit_s is not None else None

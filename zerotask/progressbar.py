@@ -6,7 +6,7 @@ import time
 from typing import TextIO
 
 
-class Progress:
+class ProgressBar:
     def __init__(self, total: int, stream: TextIO, width: int = 30) -> None:
         self.total = total
         self.stream = stream

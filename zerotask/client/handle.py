@@ -10,12 +10,10 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from zerotask.client.calls import ControlAPI
 from zerotask.exceptions import TaskTimeout
-
-if TYPE_CHECKING:
-    from zerotask.client import AsyncClient
 
 _LOCK = threading.Lock()  # guards the rare moment a waiter or callback meets a settling handle
 _PENDING: Any = object()
@@ -27,7 +25,7 @@ class TaskHandle:
 
     __slots__ = ("id", "method", "_client", "_result", "_error", "_event", "_callbacks")
 
-    def __init__(self, client: AsyncClient, task_id: str, method: str) -> None:
+    def __init__(self, client: ControlAPI, task_id: str, method: str) -> None:
         self.id = task_id
         self.method = method
         self._client = client

@@ -21,10 +21,10 @@ from typing import Any
 
 import zmq
 
-from zerotask import jsonrpc
+from zerotask import jsonrpc, sockets, wire
+from zerotask.client.handle import TaskHandle
 from zerotask.exceptions import ZerotaskError, from_error_object
-from zerotask.handle import TaskHandle
-from zerotask.server import Silence
+from zerotask.loop import Silence
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +129,8 @@ class BrokerConnection:
         if self._socket is not None:
             self._poller.unregister(self._socket)
             self._socket.close(linger=0)
-        sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 0)  # flow control is the caller's business; never block or drop here
-        sock.setsockopt(zmq.RCVHWM, 0)
-        sock.connect(self.endpoint)
+        # Flow control is the caller's business: never block or drop here.
+        sock = sockets.dealer(zmq.Context.instance(), self.endpoint, unbounded=True)
         self._socket = sock
         self._poller.register(sock, zmq.POLLIN)
         self._ping()  # learn which broker instance holds what we are about to send
@@ -142,10 +139,10 @@ class BrokerConnection:
 
     def _ping(self) -> None:
         request_id = next(self._ids)
-        self._calls[request_id] = _Call("zerotask.broker.ping", {}, Future())
+        self._calls[request_id] = _Call(wire.PING, {}, Future())
         self._calls[request_id].answer.add_done_callback(self._on_pong)
         self._last_ping = time.monotonic()
-        self._send([jsonrpc.request("zerotask.broker.ping", {}, request_id)])
+        self._send([jsonrpc.request(wire.PING, {}, request_id)])
 
     def _on_pong(self, answer: Future[Any]) -> None:
         if answer.exception() is not None:
@@ -165,7 +162,7 @@ class BrokerConnection:
         silent_s = self._silence.silent_s()
         if self._silence.overdue():
             log.warning("the broker has been silent for %.1f s: reconnecting", silent_s)
-            self._calls = {request_id: call for request_id, call in self._calls.items() if call.method != "zerotask.broker.ping"}
+            self._calls = {request_id: call for request_id, call in self._calls.items() if call.method != wire.PING}
             self._open_socket()
             self._resend_everything()
         elif time.monotonic() - self._last_ping >= self.heartbeat_s:
@@ -177,7 +174,7 @@ class BrokerConnection:
         volatile store forgets), so nothing is lost and nothing doubles."""
         batch = [self._submit_request(submission) for submission in self._tasks.values()]
         for request_id, call in self._calls.items():
-            if call.method != "zerotask.broker.ping":
+            if call.method != wire.PING:
                 batch.append(jsonrpc.request(call.method, call.params, request_id))
         self._send(batch)
 
@@ -210,7 +207,7 @@ class BrokerConnection:
     def _submit_request(submission: _Submission) -> dict[str, Any]:
         # A notification: no per-task acknowledgement to send, parse and match. The broker pushes the
         # outcome, or the refusal, as zerotask.client.finished; until then we keep the task to resend.
-        return jsonrpc.notification("zerotask.broker.submit", submission.params)
+        return jsonrpc.notification(wire.SUBMIT, submission.params)
 
     def _send(self, batch: list[dict[str, Any]]) -> None:
         """Send requests in batches of at most BATCH_SIZE: the broker reads a batch at once, and
@@ -232,7 +229,7 @@ class BrokerConnection:
                 self._on_item(item)
 
     def _on_item(self, item: dict[str, Any]) -> None:
-        if item.get("method") == "zerotask.client.finished":
+        if item.get("method") == wire.CLIENT_FINISHED:
             self._on_finished(item.get("params") or {})
             return
         request_id = item.get("id")

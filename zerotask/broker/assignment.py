@@ -1,0 +1,68 @@
+"""Assignment: which queued tasks go to which node, under credit-based flow control.
+
+A node grants credit (one unit per free worker, plus any prefetch) and the broker never sends it more
+tasks than the credit it has left, so no task waits on a busy node while another sits idle. Each round
+gives every node with credit at most its share of what is queued for it, rotating which node goes first,
+and asks the store for every node's tasks in one :meth:`~zerotask.store.Store.take_many`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from zerotask.store import Store, TaskRecord
+
+NodeId = Hashable  # the broker uses the node's routing id; the core never looks inside it
+
+
+@dataclass(slots=True, eq=False)
+class NodeSlot:
+    """The core's view of one node: what it serves, how many tasks it may be sent, what it holds."""
+
+    id: NodeId
+    methods: frozenset[str]
+    credit: int = 0
+    draining: bool = False  # stopping: it takes no more tasks
+    held: dict[str, TaskRecord] = field(default_factory=dict)  # task id -> the task as it was assigned
+    started: set[str] = field(default_factory=set)  # held tasks it said it started (RUNNING)
+    finished: int = 0  # outcomes reported since it connected
+
+    def queued_for(self, queued: Mapping[str, int]) -> int:
+        return sum(queued.get(method, 0) for method in self.methods)
+
+
+class Assigner:
+    """Spreads queued tasks over nodes with credit, fairly; remembers whose turn it is."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._rotation = 0
+
+    def assign(self, nodes: Iterable[NodeSlot]) -> list[tuple[NodeSlot, list[TaskRecord]]]:
+        """Take queued tasks for the nodes with credit; returns each node with the tasks it now holds
+        (its credit is used up accordingly). Loops until no node with credit has anything it serves."""
+        candidates = [node for node in nodes if node.credit > 0 and not node.draining]
+        handed: dict[int, tuple[NodeSlot, list[TaskRecord]]] = {}
+        queued = self._store.queued_counts()
+        while candidates and queued:
+            ready = [node for node in candidates if node.queued_for(queued)]
+            if not ready:
+                break
+            self._rotation = (self._rotation + 1) % len(ready)
+            ready = ready[self._rotation :] + ready[: self._rotation]
+            wants = [(node.methods, min(node.credit, max(math.ceil(node.queued_for(queued) / len(ready)), 1))) for node in ready]
+            progress = False
+            for node, records in zip(ready, self._store.take_many(wants), strict=True):
+                if not records:
+                    continue
+                progress = True
+                node.credit -= len(records)
+                for record in records:
+                    node.held[record.id] = record
+                handed.setdefault(id(node), (node, []))[1].extend(records)
+            if not progress:
+                break
+            candidates = [node for node in ready if node.credit > 0]
+        return list(handed.values())

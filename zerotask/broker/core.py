@@ -1,0 +1,324 @@
+"""BrokerCore: the broker's task logic, with no sockets.
+
+It owns submit, assign, finish, retry, revoke, requeue and result expiry, the nodes' credit and the tasks
+they hold, and the callers waiting for outcomes (as callbacks). It takes and returns plain values; the
+transport (:mod:`zerotask.broker.transport`) turns messages into calls here and results into messages.
+Features plug in as hooks (:mod:`zerotask.broker.hooks`); time comes from a scheduler, so tests run the
+core in-process on a MemoryStore with a manual clock.
+
+One fact, one place: what is queued is the store's (:meth:`Store.queued_counts`); which node holds a task,
+and whether it started it (RUNNING), is the core's, in memory only.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from zerotask import jsonrpc, wire
+from zerotask.broker.assignment import Assigner, NodeId, NodeSlot
+from zerotask.broker.hooks import Hooks
+from zerotask.exceptions import InvalidParams, TaskRevoked, UnknownMethod, UnknownTask
+from zerotask.loop import Scheduler
+from zerotask.store import Outcome, Store, TaskRecord
+from zerotask.task import Dispatcher
+from zerotask.wire import FAILED, FINAL_STATES, FINISHED, QUEUED, RETRY, REVOKED, RUNNING
+
+log = logging.getLogger("zerotask.broker")
+
+OnOutcome = Callable[[TaskRecord], None]  # a waiter: called once with the task in its final state
+
+
+class BrokerCore:
+    """``BrokerCore(store, scheduler, hooks)``. ``local``: tasks named ``broker.*`` found there run in
+    the broker itself, at submit. Outcomes are forgotten ``result_ttl_s`` after they are recorded."""
+
+    def __init__(
+        self,
+        store: Store,
+        scheduler: Scheduler,
+        hooks: Sequence[Hooks] = (),
+        local: Dispatcher | None = None,
+        result_ttl_s: float | None = None,
+    ) -> None:
+        self.store = store
+        self.result_ttl_s = result_ttl_s
+        self._scheduler = scheduler
+        self._local = local
+        self._nodes: dict[NodeId, NodeSlot] = {}
+        self._served: Counter[str] = Counter()  # task name -> how many connected nodes serve it
+        self._holder: dict[str, NodeSlot] = {}  # task id -> the node that holds it
+        self._waiters: dict[str, dict[int, OnOutcome]] = {}
+        self._wait_tokens = itertools.count(1)
+        self._assigner = Assigner(store)
+        # Only the hooks that override a point are called there, so an unused point costs nothing.
+        self._before_enqueue = _overrides(hooks, "before_enqueue")
+        self._after_enqueue = _overrides(hooks, "after_enqueue")
+        self._before_assign = _overrides(hooks, "before_assign")
+        self._retry_delay = _overrides(hooks, "retry_delay")
+        self._on_retry = _overrides(hooks, "on_retry")
+        self._after_finish = _overrides(hooks, "after_finish")
+        self._on_node_added = _overrides(hooks, "on_node_added")
+        self._on_node_lost = _overrides(hooks, "on_node_lost")
+
+    # ---- tasks -----------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        method: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        task_id: str | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> TaskRecord:
+        """Queue a task, or return the task that has this id already (a caller asking again). Raises
+        UnknownMethod when nodes are connected and none serves ``method`` (with none connected the task
+        waits for one), or whatever a ``before_enqueue`` hook raises."""
+        if not method:
+            raise InvalidParams("the method name is empty")
+        record = TaskRecord(task_id or uuid.uuid4().hex, method, args, kwargs, options=options or {})
+        if self._local is not None and method.startswith(wire.BROKER_TASK_PREFIX) and method in self._local:
+            return self._run_here(record) if self.store.add(record) else self._existing(record)
+        if self._nodes and not self._served[method]:
+            if task_id is not None and (existing := self.store.get(task_id)) is not None:
+                return existing
+            # The message is the specification's own, so any JSON-RPC client recognises it; the name is in data.
+            raise UnknownMethod(jsonrpc.ERROR_MESSAGES[jsonrpc.METHOD_NOT_FOUND], {"method": method})
+        for hook in self._before_enqueue:
+            hook(record)
+        if not self.store.add(record):
+            return self._existing(record)
+        for hook in self._after_enqueue:
+            hook(record)
+        return record
+
+    def _existing(self, record: TaskRecord) -> TaskRecord:
+        existing = self.store.get(record.id)
+        assert existing is not None, "the store refused to add a task it does not have"
+        return existing
+
+    def _run_here(self, record: TaskRecord) -> TaskRecord:
+        """A broker task runs at once, in the broker's loop: keep such tasks quick."""
+        assert self._local is not None
+        result, error = self._local.run(record.method, record.args, record.kwargs)
+        self._record([(record, Outcome(record.id, FAILED if error is not None else FINISHED, result, error))])
+        return record
+
+    def find(self, task_id: str) -> TaskRecord:
+        """The task, as a node holds it if one does; raises UnknownTask for an id the broker does not know."""
+        holder = self._holder.get(task_id)
+        record = holder.held[task_id] if holder is not None else self.store.get(task_id)
+        if record is None:
+            raise UnknownTask(f"unknown task id {task_id!r}", {"task_id": task_id})
+        return record
+
+    def state(self, record: TaskRecord) -> str:
+        """The task's state as callers see it: RUNNING once the node holding it said it started it."""
+        holder = self._holder.get(record.id)
+        return RUNNING if holder is not None and record.id in holder.started else record.state
+
+    def wait(self, record: TaskRecord, on_outcome: OnOutcome) -> int | None:
+        """Call ``on_outcome(record)`` once the task ends: now if it has, returning None; otherwise
+        returns a token for :meth:`cancel_wait`."""
+        if record.state in FINAL_STATES:
+            on_outcome(record)
+            return None
+        token = next(self._wait_tokens)
+        self._waiters.setdefault(record.id, {})[token] = on_outcome
+        return token
+
+    def cancel_wait(self, task_id: str, token: int) -> None:
+        waiting = self._waiters.get(task_id)
+        if waiting is not None:
+            waiting.pop(token, None)
+            if not waiting:
+                del self._waiters[task_id]
+
+    def revoke(self, task_id: str) -> tuple[str, NodeId | None]:
+        """Revoke a task: queued, it never runs; held, its node must stop it. Returns the state afterwards
+        (REVOKED, or the final state it reached first) and the node to tell, if any. Raises UnknownTask."""
+        record = self.find(task_id)
+        if record.state in FINAL_STATES:
+            return record.state, None
+        holder = self._holder.get(task_id)
+        if holder is not None:
+            self._release(task_id)
+        error = TaskRevoked(f"task {task_id} was revoked", {"task_id": task_id}).to_error_object()
+        self._record([(record, Outcome(task_id, REVOKED, error=error, held=holder is not None))])
+        return REVOKED, holder.id if holder is not None else None
+
+    def expire(self, now: float | None = None, limit: int = 10_000) -> int:
+        """Forget up to ``limit`` outcomes older than ``result_ttl_s``; returns how many."""
+        if not self.result_ttl_s:
+            return 0
+        return self.store.expire((time.time() if now is None else now) - self.result_ttl_s, limit)
+
+    @property
+    def queued(self) -> Mapping[str, int]:
+        """How many tasks are queued, by name (only names with some)."""
+        return self.store.queued_counts()
+
+    # ---- nodes -----------------------------------------------------------------------------------
+
+    def connect(self, node_id: NodeId, methods: Iterable[str], credit: int, running: Iterable[Any] = ()) -> NodeSlot:
+        """Register a node with the names it serves and its credit. A node that connects again starts
+        afresh: what it held goes back to the queue, except ``running``, the tasks it says it is still
+        running, which stay its own (unless another node holds them, or they ended)."""
+        self.lose(node_id, "connected again")
+        node = NodeSlot(node_id, frozenset(methods), max(credit, 0))
+        self._nodes[node_id] = node
+        self._served.update(node.methods)
+        adopt = [task_id for task_id in running if isinstance(task_id, str) and task_id not in self._holder]
+        for record in self.store.claim(adopt):
+            node.held[record.id] = record
+            node.started.add(record.id)
+            self._holder[record.id] = node
+        for hook in self._on_node_added:
+            hook(node)
+        return node
+
+    def node(self, node_id: NodeId) -> NodeSlot | None:
+        return self._nodes.get(node_id)
+
+    @property
+    def nodes(self) -> Iterator[NodeSlot]:
+        return iter(list(self._nodes.values()))
+
+    def grant(self, node: NodeSlot, credit: int) -> None:
+        """The node may be sent ``credit`` more tasks (less, if negative); ignored once it drains."""
+        if not node.draining:
+            node.credit = max(0, node.credit + credit)
+
+    def started(self, node: NodeSlot, task_ids: Iterable[Any]) -> None:
+        """The node started these tasks: they are RUNNING (if it holds them)."""
+        for task_id in task_ids:
+            if isinstance(task_id, str) and task_id in node.held:
+                node.started.add(task_id)
+
+    def release(self, node: NodeSlot, task_ids: Iterable[Any], draining: bool = False) -> None:
+        """The node hands back tasks it will not start (each back in its old place in the queue);
+        ``draining``: it is stopping and takes no more."""
+        released = [task_id for task_id in task_ids if isinstance(task_id, str) and self._holder.get(task_id) is node]
+        for task_id in released:
+            self._release(task_id)
+        self.store.requeue(released)
+        if draining:
+            node.draining = True
+            node.credit = 0
+
+    def lose(self, node_id: NodeId, reason: str) -> NodeSlot | None:
+        """Forget a node; every task it held goes back to the queue. Returns it (with what it held), if it was known."""
+        node = self._nodes.pop(node_id, None)
+        if node is None:
+            return None
+        self._served.subtract(node.methods)
+        for task_id in node.held:
+            self._holder.pop(task_id, None)
+        requeued = list(node.held.values())
+        self.store.requeue(node.held)
+        for hook in self._on_node_lost:
+            hook(node, requeued, reason)
+        return node
+
+    def assign(self) -> list[tuple[NodeSlot, list[TaskRecord]]]:
+        """Hand queued tasks to nodes with credit (fairly: see :mod:`zerotask.broker.assignment`);
+        returns each node with the tasks to send it."""
+        handed = self._assigner.assign(self._nodes.values())
+        for node, records in handed:
+            for record in records:
+                self._holder[record.id] = node
+            for hook in self._before_assign:
+                hook(node, records)
+        return handed
+
+    def report(self, node: NodeSlot | None, outcomes: list[Any]) -> None:
+        """Record the outcomes a node reported (``{"task_id", "result"}`` or ``{"task_id", "error"}``),
+        with one store call. A failure may be retried instead (the hooks decide). An outcome for a task
+        that ended already, or is unknown, is ignored. Raises InvalidParams at the first element that is
+        not an outcome, after recording those before it."""
+        if node is not None:
+            node.finished += len(outcomes)
+        finals: list[tuple[TaskRecord, Outcome]] = []
+        problem = None
+        for outcome in outcomes:
+            task_id = outcome.get("task_id") if isinstance(outcome, dict) else None
+            if not isinstance(task_id, str):
+                problem = InvalidParams("each finished task is an object with a task_id")
+                break
+            record = self._release(task_id)
+            held = record is not None
+            if record is None and (record := self.store.get(task_id)) is None:
+                continue
+            error = outcome.get("error")
+            if error is None:
+                finals.append((record, Outcome(task_id, FINISHED, result=outcome.get("result"), held=held)))
+                continue
+            if not isinstance(error, dict):
+                error = jsonrpc.error_object(wire.TASK_FAILED, "the node reported a failure that is not an error object")
+            if not self._retry(record, error):
+                finals.append((record, Outcome(task_id, FAILED, error=error, held=held)))
+        self._record(finals)
+        if problem is not None:
+            raise problem
+
+    # ---- inside ----------------------------------------------------------------------------------
+
+    def _release(self, task_id: str) -> TaskRecord | None:
+        """The task is no longer held by any node; returns it as it was assigned, if it was."""
+        node = self._holder.pop(task_id, None)
+        if node is None:
+            return None
+        node.started.discard(task_id)
+        return node.held.pop(task_id, None)
+
+    def _record(self, finals: list[tuple[TaskRecord, Outcome]]) -> None:
+        """Store outcomes in one call, then answer the waiters and the hooks of those recorded now."""
+        if not finals:
+            return
+        recorded = self.store.finish_many([outcome for _, outcome in finals])
+        for (record, outcome), now in zip(finals, recorded, strict=True):
+            if not now:
+                continue
+            record.state, record.result, record.error = outcome.state, outcome.result, outcome.error
+            for on_outcome in self._waiters.pop(record.id, {}).values():
+                on_outcome(record)
+            for hook in self._after_finish:
+                hook(record)
+
+    def _retry(self, record: TaskRecord, error: dict[str, Any]) -> bool:
+        """Put a failed task in RETRY if a hook asks for another attempt; False if the failure is final."""
+        if record.state in FINAL_STATES:
+            return False
+        for hook in self._retry_delay:
+            delay_s = hook(record, error)
+            if delay_s is not None:
+                break
+        else:
+            return False
+        attempt = record.attempts + 1
+        self.store.retry(record.id, attempt)
+        record.attempts, record.state = attempt, RETRY
+        self._scheduler.call_later(delay_s, functools.partial(self._retry_due, record.id))
+        for hook in self._on_retry:
+            hook(record, attempt, delay_s)
+        log.info("task %s (%s) failed, attempt %d in %.2f s", record.id, record.method, attempt, delay_s)
+        return True
+
+    def _retry_due(self, task_id: str) -> None:
+        record = self.store.get(task_id)
+        if record is not None and record.state == RETRY:  # not revoked, or adopted by a node, meanwhile
+            self.store.requeue([task_id])
+
+
+def _overrides(hooks: Sequence[Hooks], point: str) -> list[Callable[..., Any]]:
+    """The bound methods of the hooks that implement ``point`` (not the no-op of the base class)."""
+    return [getattr(hook, point) for hook in hooks if getattr(type(hook), point) is not getattr(Hooks, point)]
+
+
+__all__ = ["QUEUED", "BrokerCore", "NodeSlot", "OnOutcome"]

@@ -1,0 +1,217 @@
+"""Broker: the transport around the core. It binds the sockets, reads JSON-RPC, routes each request to
+its handler, and sends replies once the store has committed what they say.
+
+The broker owns two sockets: a ROUTER for requests (clients and nodes alike, every message JSON-RPC
+2.0) and an XPUB that announces task events. A request whose method is a task name is queued as a
+task and answered when a node has run it; ``zerotask.broker.*`` methods are the control path.
+
+Nothing leaves the broker before the store has committed it: replies and messages to nodes are
+collected in the outbox while a round of incoming messages is handled, the store is flushed once, then
+everything is sent. That is how many tasks share one commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+
+from zerotask import __version__, jsonrpc, sockets, wire
+from zerotask.broker.client_protocol import ClientProtocol
+from zerotask.broker.core import BrokerCore
+from zerotask.broker.events import EventPublisher
+from zerotask.broker.hooks import Hooks, Retries, TimeLimits
+from zerotask.broker.node_protocol import NodeProtocol
+from zerotask.broker.replies import DEFERRED, Envelope, Handler, Outbox, Reply, Respond, coalesce, split_frames
+from zerotask.exceptions import ZerotaskError
+from zerotask.loop import EventLoop
+from zerotask.store import Store, open_store
+from zerotask.task import Dispatcher, default_dispatcher
+
+log = logging.getLogger("zerotask.broker")
+
+DEFAULT_BIND = "tcp://*:5555"
+DEFAULT_PUBLISH = "tcp://*:5556"
+DEFAULT_STORE = "./zerotask.db"
+DEFAULT_HEARTBEAT_S = 1.0
+DEFAULT_LIVENESS = 3
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+DEFAULT_RESULT_TTL_S = 86400.0
+# Requests (batch items count one each) handled per round before the store is flushed and replies go
+# out: big enough to share a commit among many tasks, small enough that nodes keep getting work while a
+# client floods us with submits.
+_ROUND_BUDGET = 1000
+
+
+class Broker(EventLoop):
+    """``Broker().start()`` serves on tcp://*:5555 (requests) and tcp://*:5556 (events), storing tasks in
+    ./zerotask.db. ``store`` is a Store or a spec for :func:`zerotask.store.open_store`. Outcomes are kept
+    ``result_ttl_s`` seconds (a day; None keeps them for ever), as Celery's result_expires. ``hooks`` plug
+    features into the core (:mod:`zerotask.broker.hooks`), after the built-in retries and time limits."""
+
+    def __init__(
+        self,
+        bind: str = DEFAULT_BIND,
+        publish: str = DEFAULT_PUBLISH,
+        store: Store | str = DEFAULT_STORE,
+        dispatcher: Dispatcher | None = None,
+        heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+        liveness: int = DEFAULT_LIVENESS,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        result_ttl_s: float | None = DEFAULT_RESULT_TTL_S,
+        hooks: Sequence[Hooks] = (),
+    ) -> None:
+        super().__init__()
+        self.bind_endpoint = sockets.check_endpoint(bind, bind=True)
+        self.publish_endpoint = sockets.check_endpoint(publish, bind=True)
+        self._store_spec = store
+        self.dispatcher = dispatcher or default_dispatcher
+        self.heartbeat_s = heartbeat_s
+        self.liveness = liveness
+        self.max_message_bytes = max_message_bytes
+        self.result_ttl_s = result_ttl_s
+        self.hooks = list(hooks)
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        assert self.context is not None
+        self.store = self._store_spec if isinstance(self._store_spec, Store) else open_store(self._store_spec)
+        queued = self.store.recover()
+        self.instance = uuid.uuid4().hex  # clients compare it to learn that the broker restarted
+        self.events = EventPublisher()
+        hooks = [Retries(), TimeLimits(), self.events, *self.hooks]
+        self.core = BrokerCore(self.store, self, hooks, local=self.dispatcher, result_ttl_s=self.result_ttl_s)
+        self.outbox = Outbox()
+        self.nodes = NodeProtocol(self.core, self.outbox, self.heartbeat_s, self.liveness, self.max_message_bytes)
+        self.clients = ClientProtocol(self.core, self.outbox, self, self.nodes)
+        self._methods: dict[str, Handler] = {
+            **self.clients.methods(),
+            **self.nodes.methods(),
+            wire.INFO: self._info,
+            wire.PING: self._ping,
+        }
+        self.requests = sockets.request_router(self.context, self.bind_endpoint, self.max_message_bytes)
+        self.publisher = sockets.event_publisher(self.context, self.publish_endpoint)
+        self.add_socket(self.requests, self._on_requests)
+        self.add_socket(self.publisher, self._on_subscription)
+        self.call_every(self.heartbeat_s, self.nodes.check_liveness)
+        if self.result_ttl_s:
+            self.call_every(min(60.0, max(self.result_ttl_s / 10, 0.1)), self._expire)
+        log.info(
+            "broker on %s, events on %s, %d task(s) queued",
+            sockets.bound_endpoint(self.requests),
+            sockets.bound_endpoint(self.publisher),
+            queued,
+        )
+
+    def teardown(self) -> None:
+        self.store.close()
+        log.info("broker stopped")
+
+    def _expire(self) -> None:
+        expired = self.core.expire()
+        if expired:
+            log.info("forgot %d task outcome(s) older than %.0f s", expired, self.result_ttl_s)
+
+    # ---- the loop --------------------------------------------------------------------------------
+
+    def _on_requests(self) -> None:
+        budget = _ROUND_BUDGET
+        while budget > 0:
+            try:
+                frames = self.requests.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            budget -= self._on_message(frames)
+
+    def _on_subscription(self) -> None:
+        while True:
+            try:
+                self.events.subscription(self.publisher.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+
+    def after_events(self) -> None:
+        """The end of a round: hand out tasks, commit, then send what the commit made true."""
+        self.nodes.send_tasks(self.core.assign())
+        self.store.flush()
+        for event in self.events.take():
+            self.publisher.send(event, zmq.NOBLOCK)
+        for envelope, messages in self.outbox.take().items():
+            try:
+                for payload in coalesce(messages):
+                    self.requests.send_multipart([*envelope, payload], zmq.NOBLOCK)
+            except zmq.ZMQError as error:  # the peer is gone (EHOSTUNREACH); its own problem
+                log.debug("dropping a message to a vanished peer: %s", error)
+                self.nodes.lose(envelope[0], "unreachable")
+
+    def _on_message(self, frames: list[bytes]) -> int:
+        """Handle one incoming message; returns how many requests it held."""
+        envelope, payload = split_frames(frames)
+        from_node = self.nodes.heard_from(envelope[0])
+        if payload is None:
+            # The message stays the specification's; what was wrong goes in data.
+            error = jsonrpc.error_object(jsonrpc.INVALID_REQUEST, data="expected one frame after the envelope")
+            self.outbox.send(envelope, jsonrpc.error(None, error))
+            return 1
+        try:
+            # Nested deeper than MAX_DEPTH, what a client sends could not be sent on to a node; what a node
+            # sends fits in our replies, since the node could encode it.
+            message = jsonrpc.loads(payload, max_depth=None if from_node else jsonrpc.MAX_DEPTH)
+        except jsonrpc.InvalidMessage as problem:
+            self.outbox.send(envelope, jsonrpc.error(None, jsonrpc.error_object(problem.code)))
+            return 1
+        if isinstance(message, list):
+            if not message:
+                self.outbox.send(envelope, jsonrpc.error(None, jsonrpc.error_object(jsonrpc.INVALID_REQUEST)))
+                return 1
+            reply = Reply(envelope, self.outbox.send, is_batch=True)
+            for item in message:
+                self._on_item(item, envelope, reply)
+            reply.seal()
+            return len(message)
+        self._on_item(message, envelope, Reply(envelope, self.outbox.send, is_batch=False))
+        return 1
+
+    def _on_item(self, item: Any, envelope: Envelope, reply: Reply) -> None:
+        if jsonrpc.is_response(item):
+            return  # the broker sends only notifications, so a response is a peer's mistake: ignore it
+        try:
+            request = jsonrpc.parse_request(item)
+        except jsonrpc.InvalidMessage as problem:
+            reply.slot()(jsonrpc.error(problem.request_id, jsonrpc.error_object(problem.code)))
+            return
+        respond = None if request.is_notification else reply.slot()
+        failure: dict[str, Any] | None = None
+        try:
+            handler = self._methods.get(request.method, self.clients.by_name)
+            value = handler(request, envelope, respond)
+        except ZerotaskError as error:
+            value, failure = None, error.to_error_object()
+        except Exception as error:  # a bug here must not take the broker down with it
+            log.exception("internal error handling %s", request.method)
+            value, failure = None, jsonrpc.error_object(jsonrpc.INTERNAL_ERROR, f"Internal error: {error}")
+        if respond is None or value is DEFERRED:
+            return
+        respond(jsonrpc.error(request.id, failure) if failure else jsonrpc.result(request.id, value))
+
+    # ---- about the broker itself -------------------------------------------------------------------
+
+    def _info(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
+        return {
+            "version": __version__,
+            "publish": sockets.bound_endpoint(self.publisher),
+            "nodes": self.nodes.describe(),
+            "queued": dict(self.core.queued),
+            "heartbeat_s": self.heartbeat_s,
+            "liveness": self.liveness,
+            "max_message_bytes": self.max_message_bytes,
+            "instance": self.instance,
+        }
+
+    def _ping(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
+        return {"instance": self.instance}

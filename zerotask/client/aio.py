@@ -1,0 +1,122 @@
+"""AsyncClient: submits tasks without waiting, and has their outcomes pushed to it.
+
+``AsyncClient("tcp://127.0.0.1:5555").add(5, 6)`` returns a :class:`TaskHandle` at once; its I/O runs
+in one background thread (:mod:`zerotask.client.connection`).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import itertools
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from zerotask import jsonrpc, sockets, wire
+from zerotask.client.calls import DEFAULT_ENDPOINT, TaskMethod, call_params
+from zerotask.client.connection import BrokerConnection
+from zerotask.client.handle import TaskHandle
+from zerotask.exceptions import TaskTimeout
+
+
+class AsyncClient:
+    """Submits tasks without waiting: ``client.add(5, 6)`` returns a :class:`TaskHandle` at once.
+
+    One background thread and one socket serve any number of outstanding tasks; submits made in a loop
+    go out together, and results are pushed by the broker as tasks finish. Handles are awaitable, so
+    ``await client.add(2, 3)`` works in any running event loop. ``timeout`` (seconds) bounds the
+    control calls (status, result, revoke, info) and :meth:`map`'s waits; None means no limit.
+    """
+
+    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, timeout: float | None = None, time_limit: float | None = None) -> None:
+        self.endpoint = sockets.check_endpoint(endpoint)
+        self.timeout = timeout
+        self.time_limit = time_limit
+        self._connection = BrokerConnection(endpoint)
+
+    def __getattr__(self, name: str) -> TaskMethod:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return TaskMethod(self, name)
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> TaskHandle:
+        """Submit task ``method``; returns its handle at once."""
+        params = call_params(method, args, kwargs, self.time_limit)
+        params["notify"] = True
+        handle = TaskHandle(self, params["task_id"], method)
+        self._connection.submit(params, handle)
+        return handle
+
+    submit = call
+
+    def status(self, task_id: str, timeout: float | None = None) -> str:
+        """The state of any task this broker knows; raises UnknownTask otherwise."""
+        state: str = self._control(wire.STATUS, {"task_id": task_id}, timeout)
+        return state
+
+    def result(self, task_id: str, timeout: float | None = None) -> Any:
+        """Wait for the result of any task by id (also one submitted by another client)."""
+        limit = self.timeout if timeout is None else timeout
+        params: dict[str, Any] = {"task_id": task_id, "wait": True}
+        if limit is not None:
+            params["timeout_s"] = limit
+        return self._control(wire.RESULT, params, limit)
+
+    def revoke(self, task_id: str, timeout: float | None = None) -> str:
+        """Revoke a task (see :meth:`Client.revoke`); its handle then raises TaskRevoked."""
+        state: str = self._control(wire.REVOKE, {"task_id": task_id}, timeout)
+        return state
+
+    def info(self, timeout: float | None = None) -> dict[str, Any]:
+        info: dict[str, Any] = self._control(wire.INFO, {}, timeout)
+        return info
+
+    def _control(self, method: str, params: jsonrpc.Params, timeout: float | None) -> Any:
+        answer = self._connection.call(method, params)
+        limit = timeout if timeout is not None else self.timeout
+        try:
+            return answer.result(limit)
+        except concurrent.futures.TimeoutError:
+            raise TaskTimeout(f"no answer to {method} within {limit} s") from None
+
+    def map(self, method: str, inputs: Iterable[Any], window: int = 1000) -> Iterator[Any]:
+        """Run ``method(item)`` for each item; yield the results in input order as they come.
+
+        Streams: at most ``window`` tasks are outstanding, so the first result arrives long before a
+        large (or endless) ``inputs`` has been submitted. A failed task raises when its turn comes.
+        """
+        return self.starmap(method, ((item,) for item in inputs), window)
+
+    def starmap(self, method: str, inputs: Iterable[Iterable[Any]], window: int = 1000) -> Iterator[Any]:
+        """Like :meth:`map`, with each item unpacked into positional arguments."""
+        source = iter(inputs)
+        in_flight: collections.deque[TaskHandle] = collections.deque(
+            self.call(method, *args) for args in itertools.islice(source, max(window, 1))
+        )
+        while in_flight:
+            head = in_flight.popleft()
+            following = next(source, None)
+            if following is not None:
+                in_flight.append(self.call(method, *following))
+            yield head.result(self.timeout)
+
+    @property
+    def outstanding(self) -> int:
+        """How many submitted tasks have no outcome yet."""
+        return self._connection.outstanding
+
+    def close(self) -> None:
+        """Stop the background thread; handles still waiting fail with ConnectionClosed."""
+        self._connection.close()
+
+    def __enter__(self) -> AsyncClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,184 @@
+"""Client: calls tasks through a broker and waits for their results.
+
+``Client("tcp://127.0.0.1:5555").add(5, 6) == 11``. A Client holds one DEALER socket and is meant for
+one thread; make one per thread. Attribute access builds task names, so
+``client.namespaces.are.awesome.foo()`` calls the task ``namespaces.are.awesome.foo``; a task whose
+name collides with a Client method (``submit``, ``status``, ``result``...) is called with
+:meth:`Client.call`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import zmq
+
+from zerotask import jsonrpc, sockets, wire
+from zerotask.client.calls import DEFAULT_ENDPOINT, TaskMethod, call_params, reachable
+from zerotask.exceptions import ProtocolError, TaskTimeout, from_error_object
+from zerotask.loop import Silence
+
+
+class Client:
+    """A blocking client. ``timeout`` (seconds, None for no limit) bounds every call that waits;
+    ``time_limit`` (seconds) is the default time limit of the tasks it submits (the node kills a task
+    that runs longer; a task's own ``@task(timeout=...)`` applies when neither is set).
+
+    While it waits, the client pings the broker every ``heartbeat_s``; when the broker restarts or
+    stays silent for ``liveness`` heartbeats, it reconnects and asks again (calls are idempotent: the
+    task id is chosen here), so a caller blocked on a result gets it after a broker restart.
+    """
+
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_ENDPOINT,
+        timeout: float | None = None,
+        time_limit: float | None = None,
+        heartbeat_s: float = 1.0,
+        liveness: int = 5,
+    ) -> None:
+        self.endpoint = sockets.check_endpoint(endpoint)
+        self.timeout = timeout
+        self.time_limit = time_limit
+        self.heartbeat_s = heartbeat_s
+        self.liveness = liveness
+        self._socket: zmq.Socket[bytes] | None = None
+        self._ids = itertools.count(1)
+        self._pings = itertools.count(1)
+        self._instance: str | None = None
+
+    # ---- calling tasks ---------------------------------------------------------------------------
+
+    def __getattr__(self, name: str) -> TaskMethod:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return TaskMethod(self, name)
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Run task ``method`` and return its result. Raises TaskError if it raised, UnknownMethod if no
+        connected node serves it, TaskTimeout if ``self.timeout`` runs out first."""
+        return self.rpc(wire.CALL, call_params(method, args, kwargs, self.time_limit), self.timeout)
+
+    def submit(self, method: str, *args: Any, **kwargs: Any) -> str:
+        """Queue task ``method`` and return its task id at once (once the broker has stored it)."""
+        task_id: str = self.rpc(wire.SUBMIT, call_params(method, args, kwargs, self.time_limit), self.timeout)
+        return task_id
+
+    def status(self, task_id: str, timeout: float | None = None) -> str:
+        """The task's state: QUEUED, ASSIGNED, RUNNING, RETRY, FINISHED, FAILED or REVOKED.
+        Raises UnknownTask for an id the broker does not know."""
+        state: str = self.rpc(wire.STATUS, {"task_id": task_id}, self._timeout(timeout))
+        return state
+
+    def result(self, task_id: str, timeout: float | None = None) -> Any:
+        """Wait up to ``timeout`` seconds (None: the client's ``timeout``) for the task's result."""
+        limit = self._timeout(timeout)
+        params: dict[str, Any] = {"task_id": task_id, "wait": True}
+        if limit is not None:
+            params["timeout_s"] = limit
+        return self.rpc(wire.RESULT, params, limit)
+
+    def revoke(self, task_id: str, timeout: float | None = None) -> str:
+        """Revoke a task: if queued it never runs, if running its worker is stopped. Returns the state
+        afterwards (REVOKED, or the outcome it reached first). Waiting callers get TaskRevoked."""
+        state: str = self.rpc(wire.REVOKE, {"task_id": task_id}, self._timeout(timeout))
+        return state
+
+    def info(self, timeout: float | None = None) -> dict[str, Any]:
+        """The broker's description of itself: version, publish endpoint, nodes, queued counts."""
+        info: dict[str, Any] = self.rpc(wire.INFO, {}, self._timeout(timeout))
+        return info
+
+    def _timeout(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is None else timeout
+
+    # ---- the wire --------------------------------------------------------------------------------
+
+    def rpc(self, method: str, params: jsonrpc.Params, timeout: float | None = None) -> Any:
+        """Send one JSON-RPC request to the broker and return its result (or raise its error)."""
+        sock = self._connected()
+        request_id = next(self._ids)
+        request = jsonrpc.dumps(jsonrpc.request(method, params, request_id))
+        sock.send(request)
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        last_ping = now
+        silence = Silence(self.heartbeat_s, self.liveness)
+        while True:
+            wait_s = self.heartbeat_s if deadline is None else min(self.heartbeat_s, deadline - now)
+            if sock.poll(max(0, int(wait_s * 1000))):
+                response = self._parse(sock.recv())
+                silence.heard()
+                if response is not None and isinstance(response.id, str) and response.id.startswith("ping-"):
+                    if self._broker_restarted(response):
+                        sock.send(request)  # the new broker never saw it
+                elif response is not None and response.id == request_id:
+                    if response.error is not None:
+                        raise from_error_object(response.error)
+                    return response.result
+                # anything else: the late answer to an earlier call that timed out
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise TaskTimeout(f"no answer to {method} within {timeout} s")
+            if silence.overdue():
+                # Silent broker: a fresh socket (the old one may hold a dead connection), then ask again.
+                self.close()
+                sock = self._connected()
+                sock.send(request)
+            elif now - last_ping >= self.heartbeat_s:
+                last_ping = now
+                self._ping(sock)
+
+    def _ping(self, sock: zmq.Socket[bytes]) -> None:
+        sock.send(jsonrpc.dumps(jsonrpc.request(wire.PING, {}, f"ping-{next(self._pings)}")))
+
+    def _broker_restarted(self, pong: jsonrpc.Response) -> bool:
+        instance = pong.result.get("instance") if isinstance(pong.result, dict) else None
+        restarted = self._instance is not None and instance != self._instance
+        self._instance = instance
+        return restarted
+
+    @staticmethod
+    def _parse(payload: bytes) -> jsonrpc.Response | None:
+        message: Any = None
+        try:
+            message = jsonrpc.loads(payload)
+            return jsonrpc.parse_response(message)
+        except jsonrpc.InvalidMessage:
+            if isinstance(message, dict) and "method" in message:
+                return None  # a notification: nothing this client waits for
+            raise ProtocolError(f"the broker sent something that is not a JSON-RPC response: {payload[:200]!r}") from None
+
+    def _connected(self) -> zmq.Socket[bytes]:
+        if self._socket is None:
+            self._socket = sockets.dealer(zmq.Context.instance(), self.endpoint)
+            self._ping(self._socket)  # learn which broker instance answers, to notice a restart later
+        return self._socket
+
+    def events(self, idle_timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Yield the broker's task events as they happen, each ``{"event": "queued" | "finished" |
+        "failed" | "revoked" | "retry", "task_id": ..., ...}``, until ``idle_timeout`` seconds pass with
+        none (None: for ever). Events are best effort: see docs/protocol.md, 1.3."""
+        publish = str(self.info()["publish"])
+        with sockets.subscriber(zmq.Context.instance(), reachable(publish, self.endpoint)) as subscriber:
+            time.sleep(0.1)  # a SUB socket misses what is published before its subscription arrives
+            timeout_ms = None if idle_timeout is None else int(idle_timeout * 1000)
+            while subscriber.poll(timeout_ms):
+                for item in jsonrpc.items(subscriber.recv()):
+                    method = str(item.get("method", ""))
+                    if method.startswith(wire.EVENT_PREFIX):
+                        yield {"event": method.removeprefix(wire.EVENT_PREFIX), **(item.get("params") or {})}
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

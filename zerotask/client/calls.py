@@ -1,0 +1,89 @@
+"""What the blocking Client and the AsyncClient share: the control API both offer, the task ids they
+choose, the params of a task call, and ``client.a.b.c(...)`` attribute calls."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from typing import Any, Protocol
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+
+
+class ControlAPI(Protocol):
+    """The control calls of Client and AsyncClient: same names, same parameters. ``timeout`` (seconds)
+    bounds the wait; None means the client's own ``timeout`` (None there: no limit)."""
+
+    endpoint: str
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Run task ``method``: its result (Client), or its handle (AsyncClient)."""
+
+    def submit(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Queue task ``method``: its id (Client), or its handle (AsyncClient)."""
+
+    def status(self, task_id: str, timeout: float | None = None) -> str:
+        """QUEUED, ASSIGNED, RUNNING, RETRY, FINISHED, FAILED or REVOKED; raises UnknownTask."""
+
+    def result(self, task_id: str, timeout: float | None = None) -> Any:
+        """Wait for the task's result; raises its error, or TaskTimeout."""
+
+    def revoke(self, task_id: str, timeout: float | None = None) -> str:
+        """Revoke the task; returns its state afterwards."""
+
+    def info(self, timeout: float | None = None) -> dict[str, Any]:
+        """The broker's description of itself."""
+
+
+_ID_PREFIX = ""
+_ID_COUNTER = itertools.count(1)
+_ID_PID = -1
+
+
+def new_task_id() -> str:
+    """A task id unique across clients: 80 random bits for this process, then a counter (cheaper than
+    a uuid4 per task, which costs a system call). A forked child draws its own random part."""
+    global _ID_PREFIX, _ID_PID
+    if os.getpid() != _ID_PID:  # drawn on first use, not at import
+        _ID_PREFIX, _ID_PID = uuid.uuid4().hex[:20], os.getpid()
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
+
+
+def call_params(method: str, args: tuple[Any, ...], kwargs: dict[str, Any], time_limit: float | None = None) -> dict[str, Any]:
+    """The params of zerotask.broker.submit / call for one task. The client names the task, so that a
+    call it repeats (after a lost reply, or a broker restart) finds the same task instead of a new one."""
+    params: dict[str, Any] = {"method": method, "args": list(args), "kwargs": kwargs, "task_id": new_task_id()}
+    if time_limit is not None:
+        params["time_limit_s"] = time_limit
+    return params
+
+
+def reachable(bound: str, via: str) -> str:
+    """The address of an endpoint the broker bound to a wildcard (``tcp://*:5556`` reads back as
+    ``tcp://0.0.0.0:5556``), as seen from a client that reached the broker at ``via``."""
+    for wildcard in ("0.0.0.0", "*", "[::]"):
+        prefix = f"tcp://{wildcard}:"
+        if bound.startswith(prefix) and via.startswith("tcp://"):
+            host = via[len("tcp://") :].rsplit(":", 1)[0]
+            return f"tcp://{host}:{bound[len(prefix) :]}"
+    return bound
+
+
+class TaskMethod:
+    """``client.a.b.c(...)``: the task named ``a.b.c``, called through ``client.call``."""
+
+    def __init__(self, client: ControlAPI, name: str) -> None:
+        self._client = client
+        self._name = name
+
+    def __getattr__(self, name: str) -> TaskMethod:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return TaskMethod(self._client, f"{self._name}.{name}")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._client.call(self._name, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<task {self._name} via {self._client.endpoint}>"

@@ -1,0 +1,121 @@
+"""The Store interface: where the broker keeps the queue and the outcomes.
+
+One interface, several implementations: :class:`~zerotask.store.memory.MemoryStore` (volatile, fast,
+the test stand-in) and :class:`~zerotask.store.sqlite.SqliteStore` (durable, the default), both checked
+by one contract suite (tests/test_store_contract.py). The broker calls its store from one thread only.
+
+The interface is batched, for a store across a network: per round of its loop the broker takes tasks
+for every node with one :meth:`Store.take_many` and records every outcome with one
+:meth:`Store.finish_many`. Writes become durable at :meth:`Store.flush`; the broker flushes before it
+acknowledges anything, which is what lets many tasks share one commit.
+
+The store records a task a node holds as ASSIGNED; whether the node has started it (RUNNING) is kept by
+the broker in memory only, since after a restart such a task is queued again anyway.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from zerotask.wire import QUEUED
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    """One task: what to call, where it stands, and how it ended (``result`` or ``error``)."""
+
+    id: str
+    method: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    state: str = QUEUED
+    result: Any = None
+    error: dict[str, Any] | None = None
+    attempts: int = 0
+    options: dict[str, Any] = field(default_factory=dict)  # per-call delivery options, e.g. time_limit_s
+
+    def to_wire(self) -> dict[str, Any]:
+        """The task as a node receives it."""
+        wire = {"task_id": self.id, "method": self.method, "args": self.args, "kwargs": self.kwargs, "attempt": self.attempts}
+        if self.options:
+            wire.update(self.options)
+        return wire
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How a task ended: ``state`` is FINISHED (with ``result``), FAILED or REVOKED (with ``error``).
+    ``held``: the task was ASSIGNED to a node until now, so it has no outcome yet and is not queued (the
+    store may then skip checking, and batch the write)."""
+
+    task_id: str
+    state: str
+    result: Any = None
+    error: dict[str, Any] | None = None
+    held: bool = False
+
+
+# take_many asks for tasks with: (the methods a node serves, how many it may take at most)
+Want = tuple[Collection[str], int]
+
+
+class Store(ABC):
+    """The broker's queue and outcome store. Task ids are unique; no method raises for an unknown id."""
+
+    @abstractmethod
+    def add(self, record: TaskRecord) -> bool:
+        """Queue a new task (state QUEUED). Returns False, and changes nothing, if the id exists."""
+
+    @abstractmethod
+    def take_many(self, wants: Sequence[Want]) -> list[list[TaskRecord]]:
+        """For each ``(methods, limit)`` in order, atomically move up to ``limit`` of the oldest QUEUED
+        tasks whose method is in ``methods`` to ASSIGNED; returns one list per want, oldest first. No task
+        is returned twice."""
+
+    @abstractmethod
+    def claim(self, task_ids: Iterable[str]) -> list[TaskRecord]:
+        """Move these tasks to ASSIGNED if they are QUEUED, RETRY or ASSIGNED (a node says it runs them);
+        returns the ones moved. Unknown ids and final tasks are left out."""
+
+    @abstractmethod
+    def requeue(self, task_ids: Iterable[str]) -> None:
+        """Put ASSIGNED or RETRY tasks back to QUEUED, each in its old place: it is taken before tasks
+        queued after it. Other ids are ignored."""
+
+    @abstractmethod
+    def retry(self, task_id: str, attempts: int) -> None:
+        """Move a task that is not final to RETRY, recording ``attempts``."""
+
+    @abstractmethod
+    def finish_many(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Record outcomes, in order, each unless its task already has one (or is unknown); returns, per
+        outcome, whether this call recorded it. A finished task keeps its outcome, not its arguments."""
+
+    @abstractmethod
+    def expire(self, before: float, limit: int = 10_000) -> int:
+        """Forget up to ``limit`` tasks whose outcome was recorded before ``before`` (a ``time.time()``
+        value), oldest first. Returns how many were forgotten; unfinished tasks are never touched."""
+
+    @abstractmethod
+    def get(self, task_id: str) -> TaskRecord | None:
+        """The task, or None if the id is unknown."""
+
+    @abstractmethod
+    def queued_counts(self) -> Mapping[str, int]:
+        """How many tasks are QUEUED, by method (only methods with some). Cheap: the broker asks every
+        round, so a store answers from what it keeps in memory."""
+
+    @abstractmethod
+    def recover(self) -> int:
+        """Put every ASSIGNED or RETRY task back to QUEUED (no node holds it any more when a broker
+        starts). Returns how many tasks are queued afterwards."""
+
+    def flush(self) -> None:  # noqa: B027 - a no-op unless the store has something to make durable
+        """Make every write so far durable (a no-op for volatile stores)."""
+
+    def close(self) -> None:
+        """Flush and release resources."""
+        self.flush()

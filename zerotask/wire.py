@@ -1,0 +1,58 @@
+"""The names on the wire: every JSON-RPC method zerotask sends or answers, its own error codes, the task
+states. One place, so that a name is spelled once and docs/protocol.md can be checked against it.
+
+The JSON-RPC specification's own error codes (-32700 ... -32603) live with the envelope in
+:mod:`zerotask.jsonrpc`; the codes here are zerotask's, in the range the specification leaves to
+implementations.
+"""
+
+from __future__ import annotations
+
+# ---- methods clients call on the broker (docs/protocol.md, section 5) ------------------------------
+SUBMIT = "zerotask.broker.submit"
+CALL = "zerotask.broker.call"
+STATUS = "zerotask.broker.status"
+RESULT = "zerotask.broker.result"
+REVOKE = "zerotask.broker.revoke"
+NOTIFY = "zerotask.broker.notify"
+PING = "zerotask.broker.ping"
+INFO = "zerotask.broker.info"
+
+# ---- methods nodes call on the broker (section 6) -------------------------------------------------
+CONNECT = "zerotask.broker.connect"
+REQUEST = "zerotask.broker.request"
+RUNNING_TASKS = "zerotask.broker.running"
+FINISHED_TASKS = "zerotask.broker.finished"
+RELEASE = "zerotask.broker.release"
+HEARTBEAT = "zerotask.broker.heartbeat"
+DISCONNECT = "zerotask.broker.disconnect"
+
+# A control method: never a task name, so a misspelled one is an error rather than a queued task.
+CONTROL_PREFIX = "zerotask."
+# A task that the broker runs itself, in its own process (@task(name="broker.x"), the seed's example).
+BROKER_TASK_PREFIX = "broker."
+
+# ---- notifications the broker sends (section 7) ---------------------------------------------------
+NODE_RUN = "zerotask.node.run"
+NODE_HEARTBEAT = "zerotask.node.heartbeat"
+NODE_RECONNECT = "zerotask.node.reconnect"
+NODE_REVOKE = "zerotask.node.revoke"
+CLIENT_FINISHED = "zerotask.client.finished"
+EVENT_PREFIX = "zerotask.event."
+
+# ---- zerotask's error codes (section 3) ----------------------------------------------------------
+TASK_FAILED = -32000
+UNKNOWN_TASK = -32001
+TIMED_OUT = -32002
+NOT_READY = -32003
+REVOKED_CODE = -32004
+
+# ---- task states (section 4.2) -------------------------------------------------------------------
+QUEUED = "QUEUED"
+ASSIGNED = "ASSIGNED"  # held by a node; what the store records for a task a node holds
+RUNNING = "RUNNING"  # held by a node that said it started it; kept in the broker's memory only
+RETRY = "RETRY"
+FINISHED = "FINISHED"
+FAILED = "FAILED"
+REVOKED = "REVOKED"
+FINAL_STATES = frozenset({FINISHED, FAILED, REVOKED})
