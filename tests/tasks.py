@@ -130,7 +130,7 @@ def wrong_error(path: str) -> None:
     raise KeyError("not a ConnectionError: no retry")
 
 
-@task(timeout=0.5)
+@task(time_limit=0.5)
 def overrun(seconds: float) -> float:
     time.sleep(seconds)
     return seconds

@@ -1,4 +1,5 @@
-"""The command line: every entry point answers -h, and `zerotask call` calls a task."""
+"""The command line: every entry point answers -h, refuses what it cannot use with a clear message, and
+`zerotask call` calls a task."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from zerotask.client import Client
 from zerotask.testing import Cluster, scaled
 
 
@@ -61,3 +63,26 @@ def test_make_demo_script_runs_and_stops_everything() -> None:
     assert "client.add(5, 6)      = 11" in done.stdout
     assert "sum 99990000" in done.stdout
     assert done.stdout.rstrip().endswith("broker and node stopped")
+
+
+@pytest.mark.parametrize("endpoint", ["nonsense", "tcp://127.0.0.1:99999", "tcp://127.0.0.1", "udp://127.0.0.1:5555"])
+def test_a_node_given_a_malformed_broker_endpoint_refuses_to_start(endpoint: str) -> None:
+    """It used to log nothing, run on, and then ignore SIGTERM (a goodbye blocked on a socket with no peer)."""
+    command = [sys.executable, "-m", "zerotask.node", "--broker", endpoint, "--workers", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=scaled(30))
+    assert done.returncode == 2
+    assert "invalid endpoint" in done.stderr and endpoint in done.stderr
+
+
+def test_a_broker_given_a_malformed_endpoint_refuses_to_start() -> None:
+    command = [sys.executable, "-m", "zerotask.broker", "--bind", "tcp://*:http", "--store", "memory"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=scaled(30))
+    assert done.returncode == 2 and "invalid endpoint" in done.stderr
+
+
+def test_zerotask_broker_imports_modules_to_serve_broker_methods(cluster: Cluster) -> None:
+    """`zerotask broker MODULE` imports it as `zerotask node` does: the seed's @task(name="broker.new_hotness")
+    is then served by the broker itself, with no node."""
+    cluster.start_broker("tests.broker_tasks")
+    with Client(cluster.endpoint, timeout=scaled(10)) as client:
+        assert client.call("broker.new_hotness") == 42

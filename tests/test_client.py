@@ -136,3 +136,16 @@ def test_a_result_nested_too_deep_for_the_wire_fails_clearly(running: Cluster) -
         client.nested(252)  # orjson writes 254 levels; the broker adds a few around a result
     assert "levels deep" in raised.value.remote_message
     assert client.add(1, 1) == 2  # the broker is still serving
+
+
+def test_client_and_async_client_share_one_control_api() -> None:
+    """Same names, same parameters: code written against one works against the other."""
+    import inspect
+
+    from zerotask.client import AsyncClient, ControlAPI
+
+    for name in ("call", "submit", "status", "result", "revoke", "info"):
+        expected = [(p.name, p.kind, p.default) for p in inspect.signature(getattr(ControlAPI, name)).parameters.values()]
+        for cls in (Client, AsyncClient):
+            found = [(p.name, p.kind, p.default) for p in inspect.signature(getattr(cls, name)).parameters.values()]
+            assert found == expected, f"{cls.__name__}.{name}"

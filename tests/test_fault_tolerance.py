@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 
-from zerotask import TaskError, TaskRevoked
+from zerotask import TaskError, TaskRevoked, jsonrpc
 from zerotask.client import AsyncClient, Client
 from zerotask.testing import Cluster, scaled, wait_until
 
@@ -223,3 +224,25 @@ def test_worker_that_segfaults_fails_its_task_and_is_replaced(running: Cluster) 
     assert raised.value.type == "WorkerLost"
     assert "exit code -11" in raised.value.remote_message  # killed by SIGSEGV
     assert [client.add(i, 1) for i in range(4)] == [1, 2, 3, 4]
+
+
+def test_no_peer_can_change_the_retry_policy_of_other_peers_tasks(running: Cluster, tmp_path: Path) -> None:
+    """A peer announcing itself as a node used to set the retry options of every task of a name it
+    listed (the last connect won; a bad value left tasks stuck). Now the policy comes from the @task of
+    the node that ran the task, and what a connect says about options is ignored."""
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        liar = context.socket(zmq.DEALER)
+        liar.setsockopt(zmq.LINGER, 0)
+        liar.connect(running.endpoint)
+        options = {"flaky": {"retries": 0}, "fail": {"retries": "lots", "retry_backoff_s": -1}}
+        connect = {"node": "liar", "methods": options, "workers": 1, "credit": 0}
+        liar.send(jsonrpc.dumps(jsonrpc.request("zerotask.broker.connect", connect, 1)))
+        assert liar.poll(int(scaled(10) * 1000)), "the broker did not answer the connect"
+        assert "result" in jsonrpc.loads(liar.recv())
+        attempts = tmp_path / "attempts"
+        assert running.client().flaky(str(attempts), 2) == 3  # two failures retried, as @task(retries=3) says
+        with pytest.raises(TaskError):
+            running.client().fail("still fails at once")
+    finally:
+        context.destroy(linger=0)
