@@ -52,7 +52,7 @@ class Assigner:
                 break
             self._rotation = (self._rotation + 1) % len(ready)
             ready = ready[self._rotation :] + ready[: self._rotation]
-            wants = [(node.methods, min(node.credit, max(math.ceil(node.queued_for(queued) / len(ready)), 1))) for node in ready]
+            wants = [(node.methods, min(node.credit, _share(node, ready, queued))) for node in ready]
             progress = False
             for node, records in zip(ready, self._store.take_many(wants), strict=True):
                 if not records:
@@ -66,3 +66,10 @@ class Assigner:
                 break
             candidates = [node for node in ready if node.credit > 0]
         return list(handed.values())
+
+
+def _share(node: NodeSlot, ready: list[NodeSlot], queued: Mapping[str, int]) -> int:
+    """What ``node`` may take this round: what is queued for it, split evenly among the ready nodes that
+    compete for some of it (nodes serving other names take nothing from it)."""
+    competing = sum(1 for other in ready if not other.methods.isdisjoint(node.methods))
+    return max(math.ceil(node.queued_for(queued) / competing), 1)

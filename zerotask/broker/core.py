@@ -239,9 +239,11 @@ class BrokerCore:
 
     def report(self, node: NodeSlot | None, outcomes: list[Any]) -> None:
         """Record the outcomes a node reported (``{"task_id", "result"}`` or ``{"task_id", "error"}``),
-        with one store call. A failure may be retried instead (the hooks decide). An outcome for a task
-        that ended already, or is unknown, is ignored. Raises InvalidParams at the first element that is
-        not an outcome, after recording those before it."""
+        with one store call. A failure of a task the node held may be retried instead (the hooks
+        decide). An outcome for a task that ended already, or is unknown, is ignored, and so is a failure
+        asking for a retry of a task nobody holds (a report sent twice, or late: the task runs again
+        anyway). Raises InvalidParams at the first element that is not an outcome, after recording those
+        before it."""
         if node is not None:
             node.finished += len(outcomes)
         finals: list[tuple[TaskRecord, Outcome]] = []
@@ -261,8 +263,11 @@ class BrokerCore:
                 continue
             if not isinstance(error, dict):
                 error = jsonrpc.error_object(wire.TASK_FAILED, "the node reported a failure that is not an error object")
-            if not self._retry(record, error):
+            delay_s = self._retry_delay_for(record, error)
+            if delay_s is None:
                 finals.append((record, Outcome(task_id, FAILED, error=error, held=held)))
+            elif held:
+                self._retry(record, delay_s)
         self._record(finals)
         if problem is not None:
             raise problem
@@ -291,28 +296,30 @@ class BrokerCore:
             for hook in self._after_finish:
                 hook(record)
 
-    def _retry(self, record: TaskRecord, error: dict[str, Any]) -> bool:
-        """Put a failed task in RETRY if a hook asks for another attempt; False if the failure is final."""
+    def _retry_delay_for(self, record: TaskRecord, error: dict[str, Any]) -> float | None:
+        """Seconds before another attempt, if a hook asks for one, for a task that failed with ``error``."""
         if record.state in FINAL_STATES:
-            return False
+            return None
         for hook in self._retry_delay:
             delay_s = hook(record, error)
             if delay_s is not None:
-                break
-        else:
-            return False
+                return float(delay_s)
+        return None
+
+    def _retry(self, record: TaskRecord, delay_s: float) -> None:
+        """Put a failed task in RETRY, to be queued again after ``delay_s``."""
         attempt = record.attempts + 1
         self.store.retry(record.id, attempt)
         record.attempts, record.state = attempt, RETRY
-        self._scheduler.call_later(delay_s, functools.partial(self._retry_due, record.id))
+        self._scheduler.call_later(delay_s, functools.partial(self._retry_due, record.id, attempt))
         for hook in self._on_retry:
             hook(record, attempt, delay_s)
         log.info("task %s (%s) failed, attempt %d in %.2f s", record.id, record.method, attempt, delay_s)
-        return True
 
-    def _retry_due(self, task_id: str) -> None:
+    def _retry_due(self, task_id: str, attempt: int) -> None:
         record = self.store.get(task_id)
-        if record is not None and record.state == RETRY:  # not revoked, or adopted by a node, meanwhile
+        # Not revoked or adopted by a node meanwhile, and this timer is the latest attempt's own.
+        if record is not None and record.state == RETRY and record.attempts == attempt:
             self.store.requeue([task_id])
 
 

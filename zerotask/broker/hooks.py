@@ -8,7 +8,8 @@ never block.
 The points, in a task's order:
 
 - ``before_enqueue(record)``: a new task is about to be stored. Change ``record.options``, or raise a
-  ZerotaskError to refuse it (the caller gets that error; nothing is stored).
+  ZerotaskError to refuse it (the caller gets that error; nothing is stored). A task whose id exists
+  already is seen here too (the store tells only when adding), and then is not stored again.
 - ``after_enqueue(record)``: it is stored, QUEUED.
 - ``before_assign(node, records)``: these tasks are about to be sent to ``node``.
 - ``retry_delay(record, error) -> float | None``: the task failed with the JSON-RPC ``error`` object; a
@@ -32,7 +33,8 @@ An example, a hook that counts failures by task name::
 
     Broker(hooks=[CountFailures()]).start()
 
-Retries and time limits are hooks themselves (below): the broker installs them first.
+Retries and time limits are hooks themselves (below): the broker installs them first. Broker tasks
+(``@task(name="broker.x")``, run in the broker's loop at submit) see only ``after_finish``.
 """
 
 from __future__ import annotations
