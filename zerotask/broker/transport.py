@@ -214,4 +214,4 @@ class Broker(EventLoop):
         }
 
     def _ping(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
-        return {"instance": self.instance}
+        return {"instance": self.instance, "max_message_bytes": self.max_message_bytes}
