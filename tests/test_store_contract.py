@@ -1,38 +1,31 @@
 """The Store contract: one suite that every Store implementation must pass.
 
-The tests use only the abstract interface in zerotask/store/__init__.py. To check a new store, add a
-factory to STORES; the SQLite-only tests (durability of the file) are in TestSqliteDurability below.
+The tests use only the interface in zerotask/store/base.py. To check a new store, add a factory to
+STORES. The SQLite-only tests (durability of the file) are in TestSqliteDurability at the end; the
+random sequences (TestRandomOperations) check every answer against ReferenceStore, the contract
+written as plainly as it can be.
 """
 
 from __future__ import annotations
 
+import random
 import select
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from zerotask.store import (
-    ASSIGNED,
-    FAILED,
-    FINAL_STATES,
-    FINISHED,
-    QUEUED,
-    RETRY,
-    REVOKED,
-    RUNNING,
-    Store,
-    TaskRecord,
-)
-from zerotask.store.memory import MemoryStore
-from zerotask.store.sqlite import SqliteStore
+from zerotask.store import MemoryStore, Outcome, SqliteStore, Store, TaskRecord, Want
 from zerotask.testing import scaled
+from zerotask.wire import ASSIGNED, FAILED, FINAL_STATES, FINISHED, QUEUED, RETRY, REVOKED
 
 STORES: dict[str, Callable[[Path], Store]] = {
     "memory": lambda directory: MemoryStore(),
@@ -47,6 +40,23 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     made.close()
 
 
+class Clock:
+    """What ``time.time()`` returns while a test runs: moved by hand, so expiry is tested without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    made = Clock()
+    monkeypatch.setattr(time, "time", made)
+    return made
+
+
 def queue(store: Store, *calls: tuple[str, str]) -> None:
     """Add one task per ``(task id, method)``, in order, and flush."""
     for task_id, method in calls:
@@ -54,7 +64,19 @@ def queue(store: Store, *calls: tuple[str, str]) -> None:
     store.flush()
 
 
-def ids(records: list[TaskRecord]) -> list[str]:
+def take(store: Store, methods: Collection[str], limit: int) -> list[str]:
+    """The ids take_many hands one want."""
+    (taken,) = store.take_many([(methods, limit)])
+    return ids(taken)
+
+
+def finish(store: Store, task_id: str, state: str = FINISHED, result: Any = None, error: Any = None, held: bool = False) -> bool:
+    """finish_many with one outcome."""
+    (recorded,) = store.finish_many([Outcome(task_id, state, result, error, held)])
+    return recorded
+
+
+def ids(records: Iterable[TaskRecord]) -> list[str]:
     return [record.id for record in records]
 
 
@@ -62,6 +84,12 @@ def state(store: Store, task_id: str) -> str:
     record = store.get(task_id)
     assert record is not None, f"{task_id} is unknown"
     return record.state
+
+
+def attempts(store: Store, task_id: str) -> int:
+    record = store.get(task_id)
+    assert record is not None, f"{task_id} is unknown"
+    return record.attempts
 
 
 def counts(store: Store) -> dict[str, int]:
@@ -83,6 +111,8 @@ def assert_same_json(actual: Any, expected: Any) -> None:
     else:
         assert actual == expected
 
+
+ERROR = {"code": -32000, "message": "ValueError: no", "data": {"type": "ValueError"}}
 
 # Every kind of JSON value a result can be. Integers: the wire (orjson) carries -2**63 to 2**64 - 1, so
 # nothing outside that range can reach a store.
@@ -111,19 +141,23 @@ JSON_VALUES: dict[str, Any] = {
 
 class TestAdd:
     def test_add_queues_the_task_and_get_returns_the_full_record(self, store: Store) -> None:
-        assert store.add(TaskRecord("t1", "add", [1, 2], {"scale": 3}, attempts=0)) is True
+        assert store.add(TaskRecord("t1", "add", [1, 2], {"scale": 3}, options={"time_limit_s": 1.5})) is True
         store.flush()
         record = store.get("t1")
         assert record is not None
         assert (record.id, record.method, record.args, record.kwargs) == ("t1", "add", [1, 2], {"scale": 3})
+        assert record.options == {"time_limit_s": 1.5}
         assert record.state == QUEUED
         assert record.result is None and record.error is None
         assert record.attempts == 0
+        assert counts(store) == {"add": 1}
 
-    def test_add_queues_whatever_state_the_record_carried(self, store: Store) -> None:
-        assert store.add(TaskRecord("t1", "add", state=RUNNING))
+    @pytest.mark.parametrize("carried", [ASSIGNED, RETRY, FINISHED])
+    def test_add_queues_whatever_state_the_record_carried(self, store: Store, carried: str) -> None:
+        assert store.add(TaskRecord("t1", "add", state=carried))
         assert state(store, "t1") == QUEUED
-        assert ids(store.take(["add"], 10)) == ["t1"]
+        assert counts(store) == {"add": 1}
+        assert take(store, ["add"], 10) == ["t1"]
 
     def test_add_of_a_duplicate_id_returns_false_and_changes_nothing(self, store: Store) -> None:
         assert store.add(TaskRecord("t1", "add", [1], {"a": 1}))
@@ -133,169 +167,284 @@ class TestAdd:
         assert record is not None
         assert (record.method, record.args, record.kwargs, record.state) == ("add", [1], {"a": 1}, QUEUED)
         assert counts(store) == {"add": 1}
-        assert ids(store.take(["add", "subtract"], 10)) == ["t1"]
-        assert store.take(["add", "subtract"], 10) == []
+        assert take(store, ["add", "subtract"], 10) == ["t1"]
+        assert take(store, ["add", "subtract"], 10) == []
+
+    def test_add_of_a_duplicate_id_leaves_a_held_task_held(self, store: Store) -> None:
+        queue(store, ("t1", "add"))
+        assert take(store, ["add"], 1) == ["t1"]
+        assert store.add(TaskRecord("t1", "add")) is False
+        assert state(store, "t1") == ASSIGNED
+        assert counts(store) == {}
+        assert take(store, ["add"], 10) == []
 
     def test_add_of_a_duplicate_id_leaves_a_finished_task_finished(self, store: Store) -> None:
         queue(store, ("t1", "add"))
-        store.take(["add"], 1)
-        assert store.finish("t1", FINISHED, result=3)
+        take(store, ["add"], 1)
+        assert finish(store, "t1", FINISHED, result=3)
         assert store.add(TaskRecord("t1", "add", [1, 2])) is False
         record = store.get("t1")
         assert record is not None
         assert (record.state, record.result) == (FINISHED, 3)
         assert counts(store) == {}
-        assert store.take(["add"], 10) == []
+        assert take(store, ["add"], 10) == []
 
 
-class TestTake:
-    def test_take_returns_an_empty_list_when_nothing_is_queued(self, store: Store) -> None:
-        assert store.take(["add"], 10) == []
-        assert store.take([], 10) == []
+class TestTakeMany:
+    def test_take_many_gives_empty_lists_when_nothing_is_queued(self, store: Store) -> None:
+        assert store.take_many([]) == []
+        assert store.take_many([(["add"], 10), ([], 10)]) == [[], []]
         queue(store, ("t1", "add"))
-        assert store.take(["subtract"], 10) == []
-        assert store.take([], 10) == []
+        assert store.take_many([(["subtract"], 10), ([], 10)]) == [[], []]
+        assert counts(store) == {"add": 1}
 
-    def test_take_is_fifo_across_several_methods(self, store: Store) -> None:
+    def test_wants_for_methods_with_nothing_queued_get_empty_lists(self, store: Store) -> None:
+        queue(store, ("a1", "a"), ("a2", "a"))
+        taken = store.take_many([(["x"], 5), ([], 5), (["a"], 5), (["x", "y"], 5)])
+        assert [ids(records) for records in taken] == [[], [], ["a1", "a2"], []]
+
+    def test_take_many_is_fifo_across_several_methods(self, store: Store) -> None:
         queue(store, ("a1", "a"), ("b1", "b"), ("a2", "a"), ("c1", "c"), ("b2", "b"), ("a3", "a"))
-        assert ids(store.take(["a", "b", "c"], 10)) == ["a1", "b1", "a2", "c1", "b2", "a3"]
+        assert take(store, ["a", "b", "c"], 10) == ["a1", "b1", "a2", "c1", "b2", "a3"]
 
-    def test_take_respects_the_limit_and_continues_where_it_stopped(self, store: Store) -> None:
+    def test_take_many_respects_the_limit_and_continues_where_it_stopped(self, store: Store) -> None:
         queue(store, ("a1", "a"), ("b1", "b"), ("a2", "a"), ("b2", "b"), ("a3", "a"))
-        assert ids(store.take(["a", "b"], 2)) == ["a1", "b1"]
-        assert ids(store.take(["b", "a"], 2)) == ["a2", "b2"]
-        assert ids(store.take(["a", "b"], 2)) == ["a3"]
-        assert store.take(["a", "b"], 2) == []
+        assert take(store, ["a", "b"], 2) == ["a1", "b1"]
+        assert take(store, ["b", "a"], 2) == ["a2", "b2"]
+        assert take(store, ["a", "b"], 2) == ["a3"]
+        assert take(store, ["a", "b"], 2) == []
 
     @pytest.mark.parametrize("limit", [0, -1])
-    def test_take_with_no_room_takes_nothing(self, store: Store, limit: int) -> None:
+    def test_a_want_with_no_room_gets_an_empty_list(self, store: Store, limit: int) -> None:
         queue(store, ("a1", "a"), ("a2", "a"), ("a3", "a"))
-        assert store.take(["a"], limit) == []
-        assert counts(store) == {"a": 3}
-        assert state(store, "a1") == QUEUED
+        taken = store.take_many([(["a"], limit), (["a"], 1), (["a"], limit)])
+        assert [ids(records) for records in taken] == [[], ["a1"], []]
+        assert counts(store) == {"a": 2}
+        assert state(store, "a2") == QUEUED
 
-    def test_take_only_takes_the_methods_asked_for(self, store: Store) -> None:
+    def test_each_want_gets_its_own_list_in_order_oldest_first(self, store: Store) -> None:
+        queue(store, ("a1", "a"), ("b1", "b"), ("a2", "a"), ("c1", "c"), ("b2", "b"), ("a3", "a"))
+        taken = store.take_many([(["a"], 2), (["c", "b"], 10), (["a"], 10)])
+        assert [ids(records) for records in taken] == [["a1", "a2"], ["b1", "c1", "b2"], ["a3"]]
+        assert counts(store) == {}
+
+    def test_wants_with_overlapping_methods_never_get_the_same_task(self, store: Store) -> None:
+        queue(store, *[(f"{method}{n}", method) for n in range(1, 5) for method in "abc"])
+        wants: list[Want] = [(["a", "b"], 3), (["b", "c"], 3), (["a", "b", "c"], 3), (["a"], 10)]
+        taken = [ids(records) for records in store.take_many(wants)]
+        assert taken == [["a1", "b1", "a2"], ["c1", "b2", "c2"], ["a3", "b3", "c3"], ["a4"]]
+        assert counts(store) == {"b": 1, "c": 1}
+        assert take(store, ["a", "b", "c"], 10) == ["b4", "c4"]
+
+    def test_wants_for_one_method_split_its_queue(self, store: Store) -> None:
+        queue(store, *[(f"a{n}", "a") for n in range(1, 8)])
+        taken = store.take_many([(["a"], 2)] * 5)
+        assert [ids(records) for records in taken] == [["a1", "a2"], ["a3", "a4"], ["a5", "a6"], ["a7"], []]
+        assert counts(store) == {}
+
+    def test_a_want_named_after_an_emptied_method_gets_nothing_more(self, store: Store) -> None:
+        queue(store, ("a1", "a"), ("b1", "b"), ("a2", "a"))
+        taken = store.take_many([(["a"], 10), (["a", "b"], 10), (["a"], 10)])
+        assert [ids(records) for records in taken] == [["a1", "a2"], ["b1"], []]
+
+    def test_take_many_only_takes_the_methods_asked_for(self, store: Store) -> None:
         queue(store, ("a1", "a"), ("b1", "b"), ("c1", "c"), ("b2", "b"))
-        assert ids(store.take(["b"], 10)) == ["b1", "b2"]
-        assert ids(store.take({"a", "x"}, 10)) == ["a1"]
+        assert take(store, ["b"], 10) == ["b1", "b2"]
+        assert take(store, {"a", "x"}, 10) == ["a1"]
         assert counts(store) == {"c": 1}
         assert state(store, "c1") == QUEUED
 
-    def test_take_with_a_method_named_twice_takes_each_task_once(self, store: Store) -> None:
+    def test_a_method_named_twice_in_a_want_takes_each_task_once(self, store: Store) -> None:
         queue(store, ("a1", "a"), ("a2", "a"))
-        assert ids(store.take(["a", "a"], 10)) == ["a1", "a2"]
-        assert store.take(["a", "a"], 10) == []
+        assert take(store, ["a", "a"], 10) == ["a1", "a2"]
+        assert take(store, ["a", "a"], 10) == []
 
-    def test_take_marks_tasks_assigned_and_returns_their_call(self, store: Store) -> None:
-        assert store.add(TaskRecord("t1", "add", [1, 2], {"scale": 3}))
+    def test_take_many_marks_tasks_assigned_and_returns_their_call(self, store: Store) -> None:
+        assert store.add(TaskRecord("t1", "add", [1, 2], {"scale": 3}, attempts=2, options={"time_limit_s": 1.5}))
         assert store.add(TaskRecord("t2", "add"))
         store.flush()
-        (taken,) = store.take(["add"], 1)
+        ((taken,),) = store.take_many([(["add"], 1)])
         store.flush()
-        assert (taken.id, taken.method, taken.args, taken.kwargs) == ("t1", "add", [1, 2], {"scale": 3})
         assert taken.state == ASSIGNED
+        assert taken.to_wire() == {
+            "task_id": "t1",
+            "method": "add",
+            "args": [1, 2],
+            "kwargs": {"scale": 3},
+            "attempt": 2,
+            "time_limit_s": 1.5,
+        }
         assert state(store, "t1") == ASSIGNED
         assert state(store, "t2") == QUEUED
         assert counts(store) == {"add": 1}
 
-    def test_take_never_returns_a_task_twice(self, store: Store) -> None:
+    def test_take_many_never_returns_a_task_twice_across_calls(self, store: Store) -> None:
         queue(store, *[(f"t{n}", "add") for n in range(20)])
-        first = store.take(["add"], 7)
-        second = store.take(["add"], 100)
-        assert ids(first) + ids(second) == [f"t{n}" for n in range(20)]
-        assert store.take(["add"], 100) == []
+        first = take(store, ["add"], 7)
+        second = take(store, ["add"], 100)
+        assert first + second == [f"t{n}" for n in range(20)]
+        assert take(store, ["add"], 100) == []
 
 
-class TestSetState:
-    def test_set_state_moves_a_task_through_non_final_states(self, store: Store) -> None:
-        queue(store, ("t1", "add"))
-        store.take(["add"], 1)
-        store.set_state("t1", RUNNING)
-        assert state(store, "t1") == RUNNING
-        store.set_state("t1", RETRY, attempts=1)
+class TestClaim:
+    def test_claim_moves_queued_retry_and_assigned_tasks_to_assigned_and_returns_them(self, store: Store) -> None:
+        queue(store, ("assigned", "a"), ("retry", "a"), ("queued", "b"))
+        assert take(store, ["a"], 2) == ["assigned", "retry"]
+        store.retry("retry", 1)
+        claimed = store.claim(["queued", "retry", "assigned"])
         store.flush()
-        record = store.get("t1")
-        assert record is not None
-        assert (record.state, record.attempts) == (RETRY, 1)
+        assert sorted((record.id, record.method, record.args, record.state) for record in claimed) == [
+            ("assigned", "a", ["assigned"], ASSIGNED),
+            ("queued", "b", ["queued"], ASSIGNED),
+            ("retry", "a", ["retry"], ASSIGNED),
+        ]
+        assert [state(store, task_id) for task_id in ("assigned", "retry", "queued")] == [ASSIGNED] * 3
+        assert attempts(store, "retry") == 1
+        assert counts(store) == {}
 
-    def test_set_state_without_attempts_keeps_the_attempts(self, store: Store) -> None:
-        queue(store, ("t1", "add"))
-        store.set_state("t1", RETRY, attempts=2)
-        store.set_state("t1", QUEUED)
-        record = store.get("t1")
-        assert record is not None
-        assert record.attempts == 2
-        (taken,) = store.take(["add"], 1)
-        assert taken.attempts == 2
+    def test_claim_leaves_out_final_tasks_and_unknown_ids(self, store: Store) -> None:
+        queue(store, ("done", "a"), ("failed", "a"), ("revoked", "a"), ("held", "a"))
+        assert take(store, ["a"], 2) == ["done", "failed"]
+        assert (
+            store.finish_many([Outcome("done", FINISHED, 1), Outcome("failed", FAILED, error=ERROR), Outcome("revoked", REVOKED)])
+            == [True] * 3
+        )
+        assert ids(store.claim(["done", "nope", "failed", "revoked", "held"])) == ["held"]
+        assert [state(store, task_id) for task_id in ("done", "failed", "revoked")] == [FINISHED, FAILED, REVOKED]
+        assert store.get("nope") is None
+        assert store.claim([]) == []
 
-    def test_set_state_can_change_only_the_attempts(self, store: Store) -> None:
-        queue(store, ("t1", "add"))
-        store.set_state("t1", QUEUED, attempts=3)
-        record = store.get("t1")
-        assert record is not None
-        assert (record.state, record.attempts) == (QUEUED, 3)
-        assert counts(store) == {"add": 1}
-        assert ids(store.take(["add"], 10)) == ["t1"]
+    def test_a_claimed_queued_task_is_no_longer_taken(self, store: Store) -> None:
+        queue(store, ("t1", "a"), ("t2", "a"), ("t3", "a"))
+        assert ids(store.claim(["t2"])) == ["t2"]
+        assert counts(store) == {"a": 2}
+        assert take(store, ["a"], 10) == ["t1", "t3"]
+        assert state(store, "t2") == ASSIGNED
 
-    def test_a_task_set_back_to_queued_keeps_its_place(self, store: Store) -> None:
+    def test_a_task_claimed_and_requeued_again_and_again_is_taken_once(self, store: Store) -> None:
+        queue(store, ("t1", "a"), ("t2", "a"))
+        for _ in range(3):
+            assert ids(store.claim(["t1"])) == ["t1"]
+            store.requeue(["t1"])
+        assert counts(store) == {"a": 2}
+        assert take(store, ["a"], 10) == ["t1", "t2"]
+        assert take(store, ["a"], 10) == []
+
+
+class TestRequeue:
+    def test_requeue_puts_assigned_and_retry_tasks_back_in_their_places(self, store: Store) -> None:
+        queue(store, ("t1", "a"), ("t2", "a"), ("t3", "a"), ("t4", "a"))
+        assert take(store, ["a"], 3) == ["t1", "t2", "t3"]
+        store.retry("t2", 1)
+        queue(store, ("t5", "a"))
+        store.requeue(["t3", "t2"])
+        assert (state(store, "t2"), state(store, "t3")) == (QUEUED, QUEUED)
+        assert counts(store) == {"a": 4}
+        assert take(store, ["a"], 10) == ["t2", "t3", "t4", "t5"]
+        assert state(store, "t1") == ASSIGNED
+
+    def test_a_requeued_task_is_taken_before_tasks_queued_after_it(self, store: Store) -> None:
         queue(store, ("t1", "add"), ("t2", "add"))
-        assert ids(store.take(["add"], 1)) == ["t1"]
+        assert take(store, ["add"], 1) == ["t1"]
         queue(store, ("t3", "add"), ("s1", "subtract"))
-        store.set_state("t1", RUNNING)
-        store.set_state("t1", QUEUED)
+        store.requeue(["t1"])
         assert state(store, "t1") == QUEUED
         assert counts(store) == {"add": 3, "subtract": 1}
-        assert ids(store.take(["add", "subtract"], 10)) == ["t1", "t2", "t3", "s1"]
+        assert take(store, ["add", "subtract"], 10) == ["t1", "t2", "t3", "s1"]
 
-    def test_a_queued_task_set_to_another_state_leaves_the_queue(self, store: Store) -> None:
-        queue(store, ("t1", "add"), ("t2", "add"))
-        store.set_state("t1", RETRY)
-        assert counts(store) == {"add": 1}
-        assert ids(store.take(["add"], 10)) == ["t2"]
-        store.set_state("t1", QUEUED)
-        assert ids(store.take(["add"], 10)) == ["t1"]
+    def test_requeue_ignores_queued_final_and_unknown_ids_and_repeats(self, store: Store) -> None:
+        queue(store, ("t1", "a"), ("q", "a"), ("done", "a"))
+        assert take(store, ["a"], 1) == ["t1"]
+        assert finish(store, "done", REVOKED)
+        store.requeue(["t1", "t1", "q", "q", "done", "nope"])
+        assert counts(store) == {"a": 2}
+        assert state(store, "done") == REVOKED
+        assert store.get("nope") is None
+        assert take(store, ["a"], 10) == ["t1", "q"]
+        assert take(store, ["a"], 10) == []
+
+
+class TestRetry:
+    def test_retry_records_the_attempts_of_a_held_task(self, store: Store) -> None:
+        queue(store, ("t1", "a"))
+        take(store, ["a"], 1)
+        store.retry("t1", 1)
+        store.flush()
+        assert (state(store, "t1"), attempts(store, "t1")) == (RETRY, 1)
+        store.retry("t1", 2)
+        assert (state(store, "t1"), attempts(store, "t1")) == (RETRY, 2)
+        assert counts(store) == {}
+        assert take(store, ["a"], 10) == []
+
+    def test_retry_of_a_queued_task_takes_it_out_of_the_queue(self, store: Store) -> None:
+        queue(store, ("t1", "a"), ("t2", "a"))
+        store.retry("t1", 3)
+        assert (state(store, "t1"), attempts(store, "t1")) == (RETRY, 3)
+        assert counts(store) == {"a": 1}
+        assert take(store, ["a"], 10) == ["t2"]
 
     @pytest.mark.parametrize("final", [FINISHED, FAILED, REVOKED])
-    def test_set_state_on_a_final_task_does_nothing(self, store: Store, final: str) -> None:
-        queue(store, ("t1", "add"))
-        store.take(["add"], 1)
-        assert store.finish("t1", final, result=5 if final == FINISHED else None)
-        for new_state in (QUEUED, RUNNING, RETRY, ASSIGNED):
-            store.set_state("t1", new_state, attempts=9)
+    def test_retry_and_requeue_leave_a_final_task_alone(self, store: Store, final: str) -> None:
+        queue(store, ("t1", "a"))
+        take(store, ["a"], 1)
+        assert finish(store, "t1", final, result=5 if final == FINISHED else None, error=ERROR if final == FAILED else None)
+        store.retry("t1", 9)
+        store.requeue(["t1"])
         store.flush()
         record = store.get("t1")
         assert record is not None
         assert (record.state, record.attempts) == (final, 0)
         assert counts(store) == {}
-        assert store.take(["add"], 10) == []
+        assert take(store, ["a"], 10) == []
 
-    def test_set_state_of_an_unknown_id_does_nothing(self, store: Store) -> None:
-        store.set_state("nope", QUEUED, attempts=1)
+    def test_retry_of_an_unknown_id_does_nothing(self, store: Store) -> None:
+        store.retry("nope", 1)
         store.flush()
         assert store.get("nope") is None
-        assert store.take(["add"], 10) == []
+        assert counts(store) == {}
+
+    def test_a_retried_task_requeued_is_taken_in_its_old_place_with_its_attempts(self, store: Store) -> None:
+        queue(store, ("t1", "a"), ("t2", "a"))
+        assert take(store, ["a"], 1) == ["t1"]
+        store.retry("t1", 1)
+        queue(store, ("t3", "a"))
+        store.requeue(["t1"])
+        assert counts(store) == {"a": 3}
+        (taken,) = store.take_many([(["a"], 10)])
+        assert [(record.id, record.to_wire()["attempt"]) for record in taken] == [("t1", 1), ("t2", 0), ("t3", 0)]
 
 
-class TestFinish:
-    def test_finish_records_a_result(self, store: Store) -> None:
+class TestFinishMany:
+    def test_finish_many_answers_one_bool_per_outcome(self, store: Store) -> None:
+        queue(store, ("t1", "a"), ("t2", "a"))
+        take(store, ["a"], 1)
+        outcomes = [
+            Outcome("t1", FINISHED, 1),
+            Outcome("nope", FINISHED, 2),
+            Outcome("t2", REVOKED),
+            Outcome("t1", FAILED, error=ERROR),
+        ]
+        assert store.finish_many(outcomes) == [True, False, True, False]
+        assert store.finish_many([]) == []
+
+    def test_finish_many_records_a_result(self, store: Store) -> None:
         queue(store, ("t1", "add"))
-        store.take(["add"], 1)
-        store.set_state("t1", RUNNING)
-        assert store.finish("t1", FINISHED, result={"sum": 3}) is True
+        take(store, ["add"], 1)
+        assert finish(store, "t1", FINISHED, result={"sum": 3}) is True
         store.flush()
         record = store.get("t1")
         assert record is not None
         assert (record.state, record.result, record.error) == (FINISHED, {"sum": 3}, None)
 
-    def test_finish_records_an_error_object(self, store: Store) -> None:
+    def test_finish_many_records_an_error_object(self, store: Store) -> None:
         error = {
             "code": -32000,
             "message": "ValueError: bad input ✗",
             "data": {"type": "ValueError", "message": "bad input ✗", "traceback": 'Traceback:\n  File "x.py"\nValueError'},
         }
         queue(store, ("t1", "add"))
-        store.take(["add"], 1)
-        assert store.finish("t1", FAILED, error=error) is True
+        take(store, ["add"], 1)
+        assert finish(store, "t1", FAILED, error=error) is True
         record = store.get("t1")
         assert record is not None
         assert record.state == FAILED
@@ -303,40 +452,111 @@ class TestFinish:
         assert record.error is not None
         assert_same_json(record.error, error)
 
-    def test_finish_records_a_revocation_of_a_queued_task(self, store: Store) -> None:
+    def test_revoking_a_queued_task_takes_it_out_of_the_queue(self, store: Store) -> None:
         queue(store, ("t1", "add"), ("t2", "add"))
-        assert store.finish("t1", REVOKED) is True
+        assert finish(store, "t1", REVOKED) is True
         record = store.get("t1")
         assert record is not None
         assert (record.state, record.result, record.error) == (REVOKED, None, None)
         assert counts(store) == {"add": 1}
-        assert ids(store.take(["add"], 10)) == ["t2"]
+        assert take(store, ["add"], 10) == ["t2"]
+
+    def test_finish_many_ends_tasks_in_every_unfinished_state(self, store: Store) -> None:
+        queue(store, ("queued", "a"), ("assigned", "a"), ("retry", "b"))
+        store.claim(["assigned", "retry"])
+        store.retry("retry", 1)
+        assert (
+            store.finish_many(
+                [Outcome("queued", REVOKED), Outcome("assigned", FINISHED, 1), Outcome("retry", FAILED, error=ERROR)]
+            )
+            == [True] * 3
+        )
+        assert [state(store, task_id) for task_id in ("queued", "assigned", "retry")] == [REVOKED, FINISHED, FAILED]
+        assert counts(store) == {}
+        assert take(store, ["a", "b"], 10) == []
 
     @pytest.mark.parametrize("first", [FINISHED, FAILED, REVOKED])
-    def test_finish_records_only_once(self, store: Store, first: str) -> None:
-        error = {"code": -32000, "message": "first"}
+    def test_the_first_outcome_of_a_task_wins_over_later_calls(self, store: Store, first: str) -> None:
         queue(store, ("t1", "add"))
-        store.take(["add"], 1)
-        assert store.finish("t1", first, result="first" if first == FINISHED else None, error=error if first == FAILED else None)
-        assert store.finish("t1", FINISHED, result="second") is False
-        assert store.finish("t1", FAILED, error={"code": -32000, "message": "second"}) is False
-        assert store.finish("t1", REVOKED) is False
+        take(store, ["add"], 1)
+        assert finish(store, "t1", first, result="first" if first == FINISHED else None, error=ERROR if first == FAILED else None)
+        assert finish(store, "t1", FINISHED, result="second") is False
+        assert finish(store, "t1", FAILED, error={"code": -32000, "message": "second"}) is False
+        assert finish(store, "t1", REVOKED) is False
         store.flush()
         record = store.get("t1")
         assert record is not None
         assert record.state == first
         assert record.result == ("first" if first == FINISHED else None)
-        assert record.error == (error if first == FAILED else None)
+        assert record.error == (ERROR if first == FAILED else None)
 
-    def test_finish_of_an_unknown_id_returns_false(self, store: Store) -> None:
-        assert store.finish("nope", FINISHED, result=1) is False
+    @pytest.mark.parametrize("held", [False, True], ids=["checked", "held"])
+    def test_the_first_outcome_in_one_batch_wins(self, store: Store, held: bool) -> None:
+        queue(store, ("t1", "add"))
+        take(store, ["add"], 1)
+        batch = [
+            Outcome("t1", FINISHED, "first", held=held),
+            Outcome("t1", FAILED, error=ERROR),
+            Outcome("t1", FINISHED, "third"),
+        ]
+        assert store.finish_many(batch) == [True, False, False]
+        store.flush()
+        record = store.get("t1")
+        assert record is not None
+        assert (record.state, record.result, record.error) == (FINISHED, "first", None)
+
+    def test_a_queued_task_ended_twice_in_one_batch_leaves_the_queue_once(self, store: Store) -> None:
+        queue(store, ("t1", "add"), ("t2", "add"), ("t3", "add"))
+        assert store.finish_many([Outcome("t1", REVOKED), Outcome("t1", REVOKED), Outcome("t1", FINISHED)]) == [
+            True,
+            False,
+            False,
+        ]
+        assert counts(store) == {"add": 2}
+        assert take(store, ["add"], 10) == ["t2", "t3"]
+
+    def test_finish_many_of_an_unknown_id_returns_false(self, store: Store) -> None:
+        assert finish(store, "nope", FINISHED, result=1) is False
+        assert store.finish_many([Outcome("nope", REVOKED), Outcome("nope", FAILED, error=ERROR)]) == [False, False]
         assert store.get("nope") is None
+
+    def test_held_outcomes_are_recorded_and_seen_by_every_read(self, store: Store) -> None:
+        queue(store, ("t1", "add"), ("t2", "add"), ("t3", "add"), ("t4", "add"))
+        assert take(store, ["add"], 3) == ["t1", "t2", "t3"]
+        held = [Outcome("t1", FINISHED, result=1, held=True), Outcome("t2", FAILED, error=ERROR, held=True)]
+        assert store.finish_many(held) == [True, True]
+        record = store.get("t1")
+        assert record is not None and (record.state, record.result) == (FINISHED, 1)
+        record = store.get("t2")
+        assert record is not None and (record.state, record.error) == (FAILED, ERROR)
+        assert state(store, "t3") == ASSIGNED
+        assert counts(store) == {"add": 1}
+        assert finish(store, "t1", FAILED, error={"code": -32000, "message": "late"}) is False
+        store.flush()
+        assert state(store, "t1") == FINISHED
+
+    def test_a_finished_task_keeps_its_outcome_but_not_its_arguments(self, store: Store) -> None:
+        for task_id in ("ok", "bad", "revoked"):
+            assert store.add(TaskRecord(task_id, "add", [1, 2, "three"], {"four": [5]}))
+        take(store, ["add"], 2)
+        assert (
+            store.finish_many(
+                [Outcome("ok", FINISHED, [3]), Outcome("bad", FAILED, error=ERROR, held=True), Outcome("revoked", REVOKED)]
+            )
+            == [True] * 3
+        )
+        store.flush()
+        for task_id, result, error in (("ok", [3], None), ("bad", None, ERROR), ("revoked", None, None)):
+            record = store.get(task_id)
+            assert record is not None
+            assert (record.method, record.args, record.kwargs) == ("add", [], {})
+            assert (record.result, record.error) == (result, error)
 
     @pytest.mark.parametrize("value", list(JSON_VALUES.values()), ids=list(JSON_VALUES))
     def test_results_of_every_json_type_round_trip(self, store: Store, value: Any) -> None:
         queue(store, ("t1", "echo"))
-        store.take(["echo"], 1)
-        assert store.finish("t1", FINISHED, result=value)
+        take(store, ["echo"], 1)
+        assert finish(store, "t1", FINISHED, result=value)
         store.flush()
         record = store.get("t1")
         assert record is not None
@@ -352,60 +572,62 @@ class TestFinish:
         assert record is not None
         assert_same_json(record.args, args)
         assert_same_json(record.kwargs, kwargs)
-        (taken,) = store.take(["echo"], 1)
+        ((taken,),) = store.take_many([(["echo"], 1)])
         assert_same_json(taken.args, args)
         assert_same_json(taken.kwargs, kwargs)
 
 
-class TestFinishUnfinished:
-    def test_outcomes_written_without_checking_are_seen_by_every_read(self, store: Store) -> None:
-        queue(store, ("t1", "add"), ("t2", "add"), ("t3", "add"))
-        store.take(["add"], 3)
-        store.finish_unfinished("t1", FINISHED, result=1)
-        store.finish_unfinished("t2", FAILED, error={"code": -32000, "message": "boom"})
-        record = store.get("t1")
-        assert record is not None and (record.state, record.result) == (FINISHED, 1)
-        assert state(store, "t2") == FAILED
-        assert [record.id for record in store.unfinished()] == ["t3"]
-        assert store.finish("t1", FAILED, error={"code": -32000, "message": "late"}) is False
-
-    def test_outcomes_written_without_checking_survive_a_flush_and_reopen(self, tmp_path: Path) -> None:
-        path = str(tmp_path / "tasks.db")
-        first = SqliteStore(path)
-        queue(first, ("t1", "add"))
-        first.take(["add"], 1)
-        first.finish_unfinished("t1", FINISHED, result=[1, 2])
-        first.flush()
-        first.close()
-        second = SqliteStore(path)
-        record = second.get("t1")
-        second.close()
-        assert record is not None and (record.state, record.result) == (FINISHED, [1, 2])
-
-
 class TestExpire:
-    def test_expire_forgets_outcomes_recorded_before_the_time_and_nothing_else(self, store: Store) -> None:
-        queue(store, ("old", "add"), ("new", "add"), ("waiting", "add"))
-        store.take(["add"], 2)
-        store.finish("old", FINISHED, result=1)
-        store.flush()
-        cutoff = time.time()
-        time.sleep(0.01)
-        store.finish_unfinished("new", FAILED, error={"code": -32000, "message": "x"})
-        assert store.expire(cutoff) == 1
+    def test_expire_forgets_outcomes_recorded_before_the_time_and_nothing_else(self, store: Store, clock: Clock) -> None:
+        queue(store, ("old", "a"), ("new", "a"), ("assigned", "a"), ("retry", "a"), ("waiting", "a"))
+        take(store, ["a"], 4)
+        store.retry("retry", 1)
+        clock.now = 100.0
+        assert finish(store, "old", FINISHED, result=1)
+        clock.now = 200.0
+        assert finish(store, "new", FAILED, error=ERROR, held=True)
+        clock.now = 1_000.0
+        assert store.expire(150.0) == 1
         assert store.get("old") is None
         assert state(store, "new") == FAILED
-        assert state(store, "waiting") == QUEUED
-        assert store.expire(time.time() + 1) == 1
-        assert store.get("new") is None and state(store, "waiting") == QUEUED
+        assert store.expire(200.0) == 0  # strictly before
+        assert store.expire(201.0) == 1
+        assert store.get("new") is None
+        assert store.expire(10_000.0) == 0
+        assert [state(store, task_id) for task_id in ("assigned", "retry", "waiting")] == [ASSIGNED, RETRY, QUEUED]
+        assert counts(store) == {"a": 1}
 
-    def test_expire_is_bounded_by_its_limit(self, store: Store) -> None:
-        queue(store, *[(f"t{i}", "add") for i in range(5)])
-        store.take(["add"], 5)
-        for i in range(5):
-            store.finish(f"t{i}", FINISHED, result=i)
-        assert store.expire(time.time() + 1, limit=3) == 3
-        assert store.expire(time.time() + 1, limit=3) == 2
+    def test_expire_is_bounded_by_its_limit_and_forgets_the_oldest_first(self, store: Store, clock: Clock) -> None:
+        queue(store, *[(f"t{n}", "a") for n in range(5)])
+        take(store, ["a"], 5)
+        for n in reversed(range(5)):  # t4 ends first: the oldest outcome is not the oldest task
+            clock.now += 1
+            assert finish(store, f"t{n}", FINISHED, result=n)
+        clock.now += 1
+        assert store.expire(clock.now, limit=2) == 2
+        assert [store.get(f"t{n}") is None for n in range(5)] == [False, False, False, True, True]
+        assert store.expire(clock.now, limit=2) == 2
+        assert [store.get(f"t{n}") is None for n in range(5)] == [False, True, True, True, True]
+        assert store.expire(clock.now, limit=2) == 1
+        assert store.expire(clock.now, limit=2) == 0
+
+    @pytest.mark.parametrize("left_by", ["revoke", "claim", "retry", "take"])
+    def test_an_expired_id_is_queued_again_at_the_back(self, store: Store, clock: Clock, left_by: str) -> None:
+        queue(store, ("t1", "a"), ("t2", "a"))
+        if left_by == "claim":
+            store.claim(["t1"])
+        elif left_by == "retry":
+            store.retry("t1", 1)
+        elif left_by == "take":
+            assert take(store, ["a"], 1) == ["t1"]
+        assert finish(store, "t1", REVOKED)
+        clock.now += 1
+        assert store.expire(clock.now) == 1
+        queue(store, ("t3", "a"), ("t1", "a"))
+        record = store.get("t1")
+        assert record is not None and (record.state, record.args, record.attempts) == (QUEUED, ["t1"], 0)
+        assert counts(store) == {"a": 3}
+        assert take(store, ["a"], 10) == ["t2", "t3", "t1"]
 
 
 class TestQueries:
@@ -414,85 +636,295 @@ class TestQueries:
         queue(store, ("t1", "add"))
         assert store.get("t2") is None
 
-    def test_unfinished_lists_every_task_that_is_not_final(self, store: Store) -> None:
-        queue(store, ("q", "a"), ("assigned", "a"), ("running", "a"), ("retry", "b"), ("done", "a"), ("failed", "b"))
-        queue(store, ("revoked", "b"))
-        taken = store.take(["a", "b"], 5)
-        assert ids(taken) == ["q", "assigned", "running", "retry", "done"]
-        store.set_state("q", QUEUED)
-        store.set_state("running", RUNNING)
-        store.set_state("retry", RETRY, attempts=1)
-        assert store.finish("done", FINISHED, result=1)
-        assert store.finish("failed", FAILED, error={"code": -32000, "message": "no"})
-        assert store.finish("revoked", REVOKED)
-        store.flush()
-        unfinished = {record.id: (record.method, record.state) for record in store.unfinished()}
-        assert unfinished == {"q": ("a", QUEUED), "assigned": ("a", ASSIGNED), "running": ("a", RUNNING), "retry": ("b", RETRY)}
-        assert all(record.state not in FINAL_STATES for record in store.unfinished())
-
-    def test_unfinished_is_empty_for_an_empty_store(self, store: Store) -> None:
-        assert list(store.unfinished()) == []
-
-    def test_queued_counts_by_method(self, store: Store) -> None:
+    def test_queued_counts_by_method_after_each_kind_of_operation(self, store: Store) -> None:
         assert counts(store) == {}
-        queue(store, ("a1", "a"), ("a2", "a"), ("b1", "b"), ("a3", "a"), ("c1", "c"))
-        assert counts(store) == {"a": 3, "b": 1, "c": 1}
-        store.take(["a"], 2)
-        assert counts(store) == {"a": 1, "b": 1, "c": 1}
-        store.finish("c1", REVOKED)
-        store.set_state("a1", QUEUED)
-        store.flush()
+        queue(store, ("a1", "a"), ("a2", "a"), ("b1", "b"), ("a3", "a"), ("c1", "c"), ("c2", "c"))
+        assert counts(store) == {"a": 3, "b": 1, "c": 2}
+        assert take(store, ["a"], 2) == ["a1", "a2"]
+        assert counts(store) == {"a": 1, "b": 1, "c": 2}
+        store.claim(["b1"])
+        assert counts(store) == {"a": 1, "c": 2}
+        store.retry("c1", 1)
+        assert counts(store) == {"a": 1, "c": 1}
+        store.requeue(["a1", "b1"])
+        assert counts(store) == {"a": 2, "b": 1, "c": 1}
+        assert store.finish_many([Outcome("c2", REVOKED), Outcome("a2", FINISHED, held=True)]) == [True, True]
         assert counts(store) == {"a": 2, "b": 1}
-
-    def test_requeue_unfinished_puts_held_tasks_back_in_their_places(self, store: Store) -> None:
-        queue(store, ("assigned", "a"), ("running", "a"), ("retry", "b"), ("done", "a"), ("failed", "b"), ("waiting", "a"))
-        store.take(["a", "b"], 5)
-        store.set_state("running", RUNNING)
-        store.set_state("retry", RETRY, attempts=2)
-        assert store.finish("done", FINISHED, result="kept")
-        assert store.finish("failed", FAILED, error={"code": -32000, "message": "kept"})
+        assert store.recover() == 4
         store.flush()
-        assert store.requeue_unfinished() == 4
-        for task_id in ("assigned", "running", "retry", "waiting"):
+        assert counts(store) == {"a": 2, "b": 1, "c": 1}
+
+
+class TestRecover:
+    def test_recover_puts_held_and_retry_tasks_back_in_their_places(self, store: Store) -> None:
+        queue(store, ("assigned", "a"), ("claimed", "a"), ("retry", "b"), ("done", "a"), ("failed", "b"), ("waiting", "a"))
+        take(store, ["a", "b"], 5)
+        store.claim(["claimed"])
+        store.retry("retry", 2)
+        assert finish(store, "done", FINISHED, result="kept")
+        assert finish(store, "failed", FAILED, error=ERROR)
+        store.flush()
+        assert store.recover() == 4
+        for task_id in ("assigned", "claimed", "retry", "waiting"):
             assert state(store, task_id) == QUEUED
         assert state(store, "done") == FINISHED
         assert state(store, "failed") == FAILED
-        retry = store.get("retry")
-        assert retry is not None and retry.attempts == 2
+        assert attempts(store, "retry") == 2
         assert counts(store) == {"a": 3, "b": 1}
-        assert ids(store.take(["a", "b"], 10)) == ["assigned", "running", "retry", "waiting"]
+        assert take(store, ["a", "b"], 10) == ["assigned", "claimed", "retry", "waiting"]
 
-    def test_requeue_unfinished_of_an_empty_store_returns_zero(self, store: Store) -> None:
-        assert store.requeue_unfinished() == 0
+    def test_recover_counts_tasks_that_were_queued_already(self, store: Store) -> None:
+        queue(store, ("t1", "a"), ("t2", "b"), ("t3", "a"))
+        assert take(store, ["a"], 1) == ["t1"]
+        assert store.recover() == 3
+        assert store.recover() == 3
+        assert counts(store) == {"a": 2, "b": 1}
+
+    def test_recover_of_an_empty_store_returns_zero(self, store: Store) -> None:
+        assert store.recover() == 0
+
+
+# ---- random sequences ------------------------------------------------------------------------------
+
+
+class ReferenceStore(Store):
+    """The contract as plainly as it can be written: a dict in queue order, scanned on every call."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, TaskRecord] = {}  # in the order added: the queue's order
+        self.ended_at: dict[str, float] = {}
+
+    def add(self, record: TaskRecord) -> bool:
+        if record.id in self.tasks:
+            return False
+        self.tasks[record.id] = replace(record, state=QUEUED)
+        return True
+
+    def take_many(self, wants: Sequence[Want]) -> list[list[TaskRecord]]:
+        taken = []
+        for methods, limit in wants:
+            queued = [record for record in self.tasks.values() if record.state == QUEUED and record.method in methods]
+            records = queued[: max(limit, 0)]
+            for record in records:
+                record.state = ASSIGNED
+            taken.append(records)
+        return taken
+
+    def claim(self, task_ids: Iterable[str]) -> list[TaskRecord]:
+        claimed = [record for task_id in task_ids if (record := self.tasks.get(task_id)) and record.state not in FINAL_STATES]
+        for record in claimed:
+            record.state = ASSIGNED
+        return claimed
+
+    def requeue(self, task_ids: Iterable[str]) -> None:
+        for task_id in task_ids:
+            if (record := self.tasks.get(task_id)) and record.state in (ASSIGNED, RETRY):
+                record.state = QUEUED
+
+    def retry(self, task_id: str, attempts: int) -> None:
+        if (record := self.tasks.get(task_id)) and record.state not in FINAL_STATES:
+            record.state, record.attempts = RETRY, attempts
+
+    def finish_many(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        recorded = []
+        for outcome in outcomes:
+            record = self.tasks.get(outcome.task_id)
+            recorded.append(record is not None and record.state not in FINAL_STATES)
+            if record is not None and recorded[-1]:
+                record.state, record.result, record.error = outcome.state, outcome.result, outcome.error
+                record.args, record.kwargs = [], {}
+                self.ended_at[record.id] = time.time()
+        return recorded
+
+    def expire(self, before: float, limit: int = 10_000) -> int:
+        oldest = sorted((when, task_id) for task_id, when in self.ended_at.items() if when < before)[: max(limit, 0)]
+        for _, task_id in oldest:
+            del self.tasks[task_id], self.ended_at[task_id]
+        return len(oldest)
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        return self.tasks.get(task_id)
+
+    def queued_counts(self) -> Mapping[str, int]:
+        return Counter(record.method for record in self.tasks.values() if record.state == QUEUED)
+
+    def recover(self) -> int:
+        self.requeue(list(self.tasks))
+        return sum(self.queued_counts().values())
+
+
+POOL = [f"t{n}" for n in range(40)]  # few ids, so that adds repeat ids and expired ids come back
+METHODS = ["a", "b", "c"]
+OPERATIONS = {
+    "add": 30,
+    "take_many": 20,
+    "finish_many": 14,
+    "requeue": 10,
+    "retry": 8,
+    "claim": 6,
+    "expire": 6,
+    "flush": 3,
+    "recover": 1,
+    "reopen": 2,
+}
+
+
+def random_operation(rng: random.Random, now: float, reference: Store) -> tuple[Any, ...]:
+    """One operation with random arguments, unknown and repeated ids included. ``held`` is promised only
+    for tasks ``reference`` has ASSIGNED, as the contract asks."""
+
+    def some_ids() -> list[str]:
+        return rng.sample([*POOL, "unknown"], rng.randint(0, 4))
+
+    kind = rng.choices(list(OPERATIONS), weights=list(OPERATIONS.values()))[0]
+    if kind == "add":
+        return ("add", rng.choice(POOL), rng.choice(METHODS))
+    if kind == "take_many":
+        return (
+            "take_many",
+            [(rng.sample([*METHODS, "x"], rng.randint(0, 3)), rng.randint(-1, 4)) for _ in range(rng.randint(0, 3))],
+        )
+    if kind in ("claim", "requeue"):
+        return (kind, some_ids())
+    if kind == "retry":
+        return ("retry", rng.choice([*POOL, "unknown"]), rng.randint(1, 5))
+    if kind == "finish_many":
+        outcomes = []
+        for task_id in rng.choices([*POOL, "unknown"], k=rng.randint(0, 4)):
+            record = reference.get(task_id)
+            first = all(outcome.task_id != task_id for outcome in outcomes)
+            held = first and record is not None and record.state == ASSIGNED and rng.random() < 0.7
+            end = rng.choice([FINISHED, FAILED, REVOKED])
+            result = rng.choice([None, rng.randint(0, 9), [task_id]]) if end == FINISHED else None
+            error = {"code": -32000, "message": task_id} if end == FAILED else None
+            outcomes.append(Outcome(task_id, end, result, error, held))
+        return ("finish_many", outcomes)
+    if kind == "expire":
+        return ("expire", now - rng.randint(0, 40))
+    return (kind,)
+
+
+def apply(store: Store, operation: tuple[Any, ...]) -> Any:
+    """Run one operation on ``store``; returns its answer as plain values, to compare."""
+    match operation:
+        case ("add", task_id, method):
+            return store.add(TaskRecord(task_id, method, [task_id], {"method": method}))
+        case ("take_many", wants):
+            return [
+                [(record.id, record.method, record.args, record.attempts) for record in records]
+                for records in store.take_many(wants)
+            ]
+        case ("claim", task_ids):
+            return sorted((record.id, record.state) for record in store.claim(task_ids))
+        case ("requeue", task_ids):
+            return store.requeue(task_ids)
+        case ("retry", task_id, count):
+            return store.retry(task_id, count)
+        case ("finish_many", outcomes):
+            return store.finish_many(outcomes)
+        case ("expire", before):
+            return store.expire(before)
+        case ("flush",):
+            return store.flush()
+        case ("recover",):
+            return store.recover()
+    raise AssertionError(f"unknown operation {operation}")
+
+
+def describe(record: TaskRecord | None) -> tuple[Any, ...] | None:
+    if record is None:
+        return None
+    return (record.method, record.state, record.attempts, record.args, record.kwargs, record.result, record.error)
+
+
+def view(store: Store) -> dict[str, tuple[Any, ...] | None]:
+    """Every pool id as get() sees it."""
+    return {task_id: describe(store.get(task_id)) for task_id in POOL}
+
+
+def reopen(store: Store) -> Store:
+    """The store as a broker that restarts finds it: an SQLite store opens its file afresh."""
+    if isinstance(store, SqliteStore):
+        store.close()
+        return SqliteStore(store.path)
+    return store
+
+
+def run_in_lockstep(stores: list[Store], seed: int, steps: int, clock: Clock) -> None:
+    """Apply the same seeded random operations to every store; after each, all must have answered
+    alike, and show the same tasks through get(), and each must count its queued tasks exactly as
+    get() shows them. Operations are drawn against ``stores[0]``. Closes every store."""
+    rng = random.Random(seed)
+    operations: set[str] = set()
+    states: set[str] = set()
+    try:
+        for step in range(steps):
+            clock.now += 1
+            operation = random_operation(rng, clock.now, stores[0])
+            operations.add(operation[0])
+            if operation[0] == "reopen":
+                stores[:] = [reopen(store) for store in stores]
+                answers = [None] * len(stores)
+            else:
+                answers = [apply(store, operation) for store in stores]
+            views = [view(store) for store in stores]
+            where = f"step {step}, {operation}"
+            for store, tasks in zip(stores, views, strict=True):
+                queued = Counter(task[0] for task in tasks.values() if task is not None and task[1] == QUEUED)
+                assert counts(store) == queued, f"{type(store).__name__} counts wrong after {where}"
+                states.update(task[1] for task in tasks.values() if task is not None)
+            for store, answer, tasks in zip(stores[1:], answers[1:], views[1:], strict=True):
+                assert answer == answers[0], f"{type(store).__name__} answered otherwise at {where}"
+                assert tasks == views[0], f"{type(store).__name__} holds other tasks after {where}"
+    finally:
+        for store in stores:
+            store.close()
+    # Every operation ran and every state was reached (and no other), or the sequence proves little.
+    assert operations == set(OPERATIONS)
+    assert states == {QUEUED, ASSIGNED, RETRY, *FINAL_STATES}
+
+
+class TestRandomOperations:
+    def test_every_answer_and_queued_count_matches_the_reference_after_every_operation(self, store: Store, clock: Clock) -> None:
+        run_in_lockstep([ReferenceStore(), store], seed=20240611, steps=3_000, clock=clock)
+
+    def test_memory_and_sqlite_answer_a_random_sequence_alike(self, tmp_path: Path, clock: Clock) -> None:
+        run_in_lockstep([MemoryStore(), SqliteStore(str(tmp_path / "tasks.db"))], seed=7, steps=3_000, clock=clock)
 
 
 # ---- SQLite only: the file ------------------------------------------------------------------------------
 
 
 def _write_history(store: Store) -> None:
-    """Tasks in every state, for the reopening tests: q1/q2 QUEUED, run RUNNING, ok FINISHED, bad FAILED."""
-    for task_id, method in (("run", "a"), ("ok", "a"), ("bad", "b"), ("q1", "a"), ("q2", "b")):
+    """Tasks in every state, for the reopening tests: held ASSIGNED, retry RETRY (attempt 1), ok
+    FINISHED, bad FAILED, q1 and q2 QUEUED."""
+    for task_id, method in (("held", "a"), ("retry", "a"), ("ok", "a"), ("bad", "b"), ("q1", "a"), ("q2", "b")):
         assert store.add(TaskRecord(task_id, method, [task_id, 2**63 - 1], {"ü": [1.5, None]}))
-    assert ids(store.take(["a", "b"], 3)) == ["run", "ok", "bad"]
-    store.set_state("run", RUNNING, attempts=1)
-    assert store.finish("ok", FINISHED, result={"nested": ["ok", 1.0, None, "日本"]})
-    assert store.finish("bad", FAILED, error={"code": -32000, "message": "ValueError: no", "data": {"type": "ValueError"}})
+    assert take(store, ["a", "b"], 4) == ["held", "retry", "ok", "bad"]
+    store.retry("retry", 1)
+    outcomes = [
+        Outcome("ok", FINISHED, result={"nested": ["ok", 1.0, None, "日本"]}, held=True),
+        Outcome("bad", FAILED, error=ERROR),
+    ]
+    assert store.finish_many(outcomes) == [True, True]
     store.flush()
 
 
 def _assert_history(store: Store) -> None:
-    """What _write_history left, as seen from a store that opened the file afresh."""
-    ok, bad, run, q1 = store.get("ok"), store.get("bad"), store.get("run"), store.get("q1")
-    assert ok is not None and bad is not None and run is not None and q1 is not None
+    """What _write_history left, as seen from a store that opened the file afresh; then recover, as a
+    broker that starts does, puts the held and retried tasks back in their places."""
+    ok, bad, held, retry, q1 = (store.get(task_id) for task_id in ("ok", "bad", "held", "retry", "q1"))
+    assert ok is not None and bad is not None and held is not None and retry is not None and q1 is not None
     assert ok.state == FINISHED
     assert_same_json(ok.result, {"nested": ["ok", 1.0, None, "日本"]})
-    assert (bad.state, bad.error) == (FAILED, {"code": -32000, "message": "ValueError: no", "data": {"type": "ValueError"}})
-    assert (run.state, run.attempts) == (RUNNING, 1)
+    assert (bad.state, bad.error) == (FAILED, ERROR)
+    assert (held.state, retry.state, retry.attempts) == (ASSIGNED, RETRY, 1)
     assert (q1.method, q1.args, q1.kwargs, q1.state) == ("a", ["q1", 2**63 - 1], {"ü": [1.5, None]}, QUEUED)
     assert counts(store) == {"a": 1, "b": 1}
-    assert {record.id for record in store.unfinished()} == {"run", "q1", "q2"}
-    assert store.requeue_unfinished() == 3
-    assert ids(store.take(["a", "b"], 10)) == ["run", "q1", "q2"]
+    assert store.recover() == 4
+    assert counts(store) == {"a": 3, "b": 1}
+    (taken,) = store.take_many([(["a", "b"], 10)])
+    assert [(record.id, record.attempts) for record in taken] == [("held", 0), ("retry", 1), ("q1", 0), ("q2", 0)]
 
 
 class TestSqliteDurability:
@@ -510,16 +942,19 @@ class TestSqliteDurability:
     def test_close_makes_unflushed_writes_durable(self, tmp_path: Path) -> None:
         path = str(tmp_path / "tasks.db")
         store = SqliteStore(path)
-        assert store.add(TaskRecord("t1", "add", [1, 2]))
-        assert store.add(TaskRecord("t2", "add"))
-        store.take(["add"], 1)
+        for task_id in ("t1", "t2", "t3", "t4"):
+            assert store.add(TaskRecord(task_id, "add", [1, 2]))
+        assert take(store, ["add"], 2) == ["t1", "t2"]
+        store.retry("t3", 2)
+        assert finish(store, "t2", FINISHED, result=3, held=True)
         store.close()  # no flush: close promises one
         second = SqliteStore(path)
         try:
-            assert state(second, "t1") == ASSIGNED
-            assert state(second, "t2") == QUEUED
+            assert [state(second, task_id) for task_id in ("t1", "t2", "t3", "t4")] == [ASSIGNED, FINISHED, RETRY, QUEUED]
             record = second.get("t1")
             assert record is not None and record.args == [1, 2]
+            assert attempts(second, "t3") == 2
+            assert counts(second) == {"add": 1}
         finally:
             second.close()
 
@@ -532,22 +967,23 @@ class TestSqliteDurability:
         try:
             assert second.add(TaskRecord("ok", "a")) is False  # the ids are remembered too
             _assert_history(second)
-            assert second.finish("q1", FINISHED, result=1)
+            assert finish(second, "q1", FINISHED, result=1, held=True)
         finally:
             second.close()
         third = SqliteStore(path)
         try:
             assert state(third, "q1") == FINISHED
             assert state(third, "q2") == ASSIGNED
+            assert counts(third) == {}
+            assert third.recover() == 3
         finally:
             third.close()
 
-    def test_flushed_tasks_survive_a_kill_of_the_process(self, tmp_path: Path) -> None:
+    def test_flushed_tasks_survive_a_kill_of_the_process_and_recover_requeues_them(self, tmp_path: Path) -> None:
         path = str(tmp_path / "tasks.db")
         child = textwrap.dedent(
             f"""
             import sys
-            from zerotask.store import TaskRecord
             from zerotask.store.sqlite import SqliteStore
             from tests.test_store_contract import _write_history
 

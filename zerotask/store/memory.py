@@ -16,7 +16,8 @@ class MemoryStore(Store):
         self._records: dict[str, TaskRecord] = {}
         self._sequence: dict[str, int] = {}  # task id -> its place in the queue, kept until it ends
         # One min-heap of (sequence, task id) per method: FIFO, and a requeued task keeps its place.
-        # Entries whose task is no longer QUEUED are dropped lazily when they reach the top.
+        # Entries whose task is no longer QUEUED, or that are left from an expired task whose id was
+        # added again, are dropped lazily when they reach the top.
         self._queues: dict[str, list[tuple[int, str]]] = {}
         self._queued: dict[str, int] = {}
         self._next_sequence = 0
@@ -50,10 +51,10 @@ class MemoryStore(Store):
         taken: list[TaskRecord] = []
         heads = [(method, queue) for method in set(methods) if (queue := self._queues.get(method))]
         while len(taken) < limit and heads:
-            method, queue = min(heads, key=lambda head: head[1][0][0])
-            _, task_id = heapq.heappop(queue)
+            _, queue = min(heads, key=lambda head: head[1][0][0])
+            sequence, task_id = heapq.heappop(queue)
             record = self._records.get(task_id)
-            if record is not None and record.state == QUEUED and record.method == method:
+            if record is not None and record.state == QUEUED and self._sequence[task_id] == sequence:
                 self._leave_queue(record, ASSIGNED)
                 taken.append(record)
             if not queue:
