@@ -147,8 +147,6 @@ class BrokerCore:
         if record.state in FINAL_STATES:
             return record.state, None
         holder = self._holder.get(task_id)
-        if holder is not None:
-            self._release(task_id)
         error = TaskRevoked(f"task {task_id} was revoked", {"task_id": task_id}).to_error_object()
         self._record([(record, Outcome(task_id, REVOKED, error=error, held=holder is not None))])
         return REVOKED, holder.id if holder is not None else None
@@ -174,7 +172,8 @@ class BrokerCore:
         node = NodeSlot(node_id, frozenset(methods), max(credit, 0))
         self._nodes[node_id] = node
         self._served.update(node.methods)
-        adopt = [task_id for task_id in running if isinstance(task_id, str) and task_id not in self._holder]
+        candidates = [task_id for task_id in running if isinstance(task_id, str) and task_id not in self._holder]
+        adopt = [task_id for task_id in candidates if (found := self.store.get(task_id)) and found.method in node.methods]
         for record in self.store.claim(adopt):
             node.held[record.id] = record
             node.started.add(record.id)
@@ -239,36 +238,41 @@ class BrokerCore:
 
     def report(self, node: NodeSlot | None, outcomes: list[Any]) -> None:
         """Record the outcomes a node reported (``{"task_id", "result"}`` or ``{"task_id", "error"}``),
-        with one store call. A failure of a task the node held may be retried instead (the hooks
-        decide). An outcome for a task that ended already, or is unknown, is ignored, and so is a failure
-        asking for a retry of a task nobody holds (a report sent twice, or late: the task runs again
-        anyway). Raises InvalidParams at the first element that is not an outcome, after recording those
-        before it."""
-        if node is not None:
-            node.finished += len(outcomes)
+        with one store call. Only the node that holds a task may end it: an outcome for a task it does
+        not hold (ended already, unknown, taken back when it was lost, or another node's) is ignored,
+        and so is a second outcome for one task in the same report. A failure may be retried instead
+        (the hooks decide). Atomic: the store records first, and a task leaves its node only once its
+        outcome is stored. Raises InvalidParams at the first element that is not an outcome, after
+        recording those before it."""
         finals: list[tuple[TaskRecord, Outcome]] = []
+        retries: list[tuple[TaskRecord, float]] = []
         problem = None
+        decided: set[str] = set()
         for outcome in outcomes:
             task_id = outcome.get("task_id") if isinstance(outcome, dict) else None
             if not isinstance(task_id, str):
                 problem = InvalidParams("each finished task is an object with a task_id")
                 break
-            record = self._release(task_id)
-            held = record is not None
-            if record is None and (record := self.store.get(task_id)) is None:
+            if node is None or task_id in decided or self._holder.get(task_id) is not node:
                 continue
+            decided.add(task_id)
+            record = node.held[task_id]
             error = outcome.get("error")
             if error is None:
-                finals.append((record, Outcome(task_id, FINISHED, result=outcome.get("result"), held=held)))
+                finals.append((record, Outcome(task_id, FINISHED, result=outcome.get("result"), held=True)))
                 continue
             if not isinstance(error, dict):
                 error = jsonrpc.error_object(wire.TASK_FAILED, "the node reported a failure that is not an error object")
             delay_s = self._retry_delay_for(record, error)
             if delay_s is None:
-                finals.append((record, Outcome(task_id, FAILED, error=error, held=held)))
-            elif held:
-                self._retry(record, delay_s)
+                finals.append((record, Outcome(task_id, FAILED, error=error, held=True)))
+            else:
+                retries.append((record, delay_s))
+        if node is not None:
+            node.finished += len(decided)
         self._record(finals)
+        for record, delay_s in retries:
+            self._retry(record, delay_s)
         if problem is not None:
             raise problem
 
@@ -283,11 +287,13 @@ class BrokerCore:
         return node.held.pop(task_id, None)
 
     def _record(self, finals: list[tuple[TaskRecord, Outcome]]) -> None:
-        """Store outcomes in one call, then answer the waiters and the hooks of those recorded now."""
+        """Store outcomes in one call; then (only then) release their tasks from the nodes that held
+        them, and answer the waiters and the hooks of those recorded now."""
         if not finals:
             return
         recorded = self.store.finish_many([outcome for _, outcome in finals])
         for (record, outcome), now in zip(finals, recorded, strict=True):
+            self._release(record.id)
             if not now:
                 continue
             record.state, record.result, record.error = outcome.state, outcome.result, outcome.error
@@ -307,9 +313,11 @@ class BrokerCore:
         return None
 
     def _retry(self, record: TaskRecord, delay_s: float) -> None:
-        """Put a failed task in RETRY, to be queued again after ``delay_s``."""
+        """Put a failed task in RETRY (stored first, then released from its node), to be queued again
+        after ``delay_s``."""
         attempt = record.attempts + 1
         self.store.retry(record.id, attempt)
+        self._release(record.id)
         record.attempts, record.state = attempt, RETRY
         self._scheduler.call_later(delay_s, functools.partial(self._retry_due, record.id, attempt))
         for hook in self._on_retry:
