@@ -135,13 +135,27 @@ def from_error_object(error: dict[str, Any]) -> ZerotaskError:
 
 
 def task_error_object(exc: BaseException, traceback_text: str) -> dict[str, Any]:
-    """The error object a worker sends when a task raised ``exc``."""
+    """The error object a worker sends when a task raised ``exc``; it always encodes as JSON. The message
+    is best effort: ``<unprintable T>`` when ``str(exc)`` raises, and lone surrogates (which UTF-8 cannot
+    carry) are written as ``\\udXXX`` escapes, in the message, the type name and the traceback."""
     type_name = type(exc).__qualname__
     module = type(exc).__module__
     if module not in ("builtins", "__main__"):
         type_name = f"{module}.{type_name}"
+    type_name = _encodable(type_name)
+    try:
+        message = _encodable(str(exc))
+    except BaseException:  # a broken __str__ must not lose the error it describes
+        message = f"<unprintable {type_name}>"
     return jsonrpc.error_object(
         wire.TASK_FAILED,
-        f"{type_name}: {exc}",
-        {"type": type_name, "message": str(exc), "traceback": traceback_text},
+        f"{type_name}: {message}",
+        {"type": type_name, "message": message, "traceback": _encodable(traceback_text)},
     )
+
+
+def _encodable(text: str) -> str:
+    """``text`` with lone surrogates written as backslash escapes, so that it encodes as UTF-8 JSON."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

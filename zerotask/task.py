@@ -88,13 +88,15 @@ class Dispatcher:
             raise
 
     def run(self, name: str, args: list[Any], kwargs: dict[str, Any], attempt: int = 0) -> tuple[Any, dict[str, Any] | None]:
-        """Run a task and never raise: ``(result, None)`` on success, ``(None, error object)`` otherwise.
-        ``attempt`` (0 on the first run) decides whether the error asks for a retry."""
+        """Run a task and never raise: ``(result, None)`` on success, ``(None, error object)`` otherwise,
+        whatever the task raises (SystemExit, KeyboardInterrupt and other BaseExceptions included: they
+        end the task, not the process running it). ``attempt`` (0 on the first run) decides whether the
+        error asks for a retry."""
         try:
             return self.call(name, args, kwargs), None
         except (UnknownMethod, InvalidParams) as error:
             return None, error.to_error_object()
-        except Exception as error:  # the task's own failure travels to the caller
+        except BaseException as error:  # the task's own failure travels to the caller
             return None, self.failure(name, error, traceback.format_exc(), attempt)
 
     def failure(self, name: str, error: BaseException, traceback_text: str, attempt: int) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 The pool hands tasks to idle workers in batches (several tasks per hand-off when many are waiting,
 one at a time when few are), enforces time limits by killing the worker, replaces workers that die,
 and measures how long a task takes, from which the node decides how many tasks to hold in advance.
+When a worker dies, only the task it was running is blamed (the worker's shared memory says which,
+see :mod:`zerotask.node.worker`); the rest of its batch without an outcome runs again.
 """
 
 from __future__ import annotations
@@ -18,15 +20,15 @@ from typing import Any
 from zerotask import jsonrpc
 from zerotask.exceptions import ResultTooLarge, TimeLimitExceeded, WorkerLost, ZerotaskError
 from zerotask.loop import EventLoop, Timer
-from zerotask.node.worker import Worker
+from zerotask.node.worker import MAX_BATCH, Worker
 from zerotask.task import Dispatcher
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH = 64  # tasks per hand-off at most
 RUNNING_AFTER_S = 0.001  # a task still running after this long is reported RUNNING
 BATCH_WINDOW_S = 0.001  # a hand-off holds about this much work
 ENVELOPE_ROOM = 4096  # bytes kept free for the JSON-RPC around an outcome
+REVOKE_RECHECK_S = 0.01  # when to look again whether a worker started a task just as it was revoked
 
 Task = dict[str, Any]
 
@@ -106,14 +108,23 @@ class WorkerPool:
         return task_ids
 
     def revoke(self, task_ids: set[str]) -> None:
-        """Drop revoked tasks that wait here; kill a worker whose batch holds one (its other tasks
-        come back to the queue)."""
+        """Drop revoked tasks that wait here or in a worker's batch (the worker passes over them, and
+        nothing is reported for them); kill a worker that is running one (the rest of its batch comes
+        back to the queue)."""
         self.pending = deque(task for task in self.pending if task["task_id"] not in task_ids)
         for worker in self.workers:
-            if any(task["task_id"] in task_ids for task in worker.batch):
-                log.info("revoking a task of worker %d: killing it", worker.index)
-                worker.revoked.update(task_ids)
-                worker.kill("revoked")
+            if worker.revoke(task_ids):
+                self._stop_revoked(worker)
+                # A worker that started a marked task just as it was marked may have missed the mark while
+                # we missed its start (neither side fences its memory): by then both writes are visible.
+                self._server.call_later(REVOKE_RECHECK_S, functools.partial(self._stop_revoked, worker))
+        for task_id in task_ids:
+            self._handed.pop(task_id, None)
+
+    def _stop_revoked(self, worker: Worker) -> None:
+        if worker.kill_reason is None and worker.runs_revoked():
+            log.info("revoking the task worker %d is running: killing it", worker.index)
+            worker.kill("revoked")
 
     def kill_busy(self) -> None:
         """Stop every running task now (the grace period is over); nothing is reported for them."""
@@ -189,6 +200,8 @@ class WorkerPool:
             self.service_s += 0.2 * (max(busy_s, 1e-6) / max(len(ended), 1) - self.service_s)
             for task, outcome in ended:
                 self._handed.pop(task["task_id"], None)
+                if outcome is None:
+                    continue  # revoked before it started: the broker recorded that already
                 if size > self.max_outcome_bytes and len(jsonrpc.dumps(outcome)) > self.max_outcome_bytes:
                     # The broker would disconnect us for sending it, and the caller would wait forever.
                     self._fail(task, ResultTooLarge(f"the outcome of {task['method']} is over the broker's size limit"))
@@ -197,31 +210,33 @@ class WorkerPool:
         self.dispatch()
 
     def _replace(self, worker: Worker) -> None:
-        """A worker died: report its running task (unless it was killed on purpose), put the rest of its
-        batch back in the queue, and start another worker in its place."""
+        """A worker died: report the task it was running, unless the node killed it on purpose or the
+        task was revoked; put the rest of its batch back in the queue (the tasks before the running one
+        too, if their outcomes had not arrived: at least once); start another worker in its place."""
         worker.process.join(1.0)
         code = worker.process.exitcode
         reason = worker.kill_reason
+        running = worker.running()  # before stop(), which unmaps the memory that says which it was
         self._server.remove_socket(worker.fileno())
         worker.stop()
         batch = list(worker.batch)
         worker.batch.clear()
         for task in batch:
             self._handed.pop(task["task_id"], None)
-        if batch and reason != "shutdown":
-            running, rest = batch[0], batch[1:]
+        if reason == "shutdown":
+            return
+        if running is not None and running["task_id"] not in worker.revoked:
             if reason == "timeout":
-                self._fail(
-                    running, TimeLimitExceeded(f"{running['method']} ran past its time limit of {self._time_limit(running)} s")
-                )
-            elif reason == "revoked":
-                rest = batch  # the running one goes back too unless it is the revoked one
-            else:
+                limit = self._time_limit(running)
+                self._fail(running, TimeLimitExceeded(f"{running['method']} ran past its time limit of {limit} s"))
+            elif reason is None:
                 log.error("worker %d died running %s (exit code %s)", worker.index, running["method"], code)
                 self._fail(running, WorkerLost(f"the worker running {running['method']} died (exit code {code})"))
-            self.pending.extendleft(reversed([task for task in rest if task["task_id"] not in worker.revoked]))
-        if reason != "shutdown":
-            self.workers[worker.index] = self._start_worker(worker.index)
+            else:  # killed for a revoked task it had just left: this one goes back too
+                running = None
+        again = [task for task in batch if task is not running and task["task_id"] not in worker.revoked]
+        self.pending.extendleft(reversed(again))
+        self.workers[worker.index] = self._start_worker(worker.index)
 
     def _fail(self, task: Task, error: ZerotaskError) -> None:
         """Report a failure the node saw (the worker died, ran too long...), with the task's retry decision."""
