@@ -1,6 +1,6 @@
 """The seed README's examples, verbatim (print made a function for Python 3), on the default ports.
 
-They use the defaults the seed promises: the broker binds tcp://*:5555 and tcp://*:5556 and keeps its
+They use the defaults the seed promises: the broker binds ports 5555 and 5556 on 127.0.0.1 and keeps its
 tasks in ./zerotask.db; nodes and clients find it at tcp://127.0.0.1:5555.
 """
 

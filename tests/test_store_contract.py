@@ -92,6 +92,12 @@ def attempts(store: Store, task_id: str) -> int:
     return record.attempts
 
 
+def owner(store: Store, task_id: str) -> str | None:
+    record = store.get(task_id)
+    assert record is not None, f"{task_id} is unknown"
+    return record.owner
+
+
 def counts(store: Store) -> dict[str, int]:
     """queued_counts without zero entries: the contract does not say whether a store lists them."""
     return {method: count for method, count in store.queued_counts().items() if count}
@@ -188,6 +194,20 @@ class TestAdd:
         assert (record.state, record.result) == (FINISHED, 3)
         assert counts(store) == {}
         assert take(store, ["add"], 10) == []
+
+    def test_the_owner_round_trips_through_get_take_many_and_finish(self, store: Store) -> None:
+        """The key that submitted a task (with CURVE) decides who may query it: every read returns it."""
+        key = "rq:rV}0aHk7Q6&1C>x@9H%8w^5:9%p]r(3h*Ek$z"  # a public key, Z85
+        assert store.add(TaskRecord("mine", "add", [1], owner=key))
+        assert store.add(TaskRecord("anyone", "add", [2]))
+        store.flush()
+        assert [owner(store, "mine"), owner(store, "anyone")] == [key, None]
+        (taken,) = store.take_many([(["add"], 2)])
+        assert [record.owner for record in taken] == [key, None]
+        assert "owner" not in taken[0].to_wire()  # never sent to nodes
+        assert finish(store, "mine", FINISHED, result=1, held=True)
+        store.flush()
+        assert owner(store, "mine") == key
 
 
 class TestTakeMany:
@@ -928,6 +948,17 @@ def _assert_history(store: Store) -> None:
 
 
 class TestSqliteDurability:
+    def test_the_owner_survives_closing_and_reopening(self, tmp_path: Path) -> None:
+        path = str(tmp_path / "tasks.db")
+        store = SqliteStore(path)
+        assert store.add(TaskRecord("mine", "add", owner="client-key"))
+        store.close()
+        reopened = SqliteStore(path)
+        try:
+            assert owner(reopened, "mine") == "client-key"
+        finally:
+            reopened.close()
+
     def test_what_was_flushed_survives_closing_and_reopening(self, tmp_path: Path) -> None:
         path = str(tmp_path / "tasks.db")
         store = SqliteStore(path)

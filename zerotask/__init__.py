@@ -1,9 +1,11 @@
 """zerotask: a distributed task system over ZeroMQ and JSON-RPC 2.0."""
 
 from zerotask.exceptions import (
+    Forbidden,
     InvalidParams,
     NotReady,
     ProtocolError,
+    QueueFull,
     RemoteError,
     TaskError,
     TaskRevoked,
@@ -17,9 +19,11 @@ from zerotask.task import task
 __version__ = "0.1.0"
 
 __all__ = [
+    "Forbidden",
     "InvalidParams",
     "NotReady",
     "ProtocolError",
+    "QueueFull",
     "RemoteError",
     "TaskError",
     "TaskRevoked",

@@ -1,4 +1,4 @@
-"""The ``zerotask`` command: ``zerotask broker``, ``node``, ``call``, ``map`` and ``events``.
+"""The ``zerotask`` command: ``zerotask broker``, ``node``, ``call``, ``map``, ``events`` and ``keys``.
 
 ``python -m zerotask.broker``, ``python -m zerotask.node`` and ``python -m zerotask.client`` use the same
 parsers and functions. Defaults come from the constructors' modules, so they are written once.
@@ -12,10 +12,12 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
-from zerotask import jsonrpc
+from zerotask import auth, jsonrpc
 from zerotask.broker import transport
+from zerotask.broker.client_protocol import DEFAULT_MAX_WAITING
+from zerotask.broker.core import DEFAULT_MAX_QUEUED
 from zerotask.client.calls import DEFAULT_ENDPOINT
 from zerotask.exceptions import ZerotaskError
 from zerotask.node import node as node_module
@@ -70,6 +72,22 @@ def _broker_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="forget outcomes older than this (%(default)s; 0: never)",
     )
+    add("--max-queued", type=int, default=DEFAULT_MAX_QUEUED, metavar="N", help="tasks queued at most (%(default)s)")
+    add(
+        "--max-waiting",
+        type=int,
+        default=DEFAULT_MAX_WAITING,
+        metavar="N",
+        help="answers one client may be owed at once (%(default)s)",
+    )
+    security = parser.add_argument_group("security (CURVE; see `zerotask keys`)")
+    security.add_argument("--curve-secret", metavar="FILE", help="the broker's secret certificate: turns CURVE on")
+    security.add_argument("--clients", metavar="DIR", help="public certificates of the client keys admitted")
+    security.add_argument("--nodes", metavar="DIR", help="public certificates of the node keys admitted")
+    security.add_argument("--admins", metavar="DIR", help="public certificates of the admin keys (any task) admitted")
+    security.add_argument(
+        "--insecure", action="store_true", help="bind beyond this machine without CURVE: anyone who can reach it may run tasks"
+    )
     add("--log-level", default="INFO", choices=LOG_LEVELS)
 
 
@@ -85,6 +103,13 @@ def _run_broker(options: argparse.Namespace, parser: argparse.ArgumentParser) ->
             liveness=options.liveness,
             max_message_bytes=options.max_message_bytes,
             result_ttl_s=options.result_ttl or None,
+            max_queued=options.max_queued,
+            max_waiting=options.max_waiting,
+            curve_secret=options.curve_secret,
+            clients=options.clients,
+            nodes=options.nodes,
+            admins=options.admins,
+            insecure=options.insecure,
         )
     except ValueError as problem:
         parser.error(str(problem))
@@ -126,6 +151,7 @@ def _node_arguments(parser: argparse.ArgumentParser) -> None:
         help="on SIGTERM, how long tasks may finish (%(default)s)",
     )
     add("--time-limit", type=float, default=None, metavar="SECONDS", help="kill tasks that run longer (tasks may set their own)")
+    _curve_arguments(parser)
     add("--log-level", default="INFO", choices=LOG_LEVELS)
 
 
@@ -144,6 +170,8 @@ def _run_node(options: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             prefetch=options.prefetch,
             grace_s=options.grace,
             time_limit_s=options.time_limit,
+            curve_secret=options.curve_secret,
+            broker_key=options.broker_key,
         )
     except ValueError as problem:
         parser.error(str(problem))
@@ -152,6 +180,27 @@ def _run_node(options: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 
 
 # ---- clients ---------------------------------------------------------------------------------------
+
+ClientType = TypeVar("ClientType")
+
+
+def _curve_arguments(parser: argparse.ArgumentParser) -> None:
+    """--curve-secret and --broker-key, for a node or a client of a CURVE broker."""
+    group = parser.add_argument_group("security (CURVE)")
+    group.add_argument(
+        "--curve-secret", metavar="FILE", help=f"this peer's secret certificate (default: ${auth.ENV_CURVE_SECRET})"
+    )
+    group.add_argument("--broker-key", metavar="FILE", help=f"the broker's public certificate (default: ${auth.ENV_BROKER_KEY})")
+
+
+def _client(
+    make: Callable[..., ClientType], options: argparse.Namespace, parser: argparse.ArgumentParser, **kwargs: Any
+) -> ClientType:
+    """A Client or AsyncClient for the command's --broker and keys; exits with a usage error for unusable keys."""
+    try:
+        return make(options.broker, curve_secret=options.curve_secret, broker_key=options.broker_key, **kwargs)
+    except ValueError as problem:
+        parser.error(str(problem))
 
 
 def _parse_argument(text: str) -> Any:
@@ -168,6 +217,7 @@ def _call_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kwargs", default="{}", metavar="JSON", help="keyword arguments as a JSON object")
     parser.add_argument("--broker", default=DEFAULT_ENDPOINT, metavar="ENDPOINT")
     parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS")
+    _curve_arguments(parser)
 
 
 def _run_call(options: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -176,7 +226,7 @@ def _run_call(options: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     kwargs = _parse_argument(options.kwargs)
     if not isinstance(kwargs, dict):
         parser.error("--kwargs must be a JSON object")
-    with Client(options.broker, timeout=options.timeout) as client:
+    with _client(Client, options, parser, timeout=options.timeout) as client:
         try:
             result = client.call(options.method, *[_parse_argument(a) for a in options.args], **kwargs)
         except ZerotaskError as error:
@@ -194,6 +244,7 @@ def _map_arguments(parser: argparse.ArgumentParser) -> None:
     add("--window", type=int, default=1000, metavar="N", help="tasks in flight at most (%(default)s)")
     add("--timeout", type=float, default=None, metavar="SECONDS", help="the longest wait for one result")
     add("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default: on a terminal)")
+    _curve_arguments(parser)
 
 
 def _run_map(options: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -203,7 +254,7 @@ def _run_map(options: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     inputs = options.inputs or [line.rstrip("\n") for line in sys.stdin]
     show = sys.stderr.isatty() if options.progress is None else options.progress
     progress = ProgressBar(len(inputs), sys.stderr) if show else None
-    with AsyncClient(options.broker, timeout=options.timeout) as client:
+    with _client(AsyncClient, options, parser, timeout=options.timeout) as client:
         try:
             for result in client.map(options.method, (_parse_argument(text) for text in inputs), options.window):
                 print(jsonrpc.dumps(result).decode())
@@ -223,17 +274,37 @@ def _events_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--idle-timeout", type=float, default=None, metavar="SECONDS", help="stop after this long without an event"
     )
+    _curve_arguments(parser)
 
 
 def _run_events(options: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from zerotask.client import Client
 
-    with Client(options.broker, timeout=10) as client:
+    with _client(Client, options, parser, timeout=10) as client:
         try:
             for event in client.events(options.idle_timeout):
                 print(jsonrpc.dumps(event).decode(), flush=True)
         except KeyboardInterrupt:
             pass
+    return 0
+
+
+# ---- keys ------------------------------------------------------------------------------------------
+
+
+def _keys_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="the certificate's name: writes NAME.key (public) and NAME.key_secret (private)")
+    parser.add_argument("--dir", default=".", metavar="DIR", help="where to write them (%(default)s)")
+
+
+def _run_keys(options: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        public, secret = auth.create_keys(options.dir, options.name)
+    except (ValueError, FileExistsError) as problem:
+        parser.error(str(problem))
+    print(f"{public}: the public key; for a client, node or admin, copy it into the broker's --clients, --nodes or")
+    print("    --admins directory; for a broker, give it to its nodes and clients (--broker-key)")
+    print(f"{secret}: the secret key (mode 0600); keep it private: it is this process's --curve-secret")
     return 0
 
 
@@ -247,6 +318,7 @@ COMMANDS: dict[str, tuple[str, Arguments, Run]] = {
     "call": ("call a task and print its result as JSON", _call_arguments, _run_call),
     "map": ("call a task once per input; results in input order, one JSON line each", _map_arguments, _run_map),
     "events": ("print the broker's task events as they happen, one JSON line each", _events_arguments, _run_events),
+    "keys": ("write a CURVE certificate pair, NAME.key and NAME.key_secret", _keys_arguments, _run_keys),
 }
 
 

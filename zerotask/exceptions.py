@@ -82,6 +82,20 @@ class TaskRevoked(ZerotaskError):
     code = wire.REVOKED_CODE
 
 
+class QueueFull(ZerotaskError):
+    """The broker refuses more work now (a bound is reached: its queue, or what one peer may wait for);
+    ``data`` says which, with its ``limit``. Try again later."""
+
+    code = wire.QUEUE_FULL
+
+
+class Forbidden(ZerotaskError, PermissionError):
+    """The broker requires CURVE and this key may not do that: call a node method without a node key,
+    or submit a task under an id that another key's task has."""
+
+    code = wire.FORBIDDEN
+
+
 class WorkerLost(ZerotaskError):
     """Raised node-side (and reported as a TaskError of type WorkerLost) when a worker process dies
     while running a task."""
@@ -119,7 +133,8 @@ class TaskError(ZerotaskError):
 
 _BY_CODE: dict[int, type[ZerotaskError]] = {
     cls.code: cls
-    for cls in (ProtocolError, UnknownMethod, InvalidParams, UnknownTask, TaskTimeout, NotReady, TaskRevoked, TaskError)
+    for cls in (ProtocolError, UnknownMethod, InvalidParams, UnknownTask, TaskTimeout, NotReady, TaskRevoked, QueueFull)
+    + (Forbidden, TaskError)
 }
 
 

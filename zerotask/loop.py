@@ -32,9 +32,13 @@ class Timer:
     callback: Callback = field(compare=False)
     interval_s: float | None = field(compare=False, default=None)
     cancelled: bool = field(compare=False, default=False)
+    on_cancel: Callback | None = field(compare=False, default=None, repr=False)
 
     def cancel(self) -> None:
-        self.cancelled = True
+        if not self.cancelled:
+            self.cancelled = True
+            if self.on_cancel is not None:
+                self.on_cancel()
 
 
 class Scheduler(Protocol):
@@ -82,6 +86,8 @@ class EventLoop:
         self._callbacks: dict[Any, Callback] = {}
         self._timers: list[Timer] = []
         self._timer_sequence = 0
+        self._cancelled_timers = 0  # cancelled, still in the heap
+        self.lag_s = 0.0  # how late the last due timer ran: the loop's lag
         self._running = False
         self._stopping_signals = 0
         self._wakeup_reader: socket.socket | None = None
@@ -122,9 +128,18 @@ class EventLoop:
 
     def _add_timer(self, delay_s: float, callback: Callback, interval_s: float | None) -> Timer:
         self._timer_sequence += 1
-        timer = Timer(time.monotonic() + delay_s, self._timer_sequence, callback, interval_s)
+        timer = Timer(time.monotonic() + delay_s, self._timer_sequence, callback, interval_s, on_cancel=self._timer_cancelled)
         heapq.heappush(self._timers, timer)
         return timer
+
+    def _timer_cancelled(self) -> None:
+        """Cancelled timers leave the heap when they reach its top, or all at once when they are most of
+        it: many waits cancelled early (answered before their timeout) must not grow the heap for ever."""
+        self._cancelled_timers += 1
+        if self._cancelled_timers > 64 and self._cancelled_timers * 2 > len(self._timers):
+            self._timers = [timer for timer in self._timers if not timer.cancelled]
+            heapq.heapify(self._timers)
+            self._cancelled_timers = 0
 
     # ---- running ---------------------------------------------------------------------------------
 
@@ -160,6 +175,7 @@ class EventLoop:
     def _poll_timeout_ms(self) -> int | None:
         while self._timers and self._timers[0].cancelled:
             heapq.heappop(self._timers)
+            self._cancelled_timers -= 1
         if not self._timers:
             return None
         return max(0, int((self._timers[0].when - time.monotonic()) * 1000) + 1)
@@ -169,7 +185,9 @@ class EventLoop:
         while self._timers and self._timers[0].when <= now:
             timer = heapq.heappop(self._timers)
             if timer.cancelled:
+                self._cancelled_timers -= 1
                 continue
+            self.lag_s = now - timer.when
             if timer.interval_s is not None:
                 timer.when = now + timer.interval_s
                 heapq.heappush(self._timers, timer)

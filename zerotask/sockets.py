@@ -1,11 +1,15 @@
-"""The one place zerotask makes ZeroMQ sockets, with their options (and, later, their CURVE keys).
+"""The one place zerotask makes ZeroMQ sockets, with their options and their CURVE keys.
 
 The broker binds a ROUTER for requests and an XPUB for events; nodes and clients connect DEALERs, and
 event watchers a SUB. Every socket gets ``LINGER=0``: a peer may be dead, and closing must never wait for it.
+Given :class:`CurveKeys`, a socket is CURVE-encrypted (the broker's as the server, whose ZAP handler,
+:mod:`zerotask.auth`, decides who may connect); the keys are set before it binds or connects.
 """
 
 from __future__ import annotations
 
+import ipaddress
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -14,6 +18,29 @@ Socket = zmq.Socket[bytes]
 Context = zmq.Context[Socket]
 
 _SCHEMES = ("tcp://", "ipc://", "inproc://")
+REPLY_HWM = 1000  # messages queued for one peer of the broker's request socket
+MAX_SUBSCRIPTION_BYTES = 1024  # a subscription message on the event socket; larger ones disconnect the peer
+
+
+@dataclass(frozen=True, slots=True)
+class CurveKeys:
+    """A CURVE key pair (Z85, as in a certificate file) and, for a client, the server's public key: with
+    ``server`` None the socket is a CURVE server (the broker's)."""
+
+    public: bytes
+    secret: bytes
+    server: bytes | None = None
+
+    def apply(self, sock: Socket) -> None:
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
+        if self.server is None:
+            sock.setsockopt(zmq.CURVE_SERVER, 1)
+        else:
+            sock.setsockopt(zmq.CURVE_SERVERKEY, self.server)
+
+    def __repr__(self) -> str:  # never show the secret in a log or a traceback
+        return f"CurveKeys(public={self.public!r}, server={self.server!r})"
 
 
 def check_endpoint(endpoint: Any, bind: bool = False) -> str:
@@ -38,30 +65,54 @@ def check_endpoint(endpoint: Any, bind: bool = False) -> str:
     return endpoint
 
 
-def request_router(context: Context, endpoint: str, max_message_bytes: int) -> Socket:
+def is_local(endpoint: str) -> bool:
+    """Whether only this machine can reach ``endpoint``: ipc:// and inproc://, or tcp:// on a loopback
+    address (127.0.0.0/8, ::1, localhost). A wildcard, an interface name or any other address is not."""
+    scheme, _, address = endpoint.partition("://")
+    if scheme != "tcp":
+        return True
+    host = address.rpartition(":")[0].removeprefix("[").removesuffix("]")
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def request_router(context: Context, endpoint: str, max_message_bytes: int, curve: CurveKeys | None = None) -> Socket:
     """The broker's request socket, bound. ROUTER_MANDATORY makes a send to a vanished peer fail instead
     of vanishing silently; ROUTER_HANDOVER lets a node that reconnects with its routing id take over;
     MAXMSGSIZE disconnects a peer that sends more than the broker accepts."""
     sock: Socket = context.socket(zmq.ROUTER)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-    sock.setsockopt(zmq.SNDHWM, 0)  # replies are never dropped: flow control is by credit
+    # A peer that never reads may have at most REPLY_HWM messages queued for it; beyond, a send to it
+    # fails at once (ROUTER_MANDATORY, NOBLOCK) and the broker drops the message (a node that does not read
+    # is declared lost). What reaches a peer each round goes as one message, so this is slack, not a limit
+    # a reading peer meets. Incoming messages are bounded by MAXMSGSIZE and read as fast as they come.
+    sock.setsockopt(zmq.SNDHWM, REPLY_HWM)
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
     sock.setsockopt(zmq.LINGER, 0)
+    if curve is not None:
+        curve.apply(sock)
     sock.bind(endpoint)
     return sock
 
 
-def event_publisher(context: Context, endpoint: str) -> Socket:
+def event_publisher(context: Context, endpoint: str, curve: CurveKeys | None = None) -> Socket:
     """The broker's event socket, bound: an XPUB, so the broker learns whether anyone listens."""
     sock: Socket = context.socket(zmq.XPUB)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
+    if curve is not None:
+        curve.apply(sock)
     sock.bind(endpoint)
     return sock
 
 
-def dealer(context: Context, endpoint: str, routing_id: bytes | None = None, unbounded: bool = False) -> Socket:
+def dealer(
+    context: Context, endpoint: str, routing_id: bytes | None = None, unbounded: bool = False, curve: CurveKeys | None = None
+) -> Socket:
     """A DEALER connected to the broker. ``routing_id`` lets a node reconnect as itself; ``unbounded``
     (high-water marks 0) suits a peer that does its own flow control and must never drop or block."""
     sock: Socket = context.socket(zmq.DEALER)
@@ -71,15 +122,19 @@ def dealer(context: Context, endpoint: str, routing_id: bytes | None = None, unb
     if unbounded:
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
+    if curve is not None:
+        curve.apply(sock)
     sock.connect(endpoint)
     return sock
 
 
-def subscriber(context: Context, endpoint: str) -> Socket:
+def subscriber(context: Context, endpoint: str, curve: CurveKeys | None = None) -> Socket:
     """A SUB connected to the broker's event socket, subscribed to everything."""
     sock: Socket = context.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SUBSCRIBE, b"")
+    if curve is not None:
+        curve.apply(sock)
     sock.connect(endpoint)
     return sock
 

@@ -4,6 +4,12 @@
 free TCP port, waits until they answer, and stops every process it started (SIGTERM, then SIGKILL).
 ``ManualClock`` is a scheduler whose time moves only when told, so the core's retries and timeouts are
 tested in-process without sleeping. Nothing here is imported by the broker, node or client.
+
+``Cluster(curve=True)`` runs CURVE: :class:`ClusterKeys` makes certificates for the broker and for the keys
+``client``, ``client2`` (clients), ``node`` and ``admin``; nodes get the node key, ``cluster.client()``
+the client key (``cluster.client(key="client2")`` another). ZEROTASK_TEST_CURVE=DIR makes every Cluster
+a CURVE one, its keys in DIR (point ZEROTASK_CURVE_SECRET and ZEROTASK_BROKER_KEY there for the clients a
+test makes itself: DIR/clients/client.key_secret, DIR/broker.key).
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypedDict
 
+from zerotask.auth import create_keys
 from zerotask.client import Client
 from zerotask.loop import Callback, Timer
 
@@ -124,12 +131,66 @@ class ManagedProcess:
         return self.log_path.read_text(errors="replace")
 
 
-class Cluster:
-    """A broker and any number of nodes, as processes; a context manager that stops them all."""
+class PeerKeys(TypedDict, total=False):
+    """Keyword arguments that give a Client, AsyncClient or Node its CURVE keys."""
 
-    def __init__(self, store: str = "memory", directory: Path | None = None, broker_args: list[str] | None = None) -> None:
+    curve_secret: str
+    broker_key: str
+
+
+class ClusterKeys:
+    """CURVE certificates for a test cluster, in ``directory`` (made if missing, reused if there): the
+    broker's, and one key per name in :attr:`ROLES`, in that role's directory."""
+
+    ROLES = {"client": "clients", "client2": "clients", "node": "nodes", "admin": "admins"}
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        for name, folder in [("broker", "."), *self.ROLES.items()]:
+            if not (directory / folder / f"{name}.key_secret").exists():
+                try:
+                    create_keys(directory / folder, name)
+                except FileExistsError:
+                    pass  # another cluster sharing the directory made it meanwhile
+
+    def secret(self, name: str) -> str:
+        """The secret certificate of ``name`` (a key of ROLES, or "broker")."""
+        folder = "." if name == "broker" else self.ROLES[name]
+        return str(self.directory / folder / f"{name}.key_secret")
+
+    @property
+    def broker_key(self) -> str:
+        return str(self.directory / "broker.key")
+
+    def broker_args(self) -> list[str]:
+        folders = {f"--{folder}": str(self.directory / folder) for folder in self.ROLES.values()}
+        return ["--curve-secret", self.secret("broker"), *[item for pair in folders.items() for item in pair]]
+
+    def peer_args(self, name: str) -> list[str]:
+        return ["--curve-secret", self.secret(name), "--broker-key", self.broker_key]
+
+    def peer(self, name: str) -> PeerKeys:
+        """Keyword arguments for Client, AsyncClient or Node."""
+        return {"curve_secret": self.secret(name), "broker_key": self.broker_key}
+
+
+class Cluster:
+    """A broker and any number of nodes, as processes; a context manager that stops them all. With
+    ``curve`` (default: whether ZEROTASK_TEST_CURVE is set) everything runs CURVE, keys in :attr:`keys`."""
+
+    def __init__(
+        self,
+        store: str = "memory",
+        directory: Path | None = None,
+        broker_args: list[str] | None = None,
+        curve: bool | None = None,
+    ) -> None:
         self._tempdir = None if directory is not None else tempfile.TemporaryDirectory(prefix="zerotask-")
         self.directory = directory if directory is not None else Path(self._tempdir.name)  # type: ignore[union-attr]
+        shared_keys = os.environ.get("ZEROTASK_TEST_CURVE")
+        if curve is None:
+            curve = bool(shared_keys)
+        self.keys = ClusterKeys(Path(shared_keys) if shared_keys else self.directory / "keys") if curve else None
         self.store = store if store == "memory" else str(self.directory / store)
         self.endpoint = f"tcp://127.0.0.1:{free_port()}"
         self.publish = f"tcp://127.0.0.1:{free_port()}"
@@ -155,13 +216,14 @@ class Cluster:
             "--store",
             self.store,
         ]
-        self.broker = ManagedProcess([*args, *self.broker_args, *extra], self._log("broker"))
+        keys = self.keys.broker_args() if self.keys is not None else []
+        self.broker = ManagedProcess([*args, *keys, *self.broker_args, *extra], self._log("broker"))
         if wait:
             self.wait_for_broker()
         return self.broker
 
     def wait_for_broker(self, timeout_s: float = 20.0) -> None:
-        probe = Client(self.endpoint, timeout=0.5)
+        probe = Client(self.endpoint, timeout=0.5, **self.peer("admin"))
         try:
 
             def answers() -> bool:
@@ -182,6 +244,8 @@ class Cluster:
     def start_node(self, *modules: str, workers: int = 1, extra: list[str] | None = None, wait: bool = True) -> ManagedProcess:
         before = len(self.info()["nodes"]) if wait else 0
         args = [sys.executable, "-m", "zerotask.node", *modules, "--broker", self.endpoint, "--workers", str(workers)]
+        if self.keys is not None:
+            args += self.keys.peer_args("node")
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")]))
         node = ManagedProcess([*args, *(extra or [])], self._log("node"), env=env)
         self.nodes.append(node)
@@ -198,11 +262,16 @@ class Cluster:
         wait_until(connected, timeout_s, f"{count} node(s) to connect")
 
     def info(self) -> dict[str, Any]:
-        with Client(self.endpoint, timeout=scaled(10)) as client:
+        with Client(self.endpoint, timeout=scaled(10), **self.peer("admin")) as client:
             return client.info()
 
-    def client(self, timeout_s: float = 30.0) -> Client:
-        client = Client(self.endpoint, timeout=scaled(timeout_s))
+    def peer(self, name: str) -> PeerKeys:
+        """Keyword arguments that give a Client, AsyncClient or Node the key ``name`` (none without CURVE)."""
+        return self.keys.peer(name) if self.keys is not None else {}
+
+    def client(self, timeout_s: float = 30.0, key: str = "client") -> Client:
+        """A Client (closed when the cluster stops); with CURVE, with the key ``key``."""
+        client = Client(self.endpoint, timeout=scaled(timeout_s), **self.peer(key))
         self._clients.append(client)
         return client
 

@@ -46,6 +46,8 @@ UNKNOWN_TASK = -32001
 TIMED_OUT = -32002
 NOT_READY = -32003
 REVOKED_CODE = -32004
+QUEUE_FULL = -32005  # backpressure: the broker refuses more work now; try again later
+FORBIDDEN = -32006  # with CURVE: this key's role may not call this method, or reuse this task id
 
 # ---- task states (section 4.2) -------------------------------------------------------------------
 QUEUED = "QUEUED"

@@ -13,19 +13,40 @@ from zerotask.broker.core import BrokerCore
 from zerotask.broker.node_protocol import NodeProtocol
 from zerotask.broker.params import param, read_task_call
 from zerotask.broker.replies import DEFERRED, Envelope, Handler, Outbox, Respond, Waiter
-from zerotask.exceptions import NotReady, TaskTimeout, UnknownMethod, ZerotaskError
+from zerotask.broker.security import Security
+from zerotask.exceptions import InvalidParams, NotReady, QueueFull, TaskTimeout, UnknownMethod, ZerotaskError
 from zerotask.loop import Scheduler
 from zerotask.store import TaskRecord
 from zerotask.task import split_params
 from zerotask.wire import FINAL_STATES
 
+DEFAULT_MAX_WAITING = 100_000  # answers one peer may be owed at once (calls, result waits, notify)
+MAX_NOTIFY_IDS = 10_000  # task ids in one zerotask.broker.notify
+
 
 class ClientProtocol:
-    def __init__(self, core: BrokerCore, outbox: Outbox, scheduler: Scheduler, nodes: NodeProtocol) -> None:
+    """``max_waiting``: how many answers one peer may be owed at once (a call, a result wait or a
+    pushed outcome each): beyond, its requests get QueueFull, so that no peer can make the broker hold
+    an unbounded number of waiters (or replies) for it. Fire-and-forget submits are bounded by the
+    queue (BrokerCore.max_queued) instead. ``security`` says who sent the request being handled, and
+    which tasks it may see (all, without CURVE)."""
+
+    def __init__(
+        self,
+        core: BrokerCore,
+        outbox: Outbox,
+        scheduler: Scheduler,
+        nodes: NodeProtocol,
+        max_waiting: int = DEFAULT_MAX_WAITING,
+        security: Security | None = None,
+    ) -> None:
         self._core = core
+        self._security = security or Security()
         self._outbox = outbox
         self._scheduler = scheduler
         self._nodes = nodes
+        self.max_waiting = max_waiting
+        self._waiting: dict[bytes, int] = {}  # peer routing id -> answers it is owed
 
     def methods(self) -> dict[str, Handler]:
         return {
@@ -42,10 +63,12 @@ class ClientProtocol:
         if request.method.startswith(wire.CONTROL_PREFIX):  # a misspelled control method is not a task name
             raise UnknownMethod("Method not found", {"method": request.method})
         args, kwargs = split_params(request.params)
-        record = self._core.submit(request.method, args, kwargs)
+        if respond is not None:
+            self._room(envelope)
+        record = self._core.submit(request.method, args, kwargs, owner=self._security.owner)
         if respond is None:
             return None
-        self._wait(record, Waiter(request.id, respond))
+        self._wait(envelope, record, Waiter(request.id, respond))
         return DEFERRED
 
     def submit(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
@@ -53,7 +76,9 @@ class ClientProtocol:
         notification with notify and a task_id, even a refusal (bad params, unknown method) is pushed."""
         notify = param(request.params, "notify", 4, bool, False)
         try:
-            record = self._core.submit(*read_task_call(request.params))
+            if notify:
+                self._room(envelope)
+            record = self._security.reusable(self._core.submit(*read_task_call(request.params), owner=self._security.owner))
         except ZerotaskError as error:
             task_id = request.params.get("task_id") if isinstance(request.params, dict) else None
             if respond is not None or not notify or not isinstance(task_id, str):
@@ -66,58 +91,90 @@ class ClientProtocol:
         return record.id
 
     def call(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
-        record = self._core.submit(*read_task_call(request.params))
         if respond is not None:
-            self._wait(record, Waiter(request.id, respond))
+            self._room(envelope)
+        record = self._security.reusable(self._core.submit(*read_task_call(request.params), owner=self._security.owner))
+        if respond is not None:
+            self._wait(envelope, record, Waiter(request.id, respond))
         return DEFERRED
 
     def notify(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
         """Ask for zerotask.client.finished notifications for tasks submitted earlier (after a reconnect)."""
+        task_ids = param(request.params, "task_ids", 0, list)
+        if len(task_ids) > MAX_NOTIFY_IDS:
+            raise InvalidParams(f"at most {MAX_NOTIFY_IDS} task ids per notify")
         unknown = []
-        for task_id in param(request.params, "task_ids", 0, list):
-            record = self._core.store.get(task_id) if isinstance(task_id, str) else None
-            if record is None:
+        for task_id in dict.fromkeys(task_id for task_id in task_ids if isinstance(task_id, str)):  # each once
+            record = self._core.store.get(task_id)
+            if record is None or not self._security.may_see(record):
                 unknown.append(task_id)
             else:
+                self._room(envelope)
                 self._notify_when_done(record, envelope)
         return {"unknown": unknown}
 
     def status(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
-        return self._core.state(self._core.find(param(request.params, "task_id", 0, str)))
+        return self._core.state(self._find(param(request.params, "task_id", 0, str)))
 
     def result(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
-        record = self._core.find(param(request.params, "task_id", 0, str))
+        record = self._find(param(request.params, "task_id", 0, str))
         wait = param(request.params, "wait", 1, bool, True)
         timeout_s: float | None = param(request.params, "timeout_s", 2, (int, float), None)
         if record.state not in FINAL_STATES and not wait:
             state = self._core.state(record)
             raise NotReady(f"task {record.id} is {state}", {"task_id": record.id, "state": state})
         if respond is not None:
-            self._wait(record, Waiter(request.id, respond), timeout_s)
+            self._room(envelope)
+            self._wait(envelope, record, Waiter(request.id, respond), timeout_s)
         return DEFERRED
 
     def revoke(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
         """A queued task never runs; a running one is stopped (its node kills the worker). The task ends
         REVOKED, which the store keeps like any outcome. Returns the task's state afterwards."""
         task_id = param(request.params, "task_id", 0, str)
+        self._find(task_id)
         state, holder = self._core.revoke(task_id)
         if holder is not None:
             self._nodes.revoke(holder, [task_id])
         return state
 
+    def _find(self, task_id: str) -> TaskRecord:
+        """The task, if the sender may see it; UnknownTask otherwise, as for an id the broker does not know."""
+        return self._security.visible(self._core.find(task_id))
+
     # ---- waiting ---------------------------------------------------------------------------------
 
     def _notify_when_done(self, record: TaskRecord, envelope: Envelope) -> None:
         """Push the task's outcome to this peer as a zerotask.client.finished notification."""
-        self._wait(record, Waiter(None, functools.partial(self._outbox.send, envelope), notify_task_id=record.id))
+        self._wait(envelope, record, Waiter(None, functools.partial(self._outbox.send, envelope), notify_task_id=record.id))
 
-    def _wait(self, record: TaskRecord, waiter: Waiter, timeout_s: float | None = None) -> None:
-        waiter.token = self._core.wait(record, waiter.answer_record)
+    def _room(self, envelope: Envelope) -> None:
+        """Raise QueueFull if the peer is owed ``max_waiting`` answers already."""
+        if self._waiting.get(envelope[0], 0) >= self.max_waiting:
+            limit = self.max_waiting
+            raise QueueFull(f"this peer waits for {limit} answers already", {"limit": limit, "bound": "waiting"})
+
+    def _wait(self, envelope: Envelope, record: TaskRecord, waiter: Waiter, timeout_s: float | None = None) -> None:
+        identity = envelope[0]
+        self._waiting[identity] = self._waiting.get(identity, 0) + 1
+        waiter.token = self._core.wait(record, functools.partial(self._answer, identity, waiter))
         if waiter.token is not None and timeout_s is not None:
-            waiter.timer = self._scheduler.call_later(timeout_s, functools.partial(self._timed_out, record.id, waiter))
+            waiter.timer = self._scheduler.call_later(timeout_s, functools.partial(self._timed_out, identity, record.id, waiter))
 
-    def _timed_out(self, task_id: str, waiter: Waiter) -> None:
+    def _answer(self, identity: bytes, waiter: Waiter, record: TaskRecord) -> None:
+        self._settled(identity)
+        waiter.answer_record(record)
+
+    def _timed_out(self, identity: bytes, task_id: str, waiter: Waiter) -> None:
         assert waiter.token is not None
         self._core.cancel_wait(task_id, waiter.token)
+        self._settled(identity)
         waiter.timer = None
         waiter.answer_error(TaskTimeout(f"task {task_id} has no result yet"))
+
+    def _settled(self, identity: bytes) -> None:
+        left = self._waiting[identity] - 1
+        if left:
+            self._waiting[identity] = left
+        else:
+            del self._waiting[identity]

@@ -24,7 +24,7 @@ from typing import Any
 from zerotask import jsonrpc, wire
 from zerotask.broker.assignment import Assigner, NodeId, NodeSlot
 from zerotask.broker.hooks import Hooks
-from zerotask.exceptions import InvalidParams, TaskRevoked, UnknownMethod, UnknownTask
+from zerotask.exceptions import InvalidParams, QueueFull, TaskRevoked, UnknownMethod, UnknownTask
 from zerotask.loop import Scheduler
 from zerotask.store import Outcome, Store, TaskRecord
 from zerotask.task import Dispatcher
@@ -33,11 +33,14 @@ from zerotask.wire import FAILED, FINAL_STATES, FINISHED, QUEUED, RETRY, REVOKED
 log = logging.getLogger("zerotask.broker")
 
 OnOutcome = Callable[[TaskRecord], None]  # a waiter: called once with the task in its final state
+DEFAULT_MAX_QUEUED = 10_000_000  # tasks queued at once, for all names: beyond, submits get QueueFull
 
 
 class BrokerCore:
     """``BrokerCore(store, scheduler, hooks)``. ``local``: tasks named ``broker.*`` found there run in
-    the broker itself, at submit. Outcomes are forgotten ``result_ttl_s`` after they are recorded."""
+    the broker itself, at submit. Outcomes are forgotten ``result_ttl_s`` after they are recorded. At
+    most ``max_queued`` tasks wait in the queue: beyond, a submit is refused with QueueFull
+    (backpressure) instead of growing the broker without end."""
 
     def __init__(
         self,
@@ -46,9 +49,11 @@ class BrokerCore:
         hooks: Sequence[Hooks] = (),
         local: Dispatcher | None = None,
         result_ttl_s: float | None = None,
+        max_queued: int = DEFAULT_MAX_QUEUED,
     ) -> None:
         self.store = store
         self.result_ttl_s = result_ttl_s
+        self.max_queued = max_queued
         self._scheduler = scheduler
         self._local = local
         self._nodes: dict[NodeId, NodeSlot] = {}
@@ -76,13 +81,16 @@ class BrokerCore:
         kwargs: dict[str, Any],
         task_id: str | None = None,
         options: dict[str, Any] | None = None,
+        owner: str | None = None,
     ) -> TaskRecord:
-        """Queue a task, or return the task that has this id already (a caller asking again). Raises
+        """Queue a task, or return the task that has this id already (a caller asking again; whether
+        it may is the caller's to check, by the returned task's ``owner``, stored with a new task). Raises
         UnknownMethod when nodes are connected and none serves ``method`` (with none connected the task
-        waits for one), or whatever a ``before_enqueue`` hook raises."""
+        waits for one), QueueFull when the queue holds ``max_queued`` tasks, or whatever a
+        ``before_enqueue`` hook raises."""
         if not method:
             raise InvalidParams("the method name is empty")
-        record = TaskRecord(task_id or uuid.uuid4().hex, method, args, kwargs, options=options or {})
+        record = TaskRecord(task_id or uuid.uuid4().hex, method, args, kwargs, options=options or {}, owner=owner)
         if self._local is not None and method.startswith(wire.BROKER_TASK_PREFIX) and method in self._local:
             return self._run_here(record) if self.store.add(record) else self._existing(record)
         if self._nodes and not self._served[method]:
@@ -92,6 +100,8 @@ class BrokerCore:
             raise UnknownMethod(jsonrpc.ERROR_MESSAGES[jsonrpc.METHOD_NOT_FOUND], {"method": method})
         for hook in self._before_enqueue:
             hook(record)
+        if sum(self.store.queued_counts().values()) >= self.max_queued:
+            raise QueueFull(f"the queue is full ({self.max_queued} tasks)", {"limit": self.max_queued, "bound": "queue"})
         if not self.store.add(record):
             return self._existing(record)
         for hook in self._after_enqueue:
@@ -322,7 +332,7 @@ class BrokerCore:
         self._scheduler.call_later(delay_s, functools.partial(self._retry_due, record.id, attempt))
         for hook in self._on_retry:
             hook(record, attempt, delay_s)
-        log.info("task %s (%s) failed, attempt %d in %.2f s", record.id, record.method, attempt, delay_s)
+        log.info("task %r (%r) failed, attempt %d in %.2f s", record.id, record.method, attempt, delay_s)
 
     def _retry_due(self, task_id: str, attempt: int) -> None:
         record = self.store.get(task_id)

@@ -12,6 +12,8 @@ from zerotask import jsonrpc, wire
 from zerotask.broker.hooks import Hooks
 from zerotask.store import TaskRecord
 
+MAX_SUBSCRIPTIONS = 1_000  # distinct topics; the XPUB socket also caps a subscription's size (sockets.py)
+
 
 class EventPublisher(Hooks):
     def __init__(self) -> None:
@@ -21,7 +23,8 @@ class EventPublisher(Hooks):
     def subscription(self, message: bytes) -> None:
         """A message from the XPUB socket: ``\\x01topic`` subscribes, ``\\x00topic`` unsubscribes."""
         if message[:1] == b"\x01":
-            self._subscriptions.add(message[1:])
+            if len(self._subscriptions) < MAX_SUBSCRIPTIONS:  # beyond, a topic is not tracked: events go out anyway
+                self._subscriptions.add(message[1:])
         elif message[:1] == b"\x00":
             self._subscriptions.discard(message[1:])
 

@@ -8,6 +8,7 @@ envelope, so it is kept with every request until the response is sent.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,18 +18,33 @@ from zerotask.exceptions import ZerotaskError
 from zerotask.loop import Timer
 from zerotask.store import TaskRecord
 
+log = logging.getLogger("zerotask.broker")
+
 Envelope = tuple[bytes, ...]
 Message = dict[str, Any] | list[Any]
 Respond = Callable[[dict[str, Any]], None]
 Send = Callable[[Envelope, Message], None]
 
 
+MAX_BACKLOG_BYTES = 64 * 1024 * 1024  # replies one peer has not taken yet, held by the broker at most
+
+
+class PeerGone(Exception):
+    """Raised by a send function: the peer is not connected any more."""
+
+
 class Outbox:
-    """Messages for peers, held until the store has committed what they say (the transport sends them
-    after each round's flush), in order per peer."""
+    """Messages for peers, held until the store has committed what they say (the transport delivers
+    them after each round's flush), in order per peer.
+
+    A peer that reads slowly (a pipelining client) may find its ZeroMQ queue full: what does not fit
+    waits here, in order, and goes first next round. A peer that does not read at all cannot make the
+    broker hold more than MAX_BACKLOG_BYTES for it: beyond, its waiting replies are dropped.
+    """
 
     def __init__(self) -> None:
         self._messages: dict[Envelope, list[Message]] = {}
+        self._backlog: dict[Envelope, list[bytes]] = {}
 
     def send(self, envelope: Envelope, message: Message) -> None:
         self._messages.setdefault(envelope, []).append(message)
@@ -37,6 +53,37 @@ class Outbox:
         """Everything queued so far, by peer; the outbox is empty afterwards."""
         messages, self._messages = self._messages, {}
         return messages
+
+    @property
+    def backlogged(self) -> bool:
+        """Whether some peer has replies waiting for room."""
+        return bool(self._backlog)
+
+    def deliver(self, send: Callable[[Envelope, bytes], bool]) -> list[Envelope]:
+        """Encode and send everything, each peer's waiting replies first. ``send`` returns False when the
+        peer has no room now, and raises PeerGone when it is gone. Returns the peers that are gone."""
+        gone = []
+        messages = self.take()
+        for envelope in list(self._backlog):
+            if envelope not in messages:
+                messages[envelope] = []
+        for envelope, queued in messages.items():
+            payloads = self._backlog.pop(envelope, [])
+            payloads.extend(coalesce(queued))
+            try:
+                for index, payload in enumerate(payloads):
+                    if not send(envelope, payload):
+                        self._hold(envelope, payloads[index:])
+                        break
+            except PeerGone:
+                gone.append(envelope)
+        return gone
+
+    def _hold(self, envelope: Envelope, payloads: list[bytes]) -> None:
+        if sum(len(payload) for payload in payloads) > MAX_BACKLOG_BYTES:
+            log.warning("dropping %d replies to a peer that does not read them", len(payloads))
+            return
+        self._backlog[envelope] = payloads
 
 
 def split_frames(frames: list[bytes]) -> tuple[Envelope, bytes | None]:

@@ -13,6 +13,7 @@ everything is sent. That is how many tasks share one commit.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -20,12 +21,13 @@ from typing import Any
 import zmq
 
 from zerotask import __version__, jsonrpc, sockets, wire
-from zerotask.broker.client_protocol import ClientProtocol
-from zerotask.broker.core import BrokerCore
+from zerotask.broker.client_protocol import DEFAULT_MAX_WAITING, ClientProtocol
+from zerotask.broker.core import DEFAULT_MAX_QUEUED, BrokerCore
 from zerotask.broker.events import EventPublisher
 from zerotask.broker.hooks import Hooks, Retries, TimeLimits
 from zerotask.broker.node_protocol import NodeProtocol
-from zerotask.broker.replies import DEFERRED, Envelope, Handler, Outbox, Reply, Respond, coalesce, split_frames
+from zerotask.broker.replies import DEFERRED, Envelope, Handler, Outbox, PeerGone, Reply, Respond, split_frames
+from zerotask.broker.security import Security
 from zerotask.exceptions import ZerotaskError
 from zerotask.loop import EventLoop
 from zerotask.store import Store, open_store
@@ -33,8 +35,9 @@ from zerotask.task import Dispatcher, default_dispatcher
 
 log = logging.getLogger("zerotask.broker")
 
-DEFAULT_BIND = "tcp://*:5555"
-DEFAULT_PUBLISH = "tcp://*:5556"
+# This machine only: without CURVE, a broker other machines can reach runs anything for anyone (security.py).
+DEFAULT_BIND = "tcp://127.0.0.1:5555"
+DEFAULT_PUBLISH = "tcp://127.0.0.1:5556"
 DEFAULT_STORE = "./zerotask.db"
 DEFAULT_HEARTBEAT_S = 1.0
 DEFAULT_LIVENESS = 3
@@ -44,13 +47,25 @@ DEFAULT_RESULT_TTL_S = 86400.0
 # out: big enough to share a commit among many tasks, small enough that nodes keep getting work while a
 # client floods us with submits.
 _ROUND_BUDGET = 1000
+MAX_BATCH = 1000  # requests in one JSON-RPC batch: a larger one is refused whole, before any runs
+# A node's message wraps a result in a few levels (batch, notification, params, outcomes, outcome) that a
+# worker's check of MAX_DEPTH does not count; a client's task arguments get no such allowance, so that
+# whatever is queued can be sent on to a node.
+_NODE_DEPTH = jsonrpc.MAX_DEPTH + 8
+_EXPIRE_BUDGET_S = 0.01  # the longest one round of result expiry may hold up the loop
 
 
 class Broker(EventLoop):
-    """``Broker().start()`` serves on tcp://*:5555 (requests) and tcp://*:5556 (events), storing tasks in
+    """``Broker().start()`` serves on tcp://127.0.0.1:5555 (requests) and :5556 (events), storing tasks in
     ./zerotask.db. ``store`` is a Store or a spec for :func:`zerotask.store.open_store`. Outcomes are kept
     ``result_ttl_s`` seconds (a day; None keeps them for ever), as Celery's result_expires. ``hooks`` plug
-    features into the core (:mod:`zerotask.broker.hooks`), after the built-in retries and time limits."""
+    features into the core (:mod:`zerotask.broker.hooks`), after the built-in retries and time limits.
+    Bounds, so that no peer can grow or stall the broker: at most ``max_queued`` tasks queued in all,
+    ``max_waiting`` answers owed to one peer, MAX_BATCH requests per batch, ``max_message_bytes`` per
+    message; beyond, a clear error (QueueFull, -32005, for the first two).
+    Security (:mod:`zerotask.broker.security`): ``curve_secret`` (the broker's secret certificate) with
+    ``clients``, ``nodes`` and ``admins`` (directories of public certificates) turns CURVE on and admits
+    those keys only, each in its role; without it, an endpoint beyond this machine needs ``insecure``."""
 
     def __init__(
         self,
@@ -63,6 +78,13 @@ class Broker(EventLoop):
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         result_ttl_s: float | None = DEFAULT_RESULT_TTL_S,
         hooks: Sequence[Hooks] = (),
+        max_queued: int = DEFAULT_MAX_QUEUED,
+        max_waiting: int = DEFAULT_MAX_WAITING,
+        curve_secret: str | None = None,
+        clients: str | None = None,
+        nodes: str | None = None,
+        admins: str | None = None,
+        insecure: bool = False,
     ) -> None:
         super().__init__()
         self.bind_endpoint = sockets.check_endpoint(bind, bind=True)
@@ -74,6 +96,12 @@ class Broker(EventLoop):
         self.max_message_bytes = max_message_bytes
         self.result_ttl_s = result_ttl_s
         self.hooks = list(hooks)
+        self.max_queued = max_queued
+        self.max_waiting = max_waiting
+        # CURVE, who may connect and in which role (zerotask.broker.security); raises ValueError for keys it
+        # cannot use, or for an endpoint other machines reach without CURVE (unless insecure).
+        endpoints = [self.bind_endpoint, self.publish_endpoint]
+        self.security = Security(endpoints, curve_secret, clients, nodes, admins, insecure)
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -84,23 +112,30 @@ class Broker(EventLoop):
         self.instance = uuid.uuid4().hex  # clients compare it to learn that the broker restarted
         self.events = EventPublisher()
         hooks = [Retries(), TimeLimits(), self.events, *self.hooks]
-        self.core = BrokerCore(self.store, self, hooks, local=self.dispatcher, result_ttl_s=self.result_ttl_s)
+        self.core = BrokerCore(
+            self.store, self, hooks, local=self.dispatcher, result_ttl_s=self.result_ttl_s, max_queued=self.max_queued
+        )
         self.outbox = Outbox()
+        self._backlog_wakeup = False
         self.nodes = NodeProtocol(self.core, self.outbox, self.heartbeat_s, self.liveness, self.max_message_bytes)
-        self.clients = ClientProtocol(self.core, self.outbox, self, self.nodes)
+        self.clients = ClientProtocol(self.core, self.outbox, self, self.nodes, self.max_waiting, self.security)
         self._methods: dict[str, Handler] = {
             **self.clients.methods(),
             **self.nodes.methods(),
             wire.INFO: self._info,
             wire.PING: self._ping,
         }
-        self.requests = sockets.request_router(self.context, self.bind_endpoint, self.max_message_bytes)
-        self.publisher = sockets.event_publisher(self.context, self.publish_endpoint)
+        self.security.start(self.context)  # the ZAP handler, before a CURVE socket binds
+        self.requests = sockets.request_router(self.context, self.bind_endpoint, self.max_message_bytes, self.security.keys)
+        self.publisher = sockets.event_publisher(self.context, self.publish_endpoint, self.security.keys)
+        self._receive = self.security.receiver(self.requests)
+        self.security.watch(self.requests, self.add_socket)
+        self.security.watch(self.publisher, self.add_socket)
         self.add_socket(self.requests, self._on_requests)
         self.add_socket(self.publisher, self._on_subscription)
         self.call_every(self.heartbeat_s, self.nodes.check_liveness)
         if self.result_ttl_s:
-            self.call_every(min(60.0, max(self.result_ttl_s / 10, 0.1)), self._expire)
+            self.call_every(min(10.0, max(self.result_ttl_s / 10, 0.1)), self._expire)
         log.info(
             "broker on %s, events on %s, %d task(s) queued",
             sockets.bound_endpoint(self.requests),
@@ -109,13 +144,24 @@ class Broker(EventLoop):
         )
 
     def teardown(self) -> None:
+        self.security.stop()
         self.store.close()
         log.info("broker stopped")
 
     def _expire(self) -> None:
-        expired = self.core.expire()
+        """Forget old outcomes in rounds of at most _EXPIRE_BUDGET_S, coming back at once while any are
+        left: expiry keeps up with any throughput and never stalls the loop."""
+        deadline = time.monotonic() + _EXPIRE_BUDGET_S
+        expired, batch = 0, 1000
+        while time.monotonic() < deadline:
+            forgot = self.core.expire(limit=batch)
+            expired += forgot
+            if forgot < batch:
+                break
+        else:
+            self.call_later(0, self._expire)
         if expired:
-            log.info("forgot %d task outcome(s) older than %.0f s", expired, self.result_ttl_s)
+            log.debug("forgot %d task outcome(s) older than %.0f s", expired, self.result_ttl_s)
 
     # ---- the loop --------------------------------------------------------------------------------
 
@@ -123,7 +169,7 @@ class Broker(EventLoop):
         budget = _ROUND_BUDGET
         while budget > 0:
             try:
-                frames = self.requests.recv_multipart(zmq.NOBLOCK)
+                frames = self._receive()  # with CURVE, also who sent it (self.security.sender)
             except zmq.Again:
                 return
             budget -= self._on_message(frames)
@@ -141,13 +187,24 @@ class Broker(EventLoop):
         self.store.flush()
         for event in self.events.take():
             self.publisher.send(event, zmq.NOBLOCK)
-        for envelope, messages in self.outbox.take().items():
-            try:
-                for payload in coalesce(messages):
-                    self.requests.send_multipart([*envelope, payload], zmq.NOBLOCK)
-            except zmq.ZMQError as error:  # the peer is gone (EHOSTUNREACH); its own problem
-                log.debug("dropping a message to a vanished peer: %s", error)
-                self.nodes.lose(envelope[0], "unreachable")
+        for envelope in self.outbox.deliver(self._send_reply):
+            self.nodes.lose(envelope[0], "unreachable")
+        if self.outbox.backlogged and not self._backlog_wakeup:
+            self._backlog_wakeup = True  # come back soon: a slow reader's replies wait for room
+            self.call_later(0.001, self._backlog_woken)
+
+    def _send_reply(self, envelope: Envelope, payload: bytes) -> bool:
+        try:
+            self.requests.send_multipart([*envelope, payload], zmq.NOBLOCK)
+        except zmq.Again:  # the peer's queue is full (SNDHWM): it reads slowly, or not at all
+            return False
+        except zmq.ZMQError as error:  # EHOSTUNREACH: the peer is gone, its own problem
+            log.debug("dropping a message to a vanished peer: %s", error)
+            raise PeerGone from error
+        return True
+
+    def _backlog_woken(self) -> None:
+        self._backlog_wakeup = False  # after_events, which follows, delivers what waits
 
     def _on_message(self, frames: list[bytes]) -> int:
         """Handle one incoming message; returns how many requests it held."""
@@ -159,15 +216,16 @@ class Broker(EventLoop):
             self.outbox.send(envelope, jsonrpc.error(None, error))
             return 1
         try:
-            # Nested deeper than MAX_DEPTH, what a client sends could not be sent on to a node; what a node
-            # sends fits in our replies, since the node could encode it.
-            message = jsonrpc.loads(payload, max_depth=None if from_node else jsonrpc.MAX_DEPTH)
+            # Nested deeper than MAX_DEPTH, what a client sends could not be sent on to a node (nor, from a
+            # peer that calls itself a node, deeper than _NODE_DEPTH).
+            message = jsonrpc.loads(payload, max_depth=_NODE_DEPTH if from_node else jsonrpc.MAX_DEPTH)
         except jsonrpc.InvalidMessage as problem:
             self.outbox.send(envelope, jsonrpc.error(None, jsonrpc.error_object(problem.code)))
             return 1
         if isinstance(message, list):
-            if not message:
-                self.outbox.send(envelope, jsonrpc.error(None, jsonrpc.error_object(jsonrpc.INVALID_REQUEST)))
+            if not message or len(message) > MAX_BATCH:
+                data = f"a batch holds 1 to {MAX_BATCH} requests" if message else None
+                self.outbox.send(envelope, jsonrpc.error(None, jsonrpc.error_object(jsonrpc.INVALID_REQUEST, data=data)))
                 return 1
             reply = Reply(envelope, self.outbox.send, is_batch=True)
             for item in message:
@@ -188,13 +246,14 @@ class Broker(EventLoop):
         respond = None if request.is_notification else reply.slot()
         failure: dict[str, Any] | None = None
         try:
+            self.security.check(request.method)  # Forbidden for a role that may not call it
             handler = self._methods.get(request.method, self.clients.by_name)
             value = handler(request, envelope, respond)
         except ZerotaskError as error:
             value, failure = None, error.to_error_object()
-        except Exception as error:  # a bug here must not take the broker down with it
-            log.exception("internal error handling %s", request.method)
-            value, failure = None, jsonrpc.error_object(jsonrpc.INTERNAL_ERROR, f"Internal error: {error}")
+        except Exception:  # a bug here must not take the broker down with it, nor show its insides to peers
+            log.exception("internal error handling %r", request.method)
+            value, failure = None, jsonrpc.error_object(jsonrpc.INTERNAL_ERROR)
         if respond is None or value is DEFERRED:
             return
         respond(jsonrpc.error(request.id, failure) if failure else jsonrpc.result(request.id, value))

@@ -12,7 +12,7 @@ import itertools
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from zerotask import jsonrpc, sockets, wire
+from zerotask import auth, jsonrpc, sockets, wire
 from zerotask.client.calls import DEFAULT_ENDPOINT, TaskMethod, call_params
 from zerotask.client.connection import BrokerConnection
 from zerotask.client.handle import TaskHandle
@@ -26,13 +26,28 @@ class AsyncClient:
     go out together, and results are pushed by the broker as tasks finish. Handles are awaitable, so
     ``await client.add(2, 3)`` works in any running event loop. ``timeout`` (seconds) bounds the
     control calls (status, result, revoke, info) and :meth:`map`'s waits; None means no limit.
+
+    As the :class:`Client`, it pings the broker every ``heartbeat_s`` while it waits and submits again
+    what a restarted broker may have lost, or everything after ``liveness`` silent heartbeats. Each
+    message stays under the broker's size limit; a task whose arguments alone exceed it fails at once
+    with :class:`~zerotask.client.connection.RequestTooLarge`. ``curve_secret`` and ``broker_key`` (by
+    default ZEROTASK_CURVE_SECRET and ZEROTASK_BROKER_KEY) connect with CURVE, as for the Client.
     """
 
-    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, timeout: float | None = None, time_limit: float | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_ENDPOINT,
+        timeout: float | None = None,
+        time_limit: float | None = None,
+        heartbeat_s: float = 1.0,
+        liveness: int = 5,
+        curve_secret: str | None = None,
+        broker_key: str | None = None,
+    ) -> None:
         self.endpoint = sockets.check_endpoint(endpoint)
         self.timeout = timeout
         self.time_limit = time_limit
-        self._connection = BrokerConnection(endpoint)
+        self._connection = BrokerConnection(endpoint, heartbeat_s, liveness, auth.peer_keys(curve_secret, broker_key))
 
     def __getattr__(self, name: str) -> TaskMethod:
         if name.startswith("_"):
@@ -77,6 +92,9 @@ class AsyncClient:
         try:
             return answer.result(limit)
         except concurrent.futures.TimeoutError:
+            if not self._connection.answered:
+                hint = "if it requires CURVE, check curve_secret and broker_key (or ZEROTASK_CURVE_SECRET, ZEROTASK_BROKER_KEY)"
+                raise TaskTimeout(f"no answer from the broker within {limit} s: {hint}") from None
             raise TaskTimeout(f"no answer to {method} within {limit} s") from None
 
     def map(self, method: str, inputs: Iterable[Any], window: int = 1000) -> Iterator[Any]:

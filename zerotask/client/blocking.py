@@ -16,10 +16,12 @@ from typing import Any
 
 import zmq
 
-from zerotask import jsonrpc, sockets, wire
+from zerotask import auth, jsonrpc, sockets, wire
 from zerotask.client.calls import DEFAULT_ENDPOINT, TaskMethod, call_params, reachable
 from zerotask.exceptions import ProtocolError, TaskTimeout, from_error_object
 from zerotask.loop import Silence
+
+_KEYS_HINT = "check curve_secret and broker_key (or ZEROTASK_CURVE_SECRET, ZEROTASK_BROKER_KEY)"
 
 
 class Client:
@@ -30,6 +32,10 @@ class Client:
     While it waits, the client pings the broker every ``heartbeat_s``; when the broker restarts or
     stays silent for ``liveness`` heartbeats, it reconnects and asks again (calls are idempotent: the
     task id is chosen here), so a caller blocked on a result gets it after a broker restart.
+
+    ``curve_secret`` (this client's secret certificate) and ``broker_key`` (the broker's public one), by
+    default from ZEROTASK_CURVE_SECRET and ZEROTASK_BROKER_KEY, connect with CURVE (events too); a broker
+    that refuses the key never answers, so calls time out with a hint about keys.
     """
 
     def __init__(
@@ -39,8 +45,12 @@ class Client:
         time_limit: float | None = None,
         heartbeat_s: float = 1.0,
         liveness: int = 5,
+        curve_secret: str | None = None,
+        broker_key: str | None = None,
     ) -> None:
         self.endpoint = sockets.check_endpoint(endpoint)
+        self.curve = auth.peer_keys(curve_secret, broker_key)  # None: plaintext
+        self._answered = False  # whether the broker ever answered: if not, a timeout hints at keys
         self.timeout = timeout
         self.time_limit = time_limit
         self.heartbeat_s = heartbeat_s
@@ -102,7 +112,7 @@ class Client:
         sock = self._connected()
         request_id = next(self._ids)
         request = jsonrpc.dumps(jsonrpc.request(method, params, request_id))
-        sock.send(request)
+        _send(sock, request)
         now = time.monotonic()
         deadline = None if timeout is None else now + timeout
         last_ping = now
@@ -112,9 +122,10 @@ class Client:
             if sock.poll(max(0, int(wait_s * 1000))):
                 response = self._parse(sock.recv())
                 silence.heard()
+                self._answered = True
                 if response is not None and isinstance(response.id, str) and response.id.startswith("ping-"):
                     if self._broker_restarted(response):
-                        sock.send(request)  # the new broker never saw it
+                        _send(sock, request)  # the new broker never saw it
                 elif response is not None and response.id == request_id:
                     if response.error is not None:
                         raise from_error_object(response.error)
@@ -122,18 +133,20 @@ class Client:
                 # anything else: the late answer to an earlier call that timed out
             now = time.monotonic()
             if deadline is not None and now >= deadline:
+                if not self._answered:
+                    raise TaskTimeout(f"no answer from the broker within {timeout} s: if it requires CURVE, {_KEYS_HINT}")
                 raise TaskTimeout(f"no answer to {method} within {timeout} s")
             if silence.overdue():
                 # Silent broker: a fresh socket (the old one may hold a dead connection), then ask again.
                 self.close()
                 sock = self._connected()
-                sock.send(request)
+                _send(sock, request)
             elif now - last_ping >= self.heartbeat_s:
                 last_ping = now
                 self._ping(sock)
 
     def _ping(self, sock: zmq.Socket[bytes]) -> None:
-        sock.send(jsonrpc.dumps(jsonrpc.request(wire.PING, {}, f"ping-{next(self._pings)}")))
+        _send(sock, jsonrpc.dumps(jsonrpc.request(wire.PING, {}, f"ping-{next(self._pings)}")))
 
     def _broker_restarted(self, pong: jsonrpc.Response) -> bool:
         instance = pong.result.get("instance") if isinstance(pong.result, dict) else None
@@ -154,7 +167,7 @@ class Client:
 
     def _connected(self) -> zmq.Socket[bytes]:
         if self._socket is None:
-            self._socket = sockets.dealer(zmq.Context.instance(), self.endpoint)
+            self._socket = sockets.dealer(zmq.Context.instance(), self.endpoint, curve=self.curve)
             self._ping(self._socket)  # learn which broker instance answers, to notice a restart later
         return self._socket
 
@@ -163,7 +176,7 @@ class Client:
         "failed" | "revoked" | "retry", "task_id": ..., ...}``, until ``idle_timeout`` seconds pass with
         none (None: for ever). Events are best effort: see docs/protocol.md, 1.3."""
         publish = str(self.info()["publish"])
-        with sockets.subscriber(zmq.Context.instance(), reachable(publish, self.endpoint)) as subscriber:
+        with sockets.subscriber(zmq.Context.instance(), reachable(publish, self.endpoint), self.curve) as subscriber:
             time.sleep(0.1)  # a SUB socket misses what is published before its subscription arrives
             timeout_ms = None if idle_timeout is None else int(idle_timeout * 1000)
             while subscriber.poll(timeout_ms):
@@ -182,3 +195,13 @@ class Client:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _send(sock: zmq.Socket[bytes], payload: bytes) -> None:
+    """Send without blocking. A socket whose key the broker's ZAP handler refused has no connection, and
+    libzmq does not retry it: a blocking send would wait for ever. The message is dropped instead; the
+    caller's silence check opens a fresh socket and sends again."""
+    try:
+        sock.send(payload, zmq.NOBLOCK)
+    except zmq.Again:
+        pass

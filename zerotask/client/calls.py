@@ -3,9 +3,9 @@ choose, the params of a task call, and ``client.a.b.c(...)`` attribute calls."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
-import uuid
 from typing import Any, Protocol
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
@@ -36,18 +36,34 @@ class ControlAPI(Protocol):
         """The broker's description of itself."""
 
 
-_ID_PREFIX = ""
+# Task ids are a keyed BLAKE2b hash (a pseudorandom function) of a counter, under 32 random bytes per
+# process: unique, and no id tells anything about another, as with a uuid4 each, but without a system
+# call per id. The key is drawn on first use, not at import, and again in a forked child.
 _ID_COUNTER = itertools.count(1)
-_ID_PID = -1
+_ID_HASH: hashlib.blake2b | None = None  # the hash state once keyed; each id continues a copy
+_ID_FORK_HOOK = False
 
 
 def new_task_id() -> str:
-    """A task id unique across clients: 80 random bits for this process, then a counter (cheaper than
-    a uuid4 per task, which costs a system call). A forked child draws its own random part."""
-    global _ID_PREFIX, _ID_PID
-    if os.getpid() != _ID_PID:  # drawn on first use, not at import
-        _ID_PREFIX, _ID_PID = uuid.uuid4().hex[:20], os.getpid()
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
+    """A fresh task id: 32 lowercase hexadecimal characters, unique across clients, and unpredictable
+    from any other id (see above)."""
+    digest = (_ID_HASH or _draw_id_key()).copy()
+    digest.update(next(_ID_COUNTER).to_bytes(8, "little"))
+    return digest.hexdigest()
+
+
+def _draw_id_key() -> hashlib.blake2b:
+    global _ID_HASH, _ID_FORK_HOOK
+    if not _ID_FORK_HOOK and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_forget_id_key)  # or parent and child would repeat each other
+        _ID_FORK_HOOK = True
+    _ID_HASH = hashlib.blake2b(key=os.urandom(32), digest_size=16)
+    return _ID_HASH
+
+
+def _forget_id_key() -> None:
+    global _ID_HASH
+    _ID_HASH = None
 
 
 def call_params(method: str, args: tuple[Any, ...], kwargs: dict[str, Any], time_limit: float | None = None) -> dict[str, Any]:

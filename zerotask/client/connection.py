@@ -1,8 +1,9 @@
 """BrokerConnection: one background thread that owns a DEALER socket to the broker for an AsyncClient.
 
-Callers in any thread hand it work through a queue; the thread sends everything that queued up in one
-JSON-RPC batch (many submits per round trip) and resolves futures as answers arrive. Task outcomes are
-pushed by the broker (``zerotask.client.finished`` notifications), never polled.
+Callers in any thread hand it work through a queue; the thread sends everything that queued up in
+JSON-RPC batches (many submits per message, each message under the broker's size limit) and resolves
+futures as answers arrive. Task outcomes are pushed by the broker (``zerotask.client.finished``
+notifications), never polled.
 
 Socket and thread belong together: ZeroMQ sockets are not thread-safe, so only this thread touches it.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import math
 import socket
 import threading
 import time
@@ -29,16 +31,29 @@ from zerotask.loop import Silence
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 1000  # requests per message at most
+# Until the broker's first pong tells its own limit: the broker's default (zerotask.broker.transport).
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MESSAGE_ROOM = 4096  # bytes kept free under the broker's limit
 
 
 class ConnectionClosed(ZerotaskError):
     """The client was closed while this was still waiting."""
 
 
+class RequestTooLarge(ZerotaskError, ValueError):
+    """The request is larger than the broker accepts in one message, so it was never sent. ``data``:
+    ``{"bytes": its size, "max_message_bytes": the broker's limit}``."""
+
+    code = jsonrpc.INVALID_PARAMS
+
+
+# ``sent_after``: the id of the last ping sent before the request was (last) sent. Messages on a socket
+# arrive in order, so a request sent after a ping reached whichever broker answered that ping.
 @dataclass(slots=True)
 class _Submission:
     params: dict[str, Any]
     outcome: TaskHandle
+    sent_after: int = 0
 
 
 @dataclass(slots=True)
@@ -46,19 +61,32 @@ class _Call:
     method: str
     params: jsonrpc.Params
     answer: Future[Any]
+    sent_after: int = 0
 
 
 class BrokerConnection:
-    """Submits tasks and control calls to one broker from a background thread."""
+    """Submits tasks and control calls to one broker from a background thread.
 
-    def __init__(self, endpoint: str, heartbeat_s: float = 1.0, liveness: int = 5) -> None:
+    Every message stays under the broker's ``max_message_bytes`` (from its pongs; 16 MiB until the
+    first); a request that alone exceeds it fails at once with :class:`RequestTooLarge`, unsent.
+    """
+
+    def __init__(
+        self, endpoint: str, heartbeat_s: float = 1.0, liveness: int = 5, curve: sockets.CurveKeys | None = None
+    ) -> None:
         self.endpoint = endpoint
+        self.curve = curve  # CURVE keys for the socket; None: plaintext
+        self.answered = False  # whether the broker ever answered (if not, a refused CURVE key is a suspect)
         self.heartbeat_s = heartbeat_s
         self.liveness = liveness
+        self.max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES  # the broker's limit, as its last pong said
         self._outgoing: collections.deque[_Submission | _Call | None] = collections.deque()
         self._tasks: dict[str, _Submission] = {}  # submitted, outcome not yet known
         self._calls: dict[int, _Call] = {}  # control calls awaiting their response
         self._instance: str | None = None  # the broker instance that has our tasks
+        self._pings: set[int] = set()  # ids of our pings not answered yet, on this socket
+        self._last_ping_id = 0
+        self._largest_sent = 0  # bytes in the largest message sent on this socket
         self._last_ping = 0.0
         self._silence = Silence(heartbeat_s, liveness)
         self._ids = itertools.count(1)
@@ -130,56 +158,76 @@ class BrokerConnection:
             self._poller.unregister(self._socket)
             self._socket.close(linger=0)
         # Flow control is the caller's business: never block or drop here.
-        sock = sockets.dealer(zmq.Context.instance(), self.endpoint, unbounded=True)
+        sock = sockets.dealer(zmq.Context.instance(), self.endpoint, unbounded=True, curve=self.curve)
         self._socket = sock
         self._poller.register(sock, zmq.POLLIN)
-        self._ping()  # learn which broker instance holds what we are about to send
+        self._pings.clear()
+        self._largest_sent = 0
+        self._ping()  # learn which broker instance holds what we are about to send, and its size limit
 
     # ---- surviving a broker restart --------------------------------------------------------------
 
     def _ping(self) -> None:
         request_id = next(self._ids)
-        self._calls[request_id] = _Call(wire.PING, {}, Future())
-        self._calls[request_id].answer.add_done_callback(self._on_pong)
+        self._pings.add(request_id)
+        self._last_ping_id = request_id
         self._last_ping = time.monotonic()
         self._send([jsonrpc.request(wire.PING, {}, request_id)])
 
-    def _on_pong(self, answer: Future[Any]) -> None:
-        if answer.exception() is not None:
+    def _on_pong(self, ping_id: int, pong: Any) -> None:
+        """What we sent after ping ``ping_id`` followed it (a socket keeps order) to the broker that answers;
+        what we sent before may have gone to one that died unanswered, even before our first pong. So a
+        pong from an instance other than the one that has our tasks (None at first) makes us send again
+        what was sent before its ping: normally nothing, as the first ping goes out before any task."""
+        self._pings = {request_id for request_id in self._pings if request_id > ping_id}  # earlier: lost
+        if not isinstance(pong, dict):
             return
-        instance = (answer.result() or {}).get("instance")
-        if self._instance is not None and instance != self._instance:
-            log.warning("the broker restarted: sending our %d unfinished task(s) again", len(self._tasks))
-            self._resend_everything()
-        self._instance = instance
+        limit = pong.get("max_message_bytes")
+        if isinstance(limit, int) and limit > 2 * MESSAGE_ROOM:
+            self.max_message_bytes = limit
+        if self._largest_sent > self.max_message_bytes:  # sent before we knew: the broker dropped us
+            log.warning("the broker takes at most %d bytes per message: reconnecting", self.max_message_bytes)
+            self._reconnect()
+        elif pong.get("instance") != self._instance:
+            self._resend(sent_before=ping_id)
+        self._instance = pong.get("instance")
 
     def _check_liveness(self) -> None:
         """While anything is outstanding, ping the broker every heartbeat; if it stays silent, connect
         a fresh socket (backing off) and send everything again. Every resent call is idempotent."""
-        if not self._tasks and len(self._calls) <= 1:  # idle (at most our own ping): nothing to lose
+        if not self._tasks and not self._calls:  # idle: nothing to lose
             self._silence.last_heard = time.monotonic()
             return
         silent_s = self._silence.silent_s()
         if self._silence.overdue():
             log.warning("the broker has been silent for %.1f s: reconnecting", silent_s)
-            self._calls = {request_id: call for request_id, call in self._calls.items() if call.method != wire.PING}
-            self._open_socket()
-            self._resend_everything()
+            self._reconnect()
         elif time.monotonic() - self._last_ping >= self.heartbeat_s:
             self._ping()
 
-    def _resend_everything(self) -> None:
-        """Submit again every task without an outcome, and repeat every control call. The broker finds
-        a task it has by the id we chose (and pushes its outcome to us again), queues one it lost (a
-        volatile store forgets), so nothing is lost and nothing doubles."""
-        batch = [self._submit_request(submission) for submission in self._tasks.values()]
+    def _reconnect(self) -> None:
+        self._open_socket()
+        self._resend()
+
+    def _resend(self, sent_before: float = math.inf) -> None:
+        """Submit again every task without an outcome, and repeat every control call, last sent before
+        ping ``sent_before``. The broker finds a task it has by the id we chose (and pushes its outcome to
+        us again), queues one it lost (a volatile store forgets): nothing is lost, nothing doubles."""
+        batch = []
+        for submission in self._tasks.values():
+            if submission.sent_after < sent_before:
+                submission.sent_after = self._last_ping_id
+                batch.append(self._submit_request(submission))
         for request_id, call in self._calls.items():
-            if call.method != wire.PING:
+            if call.sent_after < sent_before:
+                call.sent_after = self._last_ping_id
                 batch.append(jsonrpc.request(call.method, call.params, request_id))
-        self._send(batch)
+        if batch:
+            log.warning("sending %d unanswered request(s) again", len(batch))
+            self._send(batch)
 
     def _send_outgoing(self) -> bool:
-        """Send everything queued as one message; False once close() asked the thread to stop."""
+        """Send everything queued, in as few messages as fit; False once close() asked the thread to stop."""
         try:
             while self._wake_reader.recv(4096):
                 pass
@@ -188,11 +236,13 @@ class BrokerConnection:
         self._signalled = False
         batch: list[dict[str, Any]] = []
         keep_running = True
+        sent_after = self._last_ping_id
         while self._outgoing:
             item = self._outgoing.popleft()
             if item is None:
                 keep_running = False
                 break
+            item.sent_after = sent_after
             if isinstance(item, _Submission):
                 self._tasks[item.params["task_id"]] = item
                 batch.append(self._submit_request(item))
@@ -209,13 +259,62 @@ class BrokerConnection:
         # outcome, or the refusal, as zerotask.client.finished; until then we keep the task to resend.
         return jsonrpc.notification(wire.SUBMIT, submission.params)
 
+    # ---- messages under the broker's size limit ----------------------------------------------------
+
     def _send(self, batch: list[dict[str, Any]]) -> None:
-        """Send requests in batches of at most BATCH_SIZE: the broker reads a batch at once, and
-        smaller messages keep it answering everyone else (and our pings) in between."""
-        assert self._socket is not None
+        """Send requests in messages of at most BATCH_SIZE requests (the broker reads a batch at once) and
+        of at most its limit less MESSAGE_ROOM bytes (a larger one drops our connection and what follows)."""
+        max_bytes = self.max_message_bytes - MESSAGE_ROOM
         for start in range(0, len(batch), BATCH_SIZE):
             chunk = batch[start : start + BATCH_SIZE]
-            self._socket.send(jsonrpc.dumps(chunk[0] if len(chunk) == 1 else chunk))
+            payload = jsonrpc.dumps(chunk[0] if len(chunk) == 1 else chunk)
+            if len(payload) <= max_bytes:
+                self._send_bytes(payload)
+            else:  # rare (large arguments): encode one by one, and fill messages up to the limit
+                self._send_by_size(chunk, max_bytes)
+
+    def _send_by_size(self, chunk: list[dict[str, Any]], max_bytes: int) -> None:
+        group: list[bytes] = []
+        size = 1  # a JSON array of n items: "[", each item and a "," or the closing "]"
+        for request in chunk:
+            encoded = jsonrpc.dumps(request)
+            if len(encoded) > max_bytes:
+                self._refuse(request, len(encoded))
+                continue
+            if group and size + len(encoded) + 1 > max_bytes:
+                self._send_group(group)
+                group, size = [], 1
+            group.append(encoded)
+            size += len(encoded) + 1
+        if group:
+            self._send_group(group)
+
+    def _send_group(self, group: list[bytes]) -> None:
+        self._send_bytes(group[0] if len(group) == 1 else b"[" + b",".join(group) + b"]")
+
+    def _send_bytes(self, payload: bytes) -> None:
+        assert self._socket is not None
+        try:
+            self._socket.send(payload, zmq.NOBLOCK)
+        except zmq.Again:  # no connection: a refused CURVE handshake leaves none; the silence check reconnects
+            return
+        self._largest_sent = max(self._largest_sent, len(payload))
+
+    def _refuse(self, request: dict[str, Any], size: int) -> None:
+        """Fail the one request that can never fit in a message, instead of sending it."""
+        limit = self.max_message_bytes
+        request_id = request.get("id")
+        name = request["method"] if isinstance(request_id, int) else request["params"]["method"]
+        text = f"{name}: the request is {size} bytes, more than the broker takes in one message"
+        error = RequestTooLarge(f"{text} ({limit} bytes, {MESSAGE_ROOM} kept free)", {"bytes": size, "max_message_bytes": limit})
+        if isinstance(request_id, int):
+            call = self._calls.pop(request_id, None)
+            if call is not None:
+                _settle(call.answer, exception=error)
+        else:
+            submission = self._tasks.pop(request["params"]["task_id"], None)
+            if submission is not None:
+                submission.outcome._settle(error=error)
 
     def _receive(self) -> None:
         assert self._socket is not None
@@ -225,6 +324,7 @@ class BrokerConnection:
             except zmq.Again:
                 return
             self._silence.heard()
+            self.answered = True
             for item in jsonrpc.items(payload):
                 self._on_item(item)
 
@@ -234,6 +334,9 @@ class BrokerConnection:
             return
         request_id = item.get("id")
         if not isinstance(request_id, int):
+            return
+        if request_id in self._pings:
+            self._on_pong(request_id, item.get("result"))
             return
         error = item.get("error")
         call = self._calls.pop(request_id, None)

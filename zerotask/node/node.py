@@ -21,7 +21,7 @@ from typing import Any
 
 import zmq
 
-from zerotask import jsonrpc, sockets, wire
+from zerotask import auth, jsonrpc, sockets, wire
 from zerotask.loop import EventLoop, Silence
 from zerotask.node.pool import ENVELOPE_ROOM, WorkerPool
 from zerotask.task import Dispatcher, default_dispatcher
@@ -43,7 +43,9 @@ class Node(EventLoop):
     many extra tasks as its workers finish in about one round trip to the broker (see ROUND_TRIP_S),
     so short tasks stream without a pause while long ones (a millisecond or more) are held only by
     free workers and spread fairly over nodes. ``grace_s``: how long SIGTERM waits for running tasks.
-    ``time_limit_s``: a default limit for tasks that set none.
+    ``time_limit_s``: a default limit for tasks that set none. ``curve_secret`` (this node's secret
+    certificate) and ``broker_key`` (the broker's public one), by default from ZEROTASK_CURVE_SECRET and
+    ZEROTASK_BROKER_KEY, connect with CURVE; the broker must list this node's key with its nodes.
     """
 
     def __init__(
@@ -57,9 +59,12 @@ class Node(EventLoop):
         prefetch: int | None = None,
         grace_s: float = DEFAULT_GRACE_S,
         time_limit_s: float | None = None,
+        curve_secret: str | None = None,
+        broker_key: str | None = None,
     ) -> None:
         super().__init__()
         self.broker_endpoint = sockets.check_endpoint(broker)
+        self.curve = auth.peer_keys(curve_secret, broker_key)  # None: plaintext
         self.dispatcher = dispatcher or default_dispatcher
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.identity = f"node-{uuid.uuid4().hex}".encode()
@@ -76,6 +81,7 @@ class Node(EventLoop):
         self._socket: zmq.Socket[bytes] | None = None
         self._last_sent = 0.0
         self._silence = Silence(heartbeat_s, liveness)
+        self._answered = False  # whether the broker ever said anything: if not, the hint is about keys
         self._connects = 0
 
     @property
@@ -113,7 +119,7 @@ class Node(EventLoop):
         if self._socket is not None:
             self.remove_socket(self._socket)
             self._socket.close(linger=0)
-        self._socket = sockets.dealer(self.context, self.broker_endpoint, routing_id=self.identity)
+        self._socket = sockets.dealer(self.context, self.broker_endpoint, routing_id=self.identity, curve=self.curve)
         self._socket.setsockopt(zmq.SNDHWM, 0)  # what the node says is bounded by its credit and workers
         self.add_socket(self._socket, self._on_broker)
         self.pool.take_pending()
@@ -156,6 +162,7 @@ class Node(EventLoop):
             except zmq.Again:
                 return
             self._silence.heard()
+            self._answered = True
             for item in jsonrpc.items(payload):
                 self._on_broker_item(item)
 
@@ -252,13 +259,17 @@ class Node(EventLoop):
 
     def _send_bytes(self, payload: bytes) -> None:
         assert self._socket is not None
-        self._socket.send(payload)
+        try:
+            self._socket.send(payload, zmq.NOBLOCK)
+        except zmq.Again:  # no connection: a refused CURVE handshake leaves none (libzmq does not retry it)
+            log.debug("no connection to the broker: a message dropped; the heartbeat reconnects")
         self._last_sent = time.monotonic()
 
     def _heartbeat(self) -> None:
         silent_s = self._silence.silent_s()
         if self._silence.overdue():
-            log.warning("broker silent for %.1f s: reconnecting", silent_s)
+            hint = "" if self._answered else " (never answered: is it running? If it requires CURVE, check the node's keys)"
+            log.warning("broker silent for %.1f s: reconnecting%s", silent_s, hint)
             self._connect()
         elif time.monotonic() - self._last_sent >= self.heartbeat_s:
             self._send(jsonrpc.notification(wire.HEARTBEAT, {}))

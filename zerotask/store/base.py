@@ -36,9 +36,10 @@ class TaskRecord:
     error: dict[str, Any] | None = None
     attempts: int = 0
     options: dict[str, Any] = field(default_factory=dict)  # per-call delivery options, e.g. time_limit_s
+    owner: str | None = None  # with CURVE, the public key (Z85) that submitted it: who may query it
 
     def to_wire(self) -> dict[str, Any]:
-        """The task as a node receives it."""
+        """The task as a node receives it (never its owner)."""
         wire = {"task_id": self.id, "method": self.method, "args": self.args, "kwargs": self.kwargs, "attempt": self.attempts}
         if self.options:
             wire.update(self.options)

@@ -1,4 +1,9 @@
-"""MemoryStore: the queue and outcomes in this process's memory. Fast, volatile, the test stand-in."""
+"""MemoryStore: the queue and outcomes in this process's memory. Fast, volatile, the test stand-in.
+
+It holds at most ``max_tasks`` tasks (queued, held and finished together): a day of outcomes at full
+speed does not fit in memory. When full, it forgets the oldest outcomes first, before their time, and
+refuses a new task (QueueFull) only when every task it holds is unfinished.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,16 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 
+from zerotask.exceptions import QueueFull
 from zerotask.store.base import Outcome, Store, TaskRecord, Want
 from zerotask.wire import ASSIGNED, FINAL_STATES, QUEUED, RETRY
 
+DEFAULT_MAX_TASKS = 2_000_000  # about 1.5 GB of small tasks
+
 
 class MemoryStore(Store):
-    def __init__(self) -> None:
+    def __init__(self, max_tasks: int = DEFAULT_MAX_TASKS) -> None:
+        self.max_tasks = max_tasks
         self._records: dict[str, TaskRecord] = {}
         self._sequence: dict[str, int] = {}  # task id -> its place in the queue, kept until it ends
         # One min-heap of (sequence, task id) per method: FIFO, and a requeued task keeps its place.
@@ -26,6 +35,11 @@ class MemoryStore(Store):
     def add(self, record: TaskRecord) -> bool:
         if record.id in self._records:
             return False
+        if len(self._records) >= self.max_tasks:
+            self.expire(float("inf"), limit=max(1, self.max_tasks // 100))  # the oldest outcomes go first
+            if len(self._records) >= self.max_tasks:
+                limit = self.max_tasks
+                raise QueueFull(f"the memory store holds {limit} unfinished tasks", {"limit": limit, "bound": "store"})
         record.state = QUEUED
         self._records[record.id] = record
         self._next_sequence += 1

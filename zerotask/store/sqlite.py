@@ -10,6 +10,7 @@ updated by every write, instead of counted with a query every round.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections import Counter
@@ -29,7 +30,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     state TEXT NOT NULL,
     outcome BLOB,
     attempts INTEGER NOT NULL DEFAULT 0,
-    finished_at REAL
+    finished_at REAL,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS queued_by_method ON tasks (method, seq) WHERE state = 'QUEUED';
 CREATE INDEX IF NOT EXISTS finished_by_time ON tasks (finished_at) WHERE finished_at IS NOT NULL;
@@ -41,6 +43,7 @@ _CHUNK = 500  # ids per statement, well under SQLite's limit on bound variables
 class SqliteStore(Store):
     def __init__(self, path: str, synchronous: str = "NORMAL") -> None:
         self.path = path
+        _create_private(path)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
@@ -68,8 +71,8 @@ class SqliteStore(Store):
     def add(self, record: TaskRecord) -> bool:
         params = jsonrpc.dumps([record.args, record.kwargs, record.options])
         cursor = self._write(
-            "INSERT OR IGNORE INTO tasks (id, method, params, state, attempts) VALUES (?, ?, ?, ?, ?)",
-            (record.id, record.method, params, QUEUED, record.attempts),
+            "INSERT OR IGNORE INTO tasks (id, method, params, state, attempts, owner) VALUES (?, ?, ?, ?, ?, ?)",
+            (record.id, record.method, params, QUEUED, record.attempts, record.owner),
         )
         if cursor.rowcount != 1:
             return False
@@ -82,25 +85,26 @@ class SqliteStore(Store):
         assigned: list[tuple[int]] = []
         chosen: set[int] = set()  # a want's query cannot see that an earlier one took a row: skip it here
         for methods, limit in wants:
-            rows: list[tuple[int, str, str, bytes, int]] = []
+            rows: list[tuple[int, str, str, bytes, int, str | None]] = []
             if limit > 0:  # SQLite reads a negative LIMIT as "no limit"
                 for method in set(methods):  # a method named twice would otherwise select its tasks twice
                     if self._queued.get(method):
                         rows.extend(
                             self._db.execute(
-                                "SELECT seq, id, method, params, attempts FROM tasks"
+                                "SELECT seq, id, method, params, attempts, owner FROM tasks"
                                 " WHERE state = 'QUEUED' AND method = ? ORDER BY seq LIMIT ?",
                                 (method, limit + len(chosen)),
                             )
                         )
             rows = sorted(row for row in rows if row[0] not in chosen)[:limit]
             records = []
-            for seq, task_id, method, params, attempts in rows:
+            for seq, task_id, method, params, attempts, owner in rows:
                 chosen.add(seq)
                 assigned.append((seq,))
                 self._count(method, -1)
                 args, kwargs, options = jsonrpc.loads(params)
-                records.append(TaskRecord(task_id, method, args, kwargs, ASSIGNED, attempts=attempts, options=options))
+                record = TaskRecord(task_id, method, args, kwargs, ASSIGNED, attempts=attempts, options=options, owner=owner)
+                records.append(record)
             taken.append(records)
         if assigned:
             self._begin()
@@ -176,11 +180,12 @@ class SqliteStore(Store):
         return found
 
     def get(self, task_id: str) -> TaskRecord | None:
-        row = self._db.execute("SELECT method, params, state, outcome, attempts FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        query = "SELECT method, params, state, outcome, attempts, owner FROM tasks WHERE id = ?"
+        row = self._db.execute(query, (task_id,)).fetchone()
         if row is None:
             return None
-        method, params, state, outcome, attempts = row
-        record = TaskRecord(task_id, method, state=state, attempts=attempts)
+        method, params, state, outcome, attempts, owner = row
+        record = TaskRecord(task_id, method, state=state, attempts=attempts, owner=owner)
         if params:
             record.args, record.kwargs, record.options = jsonrpc.loads(params)
         if outcome:
@@ -214,3 +219,14 @@ class SqliteStore(Store):
     def close(self) -> None:
         self.flush()
         self._db.close()
+
+
+def _create_private(path: str) -> None:
+    """Create the database file readable by its owner only, if it does not exist: it holds every task's
+    arguments and results. (SQLite gives its -wal and -shm files the database file's permissions.)"""
+    if path in ("", ":memory:") or path.startswith("file:"):
+        return
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
