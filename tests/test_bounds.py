@@ -202,3 +202,25 @@ def test_a_peer_that_reads_slowly_gets_every_reply(running: Cluster, zmq_context
     while len(seen) < 5000 and peer.poll(int(scaled(10) * 1000)):
         seen.add(json.loads(peer.recv())["id"])
     assert len(seen) == 5000
+
+
+def test_many_waits_that_time_out_do_not_stall_the_broker(running: Cluster, zmq_context: Context) -> None:
+    """12,000 result waits that time out used to cost quadratic time (a 9 s stall): each was removed from
+    a list, and each cancelled timer stayed in the heap."""
+    client = running.client()
+    task_id = client.submit("sleep", 60)
+    peer = zmq_context.socket(zmq.DEALER)
+    peer.setsockopt(zmq.LINGER, 0)
+    peer.connect(running.endpoint)
+    for start in range(0, 12_000, 1000):
+        batch = [request("zerotask.broker.result", {"task_id": task_id, "timeout_s": 0.3}, n) for n in range(start, start + 1000)]
+        peer.send(json.dumps(batch).encode())
+    timed_out = 0
+    while timed_out < 12_000 and peer.poll(int(scaled(20) * 1000)):
+        message = json.loads(peer.recv())
+        for item in message if isinstance(message, list) else [message]:
+            timed_out += item.get("error", {}).get("code") == -32002
+    assert timed_out == 12_000
+    assert client.add(1, 2) == 3
+    assert len(running.info()["nodes"]) == 1  # its node was never judged silent
+    client.revoke(task_id)
