@@ -555,7 +555,7 @@ class TestFinishMany:
         store.flush()
         assert state(store, "t1") == FINISHED
 
-    def test_a_finished_task_keeps_its_outcome_but_not_its_arguments(self, store: Store) -> None:
+    def test_a_finished_task_keeps_its_outcome_and_only_a_failed_or_revoked_one_its_arguments(self, store: Store) -> None:
         for task_id in ("ok", "bad", "revoked"):
             assert store.add(TaskRecord(task_id, "add", [1, 2, "three"], {"four": [5]}))
         take(store, ["add"], 2)
@@ -569,7 +569,8 @@ class TestFinishMany:
         for task_id, result, error in (("ok", [3], None), ("bad", None, ERROR), ("revoked", None, None)):
             record = store.get(task_id)
             assert record is not None
-            assert (record.method, record.args, record.kwargs) == ("add", [], {})
+            kept = ([], {}) if task_id == "ok" else ([1, 2, "three"], {"four": [5]})
+            assert (record.method, record.args, record.kwargs) == ("add", *kept)
             assert (record.result, record.error) == (result, error)
 
     @pytest.mark.parametrize("value", list(JSON_VALUES.values()), ids=list(JSON_VALUES))
@@ -717,7 +718,7 @@ class ReferenceStore(Store):
     def add(self, record: TaskRecord) -> bool:
         if record.id in self.tasks:
             return False
-        self.tasks[record.id] = replace(record, state=QUEUED)
+        self.tasks[record.id] = replace(record, state=QUEUED, created_at=time.time(), finished_at=None)
         return True
 
     def take_many(self, wants: Sequence[Want]) -> list[list[TaskRecord]]:
@@ -752,8 +753,9 @@ class ReferenceStore(Store):
             recorded.append(record is not None and record.state not in FINAL_STATES)
             if record is not None and recorded[-1]:
                 record.state, record.result, record.error = outcome.state, outcome.result, outcome.error
-                record.args, record.kwargs = [], {}
-                self.ended_at[record.id] = time.time()
+                if outcome.state == FINISHED:
+                    record.args, record.kwargs = [], {}
+                self.ended_at[record.id] = record.finished_at = time.time()
         return recorded
 
     def expire(self, before: float, limit: int = 10_000) -> int:
@@ -772,6 +774,38 @@ class ReferenceStore(Store):
         self.requeue(list(self.tasks))
         return sum(self.queued_counts().values())
 
+    def state_counts(self) -> Mapping[str, int]:
+        return Counter(record.state for record in self.tasks.values())
+
+    def oldest_queued(self) -> Mapping[str, float]:
+        oldest: dict[str, float] = {}
+        for record in self.tasks.values():
+            if record.state == QUEUED and record.created_at is not None:
+                oldest.setdefault(record.method, record.created_at)
+        return oldest
+
+    def list_tasks(
+        self, state: str | None = None, method: str | None = None, limit: int = 100, before: float | None = None
+    ) -> list[TaskRecord]:
+        order = list(self.tasks.values())
+        found = [
+            (record.finished_at or record.created_at or 0.0, index, record)
+            for index, record in enumerate(order)
+            if (state is None or record.state == state)
+            and (method is None or record.method == method)
+            and (before is None or (record.finished_at or record.created_at or 0.0) < before)
+        ]
+        return [record for _, _, record in sorted(found, key=lambda item: item[:2], reverse=True)[: max(limit, 0)]]
+
+    def reset(self, task_id: str) -> bool:
+        record = self.tasks.get(task_id)
+        if record is None or record.state not in (FAILED, REVOKED):
+            return False
+        del self.tasks[task_id], self.ended_at[task_id]
+        self.tasks[task_id] = replace(record, state=QUEUED, attempts=0, result=None, error=None, created_at=time.time())
+        self.tasks[task_id].finished_at = None
+        return True
+
 
 POOL = [f"t{n}" for n in range(40)]  # few ids, so that adds repeat ids and expired ids come back
 METHODS = ["a", "b", "c"]
@@ -786,6 +820,7 @@ OPERATIONS = {
     "flush": 3,
     "recover": 1,
     "reopen": 2,
+    "reset": 4,
 }
 
 
@@ -821,6 +856,8 @@ def random_operation(rng: random.Random, now: float, reference: Store) -> tuple[
         return ("finish_many", outcomes)
     if kind == "expire":
         return ("expire", now - rng.randint(0, 40))
+    if kind == "reset":
+        return ("reset", rng.choice([*POOL, "unknown"]))
     return (kind,)
 
 
@@ -848,6 +885,8 @@ def apply(store: Store, operation: tuple[Any, ...]) -> Any:
             return store.flush()
         case ("recover",):
             return store.recover()
+        case ("reset", task_id):
+            return store.reset(task_id)
     raise AssertionError(f"unknown operation {operation}")
 
 
@@ -892,6 +931,8 @@ def run_in_lockstep(stores: list[Store], seed: int, steps: int, clock: Clock) ->
             for store, tasks in zip(stores, views, strict=True):
                 queued = Counter(task[0] for task in tasks.values() if task is not None and task[1] == QUEUED)
                 assert counts(store) == queued, f"{type(store).__name__} counts wrong after {where}"
+                by_state = Counter(task[1] for task in tasks.values() if task is not None)
+                assert {k: v for k, v in store.state_counts().items() if v} == by_state, f"state counts wrong after {where}"
                 states.update(task[1] for task in tasks.values() if task is not None)
             for store, answer, tasks in zip(stores[1:], answers[1:], views[1:], strict=True):
                 assert answer == answers[0], f"{type(store).__name__} answered otherwise at {where}"
@@ -1049,3 +1090,100 @@ class TestSqliteDurability:
             _assert_history(reopened)
         finally:
             reopened.close()
+
+
+# ---- what an operator sees: counts by state, listings, reset ---------------------------------------------
+
+
+class TestInspection:
+    def test_state_counts_follow_every_kind_of_operation(self, store: Store, clock: Clock) -> None:
+        queue(store, ("held", "a"), ("retry", "a"), ("q", "a"), ("ok", "b"), ("bad", "b"), ("gone", "b"))
+        assert dict(store.state_counts()) == {QUEUED: 6}
+        take(store, ["a"], 1)
+        store.retry("retry", 1)
+        store.finish_many([Outcome("ok", FINISHED, 1), Outcome("bad", FAILED, error=ERROR), Outcome("gone", REVOKED)])
+        store.flush()
+        assert dict(store.state_counts()) == {QUEUED: 1, ASSIGNED: 1, RETRY: 1, FINISHED: 1, FAILED: 1, REVOKED: 1}
+        clock.now += 10
+        assert store.expire(clock.now) == 3
+        assert store.recover() == 3
+        assert dict(store.state_counts()) == {QUEUED: 3}
+
+    def test_state_counts_survive_reopening(self, tmp_path: Path) -> None:
+        path = str(tmp_path / "tasks.db")
+        first = SqliteStore(path)
+        _write_history(first)
+        first.close()
+        second = SqliteStore(path)
+        try:
+            assert dict(second.state_counts()) == {QUEUED: 2, ASSIGNED: 1, RETRY: 1, FINISHED: 1, FAILED: 1}
+        finally:
+            second.close()
+
+    def test_oldest_queued_is_the_created_at_of_the_first_in_line(self, store: Store, clock: Clock) -> None:
+        queue(store, ("a1", "a"))
+        clock.now += 5
+        queue(store, ("a2", "a"), ("b1", "b"))
+        assert dict(store.oldest_queued()) == {"a": clock.now - 5, "b": clock.now}
+        take(store, ["a"], 1)
+        assert dict(store.oldest_queued()) == {"a": clock.now, "b": clock.now}
+        store.requeue(["a1"])  # back in its old place, with its old age
+        assert dict(store.oldest_queued()) == {"a": clock.now - 5, "b": clock.now}
+        finish(store, "b1", REVOKED)
+        assert dict(store.oldest_queued()) == {"a": clock.now - 5}
+
+    def test_records_carry_created_at_and_finished_at(self, store: Store, clock: Clock) -> None:
+        queue(store, ("t1", "a"))
+        created = clock.now
+        clock.now += 3
+        finish(store, "t1", FAILED, error=ERROR)
+        store.flush()
+        record = store.get("t1")
+        assert record is not None and (record.created_at, record.finished_at) == (created, created + 3)
+
+    def test_list_tasks_is_newest_first_filtered_limited_and_paged(self, store: Store, clock: Clock) -> None:
+        for n in range(6):
+            clock.now += 1
+            queue(store, (f"t{n}", "a" if n % 2 else "b"))
+        for n in (0, 1, 2):
+            clock.now += 1
+            finish(store, f"t{n}", FAILED, error=ERROR)
+        store.flush()
+        assert ids(store.list_tasks()) == ["t2", "t1", "t0", "t5", "t4", "t3"]
+        assert ids(store.list_tasks(state=FAILED)) == ["t2", "t1", "t0"]
+        assert ids(store.list_tasks(state=QUEUED)) == ["t5", "t4", "t3"]
+        assert ids(store.list_tasks(method="a")) == ["t1", "t5", "t3"]
+        assert ids(store.list_tasks(state=FAILED, method="b")) == ["t2", "t0"]
+        assert ids(store.list_tasks(limit=2)) == ["t2", "t1"]
+        page = store.list_tasks(state=FAILED, limit=2)
+        assert ids(store.list_tasks(state=FAILED, before=page[-1].finished_at)) == ["t0"]
+        assert store.list_tasks(state=FINISHED) == []
+        (failed,) = store.list_tasks(state=FAILED, limit=1)
+        assert (failed.error, failed.args) == (ERROR, ["t2"])
+
+    def test_reset_queues_a_failed_or_revoked_task_again_at_the_back(self, store: Store, clock: Clock) -> None:
+        queue(store, ("bad", "a"), ("gone", "a"), ("ok", "a"), ("waiting", "a"))
+        take(store, ["a"], 3)
+        store.retry("bad", 2)
+        store.finish_many([Outcome("bad", FAILED, error=ERROR), Outcome("gone", REVOKED), Outcome("ok", FINISHED, 1)])
+        clock.now += 7
+        assert store.reset("bad") is True
+        assert store.reset("gone") is True
+        store.flush()
+        for refused in ("ok", "waiting", "bad", "unknown"):  # finished, queued, queued again, unknown
+            assert store.reset(refused) is False
+        record = store.get("bad")
+        assert record is not None
+        assert (record.state, record.attempts, record.result, record.error) == (QUEUED, 0, None, None)
+        assert (record.args, record.created_at, record.finished_at) == (["bad"], clock.now, None)
+        assert counts(store) == {"a": 3}
+        assert dict(store.state_counts()) == {QUEUED: 3, FINISHED: 1}
+        assert take(store, ["a"], 3) == ["waiting", "bad", "gone"]
+
+    def test_a_reset_task_is_not_expired_by_its_old_outcome(self, store: Store, clock: Clock) -> None:
+        queue(store, ("t1", "a"))
+        finish(store, "t1", FAILED, error=ERROR)
+        assert store.reset("t1")
+        clock.now += 10
+        assert store.expire(clock.now) == 0
+        assert state(store, "t1") == QUEUED

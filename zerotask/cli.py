@@ -1,4 +1,5 @@
-"""The ``zerotask`` command: ``zerotask broker``, ``node``, ``call``, ``map``, ``events`` and ``keys``.
+"""The ``zerotask`` command: ``zerotask broker``, ``node`` and ``keys`` here; the client commands are in
+zerotask.cli_clients, the operator commands in zerotask.cli_admin.
 
 ``python -m zerotask.broker``, ``python -m zerotask.node`` and ``python -m zerotask.client`` use the same
 parsers and functions. Defaults come from the constructors' modules, so they are written once.
@@ -8,25 +9,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
 
-from zerotask import auth, jsonrpc
+from zerotask import auth, cli_admin, cli_clients
 from zerotask.broker import transport
 from zerotask.broker.client_protocol import DEFAULT_MAX_WAITING
 from zerotask.broker.core import DEFAULT_MAX_QUEUED
 from zerotask.client.calls import DEFAULT_ENDPOINT
-from zerotask.exceptions import ZerotaskError
 from zerotask.node import node as node_module
 
-LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+LOG_LEVELS = cli_clients.LOG_LEVELS
+_configure_logging = cli_clients.configure_logging
 
 
 def import_task_modules(modules: list[str]) -> None:
@@ -88,6 +83,7 @@ def _broker_arguments(parser: argparse.ArgumentParser) -> None:
     security.add_argument(
         "--insecure", action="store_true", help="bind beyond this machine without CURVE: anyone who can reach it may run tasks"
     )
+    add("--metrics", default=None, metavar="HOST:PORT", help="serve Prometheus /metrics there, e.g. 127.0.0.1:9808")
     add("--log-level", default="INFO", choices=LOG_LEVELS)
 
 
@@ -110,6 +106,7 @@ def _run_broker(options: argparse.Namespace, parser: argparse.ArgumentParser) ->
             nodes=options.nodes,
             admins=options.admins,
             insecure=options.insecure,
+            metrics=options.metrics,
         )
     except ValueError as problem:
         parser.error(str(problem))
@@ -151,7 +148,9 @@ def _node_arguments(parser: argparse.ArgumentParser) -> None:
         help="on SIGTERM, how long tasks may finish (%(default)s)",
     )
     add("--time-limit", type=float, default=None, metavar="SECONDS", help="kill tasks that run longer (tasks may set their own)")
-    _curve_arguments(parser)
+    cli_clients.curve_arguments(parser)
+    add("--metrics", default=None, metavar="HOST:PORT", help="serve Prometheus /metrics there, e.g. 127.0.0.1:9809")
+    add("--insecure", action="store_true", help="serve --metrics beyond this machine (it has no login)")
     add("--log-level", default="INFO", choices=LOG_LEVELS)
 
 
@@ -172,120 +171,12 @@ def _run_node(options: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             time_limit_s=options.time_limit,
             curve_secret=options.curve_secret,
             broker_key=options.broker_key,
+            metrics=options.metrics,
+            insecure=options.insecure,
         )
     except ValueError as problem:
         parser.error(str(problem))
     node.start()
-    return 0
-
-
-# ---- clients ---------------------------------------------------------------------------------------
-
-ClientType = TypeVar("ClientType")
-
-
-def _curve_arguments(parser: argparse.ArgumentParser) -> None:
-    """--curve-secret and --broker-key, for a node or a client of a CURVE broker."""
-    group = parser.add_argument_group("security (CURVE)")
-    group.add_argument(
-        "--curve-secret", metavar="FILE", help=f"this peer's secret certificate (default: ${auth.ENV_CURVE_SECRET})"
-    )
-    group.add_argument("--broker-key", metavar="FILE", help=f"the broker's public certificate (default: ${auth.ENV_BROKER_KEY})")
-
-
-def _client(
-    make: Callable[..., ClientType], options: argparse.Namespace, parser: argparse.ArgumentParser, **kwargs: Any
-) -> ClientType:
-    """A Client or AsyncClient for the command's --broker and keys; exits with a usage error for unusable keys."""
-    try:
-        return make(options.broker, curve_secret=options.curve_secret, broker_key=options.broker_key, **kwargs)
-    except ValueError as problem:
-        parser.error(str(problem))
-
-
-def _parse_argument(text: str) -> Any:
-    """A command-line argument is JSON when it parses as JSON, a string otherwise."""
-    try:
-        return jsonrpc.loads(text)
-    except jsonrpc.InvalidMessage:
-        return text
-
-
-def _call_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("method", help="the task name, e.g. add")
-    parser.add_argument("args", nargs="*", metavar="ARG", help="positional arguments, each JSON or else a string")
-    parser.add_argument("--kwargs", default="{}", metavar="JSON", help="keyword arguments as a JSON object")
-    parser.add_argument("--broker", default=DEFAULT_ENDPOINT, metavar="ENDPOINT")
-    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS")
-    _curve_arguments(parser)
-
-
-def _run_call(options: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from zerotask.client import Client
-
-    kwargs = _parse_argument(options.kwargs)
-    if not isinstance(kwargs, dict):
-        parser.error("--kwargs must be a JSON object")
-    with _client(Client, options, parser, timeout=options.timeout) as client:
-        try:
-            result = client.call(options.method, *[_parse_argument(a) for a in options.args], **kwargs)
-        except ZerotaskError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-    print(jsonrpc.dumps(result).decode())
-    return 0
-
-
-def _map_arguments(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("method", help="the task name; it gets one input per call")
-    add("inputs", nargs="*", metavar="INPUT", help="inputs, each JSON or else a string (default: lines of stdin)")
-    add("--broker", default=DEFAULT_ENDPOINT, metavar="ENDPOINT")
-    add("--window", type=int, default=1000, metavar="N", help="tasks in flight at most (%(default)s)")
-    add("--timeout", type=float, default=None, metavar="SECONDS", help="the longest wait for one result")
-    add("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default: on a terminal)")
-    _curve_arguments(parser)
-
-
-def _run_map(options: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from zerotask.client import AsyncClient
-    from zerotask.progressbar import ProgressBar
-
-    inputs = options.inputs or [line.rstrip("\n") for line in sys.stdin]
-    show = sys.stderr.isatty() if options.progress is None else options.progress
-    progress = ProgressBar(len(inputs), sys.stderr) if show else None
-    with _client(AsyncClient, options, parser, timeout=options.timeout) as client:
-        try:
-            for result in client.map(options.method, (_parse_argument(text) for text in inputs), options.window):
-                print(jsonrpc.dumps(result).decode())
-                if progress is not None:
-                    progress.advance()
-        except ZerotaskError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-        finally:
-            if progress is not None:
-                progress.close()
-    return 0
-
-
-def _events_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--broker", default=DEFAULT_ENDPOINT, metavar="ENDPOINT")
-    parser.add_argument(
-        "--idle-timeout", type=float, default=None, metavar="SECONDS", help="stop after this long without an event"
-    )
-    _curve_arguments(parser)
-
-
-def _run_events(options: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from zerotask.client import Client
-
-    with _client(Client, options, parser, timeout=10) as client:
-        try:
-            for event in client.events(options.idle_timeout):
-                print(jsonrpc.dumps(event).decode(), flush=True)
-        except KeyboardInterrupt:
-            pass
     return 0
 
 
@@ -313,12 +204,61 @@ def _run_keys(options: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 Arguments = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace, argparse.ArgumentParser], int]
 COMMANDS: dict[str, tuple[str, Arguments, Run]] = {
-    "broker": ("run a broker: queues tasks, hands them to nodes, returns results", _broker_arguments, _run_broker),
-    "node": ("run a node: worker processes that run the tasks of the given modules", _node_arguments, _run_node),
-    "call": ("call a task and print its result as JSON", _call_arguments, _run_call),
-    "map": ("call a task once per input; results in input order, one JSON line each", _map_arguments, _run_map),
-    "events": ("print the broker's task events as they happen, one JSON line each", _events_arguments, _run_events),
-    "keys": ("write a CURVE certificate pair, NAME.key and NAME.key_secret", _keys_arguments, _run_keys),
+    "broker": (
+        "run a broker: queues tasks, hands them to nodes, returns results",
+        _broker_arguments,
+        _run_broker,
+    ),
+    "node": (
+        "run a node: worker processes that run the tasks of the given modules",
+        _node_arguments,
+        _run_node,
+    ),
+    "call": (
+        "call a task and print its result as JSON",
+        cli_clients.call_arguments,
+        cli_clients.run_call,
+    ),
+    "map": (
+        "call a task once per input; results in input order, one JSON line each",
+        cli_clients.map_arguments,
+        cli_clients.run_map,
+    ),
+    "events": (
+        "print the broker's task events as they happen, one JSON line each",
+        cli_clients.events_arguments,
+        cli_clients.run_events,
+    ),
+    "dashboard": (
+        "serve a live web page of the broker's nodes, queues and tasks",
+        cli_clients.dashboard_arguments,
+        cli_clients.run_dashboard,
+    ),
+    "inspect": (
+        "show nodes, queues, task states, throughput",
+        cli_clients.with_curve(cli_admin.inspect_arguments),
+        cli_admin.run_inspect,
+    ),
+    "failed": (
+        "list the newest failed tasks with their errors",
+        cli_clients.with_curve(cli_admin.failed_arguments),
+        cli_admin.run_failed,
+    ),
+    "retry": (
+        "queue a failed or revoked task again",
+        cli_clients.with_curve(cli_admin.retry_arguments),
+        cli_admin.run_retry,
+    ),
+    "purge": (
+        "revoke every queued task of a name",
+        cli_clients.with_curve(cli_admin.purge_arguments),
+        cli_admin.run_purge,
+    ),
+    "keys": (
+        "write a CURVE certificate pair, NAME.key and NAME.key_secret",
+        _keys_arguments,
+        _run_keys,
+    ),
 }
 
 

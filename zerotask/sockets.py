@@ -18,7 +18,7 @@ Socket = zmq.Socket[bytes]
 Context = zmq.Context[Socket]
 
 _SCHEMES = ("tcp://", "ipc://", "inproc://")
-REPLY_HWM = 1000  # messages queued for one peer of the broker's request socket
+REPLY_HWM = 32  # messages queued in ZeroMQ for one peer of the broker; the broker holds the rest (bounded)
 MAX_SUBSCRIPTION_BYTES = 1024  # a subscription message on the event socket; larger ones disconnect the peer
 
 
@@ -85,10 +85,10 @@ def request_router(context: Context, endpoint: str, max_message_bytes: int, curv
     sock: Socket = context.socket(zmq.ROUTER)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-    # A peer that never reads may have at most REPLY_HWM messages queued for it; beyond, a send to it
-    # fails at once (ROUTER_MANDATORY, NOBLOCK) and the broker drops the message (a node that does not read
-    # is declared lost). What reaches a peer each round goes as one message, so this is slack, not a limit
-    # a reading peer meets. Incoming messages are bounded by MAXMSGSIZE and read as fast as they come.
+    # A peer that never reads may have at most REPLY_HWM messages queued for it in ZeroMQ, which counts
+    # messages, not bytes; beyond, a send to it fails at once (ROUTER_MANDATORY, NOBLOCK) and the broker
+    # keeps what waits itself, in order and bounded in bytes (replies.Outbox). Incoming messages are
+    # bounded by MAXMSGSIZE and read as fast as they come.
     sock.setsockopt(zmq.SNDHWM, REPLY_HWM)
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)

@@ -17,6 +17,14 @@ REVOKE = "zerotask.broker.revoke"
 NOTIFY = "zerotask.broker.notify"
 PING = "zerotask.broker.ping"
 INFO = "zerotask.broker.info"
+DISCOVER = "rpc.discover"  # the OpenRPC convention: JSON-RPC reserves rpc.* for extensions (5.14)
+
+# ---- methods operators call on the broker (section 5; with CURVE, admin keys only) -----------------
+INSPECT = "zerotask.broker.inspect"
+TASKS = "zerotask.broker.tasks"
+TASK = "zerotask.broker.task"
+RETRY_TASK = "zerotask.broker.retry"
+PURGE = "zerotask.broker.purge"
 
 # ---- methods nodes call on the broker (section 6) -------------------------------------------------
 CONNECT = "zerotask.broker.connect"

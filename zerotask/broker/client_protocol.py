@@ -20,8 +20,10 @@ from zerotask.store import TaskRecord
 from zerotask.task import split_params
 from zerotask.wire import FINAL_STATES
 
-DEFAULT_MAX_WAITING = 100_000  # answers one peer may be owed at once (calls, result waits, notify)
-MAX_NOTIFY_IDS = 10_000  # task ids in one zerotask.broker.notify
+DEFAULT_MAX_WAITING = 50_000  # answers one peer may be owed at once (calls, result waits, notify)
+MAX_WAITING_TOTAL = 100_000  # answers owed to all peers together: a peer that left still has its waits
+MAX_NOTIFY_IDS = 1_000  # task ids in one zerotask.broker.notify
+ROUND_IDS = 20_000  # task ids looked up for notify in one round of the loop: a store read each
 
 
 class ClientProtocol:
@@ -47,6 +49,9 @@ class ClientProtocol:
         self._nodes = nodes
         self.max_waiting = max_waiting
         self._waiting: dict[bytes, int] = {}  # peer routing id -> answers it is owed
+        self._waiting_total = 0
+        self._settle = self._settled  # one bound method for every waiter, not one each
+        self.ids_this_round = 0  # notify lookups in this round of the loop (the transport resets it)
 
     def methods(self) -> dict[str, Handler]:
         return {
@@ -103,6 +108,9 @@ class ClientProtocol:
         task_ids = param(request.params, "task_ids", 0, list)
         if len(task_ids) > MAX_NOTIFY_IDS:
             raise InvalidParams(f"at most {MAX_NOTIFY_IDS} task ids per notify")
+        self.ids_this_round += len(task_ids)
+        if self.ids_this_round > ROUND_IDS:  # one message of many notifies must not hold up the loop
+            raise QueueFull("too many task ids to look up at once; ask again", {"limit": ROUND_IDS, "bound": "round"})
         unknown = []
         for task_id in dict.fromkeys(task_id for task_id in task_ids if isinstance(task_id, str)):  # each once
             record = self._core.store.get(task_id)
@@ -149,21 +157,23 @@ class ClientProtocol:
         self._wait(envelope, record, Waiter(None, functools.partial(self._outbox.send, envelope), notify_task_id=record.id))
 
     def _room(self, envelope: Envelope) -> None:
-        """Raise QueueFull if the peer is owed ``max_waiting`` answers already."""
+        """Raise QueueFull if the peer is owed ``max_waiting`` answers already, or all peers together
+        MAX_WAITING_TOTAL (ZeroMQ does not tell when a peer goes away, so its waits stay until they end)."""
         if self._waiting.get(envelope[0], 0) >= self.max_waiting:
             limit = self.max_waiting
             raise QueueFull(f"this peer waits for {limit} answers already", {"limit": limit, "bound": "waiting"})
+        if self._waiting_total >= MAX_WAITING_TOTAL:
+            limit = MAX_WAITING_TOTAL
+            raise QueueFull(f"the broker owes {limit} answers already", {"limit": limit, "bound": "waiting"})
 
     def _wait(self, envelope: Envelope, record: TaskRecord, waiter: Waiter, timeout_s: float | None = None) -> None:
         identity = envelope[0]
         self._waiting[identity] = self._waiting.get(identity, 0) + 1
-        waiter.token = self._core.wait(record, functools.partial(self._answer, identity, waiter))
+        self._waiting_total += 1
+        waiter.identity, waiter.settled = identity, self._settle
+        waiter.token = self._core.wait(record, waiter)
         if waiter.token is not None and timeout_s is not None:
             waiter.timer = self._scheduler.call_later(timeout_s, functools.partial(self._timed_out, identity, record.id, waiter))
-
-    def _answer(self, identity: bytes, waiter: Waiter, record: TaskRecord) -> None:
-        self._settled(identity)
-        waiter.answer_record(record)
 
     def _timed_out(self, identity: bytes, task_id: str, waiter: Waiter) -> None:
         assert waiter.token is not None
@@ -173,6 +183,7 @@ class ClientProtocol:
         waiter.answer_error(TaskTimeout(f"task {task_id} has no result yet"))
 
     def _settled(self, identity: bytes) -> None:
+        self._waiting_total -= 1
         left = self._waiting[identity] - 1
         if left:
             self._waiting[identity] = left

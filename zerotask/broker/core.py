@@ -33,6 +33,7 @@ from zerotask.wire import FAILED, FINAL_STATES, FINISHED, QUEUED, RETRY, REVOKED
 log = logging.getLogger("zerotask.broker")
 
 OnOutcome = Callable[[TaskRecord], None]  # a waiter: called once with the task in its final state
+MAX_CREDIT = 1_000_000  # tasks a node may be owed at once: credit beyond is ignored (it must stay encodable)
 DEFAULT_MAX_QUEUED = 10_000_000  # tasks queued at once, for all names: beyond, submits get QueueFull
 
 
@@ -161,6 +162,33 @@ class BrokerCore:
         self._record([(record, Outcome(task_id, REVOKED, error=error, held=holder is not None))])
         return REVOKED, holder.id if holder is not None else None
 
+    def retry_failed(self, task_id: str) -> str:
+        """Queue a FAILED or REVOKED task again as a fresh attempt, at the back of the queue. Returns
+        QUEUED; raises UnknownTask, or InvalidParams for a task in another state."""
+        record = self.find(task_id)
+        if not self.store.reset(task_id):
+            raise InvalidParams(f"task {task_id} is {self.state(record)}, not FAILED or REVOKED", {"task_id": task_id})
+        reset = self.store.get(task_id)
+        for hook in self._after_enqueue:
+            hook(reset if reset is not None else record)
+        return QUEUED
+
+    def purge(self, method: str, limit: int = 10_000) -> tuple[int, bool]:
+        """Revoke up to ``limit`` queued tasks named ``method``; their waiters get TaskRevoked. Returns
+        how many were revoked, and whether more are queued."""
+        records = self.store.list_tasks(state=QUEUED, method=method, limit=limit)
+        finals = []
+        for record in records:
+            error = TaskRevoked(f"task {record.id} was revoked", {"task_id": record.id}).to_error_object()
+            finals.append((record, Outcome(record.id, REVOKED, error=error)))
+        self._record(finals)
+        return len(records), bool(self.store.queued_counts().get(method))
+
+    def holder(self, task_id: str) -> NodeId | None:
+        """The node that holds the task, if one does."""
+        node = self._holder.get(task_id)
+        return node.id if node is not None else None
+
     def expire(self, now: float | None = None, limit: int = 10_000) -> int:
         """Forget up to ``limit`` outcomes older than ``result_ttl_s``; returns how many."""
         if not self.result_ttl_s:
@@ -179,7 +207,7 @@ class BrokerCore:
         afresh: what it held goes back to the queue, except ``running``, the tasks it says it is still
         running, which stay its own (unless another node holds them, or they ended)."""
         self.lose(node_id, "connected again")
-        node = NodeSlot(node_id, frozenset(methods), max(credit, 0))
+        node = NodeSlot(node_id, frozenset(methods), min(max(credit, 0), MAX_CREDIT))
         self._nodes[node_id] = node
         self._served.update(node.methods)
         candidates = [task_id for task_id in running if isinstance(task_id, str) and task_id not in self._holder]
@@ -202,7 +230,7 @@ class BrokerCore:
     def grant(self, node: NodeSlot, credit: int) -> None:
         """The node may be sent ``credit`` more tasks (less, if negative); ignored once it drains."""
         if not node.draining:
-            node.credit = max(0, node.credit + credit)
+            node.credit = min(max(0, node.credit + credit), MAX_CREDIT)
 
     def started(self, node: NodeSlot, task_ids: Iterable[Any]) -> None:
         """The node started these tasks: they are RUNNING (if it holds them)."""
@@ -227,6 +255,9 @@ class BrokerCore:
         if node is None:
             return None
         self._served.subtract(node.methods)
+        for method in node.methods:  # names no node serves any more are forgotten, not kept at zero
+            if self._served[method] <= 0:
+                del self._served[method]
         for task_id in node.held:
             self._holder.pop(task_id, None)
         requeued = list(node.held.values())
@@ -271,8 +302,8 @@ class BrokerCore:
             if error is None:
                 finals.append((record, Outcome(task_id, FINISHED, result=outcome.get("result"), held=True)))
                 continue
-            if not isinstance(error, dict):
-                error = jsonrpc.error_object(wire.TASK_FAILED, "the node reported a failure that is not an error object")
+            if not _is_error_object(error):  # callers get only valid JSON-RPC error objects, whatever a node says
+                error = jsonrpc.error_object(wire.TASK_FAILED, "the node reported a failure that is not a JSON-RPC error object")
             delay_s = self._retry_delay_for(record, error)
             if delay_s is None:
                 finals.append((record, Outcome(task_id, FAILED, error=error, held=True)))
@@ -339,6 +370,11 @@ class BrokerCore:
         # Not revoked or adopted by a node meanwhile, and this timer is the latest attempt's own.
         if record is not None and record.state == RETRY and record.attempts == attempt:
             self.store.requeue([task_id])
+
+
+def _is_error_object(error: Any) -> bool:
+    """Whether ``error`` is a JSON-RPC error object: an integer code and a string message."""
+    return isinstance(error, dict) and type(error.get("code")) is int and isinstance(error.get("message"), str)
 
 
 def _overrides(hooks: Sequence[Hooks], point: str) -> list[Callable[..., Any]]:

@@ -15,6 +15,7 @@ from typing import Any
 from zerotask import jsonrpc, wire
 from zerotask.broker.assignment import NodeId, NodeSlot
 from zerotask.broker.core import BrokerCore
+from zerotask.broker.discovery import Discovery
 from zerotask.broker.params import param
 from zerotask.broker.replies import Envelope, Handler, Outbox, Respond
 from zerotask.exceptions import InvalidParams
@@ -23,6 +24,7 @@ from zerotask.store import TaskRecord
 log = logging.getLogger("zerotask.broker")
 
 MAX_METHODS = 10_000  # task names one node may announce
+MAX_RUNNING = 10_000  # distinct task ids a node may list as running when it connects
 
 
 @dataclass(slots=True)
@@ -44,6 +46,7 @@ class NodeProtocol:
         self.liveness = liveness
         self.max_message_bytes = max_message_bytes
         self._links: dict[NodeId, NodeLink] = {}
+        self.discovery = Discovery(core, max_message_bytes // 2)  # rpc.discover's answer must fit a message
         self._last_check = time.monotonic()
 
     def methods(self) -> dict[str, Handler]:
@@ -66,8 +69,9 @@ class NodeProtocol:
         return True
 
     def describe(self) -> list[dict[str, Any]]:
-        """The connected nodes, for zerotask.broker.info."""
+        """The connected nodes, for zerotask.broker.info and inspect."""
         described = []
+        now = time.monotonic()
         for node in self._core.nodes:
             link = self._links[node.id]
             described.append(
@@ -78,9 +82,15 @@ class NodeProtocol:
                     "credit": node.credit,
                     "tasks": len(node.held),
                     "finished": node.finished,
+                    "last_seen_s": round(now - link.last_seen, 3),
                 }
             )
         return described
+
+    def name(self, node_id: NodeId) -> str | None:
+        """The name a connected node gave."""
+        link = self._links.get(node_id)
+        return link.name if link is not None else None
 
     # ---- what the broker sends -------------------------------------------------------------------
 
@@ -104,7 +114,10 @@ class NodeProtocol:
         methods: list[Any] | dict[str, Any] = param(params, "methods", 1, (list, dict))
         workers = param(params, "workers", 2, int, 1)
         credit = param(params, "credit", 3, int, 0)
-        running = param(params, "running", 4, list, [])
+        descriptions: Any = param(params, "descriptions", 5, object, None)  # checked, never refused: discovery.py
+        running = list(dict.fromkeys(task_id for task_id in param(params, "running", 4, list, []) if isinstance(task_id, str)))
+        if len(running) > MAX_RUNNING:  # each costs a store read: a node runs at most a few per worker
+            raise InvalidParams(f"a node may list at most {MAX_RUNNING} running tasks")
         # An object of {name: options} is what nodes sent before; the options no longer mean anything.
         names = list(methods)
         if not all(isinstance(method, str) for method in names):
@@ -114,6 +127,7 @@ class NodeProtocol:
         identity = envelope[0]
         self._links[identity] = NodeLink(envelope, name, workers)
         self._core.connect(identity, names, credit, running)
+        self.discovery.connected(names, descriptions)
         log.info("node %r connected: %d worker(s), %d task name(s)", name, workers, len(names))
         return {"heartbeat_s": self.heartbeat_s, "liveness": self.liveness, "max_message_bytes": self.max_message_bytes}
 
@@ -186,5 +200,6 @@ class NodeProtocol:
         """Forget the node; the core queues again what it held."""
         link = self._links.pop(identity, None)
         node = self._core.lose(identity, reason)
+        self.discovery.forget_unserved()
         if link is not None and node is not None:
             log.warning("node %r lost (%s): %d task(s) back to the queue", link.name, reason, len(node.held))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from zerotask import jsonrpc
+from zerotask import jsonrpc, tracing
 from zerotask.exceptions import InvalidParams
 
 T = TypeVar("T")
@@ -68,6 +68,7 @@ def read_task_call(params: jsonrpc.Params) -> TaskCall:
             and type(kwargs) is dict
             and (task_id is None or (type(task_id) is str and 0 < len(task_id) <= MAX_TASK_ID))
             and limit is None
+            and "traceparent" not in params
         ):
             return method, args, kwargs, task_id, None
     method = param(params, "method", 0, str)
@@ -75,6 +76,12 @@ def read_task_call(params: jsonrpc.Params) -> TaskCall:
     kwargs = param(params, "kwargs", 2, dict, {})
     task_id = param(params, "task_id", 3, str, None)
     time_limit_s: float | None = param(params, "time_limit_s", 5, (int, float), None)
+    traceparent: str | None = param(params, "traceparent", 6, str, None)
     if task_id is not None and not 0 < len(task_id) <= MAX_TASK_ID:
         raise InvalidParams(f"task_id must have 1 to {MAX_TASK_ID} characters")
-    return method, args, kwargs, task_id, {"time_limit_s": time_limit_s} if time_limit_s is not None else None
+    if traceparent is not None and not tracing.is_valid(traceparent):
+        raise InvalidParams("traceparent must be a W3C traceparent: 00-<32 hex>-<16 hex>-<2 hex>, ids not all zeros")
+    options: dict[str, Any] = {"time_limit_s": time_limit_s} if time_limit_s is not None else {}
+    if traceparent is not None:
+        options["traceparent"] = traceparent
+    return method, args, kwargs, task_id, options or None

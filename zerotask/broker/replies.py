@@ -8,8 +8,9 @@ envelope, so it is kept with every request until the response is sent.
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ Send = Callable[[Envelope, Message], None]
 
 
 MAX_BACKLOG_BYTES = 64 * 1024 * 1024  # replies one peer has not taken yet, held by the broker at most
+DEFAULT_REPLY_LIMIT = 16 * 1024 * 1024  # the largest payload the broker builds (its peers' message limit)
 
 
 class PeerGone(Exception):
@@ -42,7 +44,8 @@ class Outbox:
     broker hold more than MAX_BACKLOG_BYTES for it: beyond, its waiting replies are dropped.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = DEFAULT_REPLY_LIMIT) -> None:
+        self.limit = limit
         self._messages: dict[Envelope, list[Message]] = {}
         self._backlog: dict[Envelope, list[bytes]] = {}
 
@@ -68,22 +71,27 @@ class Outbox:
             if envelope not in messages:
                 messages[envelope] = []
         for envelope, queued in messages.items():
-            payloads = self._backlog.pop(envelope, [])
-            payloads.extend(coalesce(queued))
+            payloads = itertools.chain(self._backlog.pop(envelope, []), coalesce(queued, self.limit))
             try:
-                for index, payload in enumerate(payloads):
+                for payload in payloads:
                     if not send(envelope, payload):
-                        self._hold(envelope, payloads[index:])
+                        self._hold(envelope, payload, payloads)
                         break
             except PeerGone:
                 gone.append(envelope)
         return gone
 
-    def _hold(self, envelope: Envelope, payloads: list[bytes]) -> None:
-        if sum(len(payload) for payload in payloads) > MAX_BACKLOG_BYTES:
-            log.warning("dropping %d replies to a peer that does not read them", len(payloads))
-            return
-        self._backlog[envelope] = payloads
+    def _hold(self, envelope: Envelope, first: bytes, rest: Iterator[bytes]) -> None:
+        """Keep what the peer has no room for, in order, up to MAX_BACKLOG_BYTES; the rest is dropped
+        (and, since coalesce is lazy, never even encoded)."""
+        kept, size = [first], len(first)
+        for payload in rest:
+            size += len(payload)
+            if size > MAX_BACKLOG_BYTES:
+                log.warning("dropping replies to a peer that does not read them (%d bytes waiting)", size - len(payload))
+                break
+            kept.append(payload)
+        self._backlog[envelope] = kept
 
 
 def split_frames(frames: list[bytes]) -> tuple[Envelope, bytes | None]:
@@ -153,6 +161,14 @@ class Waiter:
     notify_task_id: str | None = None
     answered: bool = field(default=False)
     token: int | None = None  # the core's, to cancel the wait
+    identity: bytes = b""  # the peer's routing id, for the count of what it is owed
+    settled: Callable[[bytes], None] | None = None  # told once the wait is over, with ``identity``
+
+    def __call__(self, record: TaskRecord) -> None:
+        """The core's callback (a waiter is its own, to keep a wait small: many may be pending)."""
+        if self.settled is not None:
+            self.settled(self.identity)
+        self.answer_record(record)
 
     def answer(self, response: dict[str, Any]) -> None:
         if self.answered:
@@ -183,23 +199,60 @@ class Waiter:
         self.answer_outcome(None, error.to_error_object())
 
 
-def coalesce(messages: list[Message]) -> list[bytes]:
+def coalesce(messages: list[Message], limit: int = DEFAULT_REPLY_LIMIT) -> Iterator[bytes]:
     """Encode one peer's messages in order, sending each run of notifications as one JSON-RPC batch:
     a result pushed per task would otherwise cost a message (and a wake-up) per task. Responses stay
-    single, as the caller's request was."""
-    payloads: list[bytes] = []
-    notifications: list[dict[str, Any]] = []
+    single, as the caller's request was. No payload is larger than ``limit`` bytes (the peers' own
+    message limit) unless one notification alone is: a run of notifications is split, and a response,
+    or a response in a batch, that would pass it is replaced by an error saying so. So a small request
+    cannot make the broker build a huge reply. Lazy: what is never sent is never encoded."""
+    run: list[bytes] = []
+    run_bytes = 0
     for message in messages:
         if isinstance(message, dict) and "method" in message:
-            notifications.append(message)
+            encoded = _encode(message)
+            if run and run_bytes + len(encoded) + 1 > limit:
+                yield _join(run)
+                run, run_bytes = [], 0
+            run.append(encoded)
+            run_bytes += len(encoded) + 1
             continue
-        if notifications:
-            payloads.append(_encode(notifications[0] if len(notifications) == 1 else notifications))
-            notifications = []
-        payloads.append(_encode(message))
-    if notifications:
-        payloads.append(_encode(notifications[0] if len(notifications) == 1 else notifications))
-    return payloads
+        if run:
+            yield _join(run)
+            run, run_bytes = [], 0
+        if isinstance(message, list):
+            yield _encode_responses(message, limit)
+        else:
+            yield _bounded(_encode(message), message, limit)
+    if run:
+        yield _join(run)
+
+
+def _join(encoded: list[bytes]) -> bytes:
+    return encoded[0] if len(encoded) == 1 else b"[" + b",".join(encoded) + b"]"
+
+
+def _encode_responses(responses: list[Any], limit: int) -> bytes:
+    """A batch's responses, encoded one by one while they fit in ``limit``; the rest become errors."""
+    encoded: list[bytes] = []
+    total = 2
+    for response in responses:
+        item = _too_large(response) if total > limit else _bounded(_encode(response), response, limit)
+        total += len(item) + 1
+        if total > limit and len(item) > 200:
+            item = _too_large(response)
+            total += len(item)
+        encoded.append(item)
+    return b"[" + b",".join(encoded) + b"]"
+
+
+def _bounded(encoded: bytes, message: Any, limit: int) -> bytes:
+    return _too_large(message) if len(encoded) > limit and "method" not in message else encoded
+
+
+def _too_large(response: Any) -> bytes:
+    error = jsonrpc.error_object(jsonrpc.INTERNAL_ERROR, data="the reply would be larger than the broker's message limit")
+    return jsonrpc.dumps(jsonrpc.error(response.get("id") if isinstance(response, dict) else None, error))
 
 
 def _encode(message: Message) -> bytes:

@@ -6,8 +6,9 @@ servers and the ZAP handler (:class:`zerotask.auth.Gatekeeper`) admits listed ke
 sender is its ``User-Id`` (the public key that sent it, read per message: a routing id is the peer's own
 choice), and the sender's roles decide:
 
-- every listed key may submit and call tasks, and use ping and info; only a node key may use the node
+- every listed key may submit and call tasks, and use ping, info and rpc.discover; only a node key may use the node
   methods (connect, request, running, finished, release, heartbeat, disconnect): others get Forbidden;
+- only an admin key may use the operator methods (inspect, tasks, task, retry, purge);
 - a task belongs to the key that submitted it (stored with it, so it survives a restart): status,
   result, revoke and notify of a task are for that key and admin keys; to any other key the task does
   not exist (UnknownTask, as for an id never used), and submitting under its id is Forbidden.
@@ -31,6 +32,7 @@ log = logging.getLogger("zerotask.broker")
 NODE_METHODS = frozenset(
     {wire.CONNECT, wire.REQUEST, wire.RUNNING_TASKS, wire.FINISHED_TASKS, wire.RELEASE, wire.HEARTBEAT, wire.DISCONNECT}
 )
+ADMIN_METHODS = frozenset({wire.INSPECT, wire.TASKS, wire.TASK, wire.RETRY_TASK, wire.PURGE})
 Receive = Callable[[], list[bytes]]
 AddSocket = Callable[[sockets.Socket, Callable[[], None]], None]
 
@@ -136,6 +138,9 @@ class Security:
         if method in NODE_METHODS:
             if auth.NODE not in roles:
                 raise Forbidden(f"{method} is for nodes: this key is not a node key", {"method": method})
+        elif method in ADMIN_METHODS:
+            if auth.ADMIN not in roles:
+                raise Forbidden(f"{method} is for operators: this key is not an admin key", {"method": method})
         elif not roles:
             raise Forbidden("this key is not admitted", {"method": method})
 

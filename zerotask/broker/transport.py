@@ -21,13 +21,16 @@ from typing import Any
 import zmq
 
 from zerotask import __version__, jsonrpc, sockets, wire
+from zerotask.broker.admin_protocol import AdminProtocol
 from zerotask.broker.client_protocol import DEFAULT_MAX_WAITING, ClientProtocol
 from zerotask.broker.core import DEFAULT_MAX_QUEUED, BrokerCore
 from zerotask.broker.events import EventPublisher
 from zerotask.broker.hooks import Hooks, Retries, TimeLimits
+from zerotask.broker.metrics import BrokerMetrics
 from zerotask.broker.node_protocol import NodeProtocol
 from zerotask.broker.replies import DEFERRED, Envelope, Handler, Outbox, PeerGone, Reply, Respond, split_frames
 from zerotask.broker.security import Security
+from zerotask.broker.stats import Throughput
 from zerotask.exceptions import ZerotaskError
 from zerotask.loop import EventLoop
 from zerotask.store import Store, open_store
@@ -65,7 +68,8 @@ class Broker(EventLoop):
     message; beyond, a clear error (QueueFull, -32005, for the first two).
     Security (:mod:`zerotask.broker.security`): ``curve_secret`` (the broker's secret certificate) with
     ``clients``, ``nodes`` and ``admins`` (directories of public certificates) turns CURVE on and admits
-    those keys only, each in its role; without it, an endpoint beyond this machine needs ``insecure``."""
+    those keys only, each in its role; without it, an endpoint beyond this machine needs ``insecure``.
+    ``metrics`` (``HOST:PORT``) serves Prometheus metrics there (:mod:`zerotask.broker.metrics`)."""
 
     def __init__(
         self,
@@ -85,6 +89,7 @@ class Broker(EventLoop):
         nodes: str | None = None,
         admins: str | None = None,
         insecure: bool = False,
+        metrics: str | None = None,
     ) -> None:
         super().__init__()
         self.bind_endpoint = sockets.check_endpoint(bind, bind=True)
@@ -102,6 +107,10 @@ class Broker(EventLoop):
         # cannot use, or for an endpoint other machines reach without CURVE (unless insecure).
         endpoints = [self.bind_endpoint, self.publish_endpoint]
         self.security = Security(endpoints, curve_secret, clients, nodes, admins, insecure)
+        # Prometheus on HOST:PORT (zerotask.broker.metrics): a hook; beyond this machine only with CURVE or insecure.
+        self.metrics = BrokerMetrics(metrics, insecure or self.security.enabled) if metrics else None
+        if self.metrics is not None:
+            self.hooks.append(self.metrics)
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -111,19 +120,24 @@ class Broker(EventLoop):
         queued = self.store.recover()
         self.instance = uuid.uuid4().hex  # clients compare it to learn that the broker restarted
         self.events = EventPublisher()
-        hooks = [Retries(), TimeLimits(), self.events, *self.hooks]
+        self.throughput = Throughput()
+        hooks = [Retries(), TimeLimits(), self.events, self.throughput, *self.hooks]
         self.core = BrokerCore(
             self.store, self, hooks, local=self.dispatcher, result_ttl_s=self.result_ttl_s, max_queued=self.max_queued
         )
-        self.outbox = Outbox()
+        if self.metrics is not None:
+            self.metrics.start(self.core, self)
+        self.outbox = Outbox(self.max_message_bytes)
         self._backlog_wakeup = False
         self.nodes = NodeProtocol(self.core, self.outbox, self.heartbeat_s, self.liveness, self.max_message_bytes)
         self.clients = ClientProtocol(self.core, self.outbox, self, self.nodes, self.max_waiting, self.security)
         self._methods: dict[str, Handler] = {
             **self.clients.methods(),
             **self.nodes.methods(),
+            **AdminProtocol(self.core, self.nodes, self.throughput).methods(),
             wire.INFO: self._info,
             wire.PING: self._ping,
+            wire.DISCOVER: self.nodes.discovery.discover,
         }
         self.security.start(self.context)  # the ZAP handler, before a CURVE socket binds
         self.requests = sockets.request_router(self.context, self.bind_endpoint, self.max_message_bytes, self.security.keys)
@@ -144,6 +158,8 @@ class Broker(EventLoop):
         )
 
     def teardown(self) -> None:
+        if self.metrics is not None:
+            self.metrics.stop()
         self.security.stop()
         self.store.close()
         log.info("broker stopped")
@@ -183,6 +199,7 @@ class Broker(EventLoop):
 
     def after_events(self) -> None:
         """The end of a round: hand out tasks, commit, then send what the commit made true."""
+        self.clients.ids_this_round = 0
         self.nodes.send_tasks(self.core.assign())
         self.store.flush()
         for event in self.events.take():

@@ -8,6 +8,8 @@ import itertools
 import os
 from typing import Any, Protocol
 
+from zerotask import tracing
+
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 
 
@@ -72,6 +74,9 @@ def call_params(method: str, args: tuple[Any, ...], kwargs: dict[str, Any], time
     params: dict[str, Any] = {"method": method, "args": list(args), "kwargs": kwargs, "task_id": new_task_id()}
     if time_limit is not None:
         params["time_limit_s"] = time_limit
+    traceparent = tracing.outgoing(method)
+    if traceparent is not None:
+        params["traceparent"] = traceparent
     return params
 
 

@@ -22,7 +22,9 @@ from typing import Any
 import zmq
 
 from zerotask import auth, jsonrpc, sockets, wire
+from zerotask.describe import descriptions
 from zerotask.loop import EventLoop, Silence
+from zerotask.node.metrics import NodeMetrics
 from zerotask.node.pool import ENVELOPE_ROOM, WorkerPool
 from zerotask.task import Dispatcher, default_dispatcher
 
@@ -46,6 +48,8 @@ class Node(EventLoop):
     ``time_limit_s``: a default limit for tasks that set none. ``curve_secret`` (this node's secret
     certificate) and ``broker_key`` (the broker's public one), by default from ZEROTASK_CURVE_SECRET and
     ZEROTASK_BROKER_KEY, connect with CURVE; the broker must list this node's key with its nodes.
+    ``metrics`` (``HOST:PORT``) serves Prometheus metrics there (:mod:`zerotask.node.metrics`); an
+    address beyond this machine needs ``insecure``.
     """
 
     def __init__(
@@ -61,8 +65,12 @@ class Node(EventLoop):
         time_limit_s: float | None = None,
         curve_secret: str | None = None,
         broker_key: str | None = None,
+        metrics: str | None = None,
+        insecure: bool = False,
     ) -> None:
         super().__init__()
+        # Prometheus on HOST:PORT (zerotask.node.metrics); beyond this machine only if ``insecure``.
+        self.metrics = NodeMetrics(metrics, insecure) if metrics else None
         self.broker_endpoint = sockets.check_endpoint(broker)
         self.curve = auth.peer_keys(curve_secret, broker_key)  # None: plaintext
         self.dispatcher = dispatcher or default_dispatcher
@@ -90,11 +98,15 @@ class Node(EventLoop):
 
     def _outcomes_append(self, outcome: dict[str, Any]) -> None:
         self._outcomes.append(outcome)
+        if self.metrics is not None:
+            self.metrics.count(outcome)
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
     def setup(self) -> None:
         self.pool.start()
+        if self.metrics is not None:
+            self.metrics.start(self.pool)
         self._connect()
         self.call_every(self.heartbeat_s, self._heartbeat)
 
@@ -109,6 +121,8 @@ class Node(EventLoop):
             self._socket.close(linger=500)  # give the goodbye a moment to leave
             self._socket = None
         self.pool.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         log.info("node %s stopped (a task took %.6f s on average lately)", self.name, self.pool.service_s)
 
     def _connect(self) -> None:
@@ -133,6 +147,7 @@ class Node(EventLoop):
             "workers": self.worker_count,
             "credit": self._credit_out,
             "running": self.pool.running_ids(),
+            "descriptions": descriptions(self.dispatcher, methods),  # for rpc.discover; bounded to 1 MiB
         }
         self._send(jsonrpc.request(wire.CONNECT, params, f"connect-{self._connects}"))
         self._silence.last_heard = time.monotonic()

@@ -35,7 +35,7 @@ from collections import deque
 from multiprocessing.connection import Connection
 from typing import Any
 
-from zerotask import jsonrpc, wire
+from zerotask import jsonrpc, tracing, wire
 from zerotask.task import Dispatcher
 
 log = logging.getLogger(__name__)
@@ -211,9 +211,9 @@ def _execute(dispatcher: Dispatcher, task: dict[str, Any]) -> bytes:
     raises (BaseException included) and a result that is not JSON are the task's error."""
     task_id = task.get("task_id")
     attempt = task.get("attempt")
-    result, error = dispatcher.run(
-        task["method"], task.get("args", []), task.get("kwargs", {}), attempt if type(attempt) is int else 0
-    )
+    traceparent = task.get("traceparent")
+    run = dispatcher.run if traceparent is None else tracing.in_trace(traceparent, dispatcher.run)
+    result, error = run(task["method"], task.get("args", []), task.get("kwargs", {}), attempt if type(attempt) is int else 0)
     if error is None:
         try:
             encoded = jsonrpc.dumps({"task_id": task_id, "result": result})

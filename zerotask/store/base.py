@@ -37,6 +37,8 @@ class TaskRecord:
     attempts: int = 0
     options: dict[str, Any] = field(default_factory=dict)  # per-call delivery options, e.g. time_limit_s
     owner: str | None = None  # with CURVE, the public key (Z85) that submitted it: who may query it
+    created_at: float | None = None  # time.time() when it was queued (set by the store; again by reset)
+    finished_at: float | None = None  # time.time() when its outcome was recorded
 
     def to_wire(self) -> dict[str, Any]:
         """The task as a node receives it (never its owner)."""
@@ -93,7 +95,8 @@ class Store(ABC):
     @abstractmethod
     def finish_many(self, outcomes: Sequence[Outcome]) -> list[bool]:
         """Record outcomes, in order, each unless its task already has one (or is unknown); returns, per
-        outcome, whether this call recorded it. A finished task keeps its outcome, not its arguments."""
+        outcome, whether this call recorded it. A FINISHED task keeps its result, not its arguments; a FAILED
+        or REVOKED one keeps its arguments too, so that it can be :meth:`reset`."""
 
     @abstractmethod
     def expire(self, before: float, limit: int = 10_000) -> int:
@@ -113,6 +116,29 @@ class Store(ABC):
     def recover(self) -> int:
         """Put every ASSIGNED or RETRY task back to QUEUED (no node holds it any more when a broker
         starts). Returns how many tasks are queued afterwards."""
+
+    @abstractmethod
+    def state_counts(self) -> Mapping[str, int]:
+        """How many tasks are in each stored state (QUEUED, ASSIGNED, RETRY, FINISHED, FAILED, REVOKED;
+        only states with some). Cheap: kept in memory, loaded at open and updated by every write."""
+
+    @abstractmethod
+    def oldest_queued(self) -> Mapping[str, float]:
+        """The ``created_at`` of the first task in line, by method (only methods with queued tasks).
+        Cheap: one lookup per queued method."""
+
+    @abstractmethod
+    def list_tasks(
+        self, state: str | None = None, method: str | None = None, limit: int = 100, before: float | None = None
+    ) -> list[TaskRecord]:
+        """Up to ``limit`` tasks, newest first by their time (``finished_at`` for a task with an outcome,
+        ``created_at`` otherwise), only those in ``state``, of ``method`` and with a time before ``before``
+        when given. Unfinished tasks come with their arguments."""
+
+    @abstractmethod
+    def reset(self, task_id: str) -> bool:
+        """Queue a FAILED or REVOKED task again as new: at the back of the queue, attempts 0, its outcome
+        and finished_at cleared, created_at now. Returns False, changing nothing, for any other task."""
 
     def flush(self) -> None:  # noqa: B027 - a no-op unless the store has something to make durable
         """Make every write so far durable (a no-op for volatile stores)."""

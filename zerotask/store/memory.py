@@ -2,26 +2,34 @@
 
 It holds at most ``max_tasks`` tasks (queued, held and finished together): a day of outcomes at full
 speed does not fit in memory. When full, it forgets the oldest outcomes first, before their time, and
-refuses a new task (QueueFull) only when every task it holds is unfinished.
+refuses a new task (QueueFull) only when every task it holds is unfinished. A waiting task's arguments
+are kept as the JSON they came as, not as Python objects (which take up to 14 times the room), at most
+``max_bytes`` of them: so the store's size is bounded in bytes, not only in tasks.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import time
-from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
+from zerotask import jsonrpc
 from zerotask.exceptions import QueueFull
 from zerotask.store.base import Outcome, Store, TaskRecord, Want
-from zerotask.wire import ASSIGNED, FINAL_STATES, QUEUED, RETRY
+from zerotask.wire import ASSIGNED, FINAL_STATES, FINISHED, QUEUED, RETRY
 
 DEFAULT_MAX_TASKS = 2_000_000  # about 1.5 GB of small tasks
+DEFAULT_MAX_BYTES = 1024 * 1024 * 1024  # arguments of waiting tasks, as JSON
 
 
 class MemoryStore(Store):
-    def __init__(self, max_tasks: int = DEFAULT_MAX_TASKS) -> None:
+    def __init__(self, max_tasks: int = DEFAULT_MAX_TASKS, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.max_tasks = max_tasks
+        self.max_bytes = max_bytes
+        self._packed: dict[str, bytes] = {}  # task id -> [args, kwargs] as JSON, until a node takes it
+        self._packed_bytes = 0
         self._records: dict[str, TaskRecord] = {}
         self._sequence: dict[str, int] = {}  # task id -> its place in the queue, kept until it ends
         # One min-heap of (sequence, task id) per method: FIFO, and a requeued task keeps its place.
@@ -29,6 +37,7 @@ class MemoryStore(Store):
         # added again, are dropped lazily when they reach the top.
         self._queues: dict[str, list[tuple[int, str]]] = {}
         self._queued: dict[str, int] = {}
+        self._states: Counter[str] = Counter()  # tasks by state, QUEUED excepted (that is _queued's)
         self._next_sequence = 0
         self._finished: deque[tuple[float, str]] = deque()  # (when, task id), in the order they ended
 
@@ -40,12 +49,42 @@ class MemoryStore(Store):
             if len(self._records) >= self.max_tasks:
                 limit = self.max_tasks
                 raise QueueFull(f"the memory store holds {limit} unfinished tasks", {"limit": limit, "bound": "store"})
+        packed = jsonrpc.dumps([record.args, record.kwargs])
+        if self._packed_bytes + len(packed) > self.max_bytes:
+            self.expire(float("inf"), limit=max(1, self.max_tasks // 100))
+            if self._packed_bytes + len(packed) > self.max_bytes:
+                limit = self.max_bytes
+                raise QueueFull(f"the memory store holds {limit} bytes of arguments", {"limit": limit, "bound": "store"})
         record.state = QUEUED
-        self._records[record.id] = record
+        record.created_at = time.time() if record.created_at is None else record.created_at
+        record.finished_at = None
+        # The store keeps its own record, arguments packed; the caller's keeps them (a broker task runs on it).
+        stored = TaskRecord(record.id, record.method, state=QUEUED, attempts=record.attempts, options=record.options)
+        stored.owner, stored.created_at = record.owner, record.created_at
+        self._packed[record.id] = packed
+        self._packed_bytes += len(packed)
+        self._records[record.id] = stored
+        self._enqueue(stored)
+        return True
+
+    def _unpack(self, record: TaskRecord) -> TaskRecord:
+        """Give the record its arguments back (a node is about to get it), freeing their JSON."""
+        packed = self._packed.pop(record.id, None)
+        if packed is not None:
+            self._packed_bytes -= len(packed)
+            record.args, record.kwargs = jsonrpc.loads(packed)
+        return record
+
+    def _drop_packed(self, task_id: str) -> None:
+        packed = self._packed.pop(task_id, None)
+        if packed is not None:
+            self._packed_bytes -= len(packed)
+
+    def _enqueue(self, record: TaskRecord) -> None:
+        """Put a new (or reset) task at the back of its queue."""
         self._next_sequence += 1
         self._sequence[record.id] = self._next_sequence
         self._push(record)
-        return True
 
     def _push(self, record: TaskRecord) -> None:
         heapq.heappush(self._queues.setdefault(record.method, []), (self._sequence[record.id], record.id))
@@ -56,7 +95,18 @@ class MemoryStore(Store):
         self._queued[record.method] -= 1
         if not self._queued[record.method]:
             del self._queued[record.method]
-        record.state = state
+        self._set(record, state)
+
+    def _set(self, record: TaskRecord, state: str | None) -> None:
+        """Change a task's state (None: it is forgotten), keeping the counts by state."""
+        if record.state != QUEUED:
+            self._states[record.state] -= 1
+            if not self._states[record.state]:
+                del self._states[record.state]
+        if state is not None:
+            if state != QUEUED:
+                self._states[state] += 1
+            record.state = state
 
     def take_many(self, wants: Sequence[Want]) -> list[list[TaskRecord]]:
         return [self._take(methods, limit) for methods, limit in wants]
@@ -70,7 +120,7 @@ class MemoryStore(Store):
             record = self._records.get(task_id)
             if record is not None and record.state == QUEUED and self._sequence[task_id] == sequence:
                 self._leave_queue(record, ASSIGNED)
-                taken.append(record)
+                taken.append(self._unpack(record))
             if not queue:
                 heads = [(m, q) for m, q in heads if q]
         return taken
@@ -83,15 +133,15 @@ class MemoryStore(Store):
                 continue
             if record.state == QUEUED:
                 self._leave_queue(record, ASSIGNED)
-            record.state = ASSIGNED
-            claimed.append(record)
+            self._set(record, ASSIGNED)
+            claimed.append(self._unpack(record))
         return claimed
 
     def requeue(self, task_ids: Iterable[str]) -> None:
         for task_id in task_ids:
             record = self._records.get(task_id)
             if record is not None and record.state in (ASSIGNED, RETRY):
-                record.state = QUEUED
+                self._set(record, QUEUED)
                 self._push(record)
 
     def retry(self, task_id: str, attempts: int) -> None:
@@ -100,7 +150,7 @@ class MemoryStore(Store):
             return
         if record.state == QUEUED:
             self._leave_queue(record, RETRY)
-        record.state = RETRY
+        self._set(record, RETRY)
         record.attempts = attempts
 
     def finish_many(self, outcomes: Sequence[Outcome]) -> list[bool]:
@@ -113,12 +163,16 @@ class MemoryStore(Store):
                 continue
             if record.state == QUEUED:
                 self._leave_queue(record, outcome.state)
-            record.state = outcome.state
+            self._set(record, outcome.state)
             record.result = outcome.result
             record.error = outcome.error
-            # The call is no longer needed: drop its arguments so finished tasks cost only their result.
-            record.args = []
-            record.kwargs = {}
+            record.finished_at = now
+            if outcome.state == FINISHED:
+                # The call is no longer needed: drop its arguments so finished tasks cost only their result.
+                # A failed or revoked task keeps them, to be reset (retried by an operator).
+                record.args = []
+                record.kwargs = {}
+                self._drop_packed(record.id)
             del self._sequence[record.id]
             self._finished.append((now, record.id))
             recorded.append(True)
@@ -127,17 +181,93 @@ class MemoryStore(Store):
     def expire(self, before: float, limit: int = 10_000) -> int:
         expired = 0
         while self._finished and self._finished[0][0] < before and expired < limit:
-            _, task_id = self._finished.popleft()
-            self._records.pop(task_id, None)
+            when, task_id = self._finished.popleft()
+            record = self._records.get(task_id)
+            if record is None or record.finished_at != when or record.state not in FINAL_STATES:
+                continue  # left from an outcome that reset cleared
+            self._set(record, None)
+            del self._records[task_id]
+            self._drop_packed(task_id)
             expired += 1
         return expired
 
     def get(self, task_id: str) -> TaskRecord | None:
-        return self._records.get(task_id)
+        record = self._records.get(task_id)
+        return None if record is None else self._view(record)
+
+    def _view(self, record: TaskRecord) -> TaskRecord:
+        """The record with its arguments: a copy if they are packed (the store keeps them packed)."""
+        packed = self._packed.get(record.id)
+        if packed is None:
+            return record
+        copy = TaskRecord(record.id, record.method, state=record.state, attempts=record.attempts, options=record.options)
+        copy.owner, copy.created_at, copy.finished_at = record.owner, record.created_at, record.finished_at
+        copy.result, copy.error = record.result, record.error
+        copy.args, copy.kwargs = jsonrpc.loads(packed)
+        return copy
 
     def queued_counts(self) -> Mapping[str, int]:
         return self._queued
 
+    def state_counts(self) -> Mapping[str, int]:
+        queued = sum(self._queued.values())
+        return {QUEUED: queued, **self._states} if queued else dict(self._states)
+
+    def oldest_queued(self) -> Mapping[str, float]:
+        oldest = {}
+        for method in self._queued:
+            queue = self._queues[method]
+            while queue and not self._in_line(*queue[0]):
+                heapq.heappop(queue)  # dropped lazily anyway: see _queues
+            created_at = self._records[queue[0][1]].created_at
+            oldest[method] = created_at if created_at is not None else time.time()
+        return oldest
+
+    def _in_line(self, sequence: int, task_id: str) -> bool:
+        record = self._records.get(task_id)
+        return record is not None and record.state == QUEUED and self._sequence.get(task_id) == sequence
+
+    def list_tasks(
+        self, state: str | None = None, method: str | None = None, limit: int = 100, before: float | None = None
+    ) -> list[TaskRecord]:
+        def wanted(record: TaskRecord) -> bool:
+            at = _time(record)
+            return (
+                (state is None or record.state == state)
+                and (method is None or record.method == method)
+                and (before is None or at < before)
+            )
+
+        if state is None:  # a scan: the memory store keeps no index across states
+            return [self._view(r) for r in heapq.nlargest(max(limit, 0), filter(wanted, self._records.values()), key=_time)]
+        candidates: Iterator[TaskRecord]
+        if state in FINAL_STATES:  # newest outcome first
+            candidates = (
+                record
+                for when, task_id in reversed(self._finished)
+                if (record := self._records.get(task_id)) is not None and record.finished_at == when
+            )
+        else:  # the records are in the order they were queued (reset moves a task to the end)
+            candidates = reversed(self._records.values())
+        return [self._view(record) for record in itertools.islice(filter(wanted, candidates), max(limit, 0))]
+
+    def reset(self, task_id: str) -> bool:
+        record = self._records.get(task_id)
+        if record is None or record.state not in FINAL_STATES or record.state == FINISHED:
+            return False
+        self._set(record, QUEUED)
+        record.attempts, record.result, record.error = 0, None, None
+        record.created_at, record.finished_at = time.time(), None
+        del self._records[task_id]
+        self._records[task_id] = record  # to the end: the records stay in the order they were queued
+        self._enqueue(record)
+        return True
+
     def recover(self) -> int:
         self.requeue([record.id for record in self._records.values() if record.state in (ASSIGNED, RETRY)])
         return sum(self._queued.values())
+
+
+def _time(record: TaskRecord) -> float:
+    """A task's time for listing: when it ended, or else when it was queued."""
+    return record.finished_at or record.created_at or 0.0

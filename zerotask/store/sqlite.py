@@ -4,8 +4,8 @@
 operating system once ``COMMIT`` returns) without an fsync per commit; pass ``synchronous="FULL"``
 to survive power loss as well, at the cost of one fsync per flush.
 
-The broker is the file's only writer, so the queued counts are kept in memory, loaded at open and
-updated by every write, instead of counted with a query every round.
+The broker is the file's only writer, so the counts (queued by method, tasks by state) are kept in
+memory, loaded at open and updated by every write, instead of counted with a query every round.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 from zerotask import jsonrpc
 from zerotask.store.base import Outcome, Store, TaskRecord, Want
-from zerotask.wire import ASSIGNED, FINAL_STATES, QUEUED, RETRY
+from zerotask.wire import ASSIGNED, FAILED, FINAL_STATES, FINISHED, QUEUED, RETRY, REVOKED
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -31,13 +31,17 @@ CREATE TABLE IF NOT EXISTS tasks (
     outcome BLOB,
     attempts INTEGER NOT NULL DEFAULT 0,
     finished_at REAL,
-    owner TEXT
+    owner TEXT,
+    created_at REAL
 );
 CREATE INDEX IF NOT EXISTS queued_by_method ON tasks (method, seq) WHERE state = 'QUEUED';
 CREATE INDEX IF NOT EXISTS finished_by_time ON tasks (finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS failed_by_time ON tasks (finished_at) WHERE state = 'FAILED';
+CREATE INDEX IF NOT EXISTS revoked_by_time ON tasks (finished_at) WHERE state = 'REVOKED';
 """
 _NOT_FINAL = "state NOT IN ('FINISHED', 'FAILED', 'REVOKED')"
 _CHUNK = 500  # ids per statement, well under SQLite's limit on bound variables
+_COLUMNS = "id, method, params, state, outcome, attempts, owner, created_at, finished_at"
 
 
 class SqliteStore(Store):
@@ -52,6 +56,9 @@ class SqliteStore(Store):
         self._in_transaction = False
         self._queued: Counter[str] = Counter(
             dict(self._db.execute("SELECT method, count(*) FROM tasks WHERE state = 'QUEUED' GROUP BY method").fetchall())
+        )
+        self._by_state: Counter[str] = Counter(  # QUEUED excepted: that is _queued's
+            dict(self._db.execute("SELECT state, count(*) FROM tasks WHERE state != 'QUEUED' GROUP BY state").fetchall())
         )
 
     def _begin(self) -> None:
@@ -68,16 +75,27 @@ class SqliteStore(Store):
         if self._queued[method] <= 0:
             del self._queued[method]
 
+    def _move(self, method: str, old: str | None, new: str | None, count: int = 1) -> None:
+        """``count`` tasks of ``method`` went from state ``old`` to ``new`` (None: not stored)."""
+        for state, change in ((old, -count), (new, count)):
+            if state == QUEUED:
+                self._count(method, change)
+            elif state is not None:
+                self._by_state[state] += change
+                if self._by_state[state] <= 0:
+                    del self._by_state[state]
+
     def add(self, record: TaskRecord) -> bool:
         params = jsonrpc.dumps([record.args, record.kwargs, record.options])
+        created_at = time.time() if record.created_at is None else record.created_at
         cursor = self._write(
-            "INSERT OR IGNORE INTO tasks (id, method, params, state, attempts, owner) VALUES (?, ?, ?, ?, ?, ?)",
-            (record.id, record.method, params, QUEUED, record.attempts, record.owner),
+            "INSERT OR IGNORE INTO tasks (id, method, params, state, attempts, owner, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (record.id, record.method, params, QUEUED, record.attempts, record.owner, created_at),
         )
         if cursor.rowcount != 1:
             return False
-        record.state = QUEUED
-        self._count(record.method, 1)
+        record.state, record.created_at, record.finished_at = QUEUED, created_at, None
+        self._move(record.method, None, QUEUED)
         return True
 
     def take_many(self, wants: Sequence[Want]) -> list[list[TaskRecord]]:
@@ -85,25 +103,26 @@ class SqliteStore(Store):
         assigned: list[tuple[int]] = []
         chosen: set[int] = set()  # a want's query cannot see that an earlier one took a row: skip it here
         for methods, limit in wants:
-            rows: list[tuple[int, str, str, bytes, int, str | None]] = []
+            rows: list[tuple[int, str, str, bytes, int, str | None, float | None]] = []
             if limit > 0:  # SQLite reads a negative LIMIT as "no limit"
                 for method in set(methods):  # a method named twice would otherwise select its tasks twice
                     if self._queued.get(method):
                         rows.extend(
                             self._db.execute(
-                                "SELECT seq, id, method, params, attempts, owner FROM tasks"
+                                "SELECT seq, id, method, params, attempts, owner, created_at FROM tasks"
                                 " WHERE state = 'QUEUED' AND method = ? ORDER BY seq LIMIT ?",
                                 (method, limit + len(chosen)),
                             )
                         )
             rows = sorted(row for row in rows if row[0] not in chosen)[:limit]
             records = []
-            for seq, task_id, method, params, attempts, owner in rows:
+            for seq, task_id, method, params, attempts, owner, created_at in rows:
                 chosen.add(seq)
                 assigned.append((seq,))
-                self._count(method, -1)
+                self._move(method, QUEUED, ASSIGNED)
                 args, kwargs, options = jsonrpc.loads(params)
                 record = TaskRecord(task_id, method, args, kwargs, ASSIGNED, attempts=attempts, options=options, owner=owner)
+                record.created_at = created_at
                 records.append(record)
             taken.append(records)
         if assigned:
@@ -117,33 +136,34 @@ class SqliteStore(Store):
             record = self.get(task_id)
             if record is None or record.state in FINAL_STATES:
                 continue
-            if record.state == QUEUED:
-                self._count(record.method, -1)
+            self._move(record.method, record.state, ASSIGNED)
             self._write("UPDATE tasks SET state = 'ASSIGNED' WHERE id = ?", (task_id,))
             record.state = ASSIGNED
             claimed.append(record)
         return claimed
 
     def requeue(self, task_ids: Iterable[str]) -> None:
+        task_ids = list(dict.fromkeys(task_ids))
+        if not task_ids:
+            return
+        found = self._states(task_ids)
         for task_id in task_ids:
-            rows = self._write(
-                "UPDATE tasks SET state = 'QUEUED' WHERE id = ? AND state IN ('ASSIGNED', 'RETRY') RETURNING method", (task_id,)
-            ).fetchall()
-            for (method,) in rows:
-                self._count(method, 1)
+            if task_id in found and found[task_id][1] in (ASSIGNED, RETRY):
+                method, old = found[task_id]
+                self._write("UPDATE tasks SET state = 'QUEUED' WHERE id = ?", (task_id,))
+                self._move(method, old, QUEUED)
 
     def retry(self, task_id: str, attempts: int) -> None:
         row = self._db.execute("SELECT method, state FROM tasks WHERE id = ?", (task_id,)).fetchone()
         if row is None or row[1] in FINAL_STATES:
             return
-        if row[1] == QUEUED:
-            self._count(row[0], -1)
+        self._move(row[0], row[1], RETRY)
         self._write("UPDATE tasks SET state = ?, attempts = ? WHERE id = ?", (RETRY, attempts, task_id))
 
     def finish_many(self, outcomes: Sequence[Outcome]) -> list[bool]:
         now = time.time()
         recorded = [False] * len(outcomes)
-        writes: list[tuple[str, bytes, float, str]] = []
+        writes: list[tuple[str, bytes, float, str, str]] = []
         seen: set[str] = set()
         unheld = [outcome.task_id for outcome in outcomes if not outcome.held]
         states = self._states(unheld) if unheld else {}
@@ -151,21 +171,24 @@ class SqliteStore(Store):
             if outcome.task_id in seen:
                 continue  # the first outcome in the batch wins, as it would in separate calls
             if outcome.held:
-                pass  # held by a node until now: ASSIGNED in this file, so neither final nor queued
+                # Held by a node until now: ASSIGNED in this file, so neither final nor queued. Its method is
+                # not at hand (and not needed to count by state).
+                self._move("", ASSIGNED, outcome.state)
             else:
                 found = states.get(outcome.task_id)
                 if found is None or found[1] in FINAL_STATES:
                     continue
-                if found[1] == QUEUED:
-                    self._count(found[0], -1)
+                self._move(found[0], found[1], outcome.state)
             seen.add(outcome.task_id)
             value = {"error": outcome.error} if outcome.error is not None else {"result": outcome.result}
-            writes.append((outcome.state, jsonrpc.dumps(value), now, outcome.task_id))
+            writes.append((outcome.state, jsonrpc.dumps(value), now, outcome.state, outcome.task_id))
             recorded[index] = True
         if writes:
             self._begin()
             self._db.executemany(
-                f"UPDATE tasks SET state = ?, outcome = ?, finished_at = ?, params = x'' WHERE id = ? AND {_NOT_FINAL}", writes
+                "UPDATE tasks SET state = ?, outcome = ?, finished_at = ?,"
+                f" params = CASE WHEN ? = 'FINISHED' THEN x'' ELSE params END WHERE id = ? AND {_NOT_FINAL}",
+                writes,
             )
         return recorded
 
@@ -180,34 +203,75 @@ class SqliteStore(Store):
         return found
 
     def get(self, task_id: str) -> TaskRecord | None:
-        query = "SELECT method, params, state, outcome, attempts, owner FROM tasks WHERE id = ?"
-        row = self._db.execute(query, (task_id,)).fetchone()
-        if row is None:
-            return None
-        method, params, state, outcome, attempts, owner = row
-        record = TaskRecord(task_id, method, state=state, attempts=attempts, owner=owner)
-        if params:
-            record.args, record.kwargs, record.options = jsonrpc.loads(params)
-        if outcome:
-            decoded = jsonrpc.loads(outcome)
-            record.result = decoded.get("result")
-            record.error = decoded.get("error")
-        return record
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return None if row is None else _record(row)
+
+    def state_counts(self) -> Mapping[str, int]:
+        queued = sum(self._queued.values())
+        return {QUEUED: queued, **self._by_state} if queued else dict(self._by_state)
+
+    def oldest_queued(self) -> Mapping[str, float]:
+        query = "SELECT created_at FROM tasks WHERE state = 'QUEUED' AND method = ? ORDER BY seq LIMIT 1"
+        oldest = {}
+        for method in self._queued:
+            row = self._db.execute(query, (method,)).fetchone()
+            if row is not None:
+                oldest[method] = row[0] if row[0] is not None else time.time()
+        return oldest
+
+    def list_tasks(
+        self, state: str | None = None, method: str | None = None, limit: int = 100, before: float | None = None
+    ) -> list[TaskRecord]:
+        # The time column each state is listed by, so that an index serves the common listings: failed
+        # and revoked tasks by their own partial index, queued ones by queued_by_method.
+        if state in (FAILED, REVOKED, FINISHED):
+            at, order = "finished_at", "finished_at DESC"
+        elif state is not None:
+            at, order = "created_at", "seq DESC"
+        else:
+            at = "coalesce(finished_at, created_at)"
+            order = f"{at} DESC, seq DESC"
+        where, parameters = [], []
+        for condition, value in (("state = ?", state), ("method = ?", method), (f"{at} < ?", before)):
+            if value is not None:
+                where.append(condition)
+                parameters.append(value)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        query = f"SELECT {_COLUMNS} FROM tasks {clause} ORDER BY {order} LIMIT ?"
+        return [_record(row) for row in self._db.execute(query, (*parameters, max(limit, 0)))]
+
+    def reset(self, task_id: str) -> bool:
+        row = self._db.execute("SELECT method, state FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is None or row[1] not in (FAILED, REVOKED):
+            return False
+        self._write(
+            "UPDATE tasks SET seq = (SELECT max(seq) + 1 FROM tasks), state = 'QUEUED', outcome = NULL, attempts = 0,"
+            " finished_at = NULL, created_at = ? WHERE id = ?",
+            (time.time(), task_id),
+        )
+        self._move(row[0], row[1], QUEUED)
+        return True
 
     def queued_counts(self) -> Mapping[str, int]:
         return self._queued
 
     def expire(self, before: float, limit: int = 10_000) -> int:
         cursor = self._write(
-            "DELETE FROM tasks WHERE seq IN (SELECT seq FROM tasks WHERE finished_at < ? ORDER BY finished_at LIMIT ?)",
+            "DELETE FROM tasks WHERE seq IN (SELECT seq FROM tasks WHERE finished_at < ? ORDER BY finished_at LIMIT ?)"
+            " RETURNING state",
             (before, limit),
         )
-        return cursor.rowcount
+        gone = Counter(state for (state,) in cursor.fetchall())
+        for state, count in gone.items():
+            self._move("", state, None, count)
+        return sum(gone.values())
 
     def recover(self) -> int:
         requeued = self._write("UPDATE tasks SET state = 'QUEUED' WHERE state IN ('ASSIGNED', 'RETRY') RETURNING method")
         for (method,) in requeued.fetchall():
             self._count(method, 1)
+        for state in (ASSIGNED, RETRY):
+            self._by_state.pop(state, None)
         self.flush()
         return sum(self._queued.values())
 
@@ -219,6 +283,20 @@ class SqliteStore(Store):
     def close(self) -> None:
         self.flush()
         self._db.close()
+
+
+def _record(row: tuple[Any, ...]) -> TaskRecord:
+    """A task from a row of _COLUMNS."""
+    task_id, method, params, state, outcome, attempts, owner, created_at, finished_at = row
+    record = TaskRecord(task_id, method, state=state, attempts=attempts, owner=owner)
+    record.created_at, record.finished_at = created_at, finished_at
+    if params:
+        record.args, record.kwargs, record.options = jsonrpc.loads(params)
+    if outcome:
+        decoded = jsonrpc.loads(outcome)
+        record.result = decoded.get("result")
+        record.error = decoded.get("error")
+    return record
 
 
 def _create_private(path: str) -> None:
