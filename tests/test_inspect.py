@@ -46,7 +46,8 @@ def test_inspect_shows_queue_depths_states_and_a_connected_node(cluster: Cluster
     assert seen["states"]["QUEUED"] == 4 and set(seen["states"]) == {*wire.FINAL_STATES, "QUEUED", "ASSIGNED", "RUNNING", "RETRY"}
     assert seen["throughput"]["submitted_per_s"] > 0 and seen["uptime_s"] > 0
     cluster.start_node("tests.inspect_tasks", workers=1)
-    wait_until(lambda: inspect(cluster)["states"]["FINISHED"] == 3, scaled(30), "the doubles to run")
+    ended = (wire.FINISHED, wire.FAILED)
+    wait_until(lambda: [inspect(cluster)["states"][state] for state in ended] == [3, 1], scaled(30), "every task to end")
     seen = inspect(cluster)
     (node,) = seen["nodes"]
     assert node["methods"] == ["double", "fails_once"] and node["workers"] == 1
