@@ -55,6 +55,9 @@ class BrokerCore:
         self.store = store
         self.result_ttl_s = result_ttl_s
         self.max_queued = max_queued
+        # Bytes per request of the message being handled (set by the transport): a new task's size, for a
+        # store that bounds its memory, without encoding the task again to measure it.
+        self.size_hint = 0
         self._scheduler = scheduler
         self._local = local
         self._nodes: dict[NodeId, NodeSlot] = {}
@@ -93,7 +96,7 @@ class BrokerCore:
             raise InvalidParams("the method name is empty")
         record = TaskRecord(task_id or uuid.uuid4().hex, method, args, kwargs, options=options or {}, owner=owner)
         if self._local is not None and method.startswith(wire.BROKER_TASK_PREFIX) and method in self._local:
-            return self._run_here(record) if self.store.add(record) else self._existing(record)
+            return self._run_here(record) if self.store.add(record, self.size_hint) else self._existing(record)
         if self._nodes and not self._served[method]:
             if task_id is not None and (existing := self.store.get(task_id)) is not None:
                 return existing
@@ -103,7 +106,7 @@ class BrokerCore:
             hook(record)
         if sum(self.store.queued_counts().values()) >= self.max_queued:
             raise QueueFull(f"the queue is full ({self.max_queued} tasks)", {"limit": self.max_queued, "bound": "queue"})
-        if not self.store.add(record):
+        if not self.store.add(record, self.size_hint):
             return self._existing(record)
         for hook in self._after_enqueue:
             hook(record)

@@ -203,29 +203,44 @@ def coalesce(messages: list[Message], limit: int = DEFAULT_REPLY_LIMIT) -> Itera
     """Encode one peer's messages in order, sending each run of notifications as one JSON-RPC batch:
     a result pushed per task would otherwise cost a message (and a wake-up) per task. Responses stay
     single, as the caller's request was. No payload is larger than ``limit`` bytes (the peers' own
-    message limit) unless one notification alone is: a run of notifications is split, and a response,
-    or a response in a batch, that would pass it is replaced by an error saying so. So a small request
-    cannot make the broker build a huge reply. Lazy: what is never sent is never encoded."""
-    run: list[bytes] = []
-    run_bytes = 0
+    message limit) unless one notification alone is: a run of notifications too large is split, and a
+    response, or a response in a batch, that would pass it is replaced by an error saying so. So a small
+    request cannot make the broker build a huge reply. Lazy: what is never sent is never encoded."""
+    run: list[dict[str, Any]] = []
     for message in messages:
         if isinstance(message, dict) and "method" in message:
-            encoded = _encode(message)
-            if run and run_bytes + len(encoded) + 1 > limit:
-                yield _join(run)
-                run, run_bytes = [], 0
-            run.append(encoded)
-            run_bytes += len(encoded) + 1
+            run.append(message)
             continue
         if run:
-            yield _join(run)
-            run, run_bytes = [], 0
+            yield from _notifications(run, limit)
+            run = []
         if isinstance(message, list):
             yield _encode_responses(message, limit)
         else:
             yield _bounded(_encode(message), message, limit)
     if run:
-        yield _join(run)
+        yield from _notifications(run, limit)
+
+
+def _notifications(run: list[dict[str, Any]], limit: int) -> Iterator[bytes]:
+    """A run of notifications: one encode for the common case; one by one, in batches under ``limit``,
+    when that is too large."""
+    encoded = _encode(run[0] if len(run) == 1 else run)
+    if len(encoded) <= limit or len(run) == 1:
+        yield encoded
+        return
+    del encoded
+    batch: list[bytes] = []
+    size = 0
+    for notification in run:
+        item = _encode(notification)
+        if batch and size + len(item) + 1 > limit:
+            yield _join(batch)
+            batch, size = [], 0
+        batch.append(item)
+        size += len(item) + 1
+    if batch:
+        yield _join(batch)
 
 
 def _join(encoded: list[bytes]) -> bytes:

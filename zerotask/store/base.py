@@ -69,8 +69,9 @@ class Store(ABC):
     """The broker's queue and outcome store. Task ids are unique; no method raises for an unknown id."""
 
     @abstractmethod
-    def add(self, record: TaskRecord) -> bool:
-        """Queue a new task (state QUEUED). Returns False, and changes nothing, if the id exists."""
+    def add(self, record: TaskRecord, size_hint: int = 0) -> bool:
+        """Queue a new task (state QUEUED). Returns False, and changes nothing, if the id exists.
+        ``size_hint``: about how many bytes of JSON the task came as, for a store that bounds its memory."""
 
     @abstractmethod
     def take_many(self, wants: Sequence[Want]) -> list[list[TaskRecord]]:

@@ -22,6 +22,8 @@ from zerotask.wire import ASSIGNED, FINAL_STATES, FINISHED, QUEUED, RETRY
 
 DEFAULT_MAX_TASKS = 2_000_000  # about 1.5 GB of small tasks
 DEFAULT_MAX_BYTES = 1024 * 1024 * 1024  # arguments of waiting tasks, as JSON
+PACK_OVER_BYTES = 1024  # a task whose JSON is larger keeps its arguments packed while it waits
+INFLATION = 14  # how many times its JSON a small task's arguments may take as Python objects
 
 
 class MemoryStore(Store):
@@ -29,7 +31,8 @@ class MemoryStore(Store):
         self.max_tasks = max_tasks
         self.max_bytes = max_bytes
         self._packed: dict[str, bytes] = {}  # task id -> [args, kwargs] as JSON, until a node takes it
-        self._packed_bytes = 0
+        self._charged: dict[str, int] = {}  # task id -> the bytes its waiting arguments count for
+        self._packed_bytes = 0  # what the waiting tasks' arguments count for, together
         self._records: dict[str, TaskRecord] = {}
         self._sequence: dict[str, int] = {}  # task id -> its place in the queue, kept until it ends
         # One min-heap of (sequence, task id) per method: FIFO, and a requeued task keeps its place.
@@ -41,7 +44,7 @@ class MemoryStore(Store):
         self._next_sequence = 0
         self._finished: deque[tuple[float, str]] = deque()  # (when, task id), in the order they ended
 
-    def add(self, record: TaskRecord) -> bool:
+    def add(self, record: TaskRecord, size_hint: int = 0) -> bool:
         if record.id in self._records:
             return False
         if len(self._records) >= self.max_tasks:
@@ -49,36 +52,49 @@ class MemoryStore(Store):
             if len(self._records) >= self.max_tasks:
                 limit = self.max_tasks
                 raise QueueFull(f"the memory store holds {limit} unfinished tasks", {"limit": limit, "bound": "store"})
-        packed = jsonrpc.dumps([record.args, record.kwargs])
-        if self._packed_bytes + len(packed) > self.max_bytes:
+        # Small arguments stay as they are (packing costs an encode and a decode per task); large ones
+        # are packed. Both count against max_bytes: small ones at what Python objects may take.
+        packed = jsonrpc.dumps([record.args, record.kwargs]) if size_hint > PACK_OVER_BYTES else None
+        charge = len(packed) if packed is not None else size_hint * INFLATION
+        if self._packed_bytes + charge > self.max_bytes:
             self.expire(float("inf"), limit=max(1, self.max_tasks // 100))
-            if self._packed_bytes + len(packed) > self.max_bytes:
+            if self._packed_bytes + charge > self.max_bytes:
                 limit = self.max_bytes
                 raise QueueFull(f"the memory store holds {limit} bytes of arguments", {"limit": limit, "bound": "store"})
         record.state = QUEUED
         record.created_at = time.time() if record.created_at is None else record.created_at
         record.finished_at = None
-        # The store keeps its own record, arguments packed; the caller's keeps them (a broker task runs on it).
-        stored = TaskRecord(record.id, record.method, state=QUEUED, attempts=record.attempts, options=record.options)
-        stored.owner, stored.created_at = record.owner, record.created_at
-        self._packed[record.id] = packed
-        self._packed_bytes += len(packed)
+        stored = record
+        if packed is not None:
+            # The store keeps its own record, arguments packed; the caller's keeps them (a broker task runs on it).
+            stored = TaskRecord(record.id, record.method, state=QUEUED, attempts=record.attempts, options=record.options)
+            stored.owner, stored.created_at = record.owner, record.created_at
+            self._packed[record.id] = packed
+        if charge:
+            self._charged[record.id] = charge
+            self._packed_bytes += charge
         self._records[record.id] = stored
         self._enqueue(stored)
         return True
 
     def _unpack(self, record: TaskRecord) -> TaskRecord:
         """Give the record its arguments back (a node is about to get it), freeing their JSON."""
-        packed = self._packed.pop(record.id, None)
-        if packed is not None:
-            self._packed_bytes -= len(packed)
-            record.args, record.kwargs = jsonrpc.loads(packed)
+        if self._charged:
+            self._uncharge(record.id)
+        if self._packed:
+            packed = self._packed.pop(record.id, None)
+            if packed is not None:
+                record.args, record.kwargs = jsonrpc.loads(packed)
         return record
 
+    def _uncharge(self, task_id: str) -> None:
+        self._packed_bytes -= self._charged.pop(task_id, 0)
+
     def _drop_packed(self, task_id: str) -> None:
-        packed = self._packed.pop(task_id, None)
-        if packed is not None:
-            self._packed_bytes -= len(packed)
+        if self._charged:
+            self._uncharge(task_id)
+        if self._packed:
+            self._packed.pop(task_id, None)
 
     def _enqueue(self, record: TaskRecord) -> None:
         """Put a new (or reset) task at the back of its queue."""

@@ -85,7 +85,7 @@ class SqliteStore(Store):
                 if self._by_state[state] <= 0:
                     del self._by_state[state]
 
-    def add(self, record: TaskRecord) -> bool:
+    def add(self, record: TaskRecord, size_hint: int = 0) -> bool:
         params = jsonrpc.dumps([record.args, record.kwargs, record.options])
         created_at = time.time() if record.created_at is None else record.created_at
         cursor = self._write(
