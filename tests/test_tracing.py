@@ -154,6 +154,26 @@ def test_opentelemetry_run_span_is_a_child_of_the_traceparent(spans: Any) -> Non
     assert seen == [f"00-{run.context.trace_id:032x}-{run.context.span_id:016x}-01"]
 
 
+def test_opentelemetry_finish_span_marks_the_outcome_the_broker_recorded(spans: Any) -> None:
+    from tests.core_helpers import assigned, connect, done
+    from zerotask.broker.core import BrokerCore
+    from zerotask.broker.finish_spans import FinishSpans
+    from zerotask.broker.hooks import Retries, TimeLimits
+    from zerotask.store import MemoryStore
+    from zerotask.testing import ManualClock
+
+    core = BrokerCore(MemoryStore(), ManualClock(), [Retries(), TimeLimits(), FinishSpans()])
+    node = connect(core, b"n1", "add")
+    core.submit("add", [1, 2], {}, "t1", options={"traceparent": VALID})
+    core.submit("add", [1, 2], {}, "t2")  # not traced: no span
+    assert assigned(core) == {b"n1": ["t1", "t2"]}
+    core.report(node, [done("t1", 3), done("t2", 3)])
+    (finish,) = [s for s in spans.get_finished_spans() if s.name == "zerotask.finish add"]
+    assert finish.parent is not None and f"{finish.parent.span_id:016x}" == parts(VALID)[2]
+    assert f"{finish.context.trace_id:032x}" == parts(VALID)[1]
+    assert finish.attributes is not None and finish.attributes["zerotask.state"] == "FINISHED"
+
+
 def test_opentelemetry_submit_span_carries_its_trace_to_the_task(spans: Any, traced_cluster: Cluster) -> None:
     from opentelemetry import trace
 

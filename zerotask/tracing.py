@@ -119,6 +119,23 @@ def in_trace(traceparent: str, run: Callable[Concatenate[str, P], R]) -> Callabl
     return traced_run
 
 
+def finished(name: str, traceparent: str, state: str) -> None:
+    """With OpenTelemetry installed, record that a task ended: a span ``zerotask.finish <name>`` whose
+    parent is its ``traceparent``, with the final state as ``zerotask.state``. Nothing otherwise."""
+    otel = _otel if _otel is not _UNRESOLVED else _find_otel()
+    if otel is None or not is_valid(traceparent):
+        return
+    parent = otel.set_span_in_context(otel.NonRecordingSpan(_parse(otel, traceparent)))
+    span = otel.get_tracer(__name__).start_span(f"zerotask.finish {name}", context=parent, kind=otel.SpanKind.INTERNAL)
+    span.set_attribute("zerotask.state", state)
+    span.end()
+
+
+def available() -> bool:
+    """Whether OpenTelemetry is installed (looked for once)."""
+    return (_otel if _otel is not _UNRESOLVED else _find_otel()) is not None
+
+
 def _find_otel() -> Any:
     """The opentelemetry.trace module, or None; looked for once, on first use rather than at import."""
     global _otel, _otel_context

@@ -20,11 +20,12 @@ from typing import Any
 
 import zmq
 
-from zerotask import __version__, jsonrpc, sockets, wire
+from zerotask import __version__, jsonrpc, sockets, tracing, wire
 from zerotask.broker.admin_protocol import AdminProtocol
 from zerotask.broker.client_protocol import DEFAULT_MAX_WAITING, ClientProtocol
 from zerotask.broker.core import DEFAULT_MAX_QUEUED, BrokerCore
 from zerotask.broker.events import EventPublisher
+from zerotask.broker.finish_spans import FinishSpans
 from zerotask.broker.hooks import Hooks, Retries, TimeLimits
 from zerotask.broker.metrics import BrokerMetrics
 from zerotask.broker.node_protocol import NodeProtocol
@@ -122,6 +123,8 @@ class Broker(EventLoop):
         self.events = EventPublisher()
         self.throughput = Throughput()
         hooks = [Retries(), TimeLimits(), self.events, self.throughput, *self.hooks]
+        if tracing.available():
+            hooks.append(FinishSpans())
         self.core = BrokerCore(
             self.store, self, hooks, local=self.dispatcher, result_ttl_s=self.result_ttl_s, max_queued=self.max_queued
         )
