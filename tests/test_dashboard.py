@@ -45,12 +45,12 @@ def cluster() -> Iterator[Cluster]:
         yield cluster
 
 
-@pytest.fixture(scope="module")
-def dashboard(cluster: Cluster) -> Iterator[str]:
+def start_dashboard(cluster: Cluster, log_name: str = "dashboard.log") -> tuple[ManagedProcess, str]:
+    """`zerotask dashboard` for the cluster's broker, serving; its process and its address."""
     port = free_port()
     keys = cluster.keys.peer_args("admin") if cluster.keys is not None else []
     args = [sys.executable, "-m", "zerotask.cli", "dashboard", "--broker", cluster.endpoint, "--http", f"127.0.0.1:{port}"]
-    process = ManagedProcess([*args, *keys], cluster.directory / "dashboard.log")
+    process = ManagedProcess([*args, *keys], cluster.directory / log_name)
     url = f"http://127.0.0.1:{port}"
 
     def serving() -> bool:
@@ -64,6 +64,16 @@ def dashboard(cluster: Cluster) -> Iterator[str]:
 
     try:
         wait_until(serving, 20, "the dashboard to serve")
+    except BaseException:
+        process.stop()
+        raise
+    return process, url
+
+
+@pytest.fixture(scope="module")
+def dashboard(cluster: Cluster) -> Iterator[str]:
+    process, url = start_dashboard(cluster)
+    try:
         yield url
     finally:
         process.stop()
@@ -175,3 +185,26 @@ def test_refuses_a_non_loopback_address_without_insecure() -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=scaled(30))
     assert done.returncode == 2
     assert "--insecure" in done.stderr
+
+
+def test_history_survives_a_restart_of_the_dashboard_and_the_broker(page: Any) -> None:
+    """Unlike Flower, the dashboard keeps no history of its own: it reads the broker's store."""
+    with Cluster(store="tasks.db") as own:
+        own.start_broker()
+        own.start_node("tests.tasks", workers=1)
+        client = own.client()
+        task_id = client.submit("fail", "remember me")
+        with pytest.raises(TaskError):
+            client.result(task_id, timeout=scaled(10))
+        first, _ = start_dashboard(own, "dashboard-1.log")
+        first.stop()
+        assert own.broker is not None
+        own.broker.stop()
+        own.start_broker()  # the same SQLite file
+        second, url = start_dashboard(own, "dashboard-2.log")
+        try:
+            page.goto(url + "/")
+            failed = page.locator("#failed tbody tr", has_text=task_id)
+            playwright_api.expect(failed).to_contain_text("remember me")
+        finally:
+            second.stop()
