@@ -21,9 +21,11 @@ from zerotask.store.base import Outcome, Store, TaskRecord, Want
 from zerotask.wire import ASSIGNED, FINAL_STATES, FINISHED, QUEUED, RETRY
 
 DEFAULT_MAX_TASKS = 2_000_000  # about 1.5 GB of small tasks
-DEFAULT_MAX_BYTES = 1024 * 1024 * 1024  # arguments of waiting tasks, as JSON
+DEFAULT_MAX_BYTES = 2 * 1024 * 1024 * 1024  # what waiting tasks' arguments count for, together
 PACK_OVER_BYTES = 1024  # a task whose JSON is larger keeps its arguments packed while it waits
-INFLATION = 14  # how many times its JSON a small task's arguments may take as Python objects
+# What a small task counts for, per byte of the request it came in: its arguments as Python objects, and
+# the request's own envelope, which the hint includes (a million small adds count for about 1 GB).
+INFLATION = 8
 
 
 class MemoryStore(Store):
