@@ -385,4 +385,4 @@ def _overrides(hooks: Sequence[Hooks], point: str) -> list[Callable[..., Any]]:
     return [getattr(hook, point) for hook in hooks if getattr(type(hook), point) is not getattr(Hooks, point)]
 
 
-__all__ = ["QUEUED", "BrokerCore", "NodeSlot", "OnOutcome"]
+__all__ = ["BrokerCore", "NodeSlot", "OnOutcome"]

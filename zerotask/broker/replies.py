@@ -248,15 +248,15 @@ def _join(encoded: list[bytes]) -> bytes:
 
 
 def _encode_responses(responses: list[Any], limit: int) -> bytes:
-    """A batch's responses, encoded one by one while they fit in ``limit``; the rest become errors."""
+    """A batch's responses, encoded one by one while they fit in ``limit``; the rest become errors
+    (small: once the batch is full, nothing more is encoded in full)."""
     encoded: list[bytes] = []
     total = 2
     for response in responses:
-        item = _too_large(response) if total > limit else _bounded(_encode(response), response, limit)
-        total += len(item) + 1
-        if total > limit and len(item) > 200:
+        item = _encode(response) if total <= limit else None
+        if item is None or total + len(item) + 1 > limit:
             item = _too_large(response)
-            total += len(item)
+        total += len(item) + 1
         encoded.append(item)
     return b"[" + b",".join(encoded) + b"]"
 

@@ -34,7 +34,7 @@ class MemoryStore(Store):
         self.max_bytes = max_bytes
         self._packed: dict[str, bytes] = {}  # task id -> [args, kwargs] as JSON, until a node takes it
         self._charged: dict[str, int] = {}  # task id -> the bytes its waiting arguments count for
-        self._packed_bytes = 0  # what the waiting tasks' arguments count for, together
+        self._charged_bytes = 0  # what the waiting tasks' arguments count for, together
         self._records: dict[str, TaskRecord] = {}
         self._sequence: dict[str, int] = {}  # task id -> its place in the queue, kept until it ends
         # One min-heap of (sequence, task id) per method: FIFO, and a requeued task keeps its place.
@@ -58,9 +58,9 @@ class MemoryStore(Store):
         # are packed. Both count against max_bytes: small ones at what Python objects may take.
         packed = jsonrpc.dumps([record.args, record.kwargs]) if size_hint > PACK_OVER_BYTES else None
         charge = len(packed) if packed is not None else size_hint * INFLATION
-        if self._packed_bytes + charge > self.max_bytes:
+        if self._charged_bytes + charge > self.max_bytes:
             self.expire(float("inf"), limit=max(1, self.max_tasks // 100))
-            if self._packed_bytes + charge > self.max_bytes:
+            if self._charged_bytes + charge > self.max_bytes:
                 limit = self.max_bytes
                 raise QueueFull(f"the memory store holds {limit} bytes of arguments", {"limit": limit, "bound": "store"})
         record.state = QUEUED
@@ -74,7 +74,7 @@ class MemoryStore(Store):
             self._packed[record.id] = packed
         if charge:
             self._charged[record.id] = charge
-            self._packed_bytes += charge
+            self._charged_bytes += charge
         self._records[record.id] = stored
         self._enqueue(stored)
         return True
@@ -90,7 +90,7 @@ class MemoryStore(Store):
         return record
 
     def _uncharge(self, task_id: str) -> None:
-        self._packed_bytes -= self._charged.pop(task_id, 0)
+        self._charged_bytes -= self._charged.pop(task_id, 0)
 
     def _drop_packed(self, task_id: str) -> None:
         if self._charged:
