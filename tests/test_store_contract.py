@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from zerotask.store import MemoryStore, Outcome, SqliteStore, Store, TaskRecord, Want
+from zerotask.store.base import METHODS_REMEMBERED_S
 from zerotask.testing import scaled
 from zerotask.wire import ASSIGNED, FAILED, FINAL_STATES, FINISHED, QUEUED, RETRY, REVOKED
 
@@ -705,6 +706,31 @@ class TestRecover:
         assert store.recover() == 0
 
 
+class TestKnownMethods:
+    def test_announced_names_are_known(self, store: Store) -> None:
+        assert set(store.known_methods()) == set()
+        store.remember_methods(["add", "mul"])
+        store.remember_methods(["add", "tsum"])
+        store.flush()
+        assert set(store.known_methods()) == {"add", "mul", "tsum"}
+
+    def test_a_name_not_announced_for_a_week_is_forgotten(self, store: Store, clock: Clock) -> None:
+        store.remember_methods(["old"])
+        clock.now += METHODS_REMEMBERED_S / 2
+        store.remember_methods(["recent"])
+        clock.now += METHODS_REMEMBERED_S / 2 + 1
+        assert set(store.known_methods()) == {"recent"}
+        store.remember_methods(["old"])  # announced again: known again
+        assert set(store.known_methods()) == {"recent", "old"}
+
+    def test_at_most_the_latest_names_are_remembered(self, store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(sys.modules[type(store).__module__], "MAX_REMEMBERED_METHODS", 3)
+        for name in ("a", "b", "c", "d", "e"):
+            clock.now += 1
+            store.remember_methods([name])
+        assert set(store.known_methods()) == {"c", "d", "e"}
+
+
 # ---- random sequences ------------------------------------------------------------------------------
 
 
@@ -796,6 +822,12 @@ class ReferenceStore(Store):
             and (before is None or (record.finished_at or record.created_at or 0.0) < before)
         ]
         return [record for _, _, record in sorted(found, key=lambda item: item[:2], reverse=True)[: max(limit, 0)]]
+
+    def remember_methods(self, methods: Iterable[str]) -> None:
+        raise NotImplementedError("the random sequences do not announce names")
+
+    def known_methods(self) -> Collection[str]:
+        raise NotImplementedError("the random sequences do not announce names")
 
     def reset(self, task_id: str) -> bool:
         record = self.tasks.get(task_id)
@@ -989,6 +1021,17 @@ def _assert_history(store: Store) -> None:
 
 
 class TestSqliteDurability:
+    def test_known_names_survive_closing_and_reopening(self, tmp_path: Path) -> None:
+        path = str(tmp_path / "tasks.db")
+        store = SqliteStore(path)
+        store.remember_methods(["add", "mul"])
+        store.close()
+        reopened = SqliteStore(path)
+        try:
+            assert set(reopened.known_methods()) == {"add", "mul"}
+        finally:
+            reopened.close()
+
     def test_the_owner_survives_closing_and_reopening(self, tmp_path: Path) -> None:
         path = str(tmp_path / "tasks.db")
         store = SqliteStore(path)

@@ -11,6 +11,13 @@ acknowledges anything, which is what lets many tasks share one commit.
 
 The store records a task a node holds as ASSIGNED; whether the node has started it (RUNNING) is kept by
 the broker in memory only, since after a restart such a task is queued again anyway.
+
+A *shared* store (``shared = True``, e.g. Redis) is used by several brokers at once. Then each broker
+:meth:`Store.attach`-es with its own id: the tasks it takes or claims (and the RETRY tasks it schedules)
+are leased to it, the lease lasting while it calls :meth:`Store.heartbeat`; :meth:`Store.reclaim` queues
+again the tasks of brokers whose lease ran out. What the other brokers do reaches this one through
+:meth:`Store.fileno` (readable when something changed) and :meth:`Store.changes`. An unshared store
+(memory, SQLite) keeps the no-op defaults.
 """
 
 from __future__ import annotations
@@ -61,12 +68,37 @@ class Outcome:
     held: bool = False
 
 
+@dataclass(slots=True)
+class Changes:
+    """What other brokers did since the last :meth:`Store.changes` (always empty for an unshared store).
+    ``finished``: ids of tasks whose outcome another broker recorded. ``queued``: another broker queued
+    tasks (worth a :meth:`Store.take_many`). ``lost_track``: notifications may have been missed (the
+    store reconnected), so the broker must look up every task it waits for."""
+
+    finished: list[str] = field(default_factory=list)
+    queued: bool = False
+    lost_track: bool = False
+
+
+# A task name is remembered this long after a node last announced it (a deploy takes minutes, not a week),
+# and at most this many names: beyond, the ones announced longest ago are forgotten first.
+METHODS_REMEMBERED_S = 7 * 86400.0
+MAX_REMEMBERED_METHODS = 100_000
+
 # take_many asks for tasks with: (the methods a node serves, how many it may take at most)
 Want = tuple[Collection[str], int]
 
 
+class StoreUnavailable(Exception):
+    """The store cannot be reached (a network store that is down, failing over, or read-only for now).
+    Nothing was written by the call that raised it; the broker refuses new work until the store is back."""
+
+
 class Store(ABC):
-    """The broker's queue and outcome store. Task ids are unique; no method raises for an unknown id."""
+    """The broker's queue and outcome store. Task ids are unique; no method raises for an unknown id.
+    A store across a network may raise :class:`StoreUnavailable` from any method."""
+
+    shared: bool = False  # other brokers may use this store at the same time (see the module docstring)
 
     @abstractmethod
     def add(self, record: TaskRecord, size_hint: int = 0) -> bool:
@@ -141,8 +173,47 @@ class Store(ABC):
         """Queue a FAILED or REVOKED task again as new: at the back of the queue, attempts 0, its outcome
         and finished_at cleared, created_at now. Returns False, changing nothing, for any other task."""
 
-    def flush(self) -> None:  # noqa: B027 - a no-op unless the store has something to make durable
-        """Make every write so far durable (a no-op for volatile stores)."""
+    def flush(self) -> list[TaskRecord]:
+        """Make every write so far durable (a no-op for volatile stores). A store may defer :meth:`add`
+        until here (one round trip for many tasks): then it returns the records it was given whose id
+        turned out to exist already, which it did not add (the caller looks up the task that has the id).
+        A store that checks at :meth:`add` returns []."""
+        return []
+
+    # ---- several brokers on one store (no-ops for an unshared store) ------------------------------
+
+    def attach(self, broker_id: str, lease_s: float) -> None:  # noqa: B027 - a no-op unless shared
+        """From now on this broker is ``broker_id``: tasks it takes, claims or retries are leased to it
+        for ``lease_s`` seconds, renewed by every :meth:`heartbeat`. Called once, before :meth:`recover`
+        (which, for a shared store, requeues only the tasks of brokers whose lease ran out)."""
+
+    def heartbeat(self) -> None:  # noqa: B027 - a no-op unless shared
+        """Renew this broker's lease. The broker calls it at least every ``lease_s / 3`` seconds."""
+
+    def reclaim(self) -> int:
+        """Queue again, each in its old place, the ASSIGNED and RETRY tasks leased to brokers whose lease
+        ran out; returns how many. Always 0 for an unshared store (its broker requeues at :meth:`recover`)."""
+        return 0
+
+    def fileno(self) -> int | None:
+        """A file descriptor that becomes readable when other brokers changed something (then call
+        :meth:`changes`), or None for an unshared store."""
+        return None
+
+    def changes(self) -> Changes:
+        """What other brokers did since the last call (reading every notification that arrived). Cheap."""
+        return Changes()
+
+    @abstractmethod
+    def remember_methods(self, methods: Iterable[str]) -> None:
+        """A node serves these task names now (at any broker that shares the store). Durable with the
+        next :meth:`flush`."""
+
+    @abstractmethod
+    def known_methods(self) -> Collection[str]:
+        """The task names a node announced within METHODS_REMEMBERED_S (at any broker sharing the store;
+        at most MAX_REMEMBERED_METHODS, the latest): tasks of these names wait in the queue while no
+        node serves them, as during a deploy. Cheap: from memory (a shared store may cache for a second)."""
 
     def close(self) -> None:
         """Flush and release resources."""

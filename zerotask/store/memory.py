@@ -13,11 +13,11 @@ import heapq
 import itertools
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 
 from zerotask import jsonrpc
 from zerotask.exceptions import QueueFull
-from zerotask.store.base import Outcome, Store, TaskRecord, Want
+from zerotask.store.base import MAX_REMEMBERED_METHODS, METHODS_REMEMBERED_S, Outcome, Store, TaskRecord, Want
 from zerotask.wire import ASSIGNED, FINAL_STATES, FINISHED, QUEUED, RETRY
 
 DEFAULT_MAX_TASKS = 2_000_000  # about 1.5 GB of small tasks
@@ -45,6 +45,7 @@ class MemoryStore(Store):
         self._states: Counter[str] = Counter()  # tasks by state, QUEUED excepted (that is _queued's)
         self._next_sequence = 0
         self._finished: deque[tuple[float, str]] = deque()  # (when, task id), in the order they ended
+        self._methods: dict[str, float] = {}  # task name -> when a node last announced it, oldest first
 
     def add(self, record: TaskRecord, size_hint: int = 0) -> bool:
         if record.id in self._records:
@@ -284,6 +285,20 @@ class MemoryStore(Store):
     def recover(self) -> int:
         self.requeue([record.id for record in self._records.values() if record.state in (ASSIGNED, RETRY)])
         return sum(self._queued.values())
+
+    def remember_methods(self, methods: Iterable[str]) -> None:
+        now = time.time()
+        for method in methods:
+            self._methods.pop(method, None)  # to the end: the dict stays ordered by when it was announced
+            self._methods[method] = now
+        while len(self._methods) > MAX_REMEMBERED_METHODS:
+            del self._methods[next(iter(self._methods))]
+
+    def known_methods(self) -> Collection[str]:
+        cutoff = time.time() - METHODS_REMEMBERED_S
+        while self._methods and next(iter(self._methods.values())) < cutoff:
+            del self._methods[next(iter(self._methods))]
+        return self._methods.keys()
 
 
 def _time(record: TaskRecord) -> float:

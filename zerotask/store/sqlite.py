@@ -10,15 +10,16 @@ memory, loaded at open and updated by every write, instead of counted with a que
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from zerotask import jsonrpc
-from zerotask.store.base import Outcome, Store, TaskRecord, Want
+from zerotask.store.base import MAX_REMEMBERED_METHODS, METHODS_REMEMBERED_S, Outcome, Store, TaskRecord, Want
 from zerotask.wire import ASSIGNED, FAILED, FINAL_STATES, FINISHED, QUEUED, RETRY, REVOKED
 
 _SCHEMA = """
@@ -38,6 +39,7 @@ CREATE INDEX IF NOT EXISTS queued_by_method ON tasks (method, seq) WHERE state =
 CREATE INDEX IF NOT EXISTS finished_by_time ON tasks (finished_at) WHERE finished_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS failed_by_time ON tasks (finished_at) WHERE state = 'FAILED';
 CREATE INDEX IF NOT EXISTS revoked_by_time ON tasks (finished_at) WHERE state = 'REVOKED';
+CREATE TABLE IF NOT EXISTS methods (name TEXT PRIMARY KEY, announced_at REAL NOT NULL);
 """
 _NOT_FINAL = "state NOT IN ('FINISHED', 'FAILED', 'REVOKED')"
 _CHUNK = 500  # ids per statement, well under SQLite's limit on bound variables
@@ -57,6 +59,8 @@ class SqliteStore(Store):
         self._queued: Counter[str] = Counter(
             dict(self._db.execute("SELECT method, count(*) FROM tasks WHERE state = 'QUEUED' GROUP BY method").fetchall())
         )
+        # Task name -> when a node last announced it, oldest first (the broker is the only writer).
+        self._methods: dict[str, float] = dict(self._db.execute("SELECT name, announced_at FROM methods ORDER BY announced_at"))
         self._by_state: Counter[str] = Counter(  # QUEUED excepted: that is _queued's
             dict(self._db.execute("SELECT state, count(*) FROM tasks WHERE state != 'QUEUED' GROUP BY state").fetchall())
         )
@@ -275,10 +279,40 @@ class SqliteStore(Store):
         self.flush()
         return sum(self._queued.values())
 
-    def flush(self) -> None:
+    def remember_methods(self, methods: Iterable[str]) -> None:
+        now = time.time()
+        names = list(dict.fromkeys(methods))
+        for name in names:
+            self._methods.pop(name, None)  # to the end: ordered by when it was announced
+            self._methods[name] = now
+        self._db_methods_write(names, now)
+
+    def _db_methods_write(self, names: list[str], now: float) -> None:
+        if names:
+            self._begin()
+            self._db.executemany("INSERT OR REPLACE INTO methods VALUES (?, ?)", [(name, now) for name in names])
+        cutoff = now - METHODS_REMEMBERED_S
+        # Oldest first: the stale names, then as many more as are over the bound.
+        forget = list(itertools.takewhile(lambda name: self._methods[name] < cutoff, self._methods))
+        excess = len(self._methods) - len(forget) - MAX_REMEMBERED_METHODS
+        if excess > 0:
+            forget += itertools.islice(self._methods, len(forget), len(forget) + excess)
+        for name in forget:
+            del self._methods[name]
+        if forget:
+            self._begin()
+            self._db.executemany("DELETE FROM methods WHERE name = ?", [(name,) for name in forget])
+
+    def known_methods(self) -> Collection[str]:
+        if self._methods and next(iter(self._methods.values())) < time.time() - METHODS_REMEMBERED_S:
+            self._db_methods_write([], time.time())
+        return self._methods.keys()
+
+    def flush(self) -> list[TaskRecord]:
         if self._in_transaction:
             self._db.execute("COMMIT")
             self._in_transaction = False
+        return []
 
     def close(self) -> None:
         self.flush()
