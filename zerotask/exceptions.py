@@ -96,6 +96,13 @@ class Forbidden(ZerotaskError, PermissionError):
     code = wire.FORBIDDEN
 
 
+class StoreUnavailable(ZerotaskError):
+    """The broker cannot reach its store now (a Redis that is down or failing over): it accepted nothing
+    from this request. It resumes by itself once the store is back; try again, or another broker."""
+
+    code = wire.STORE_UNAVAILABLE
+
+
 class WorkerLost(ZerotaskError):
     """Raised node-side (and reported as a TaskError of type WorkerLost) when a worker process dies
     while running a task."""
@@ -134,7 +141,7 @@ class TaskError(ZerotaskError):
 _BY_CODE: dict[int, type[ZerotaskError]] = {
     cls.code: cls
     for cls in (ProtocolError, UnknownMethod, InvalidParams, UnknownTask, TaskTimeout, NotReady, TaskRevoked, QueueFull)
-    + (Forbidden, TaskError)
+    + (Forbidden, StoreUnavailable, TaskError)
 }
 
 

@@ -56,6 +56,7 @@ NOT_READY = -32003
 REVOKED_CODE = -32004
 QUEUE_FULL = -32005  # backpressure: the broker refuses more work now; try again later
 FORBIDDEN = -32006  # with CURVE: this key's role may not call this method, or reuse this task id
+STORE_UNAVAILABLE = -32007  # the broker cannot reach its store (Redis down): nothing was accepted; try again
 
 # ---- task states (section 4.2) -------------------------------------------------------------------
 QUEUED = "QUEUED"

@@ -27,6 +27,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from zerotask.exceptions import StoreUnavailable
 from zerotask.wire import QUEUED
 
 
@@ -89,14 +90,10 @@ MAX_REMEMBERED_METHODS = 100_000
 Want = tuple[Collection[str], int]
 
 
-class StoreUnavailable(Exception):
-    """The store cannot be reached (a network store that is down, failing over, or read-only for now).
-    Nothing was written by the call that raised it; the broker refuses new work until the store is back."""
-
-
 class Store(ABC):
     """The broker's queue and outcome store. Task ids are unique; no method raises for an unknown id.
-    A store across a network may raise :class:`StoreUnavailable` from any method."""
+    A store across a network may raise :class:`~zerotask.exceptions.StoreUnavailable` from any method:
+    that call wrote nothing (deferred adds stay buffered for the next :meth:`flush`)."""
 
     shared: bool = False  # other brokers may use this store at the same time (see the module docstring)
 
@@ -218,3 +215,15 @@ class Store(ABC):
     def close(self) -> None:
         """Flush and release resources."""
         self.flush()
+
+
+__all__ = [
+    "MAX_REMEMBERED_METHODS",
+    "METHODS_REMEMBERED_S",
+    "Changes",
+    "Outcome",
+    "Store",
+    "StoreUnavailable",
+    "TaskRecord",
+    "Want",
+]
