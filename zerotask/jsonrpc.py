@@ -137,6 +137,11 @@ def error_object(code: int, message: str | None = None, data: Any = None) -> dic
     return error
 
 
+def is_error_object(error: Any) -> bool:
+    """Whether ``error`` is a JSON-RPC error object: an integer code and a string message."""
+    return isinstance(error, dict) and type(error.get("code")) is int and isinstance(error.get("message"), str)
+
+
 def error(request_id: RequestId, error: dict[str, Any]) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "error": error, "id": request_id}
 

@@ -8,23 +8,26 @@ core in-process on a MemoryStore with a manual clock.
 
 One fact, one place: what is queued is the store's (:meth:`Store.queued_counts`); which node holds a task,
 and whether it started it (RUNNING), is the core's, in memory only.
+Several brokers may share one store (Redis): what ended at another reaches the waiters here through
+:meth:`BrokerCore.take_changes`. An unreachable store is :mod:`zerotask.broker.writes`'s to handle.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from zerotask import jsonrpc, wire
 from zerotask.broker.assignment import Assigner, NodeId, NodeSlot
-from zerotask.broker.hooks import Hooks
-from zerotask.exceptions import InvalidParams, QueueFull, TaskRevoked, UnknownMethod, UnknownTask
+from zerotask.broker.hooks import Hooks, first_delay, overriding
+from zerotask.broker.waiters import OnOutcome, Waiters
+from zerotask.broker.writes import StoreWrites
+from zerotask.exceptions import InvalidParams, QueueFull, StoreUnavailable, TaskRevoked, UnknownMethod, UnknownTask
 from zerotask.loop import Scheduler
 from zerotask.store import Outcome, Store, TaskRecord
 from zerotask.task import Dispatcher
@@ -32,7 +35,6 @@ from zerotask.wire import FAILED, FINAL_STATES, FINISHED, QUEUED, RETRY, REVOKED
 
 log = logging.getLogger("zerotask.broker")
 
-OnOutcome = Callable[[TaskRecord], None]  # a waiter: called once with the task in its final state
 MAX_CREDIT = 1_000_000  # tasks a node may be owed at once: credit beyond is ignored (it must stay encodable)
 DEFAULT_MAX_QUEUED = 10_000_000  # tasks queued at once, for all names: beyond, submits get QueueFull
 
@@ -63,18 +65,18 @@ class BrokerCore:
         self._nodes: dict[NodeId, NodeSlot] = {}
         self._served: Counter[str] = Counter()  # task name -> how many connected nodes serve it
         self._holder: dict[str, NodeSlot] = {}  # task id -> the node that holds it
-        self._waiters: dict[str, dict[int, OnOutcome]] = {}
-        self._wait_tokens = itertools.count(1)
+        self.waiters = Waiters()
+        self.writes = StoreWrites(store)  # what could not be written while the store was unreachable
         self._assigner = Assigner(store)
         # Only the hooks that override a point are called there, so an unused point costs nothing.
-        self._before_enqueue = _overrides(hooks, "before_enqueue")
-        self._after_enqueue = _overrides(hooks, "after_enqueue")
-        self._before_assign = _overrides(hooks, "before_assign")
-        self._retry_delay = _overrides(hooks, "retry_delay")
-        self._on_retry = _overrides(hooks, "on_retry")
-        self._after_finish = _overrides(hooks, "after_finish")
-        self._on_node_added = _overrides(hooks, "on_node_added")
-        self._on_node_lost = _overrides(hooks, "on_node_lost")
+        self._before_enqueue = overriding(hooks, "before_enqueue")
+        self._after_enqueue = overriding(hooks, "after_enqueue")
+        self._before_assign = overriding(hooks, "before_assign")
+        self._retry_delay = overriding(hooks, "retry_delay")
+        self._on_retry = overriding(hooks, "on_retry")
+        self._after_finish = overriding(hooks, "after_finish")
+        self._on_node_added = overriding(hooks, "on_node_added")
+        self._on_node_lost = overriding(hooks, "on_node_lost")
 
     # ---- tasks -----------------------------------------------------------------------------------
 
@@ -95,9 +97,11 @@ class BrokerCore:
         if not method:
             raise InvalidParams("the method name is empty")
         record = TaskRecord(task_id or uuid.uuid4().hex, method, args, kwargs, options=options or {}, owner=owner)
+        if self.writes.down:
+            raise StoreUnavailable("the broker cannot reach its store now: nothing was queued; try again")
         if self._local is not None and method.startswith(wire.BROKER_TASK_PREFIX) and method in self._local:
             return self._run_here(record) if self.store.add(record, self.size_hint) else self._existing(record)
-        if self._nodes and not self._served[method]:
+        if self._nodes and not self._served[method] and method not in self.store.known_methods():
             if task_id is not None and (existing := self.store.get(task_id)) is not None:
                 return existing
             # The message is the specification's own, so any JSON-RPC client recognises it; the name is in data.
@@ -108,14 +112,13 @@ class BrokerCore:
             raise QueueFull(f"the queue is full ({self.max_queued} tasks)", {"limit": self.max_queued, "bound": "queue"})
         if not self.store.add(record, self.size_hint):
             return self._existing(record)
+        self.writes.added += 1
         for hook in self._after_enqueue:
             hook(record)
         return record
 
     def _existing(self, record: TaskRecord) -> TaskRecord:
-        existing = self.store.get(record.id)
-        assert existing is not None, "the store refused to add a task it does not have"
-        return existing
+        return self.store.get(record.id) or record  # (the store refused it: it has it)
 
     def _run_here(self, record: TaskRecord) -> TaskRecord:
         """A broker task runs at once, in the broker's loop: keep such tasks quick."""
@@ -143,16 +146,10 @@ class BrokerCore:
         if record.state in FINAL_STATES:
             on_outcome(record)
             return None
-        token = next(self._wait_tokens)
-        self._waiters.setdefault(record.id, {})[token] = on_outcome
-        return token
+        return self.waiters.add(record.id, on_outcome, record.owner)
 
     def cancel_wait(self, task_id: str, token: int) -> None:
-        waiting = self._waiters.get(task_id)
-        if waiting is not None:
-            waiting.pop(token, None)
-            if not waiting:
-                del self._waiters[task_id]
+        self.waiters.cancel(task_id, token)
 
     def revoke(self, task_id: str) -> tuple[str, NodeId | None]:
         """Revoke a task: queued, it never runs; held, its node must stop it. Returns the state afterwards
@@ -211,6 +208,7 @@ class BrokerCore:
         running, which stay its own (unless another node holds them, or they ended)."""
         self.lose(node_id, "connected again")
         node = NodeSlot(node_id, frozenset(methods), min(max(credit, 0), MAX_CREDIT))
+        self.store.remember_methods(node.methods)  # tasks of these names wait while the node restarts
         self._nodes[node_id] = node
         self._served.update(node.methods)
         candidates = [task_id for task_id in running if isinstance(task_id, str) and task_id not in self._holder]
@@ -247,7 +245,7 @@ class BrokerCore:
         released = [task_id for task_id in task_ids if isinstance(task_id, str) and self._holder.get(task_id) is node]
         for task_id in released:
             self._release(task_id)
-        self.store.requeue(released)
+        self.writes.write(functools.partial(self.store.requeue, released))
         if draining:
             node.draining = True
             node.credit = 0
@@ -264,7 +262,7 @@ class BrokerCore:
         for task_id in node.held:
             self._holder.pop(task_id, None)
         requeued = list(node.held.values())
-        self.store.requeue(node.held)
+        self.writes.write(functools.partial(self.store.requeue, list(node.held)))
         for hook in self._on_node_lost:
             hook(node, requeued, reason)
         return node
@@ -305,20 +303,49 @@ class BrokerCore:
             if error is None:
                 finals.append((record, Outcome(task_id, FINISHED, result=outcome.get("result"), held=True)))
                 continue
-            if not _is_error_object(error):  # callers get only valid JSON-RPC error objects, whatever a node says
+            if not jsonrpc.is_error_object(error):  # callers get only valid JSON-RPC error objects, whatever a node says
                 error = jsonrpc.error_object(wire.TASK_FAILED, "the node reported a failure that is not a JSON-RPC error object")
-            delay_s = self._retry_delay_for(record, error)
+            delay_s = None if record.state in FINAL_STATES else first_delay(self._retry_delay, record, error)
             if delay_s is None:
                 finals.append((record, Outcome(task_id, FAILED, error=error, held=True)))
             else:
                 retries.append((record, delay_s))
         if node is not None:
             node.finished += len(decided)
-        self._record(finals)
-        for record, delay_s in retries:
-            self._retry(record, delay_s)
+        try:
+            self._record(finals)
+            for record, delay_s in retries:
+                self._retry(record, delay_s)
+        except StoreUnavailable:  # again once the store is back: what was recorded is skipped then
+            self.writes.keep(functools.partial(self.report, node, outcomes))
         if problem is not None:
             raise problem
+
+    # ---- the store: commits, other brokers, outages ------------------------------------------------
+
+    def commit(self) -> bool:
+        """End a round: flush the store (after what failed to be written before). Returns whether this
+        round's messages may go out: False if tasks were added and the store could not make them durable
+        (it keeps them for the next commit). While the store is down, submits are refused."""
+        durable, refused = self.writes.flush()
+        for record in refused:
+            self.waiters.refused(self.store, record)
+        return durable
+
+    def take_changes(self) -> list[tuple[NodeId, str]]:
+        """Settle what other brokers sharing the store did: the waiters of tasks that ended there get
+        the stored outcome. Returns ``(node, task id)`` for the tasks a node here holds that ended
+        elsewhere (revoked, or run again after a lease ran out): that node should stop them."""
+        revoke = []
+        for task_id in self.waiters.catch_up(self.store, self._holder.__contains__):
+            holder = self._holder[task_id]
+            self._release(task_id)
+            revoke.append((holder.id, task_id))
+        return revoke
+
+    def announce(self) -> None:
+        """Tell the store again which names the nodes here serve (it forgets names not announced lately)."""
+        self.writes.write(functools.partial(self.store.remember_methods, list(self._served)))
 
     # ---- inside ----------------------------------------------------------------------------------
 
@@ -335,26 +362,18 @@ class BrokerCore:
         them, and answer the waiters and the hooks of those recorded now."""
         if not finals:
             return
+        if self.store.shared:  # another broker may have queued it again (a lease that ran out): let the store check
+            for _, outcome in finals:
+                outcome.held = False
         recorded = self.store.finish_many([outcome for _, outcome in finals])
         for (record, outcome), now in zip(finals, recorded, strict=True):
             self._release(record.id)
             if not now:
                 continue
             record.state, record.result, record.error = outcome.state, outcome.result, outcome.error
-            for on_outcome in self._waiters.pop(record.id, {}).values():
-                on_outcome(record)
+            self.waiters.settle(record)
             for hook in self._after_finish:
                 hook(record)
-
-    def _retry_delay_for(self, record: TaskRecord, error: dict[str, Any]) -> float | None:
-        """Seconds before another attempt, if a hook asks for one, for a task that failed with ``error``."""
-        if record.state in FINAL_STATES:
-            return None
-        for hook in self._retry_delay:
-            delay_s = hook(record, error)
-            if delay_s is not None:
-                return float(delay_s)
-        return None
 
     def _retry(self, record: TaskRecord, delay_s: float) -> None:
         """Put a failed task in RETRY (stored first, then released from its node), to be queued again
@@ -369,20 +388,13 @@ class BrokerCore:
         log.info("task %r (%r) failed, attempt %d in %.2f s", record.id, record.method, attempt, delay_s)
 
     def _retry_due(self, task_id: str, attempt: int) -> None:
-        record = self.store.get(task_id)
-        # Not revoked or adopted by a node meanwhile, and this timer is the latest attempt's own.
-        if record is not None and record.state == RETRY and record.attempts == attempt:
-            self.store.requeue([task_id])
-
-
-def _is_error_object(error: Any) -> bool:
-    """Whether ``error`` is a JSON-RPC error object: an integer code and a string message."""
-    return isinstance(error, dict) and type(error.get("code")) is int and isinstance(error.get("message"), str)
-
-
-def _overrides(hooks: Sequence[Hooks], point: str) -> list[Callable[..., Any]]:
-    """The bound methods of the hooks that implement ``point`` (not the no-op of the base class)."""
-    return [getattr(hook, point) for hook in hooks if getattr(type(hook), point) is not getattr(Hooks, point)]
+        try:
+            record = self.store.get(task_id)
+            # Not revoked or adopted by a node meanwhile, and this timer is the latest attempt's own.
+            if record is not None and record.state == RETRY and record.attempts == attempt:
+                self.store.requeue([task_id])
+        except StoreUnavailable:
+            self._scheduler.call_later(1.0, functools.partial(self._retry_due, task_id, attempt))
 
 
 __all__ = ["BrokerCore", "NodeSlot", "OnOutcome"]

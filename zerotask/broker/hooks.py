@@ -40,6 +40,7 @@ Retries and time limits are hooks themselves (below): the broker installs them f
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Any, TypeGuard
 
 from zerotask.broker.assignment import NodeSlot
@@ -116,3 +117,18 @@ class TimeLimits(Hooks):
 def _seconds(value: Any) -> TypeGuard[float]:
     """A finite JSON number (true and false are not numbers here, whatever Python thinks)."""
     return type(value) in (int, float) and math.isfinite(value)
+
+
+def overriding(hooks: Sequence[Hooks], point: str) -> list[Callable[..., Any]]:
+    """The bound methods of the hooks that implement ``point`` (not the no-op of the base class)."""
+    return [getattr(hook, point) for hook in hooks if getattr(type(hook), point) is not getattr(Hooks, point)]
+
+
+def first_delay(points: Sequence[Callable[..., Any]], record: TaskRecord, error: dict[str, Any]) -> float | None:
+    """Seconds before another attempt of a task that failed with ``error``: the first ``retry_delay``
+    hook that asks for one decides; None if none does."""
+    for retry_delay in points:
+        delay_s = retry_delay(record, error)
+        if delay_s is not None:
+            return float(delay_s)
+    return None

@@ -42,12 +42,29 @@ class Outbox:
     A peer that reads slowly (a pipelining client) may find its ZeroMQ queue full: what does not fit
     waits here, in order, and goes first next round. A peer that does not read at all cannot make the
     broker hold more than MAX_BACKLOG_BYTES for it: beyond, its waiting replies are dropped.
+
+    A round whose commit failed (the store is unreachable) is :meth:`hold`-en whole, until a later
+    commit reaches the store and :meth:`release` puts it back in front of what came since.
     """
 
     def __init__(self, limit: int = DEFAULT_REPLY_LIMIT) -> None:
         self.limit = limit
         self._messages: dict[Envelope, list[Message]] = {}
         self._backlog: dict[Envelope, list[bytes]] = {}
+        self._held: dict[Envelope, list[Message]] = {}
+
+    def hold(self) -> None:
+        """Keep everything queued so far from the next :meth:`deliver`s, until :meth:`release`."""
+        for envelope, messages in self.take().items():
+            self._held.setdefault(envelope, []).extend(messages)
+
+    def release(self) -> None:
+        """What was held goes with the next delivery, before what was queued since."""
+        if self._held:
+            held, self._held = self._held, {}
+            for envelope, messages in self._messages.items():
+                held.setdefault(envelope, []).extend(messages)
+            self._messages = held
 
     def send(self, envelope: Envelope, message: Message) -> None:
         self._messages.setdefault(envelope, []).append(message)

@@ -32,7 +32,7 @@ from zerotask.broker.node_protocol import NodeProtocol
 from zerotask.broker.replies import DEFERRED, Envelope, Handler, Outbox, PeerGone, Reply, Respond, split_frames
 from zerotask.broker.security import Security
 from zerotask.broker.stats import Throughput
-from zerotask.exceptions import ZerotaskError
+from zerotask.exceptions import StoreUnavailable, ZerotaskError
 from zerotask.loop import EventLoop
 from zerotask.store import Store, open_store
 from zerotask.task import Dispatcher, default_dispatcher
@@ -57,6 +57,8 @@ MAX_BATCH = 1000  # requests in one JSON-RPC batch: a larger one is refused whol
 # whatever is queued can be sent on to a node.
 _NODE_DEPTH = jsonrpc.MAX_DEPTH + 8
 _EXPIRE_BUDGET_S = 0.01  # the longest one round of result expiry may hold up the loop
+_ANNOUNCE_S = 3600.0  # how often the store is told again which names this broker's nodes serve
+_STORE_PROBE_S = 0.25  # how often a broker whose store is unreachable tries it again
 
 
 class Broker(EventLoop):
@@ -118,8 +120,12 @@ class Broker(EventLoop):
     def setup(self) -> None:
         assert self.context is not None
         self.store = self._store_spec if isinstance(self._store_spec, Store) else open_store(self._store_spec)
-        queued = self.store.recover()
         self.instance = uuid.uuid4().hex  # clients compare it to learn that the broker restarted
+        # With a store that other brokers share, what this broker's nodes hold is leased to it: if it dies
+        # (or loses the store) for longer than its nodes would take to look dead, another broker queues it again.
+        lease_s = self.heartbeat_s * self.liveness
+        self.store.attach(self.instance, lease_s)
+        queued = self.store.recover()
         self.events = EventPublisher()
         self.throughput = Throughput()
         hooks = [Retries(), TimeLimits(), self.events, self.throughput, *self.hooks]
@@ -151,6 +157,12 @@ class Broker(EventLoop):
         self.add_socket(self.requests, self._on_requests)
         self.add_socket(self.publisher, self._on_subscription)
         self.call_every(self.heartbeat_s, self.nodes.check_liveness)
+        self.call_every(_ANNOUNCE_S, self.core.announce)
+        if self.store.shared:
+            self.call_every(min(self.heartbeat_s, lease_s / 3), self._keep_lease)
+        self._store_fd: int | None = None
+        self._watch_store()
+        self._store_probe = False
         if self.result_ttl_s:
             self.call_every(min(10.0, max(self.result_ttl_s / 10, 0.1)), self._expire)
         log.info(
@@ -203,8 +215,17 @@ class Broker(EventLoop):
     def after_events(self) -> None:
         """The end of a round: hand out tasks, commit, then send what the commit made true."""
         self.clients.ids_this_round = 0
-        self.nodes.send_tasks(self.core.assign())
-        self.store.flush()
+        try:
+            self.nodes.send_tasks(self.core.assign())
+        except StoreUnavailable:
+            pass  # the commit says so, and tries again
+        if not self.core.commit():
+            self.outbox.hold()  # it acknowledges tasks the store does not have yet
+        elif not self.core.writes.down:
+            self.outbox.release()
+        elif not self._store_probe:
+            self._store_probe = True  # come back to try the store, even if no one sends anything
+            self.call_later(_STORE_PROBE_S, self._store_probed)
         for event in self.events.take():
             self.publisher.send(event, zmq.NOBLOCK)
         for envelope in self.outbox.deliver(self._send_reply):
@@ -222,6 +243,41 @@ class Broker(EventLoop):
             log.debug("dropping a message to a vanished peer: %s", error)
             raise PeerGone from error
         return True
+
+    def _store_probed(self) -> None:
+        self._store_probe = False  # after_events, which follows, commits: that tries the store
+
+    # ---- other brokers on the same store -------------------------------------------------------------
+
+    def _keep_lease(self) -> None:
+        try:
+            self.store.heartbeat()
+            reclaimed = self.store.reclaim()
+        except StoreUnavailable as error:
+            log.debug("could not renew the lease: %s", error)
+            return
+        if reclaimed:
+            log.warning("queued %d task(s) again from a broker whose lease ran out", reclaimed)
+
+    def _watch_store(self) -> None:
+        """Poll the store's notifications (its file descriptor may change when it reconnects)."""
+        fd = self.store.fileno()
+        if fd != self._store_fd:
+            if self._store_fd is not None:
+                self.remove_socket(self._store_fd)
+            if fd is not None:
+                self.add_socket(fd, self._on_store_changes)
+            self._store_fd = fd
+
+    def _on_store_changes(self) -> None:
+        try:
+            for node_id, task_id in self.core.take_changes():
+                self.nodes.revoke(node_id, [task_id])
+        except StoreUnavailable as error:
+            log.debug("could not read the store's changes: %s", error)
+        self._watch_store()
+        if self.core.waiters.rechecking:
+            self.call_later(0, self._on_store_changes)
 
     def _backlog_woken(self) -> None:
         self._backlog_wakeup = False  # after_events, which follows, delivers what waits
