@@ -84,7 +84,7 @@ class Changes:
 # A task name is remembered this long after a node last announced it (a deploy takes minutes, not a week),
 # and at most this many names: beyond, the ones announced longest ago are forgotten first.
 METHODS_REMEMBERED_S = 7 * 86400.0
-MAX_REMEMBERED_METHODS = 100_000
+MAX_REMEMBERED_METHODS = 10_000  # as many as one node may announce (node_protocol.MAX_METHODS)
 
 # take_many asks for tasks with: (the methods a node serves, how many it may take at most)
 Want = tuple[Collection[str], int]
