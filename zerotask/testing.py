@@ -191,7 +191,7 @@ class Cluster:
         if curve is None:
             curve = bool(shared_keys)
         self.keys = ClusterKeys(Path(shared_keys) if shared_keys else self.directory / "keys") if curve else None
-        self.store = store if store == "memory" else str(self.directory / store)
+        self.store = store if store == "memory" or "://" in store else str(self.directory / store)  # a path, or a URL
         self.endpoint = f"tcp://127.0.0.1:{free_port()}"
         self.publish = f"tcp://127.0.0.1:{free_port()}"
         self.broker_args = broker_args or []
