@@ -188,3 +188,17 @@ def segfault() -> None:
     import ctypes
 
     ctypes.string_at(0)  # reads address 0: SIGSEGV
+
+
+@task
+def append(path: str, line: str) -> str:
+    """Append a line to a file: the order tasks ran in, for the priority tests."""
+    with open(path, "a") as lines:
+        lines.write(line + "\n")
+    return line
+
+
+@task(queue="io", priority=5)
+def io_add(a: float, b: float) -> float:
+    """A task whose own defaults send it to the queue "io"."""
+    return a + b

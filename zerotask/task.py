@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
 from zerotask.exceptions import InvalidParams, UnknownMethod, task_error_object
+from zerotask.wire import MAX_PRIORITY, QUEUE_NAME
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,6 +33,8 @@ class TaskOptions:
     retry_backoff_s: float = 1.0
     retry_backoff_max_s: float = 60.0
     time_limit_s: float | None = None
+    queue: str | None = None  # the queue its tasks wait in when the caller names none (the default queue)
+    priority: int | None = None  # 0 to 9, when the caller gives none (0)
 
     def retryable(self, error: BaseException) -> bool:
         """Whether the retry policy covers this exception, attempts aside."""
@@ -128,6 +131,8 @@ def task(
     retry_backoff_max: float = 60.0,
     time_limit: float | None = None,
     timeout: float | None = None,
+    queue: str | None = None,
+    priority: int | None = None,
     dispatcher: Dispatcher | None = None,
 ) -> Callable[[F], F]: ...
 
@@ -142,11 +147,15 @@ def task(
     retry_backoff_max: float = 60.0,
     time_limit: float | None = None,
     timeout: float | None = None,
+    queue: str | None = None,
+    priority: int | None = None,
     dispatcher: Dispatcher | None = None,
 ) -> Any:
     """Register ``function`` as a task named ``name`` (default: the function's own name).
 
-    ``time_limit``, ``retry_backoff`` and ``retry_backoff_max`` are in seconds. ``timeout`` is the old
+    ``time_limit``, ``retry_backoff`` and ``retry_backoff_max`` are in seconds. ``queue`` and ``priority``
+    (0 to 9) are where its tasks wait and how soon they go when the caller says nothing (nodes announce
+    them to the broker when they connect). ``timeout`` is the old
     spelling of ``time_limit`` (deprecated: a timeout is how long a caller waits). Raises ValueError for
     options no task could use.
     """
@@ -157,12 +166,18 @@ def task(
         raise ValueError("retries and the retry backoffs must be finite and not negative")
     if time_limit is not None and not (_finite(time_limit) and time_limit > 0):
         raise ValueError("time_limit must be a positive number of seconds")
+    if queue is not None and not QUEUE_NAME.fullmatch(queue):
+        raise ValueError("a queue name has 1 to 64 letters, digits, '_', '.', ':' or '-'")
+    if priority is not None and not (type(priority) is int and 0 <= priority <= MAX_PRIORITY):
+        raise ValueError(f"priority must be an integer from 0 to {MAX_PRIORITY}")
     options = TaskOptions(
         retries=retries,
         retry_on=tuple(retry_on),
         retry_backoff_s=retry_backoff,
         retry_backoff_max_s=retry_backoff_max,
         time_limit_s=time_limit,
+        queue=queue,
+        priority=priority,
     )
     target = dispatcher if dispatcher is not None else default_dispatcher
 

@@ -8,6 +8,8 @@ implementations.
 
 from __future__ import annotations
 
+import re
+
 # ---- methods clients call on the broker (docs/protocol.md, section 5) ------------------------------
 SUBMIT = "zerotask.broker.submit"
 CALL = "zerotask.broker.call"
@@ -71,3 +73,4 @@ FINAL_STATES = frozenset({FINISHED, FAILED, REVOKED})
 
 DEFAULT_QUEUE = "default"  # the queue of a task that names none, and the one a node serves unless told
 MAX_PRIORITY = 9  # priorities are 0 (the default) to 9; higher goes first
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # what a queue may be called

@@ -12,7 +12,7 @@ import math
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from zerotask.store import Store, TaskRecord
+from zerotask.store import DEFAULT_QUEUES, Store, TaskRecord, Want
 
 NodeId = Hashable  # the broker uses the node's routing id; the core never looks inside it
 
@@ -28,6 +28,7 @@ class NodeSlot:
     held: dict[str, TaskRecord] = field(default_factory=dict)  # task id -> the task as it was assigned
     started: set[str] = field(default_factory=set)  # held tasks it said it started (RUNNING)
     finished: int = 0  # outcomes reported since it connected
+    queues: frozenset[str] = DEFAULT_QUEUES  # the named queues it takes tasks from
 
     def queued_for(self, queued: Mapping[str, int]) -> int:
         return sum(queued.get(method, 0) for method in self.methods)
@@ -52,7 +53,7 @@ class Assigner:
                 break
             self._rotation = (self._rotation + 1) % len(ready)
             ready = ready[self._rotation :] + ready[: self._rotation]
-            wants = [(node.methods, min(node.credit, _share(node, ready, queued))) for node in ready]
+            wants = [_want(node, min(node.credit, _share(node, ready, queued))) for node in ready]
             progress = False
             for node, records in zip(ready, self._store.take_many(wants), strict=True):
                 if not records:
@@ -66,6 +67,10 @@ class Assigner:
                 break
             candidates = [node for node in ready if node.credit > 0]
         return list(handed.values())
+
+
+def _want(node: NodeSlot, limit: int) -> Want:
+    return (node.methods, limit) if node.queues == DEFAULT_QUEUES else (node.methods, limit, node.queues)
 
 
 def _share(node: NodeSlot, ready: list[NodeSlot], queued: Mapping[str, int]) -> int:

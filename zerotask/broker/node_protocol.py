@@ -17,6 +17,7 @@ from zerotask.broker.assignment import NodeId, NodeSlot
 from zerotask.broker.core import BrokerCore
 from zerotask.broker.discovery import Discovery
 from zerotask.broker.params import param
+from zerotask.broker.placement import read_queues
 from zerotask.broker.replies import Envelope, Handler, Outbox, Respond
 from zerotask.exceptions import InvalidParams
 from zerotask.store import TaskRecord
@@ -126,7 +127,9 @@ class NodeProtocol:
             raise InvalidParams(f"a node may serve at most {MAX_METHODS} task names")
         identity = envelope[0]
         self._links[identity] = NodeLink(envelope, name, workers)
-        self._core.connect(identity, names, credit, running)
+        queues = read_queues(param(params, "queues", 6, list, None))
+        self._core.connect(identity, names, credit, running, queues)
+        self._core.defaults.announce(param(params, "defaults", 7, dict, None))
         self.discovery.connected(names, descriptions)
         log.info("node %r connected: %d worker(s), %d task name(s)", name, workers, len(names))
         return {"heartbeat_s": self.heartbeat_s, "liveness": self.liveness, "max_message_bytes": self.max_message_bytes}

@@ -160,6 +160,7 @@ class Broker(EventLoop):
         self.call_every(_ANNOUNCE_S, self.core.announce)
         if self.store.shared:
             self.call_every(min(self.heartbeat_s, lease_s / 3), self._keep_lease)
+        self.core.due_timer.arm(None)
         self._store_fd: int | None = None
         self._watch_store()
         self._store_probe = False
@@ -250,6 +251,7 @@ class Broker(EventLoop):
     # ---- other brokers on the same store -------------------------------------------------------------
 
     def _keep_lease(self) -> None:
+        self.core.due_timer.arm(None)  # tasks another broker scheduled are due here too
         try:
             self.store.heartbeat()
             reclaimed = self.store.reclaim()

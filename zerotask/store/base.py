@@ -96,7 +96,7 @@ MAX_REMEMBERED_METHODS = 10_000  # as many as one node may announce (node_protoc
 # take_many asks for tasks with: (the methods a node serves, how many it may take at most), and the queues
 # it serves as a third element when they are not only the default queue.
 Want = tuple[Collection[str], int] | tuple[Collection[str], int, Collection[str]]
-DEFAULT_QUEUES = (DEFAULT_QUEUE,)
+DEFAULT_QUEUES = frozenset((DEFAULT_QUEUE,))
 
 
 def want_parts(want: Want) -> tuple[Collection[str], int, Collection[str]]:
