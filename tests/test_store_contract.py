@@ -787,6 +787,24 @@ class TestScheduled:
         assert take(store, ["a"], 1) == ["s"]
 
 
+class TestPeriodicSlots:
+    def test_a_slot_is_taken_once_and_never_an_earlier_one_after_it(self, store: Store) -> None:
+        assert store.claim_slot("report", 60.0)
+        assert not store.claim_slot("report", 60.0)
+        assert not store.claim_slot("report", 0.0)
+        assert store.claim_slot("other", 60.0)  # each name its own
+        assert store.claim_slot("report", 120.0)
+        store.flush()
+
+    def test_at_most_the_latest_names_are_kept(self, store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(sys.modules[type(store).__module__], "MAX_REMEMBERED_METHODS", 2)
+        for name in ("a", "b", "c"):
+            clock.now += 1
+            assert store.claim_slot(name, 10.0)
+        assert store.claim_slot("a", 10.0)  # forgotten: claimable again (the one case a slot can run twice)
+        assert not store.claim_slot("c", 10.0)
+
+
 class TestKnownMethods:
     def test_announced_names_are_known(self, store: Store) -> None:
         assert set(store.known_methods()) == set()
@@ -889,6 +907,9 @@ class ReferenceStore(Store):
         for record in waiting[: max(limit, 0)]:
             record.state = QUEUED
         return len(waiting[: max(limit, 0)])
+
+    def claim_slot(self, name: str, slot: float) -> bool:
+        raise NotImplementedError("the random sequences do not claim slots")
 
     def next_due(self) -> float | None:
         return min((record.due_at or 0.0 for record in self.tasks.values() if record.state == SCHEDULED), default=None)

@@ -35,6 +35,8 @@ class TaskOptions:
     time_limit_s: float | None = None
     queue: str | None = None  # the queue its tasks wait in when the caller names none (the default queue)
     priority: int | None = None  # 0 to 9, when the caller gives none (0)
+    every_s: float | None = None  # periodic: the broker runs it every so many seconds
+    cron: str | None = None  # periodic: the broker runs it when this cron expression matches (UTC)
 
     def retryable(self, error: BaseException) -> bool:
         """Whether the retry policy covers this exception, attempts aside."""
@@ -133,6 +135,8 @@ def task(
     timeout: float | None = None,
     queue: str | None = None,
     priority: int | None = None,
+    every: float | None = None,
+    cron: str | None = None,
     dispatcher: Dispatcher | None = None,
 ) -> Callable[[F], F]: ...
 
@@ -149,13 +153,16 @@ def task(
     timeout: float | None = None,
     queue: str | None = None,
     priority: int | None = None,
+    every: float | None = None,
+    cron: str | None = None,
     dispatcher: Dispatcher | None = None,
 ) -> Any:
     """Register ``function`` as a task named ``name`` (default: the function's own name).
 
     ``time_limit``, ``retry_backoff`` and ``retry_backoff_max`` are in seconds. ``queue`` and ``priority``
     (0 to 9) are where its tasks wait and how soon they go when the caller says nothing (nodes announce
-    them to the broker when they connect). ``timeout`` is the old
+    them to the broker when they connect). ``every`` (seconds) or ``cron`` (an expression, UTC) make it
+    periodic: the broker runs it, without arguments, once per period however many nodes serve it. ``timeout`` is the old
     spelling of ``time_limit`` (deprecated: a timeout is how long a caller waits). Raises ValueError for
     options no task could use.
     """
@@ -170,6 +177,15 @@ def task(
         raise ValueError("a queue name has 1 to 64 letters, digits, '_', '.', ':' or '-'")
     if priority is not None and not (type(priority) is int and 0 <= priority <= MAX_PRIORITY):
         raise ValueError(f"priority must be an integer from 0 to {MAX_PRIORITY}")
+    if every is not None and cron is not None:
+        raise ValueError("a periodic task runs every so many seconds or by cron, not both")
+    if every is not None and not (_finite(every) and every >= 0.1):
+        raise ValueError("every must be at least 0.1 seconds")
+    if cron is not None:
+        from croniter import croniter  # only for a task that uses it
+
+        if not croniter.is_valid(cron):
+            raise ValueError(f"not a cron expression: {cron!r}")
     options = TaskOptions(
         retries=retries,
         retry_on=tuple(retry_on),
@@ -178,6 +194,8 @@ def task(
         time_limit_s=time_limit,
         queue=queue,
         priority=priority,
+        every_s=every,
+        cron=cron,
     )
     target = dispatcher if dispatcher is not None else default_dispatcher
 

@@ -29,6 +29,7 @@ from zerotask.broker.finish_spans import FinishSpans
 from zerotask.broker.hooks import Hooks, Retries, TimeLimits
 from zerotask.broker.metrics import BrokerMetrics
 from zerotask.broker.node_protocol import NodeProtocol
+from zerotask.broker.periodic import Periodic
 from zerotask.broker.replies import DEFERRED, Envelope, Handler, Outbox, PeerGone, Reply, Respond, split_frames
 from zerotask.broker.security import Security
 from zerotask.broker.stats import Throughput
@@ -139,6 +140,7 @@ class Broker(EventLoop):
         self.outbox = Outbox(self.max_message_bytes)
         self._backlog_wakeup = False
         self.nodes = NodeProtocol(self.core, self.outbox, self.heartbeat_s, self.liveness, self.max_message_bytes)
+        self.nodes.periodic = Periodic(self.store, self, lambda name, task_id: self.core.submit(name, [], {}, task_id))
         self.clients = ClientProtocol(self.core, self.outbox, self, self.nodes, self.max_waiting, self.security)
         self._methods: dict[str, Handler] = {
             **self.clients.methods(),

@@ -162,13 +162,16 @@ class Node(EventLoop):
         log.info("node %s connecting to %s with %d task name(s)", self.name, self.broker_endpoint, len(methods))
 
     def _task_defaults(self, methods: list[str]) -> dict[str, dict[str, Any]]:
-        """The queue and priority of the tasks that set them (``@task(queue=..., priority=...)``), for the
-        broker to place tasks whose callers say nothing."""
+        """The queue, priority and schedule of the tasks that set them (``@task(queue=..., priority=...,
+        every=..., cron=...)``): the broker places tasks whose callers say nothing, and runs periodic ones."""
         defaults = {}
         for method in methods:
             found = self.dispatcher.get(method)
-            if found is not None and (found.options.queue is not None or found.options.priority is not None):
-                options = {"queue": found.options.queue, "priority": found.options.priority}
+            if found is None:
+                continue
+            given = found.options
+            options = {"queue": given.queue, "priority": given.priority, "every": given.every_s, "cron": given.cron}
+            if any(value is not None for value in options.values()):
                 defaults[method] = {key: value for key, value in options.items() if value is not None}
         return defaults
 

@@ -159,6 +159,12 @@ class Store(ABC):
         """The earliest ``due_at`` of a SCHEDULED task, or None if none waits. Cheap."""
 
     @abstractmethod
+    def claim_slot(self, name: str, slot: float) -> bool:
+        """Atomically take the run of periodic task ``name`` due at ``slot`` (a time.time() value): True if
+        no run at ``slot`` or later was taken before, for this name, by any broker sharing the store. Keeps
+        the latest slot of at most MAX_REMEMBERED_METHODS names (the ones claimed longest ago go first)."""
+
+    @abstractmethod
     def get(self, task_id: str) -> TaskRecord | None:
         """The task, or None if the id is unknown."""
 

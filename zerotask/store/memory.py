@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import time
 from collections import Counter, deque
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
@@ -47,6 +48,7 @@ class MemoryStore(Store):
         self._next_sequence = 0
         self._finished: deque[tuple[float, str]] = deque()  # (when, task id), in the order they ended
         self._methods: dict[str, float] = {}  # task name -> when a node last announced it, oldest first
+        self._slots: dict[str, float] = {}  # periodic task name -> the latest slot taken, least recent first
 
     def add(self, record: TaskRecord, size_hint: int = 0) -> bool:
         if record.id in self._records:
@@ -231,6 +233,15 @@ class MemoryStore(Store):
                 self._push(record)
                 queued += 1
         return queued
+
+    def claim_slot(self, name: str, slot: float) -> bool:
+        if self._slots.get(name, -math.inf) >= slot:
+            return False
+        self._slots.pop(name, None)
+        self._slots[name] = slot
+        while len(self._slots) > MAX_REMEMBERED_METHODS:
+            del self._slots[next(iter(self._slots))]
+        return True
 
     def next_due(self) -> float | None:
         while self._scheduled:

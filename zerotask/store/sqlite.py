@@ -45,6 +45,7 @@ CREATE INDEX IF NOT EXISTS finished_by_time ON tasks (finished_at) WHERE finishe
 CREATE INDEX IF NOT EXISTS failed_by_time ON tasks (finished_at) WHERE state = 'FAILED';
 CREATE INDEX IF NOT EXISTS revoked_by_time ON tasks (finished_at) WHERE state = 'REVOKED';
 CREATE TABLE IF NOT EXISTS methods (name TEXT PRIMARY KEY, announced_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS slots (name TEXT PRIMARY KEY, slot REAL NOT NULL, claimed_at REAL NOT NULL);
 """
 _NOT_FINAL = "state NOT IN ('FINISHED', 'FAILED', 'REVOKED')"
 _CHUNK = 500  # ids per statement, well under SQLite's limit on bound variables
@@ -238,6 +239,17 @@ class SqliteStore(Store):
         for method in methods:
             self._move(method, SCHEDULED, QUEUED)
         return len(methods)
+
+    def claim_slot(self, name: str, slot: float) -> bool:
+        row = self._db.execute("SELECT slot FROM slots WHERE name = ?", (name,)).fetchone()
+        if row is not None and row[0] >= slot:
+            return False
+        self._write("INSERT OR REPLACE INTO slots VALUES (?, ?, ?)", (name, slot, time.time()))
+        self._write(
+            "DELETE FROM slots WHERE name IN (SELECT name FROM slots ORDER BY claimed_at DESC LIMIT -1 OFFSET ?)",
+            (MAX_REMEMBERED_METHODS,),
+        )
+        return True
 
     def next_due(self) -> float | None:
         if not self._by_state.get(SCHEDULED):
