@@ -202,3 +202,9 @@ def append(path: str, line: str) -> str:
 def io_add(a: float, b: float) -> float:
     """A task whose own defaults send it to the queue "io"."""
     return a + b
+
+
+@task(rate_limit="5/s")
+def limited(n: int) -> float:
+    """A task the broker hands out at most 5 times a second, to all nodes together."""
+    return time.time()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 import traceback
 import warnings
 from collections.abc import Callable
@@ -35,6 +36,7 @@ class TaskOptions:
     time_limit_s: float | None = None
     queue: str | None = None  # the queue its tasks wait in when the caller names none (the default queue)
     priority: int | None = None  # 0 to 9, when the caller gives none (0)
+    rate_limit: str | None = None  # "100/s", "10/m", "5/h": the broker hands out no more, for all nodes
     every_s: float | None = None  # periodic: the broker runs it every so many seconds
     cron: str | None = None  # periodic: the broker runs it when this cron expression matches (UTC)
 
@@ -135,6 +137,7 @@ def task(
     timeout: float | None = None,
     queue: str | None = None,
     priority: int | None = None,
+    rate_limit: str | None = None,
     every: float | None = None,
     cron: str | None = None,
     dispatcher: Dispatcher | None = None,
@@ -153,6 +156,7 @@ def task(
     timeout: float | None = None,
     queue: str | None = None,
     priority: int | None = None,
+    rate_limit: str | None = None,
     every: float | None = None,
     cron: str | None = None,
     dispatcher: Dispatcher | None = None,
@@ -162,7 +166,9 @@ def task(
     ``time_limit``, ``retry_backoff`` and ``retry_backoff_max`` are in seconds. ``queue`` and ``priority``
     (0 to 9) are where its tasks wait and how soon they go when the caller says nothing (nodes announce
     them to the broker when they connect). ``every`` (seconds) or ``cron`` (an expression, UTC) make it
-    periodic: the broker runs it, without arguments, once per period however many nodes serve it. ``timeout`` is the old
+    periodic: the broker runs it, without arguments, once per period however many nodes serve it.
+    ``rate_limit`` (``"100/s"``, ``"10/m"``, ``"5/h"``) caps how many of its tasks the broker hands out, to
+    all nodes together. ``timeout`` is the old
     spelling of ``time_limit`` (deprecated: a timeout is how long a caller waits). Raises ValueError for
     options no task could use.
     """
@@ -177,6 +183,8 @@ def task(
         raise ValueError("a queue name has 1 to 64 letters, digits, '_', '.', ':' or '-'")
     if priority is not None and not (type(priority) is int and 0 <= priority <= MAX_PRIORITY):
         raise ValueError(f"priority must be an integer from 0 to {MAX_PRIORITY}")
+    if rate_limit is not None and parse_rate(rate_limit) is None:
+        raise ValueError(f"a rate limit is a number of tasks per s, m or h, e.g. '100/s': not {rate_limit!r}")
     if every is not None and cron is not None:
         raise ValueError("a periodic task runs every so many seconds or by cron, not both")
     if every is not None and not (_finite(every) and every >= 0.1):
@@ -194,6 +202,7 @@ def task(
         time_limit_s=time_limit,
         queue=queue,
         priority=priority,
+        rate_limit=rate_limit,
         every_s=every,
         cron=cron,
     )
@@ -206,6 +215,22 @@ def task(
     if function is not None:
         return register(function)
     return register
+
+
+RATE = re.compile(r"\s*(\d+(?:\.\d*)?)\s*(?:/\s*(s|sec|m|min|h|hour))?\s*")
+_PER_S = {None: 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0}
+
+
+def parse_rate(text: Any) -> float | None:
+    """Tasks per second of a rate limit, ``"100/s"``, ``"10/m"``, ``"5/h"`` or ``"100"`` (per second);
+    None if it is not one, or not above zero."""
+    if not isinstance(text, str) or len(text) > 32:
+        return None
+    match = RATE.fullmatch(text)
+    if match is None:
+        return None
+    rate = float(match[1]) / _PER_S[match[2]]
+    return rate if rate > 0 else None
 
 
 def split_params(params: list[Any] | dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:

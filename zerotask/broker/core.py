@@ -26,6 +26,7 @@ from zerotask import jsonrpc, wire
 from zerotask.broker.assignment import Assigner, NodeId, NodeSlot
 from zerotask.broker.hooks import Hooks, first_delay, overriding
 from zerotask.broker.placement import DueTimer, Placement, TaskDefaults
+from zerotask.broker.rate_limits import RateLimits
 from zerotask.broker.waiters import OnOutcome, Waiters
 from zerotask.broker.writes import StoreWrites
 from zerotask.exceptions import InvalidParams, QueueFull, StoreUnavailable, TaskRevoked, UnknownMethod, UnknownTask
@@ -70,7 +71,8 @@ class BrokerCore:
         self.defaults = TaskDefaults()  # the queue and priority of tasks whose callers say none
         self.due_timer = DueTimer(store, scheduler)  # queues SCHEDULED tasks when their time comes
         self.writes = StoreWrites(store)  # what could not be written while the store was unreachable
-        self._assigner = Assigner(store)
+        self.rate_limits = RateLimits(store, scheduler)  # per task name, for all nodes together
+        self._assigner = Assigner(store, self.rate_limits)
         # Only the hooks that override a point are called there, so an unused point costs nothing.
         self._before_enqueue = overriding(hooks, "before_enqueue")
         self._after_enqueue = overriding(hooks, "after_enqueue")

@@ -133,6 +133,7 @@ class NodeProtocol:
         self._core.connect(identity, names, credit, running, queues)
         defaults = param(params, "defaults", 7, dict, None)
         self._core.defaults.announce(defaults)
+        self._core.rate_limits.announce(defaults)
         if self.periodic is not None:
             self.periodic.announce(defaults)
         self.discovery.connected(names, descriptions)

@@ -170,7 +170,8 @@ class Node(EventLoop):
             if found is None:
                 continue
             given = found.options
-            options = {"queue": given.queue, "priority": given.priority, "every": given.every_s, "cron": given.cron}
+            options: dict[str, Any] = {"queue": given.queue, "priority": given.priority, "rate_limit": given.rate_limit}
+            options.update(every=given.every_s, cron=given.cron)
             if any(value is not None for value in options.values()):
                 defaults[method] = {key: value for key, value in options.items() if value is not None}
         return defaults

@@ -26,6 +26,7 @@ again the tasks of brokers whose lease ran out. What the other brokers do reache
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -104,6 +105,21 @@ def want_parts(want: Want) -> tuple[Collection[str], int, Collection[str]]:
     return (want[0], want[1], want[2]) if len(want) == 3 else (want[0], want[1], DEFAULT_QUEUES)
 
 
+class TokenBuckets:
+    """Token buckets in memory, by name: the rate limits of a broker whose store is its own."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, tuple[float, float]] = {}  # name -> (tokens, time.time() they were counted)
+
+    def take(self, name: str, per_s: float, burst: float, count: int) -> int:
+        now = time.time()
+        tokens, then = self._buckets.get(name, (burst, now))
+        tokens = min(burst, tokens + max(0.0, now - then) * per_s)
+        taken = min(count, int(tokens))
+        self._buckets[name] = (min(burst, tokens - taken), now)
+        return taken
+
+
 class Store(ABC):
     """The broker's queue and outcome store. Task ids are unique; no method raises for an unknown id.
     A store across a network may raise :class:`~zerotask.exceptions.StoreUnavailable` from any method:
@@ -163,6 +179,16 @@ class Store(ABC):
         """Atomically take the run of periodic task ``name`` due at ``slot`` (a time.time() value): True if
         no run at ``slot`` or later was taken before, for this name, by any broker sharing the store. Keeps
         the latest slot of at most MAX_REMEMBERED_METHODS names (the ones claimed longest ago go first)."""
+
+    _token_buckets: TokenBuckets | None = None
+
+    def take_tokens(self, name: str, per_s: float, burst: float, count: int) -> int:
+        """Take up to ``count`` tokens from the bucket ``name`` (a negative count gives tokens back), which
+        refills at ``per_s`` tokens a second up to ``burst``; returns how many were taken. Atomic across the
+        brokers sharing a store; an unshared store keeps its buckets in memory (full again after a restart)."""
+        if self._token_buckets is None:
+            self._token_buckets = TokenBuckets()
+        return self._token_buckets.take(name, per_s, burst, count)
 
     @abstractmethod
     def get(self, task_id: str) -> TaskRecord | None:
