@@ -86,5 +86,6 @@ def test_a_real_broker_runs_a_periodic_task_once_per_period_with_two_nodes_servi
     times = sorted(float(line) for line in ticks.read_text().split())
     gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
     print(f"tick gaps: {', '.join(f'{gap:.3f}' for gap in gaps)}")
-    assert min(gaps) > 0.25, "a slot ran twice"  # the period is 0.5 s
+    # The first tick is the catch-up run of the slot just passed, which the next slot may follow closely.
+    assert min(gaps[1:]) > 0.25, "a slot ran twice"  # the period is 0.5 s
     assert max(gaps) < 0.5 + scaled(1)
