@@ -208,3 +208,10 @@ def io_add(a: float, b: float) -> float:
 def limited(n: int) -> float:
     """A task the broker hands out at most 5 times a second, to all nodes together."""
     return time.time()
+
+
+@task(unique_for=30)
+def unique_sleep(seconds: float, label: str = "") -> float:
+    """At most one queued or running task per arguments (for 30 s)."""
+    time.sleep(seconds)
+    return seconds

@@ -153,3 +153,26 @@ def test_a_node_serves_the_default_queue_unless_it_names_its_own() -> None:
     for bad in ([], ["a b"], "io", ["io"] * 101):
         with pytest.raises(InvalidParams):
             read_queues(bad)
+
+
+# ---- unique tasks -------------------------------------------------------------------------------------
+
+
+def test_a_unique_task_called_again_with_the_same_arguments_gets_the_first(core: BrokerCore, clock: ManualClock) -> None:
+    core.defaults.announce({"a": {"unique_for": 60}})
+    first = core.submit("a", [1], {"x": 1, "y": 2}, "first")
+    again = core.submit("a", [1], {"y": 2, "x": 1}, "again")  # the same call, keywords in another order
+    other = core.submit("a", [2], {"x": 1, "y": 2}, "other")
+    assert again.id == "first" and first.id == "first" and other.id == "other"
+    node = connect(core, b"n1", "a")
+    assert assigned(core) == {b"n1": ["first", "other"]}
+    assert core.submit("a", [1], {"x": 1, "y": 2}, "while-running").id == "first"
+    core.report(node, [done("first")])
+    assert core.submit("a", [1], {"x": 1, "y": 2}, "after").id == "after"  # the first ended: a new one
+
+
+def test_a_unique_lock_lasts_unique_for_seconds_at_most(core: BrokerCore, clock: ManualClock) -> None:
+    core.defaults.announce({"a": {"unique_for": 10}})
+    core.submit("a", [1], {}, "first")
+    clock.advance(11)
+    assert core.submit("a", [1], {}, "second").id == "second"

@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from zerotask.store import MemoryStore, Outcome, SqliteStore, Store, TaskRecord, Want
+from zerotask.store import MemoryStore, Outcome, SqliteStore, Store, TaskRecord, Want, sqlite_registry
+from zerotask.store import memory as memory_store
 from zerotask.store.base import METHODS_REMEMBERED_S, want_parts
 from zerotask.testing import scaled
 from zerotask.wire import ASSIGNED, FAILED, FINAL_STATES, FINISHED, QUEUED, RETRY, REVOKED, SCHEDULED
@@ -57,6 +58,15 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     made = Clock()
     monkeypatch.setattr(time, "time", made)
     return made
+
+
+BOUNDED_MODULES = [memory_store, sqlite_registry]  # where the stores read their bounds
+
+
+def bound(monkeypatch: pytest.MonkeyPatch, name: str, value: int) -> None:
+    """Lower one of base.py's bounds (MAX_REMEMBERED_METHODS...) for every store, for one test."""
+    for module in BOUNDED_MODULES:
+        monkeypatch.setattr(module, name, value)
 
 
 def queue(store: Store, *calls: tuple[str, str]) -> None:
@@ -797,12 +807,34 @@ class TestPeriodicSlots:
         store.flush()
 
     def test_at_most_the_latest_names_are_kept(self, store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(sys.modules[type(store).__module__], "MAX_REMEMBERED_METHODS", 2)
+        bound(monkeypatch, "MAX_REMEMBERED_METHODS", 2)
         for name in ("a", "b", "c"):
             clock.now += 1
             assert store.claim_slot(name, 10.0)
         assert store.claim_slot("a", 10.0)  # forgotten: claimable again (the one case a slot can run twice)
         assert not store.claim_slot("c", 10.0)
+
+
+class TestUniqueLocks:
+    def test_a_lock_is_held_while_its_task_has_no_outcome_and_its_time_lasts(self, store: Store, clock: Clock) -> None:
+        queue(store, ("first", "a"), ("second", "a"))
+        assert store.lock_unique("key", "first", clock.now + 60) is None
+        assert store.lock_unique("key", "second", clock.now + 60) == "first"
+        assert store.lock_unique("key", "first", clock.now + 60) is None  # its own holder may take it again
+        assert store.lock_unique("other", "second", clock.now + 60) is None
+
+    def test_a_lock_whose_task_ended_or_expired_goes_to_the_next(self, store: Store, clock: Clock) -> None:
+        queue(store, ("first", "a"), ("second", "a"), ("third", "a"))
+        store.lock_unique("key", "first", clock.now + 60)
+        assert finish(store, "first", FINISHED, result=1)
+        assert store.lock_unique("key", "second", clock.now + 60) is None
+        clock.now += 61
+        assert store.lock_unique("key", "third", clock.now + 60) is None
+
+    def test_a_lock_of_an_unknown_task_holds_nothing(self, store: Store, clock: Clock) -> None:
+        store.lock_unique("key", "never-added", clock.now + 60)
+        queue(store, ("real", "a"))
+        assert store.lock_unique("key", "real", clock.now + 60) is None
 
 
 class TestKnownMethods:
@@ -823,7 +855,7 @@ class TestKnownMethods:
         assert set(store.known_methods()) == {"recent", "old"}
 
     def test_at_most_the_latest_names_are_remembered(self, store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(sys.modules[type(store).__module__], "MAX_REMEMBERED_METHODS", 3)
+        bound(monkeypatch, "MAX_REMEMBERED_METHODS", 3)
         for name in ("a", "b", "c", "d", "e"):
             clock.now += 1
             store.remember_methods([name])
@@ -910,6 +942,9 @@ class ReferenceStore(Store):
 
     def claim_slot(self, name: str, slot: float) -> bool:
         raise NotImplementedError("the random sequences do not claim slots")
+
+    def lock_unique(self, key: str, task_id: str, until: float) -> str | None:
+        raise NotImplementedError("the random sequences do not lock")
 
     def next_due(self) -> float | None:
         return min((record.due_at or 0.0 for record in self.tasks.values() if record.state == SCHEDULED), default=None)

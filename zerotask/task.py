@@ -37,6 +37,7 @@ class TaskOptions:
     queue: str | None = None  # the queue its tasks wait in when the caller names none (the default queue)
     priority: int | None = None  # 0 to 9, when the caller gives none (0)
     rate_limit: str | None = None  # "100/s", "10/m", "5/h": the broker hands out no more, for all nodes
+    unique_for_s: float | None = None  # at most one queued-or-running task per arguments, for so long
     every_s: float | None = None  # periodic: the broker runs it every so many seconds
     cron: str | None = None  # periodic: the broker runs it when this cron expression matches (UTC)
 
@@ -138,6 +139,7 @@ def task(
     queue: str | None = None,
     priority: int | None = None,
     rate_limit: str | None = None,
+    unique_for: float | None = None,
     every: float | None = None,
     cron: str | None = None,
     dispatcher: Dispatcher | None = None,
@@ -157,6 +159,7 @@ def task(
     queue: str | None = None,
     priority: int | None = None,
     rate_limit: str | None = None,
+    unique_for: float | None = None,
     every: float | None = None,
     cron: str | None = None,
     dispatcher: Dispatcher | None = None,
@@ -168,7 +171,8 @@ def task(
     them to the broker when they connect). ``every`` (seconds) or ``cron`` (an expression, UTC) make it
     periodic: the broker runs it, without arguments, once per period however many nodes serve it.
     ``rate_limit`` (``"100/s"``, ``"10/m"``, ``"5/h"``) caps how many of its tasks the broker hands out, to
-    all nodes together. ``timeout`` is the old
+    all nodes together. ``unique_for`` (seconds): while a task of this name and these arguments is queued
+    or running (for at most that long), another call with the same arguments gets that task instead. ``timeout`` is the old
     spelling of ``time_limit`` (deprecated: a timeout is how long a caller waits). Raises ValueError for
     options no task could use.
     """
@@ -185,6 +189,8 @@ def task(
         raise ValueError(f"priority must be an integer from 0 to {MAX_PRIORITY}")
     if rate_limit is not None and parse_rate(rate_limit) is None:
         raise ValueError(f"a rate limit is a number of tasks per s, m or h, e.g. '100/s': not {rate_limit!r}")
+    if unique_for is not None and not (_finite(unique_for) and unique_for > 0):
+        raise ValueError("unique_for must be a positive number of seconds")
     if every is not None and cron is not None:
         raise ValueError("a periodic task runs every so many seconds or by cron, not both")
     if every is not None and not (_finite(every) and every >= 0.1):
@@ -203,6 +209,7 @@ def task(
         queue=queue,
         priority=priority,
         rate_limit=rate_limit,
+        unique_for_s=unique_for,
         every_s=every,
         cron=cron,
     )

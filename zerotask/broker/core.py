@@ -108,7 +108,7 @@ class BrokerCore:
         if self.writes.down:
             raise StoreUnavailable("the broker cannot reach its store now: nothing was queued; try again")
         if self._local is not None and method.startswith(wire.BROKER_TASK_PREFIX) and method in self._local:
-            return self._run_here(record) if self.store.add(record, self.size_hint) else self._existing(record)
+            return self._run_here(record) if self.store.add(record, self.size_hint) else self.store.get(record.id) or record
         if self._nodes and not self._served[method] and method not in self.store.known_methods():
             if task_id is not None and (existing := self.store.get(task_id)) is not None:
                 return existing
@@ -119,8 +119,10 @@ class BrokerCore:
         waiting = sum(self.store.queued_counts().values()) + (self.store.state_counts().get(SCHEDULED, 0) if due_at else 0)
         if waiting >= self.max_queued:
             raise QueueFull(f"the queue is full ({self.max_queued} tasks)", {"limit": self.max_queued, "bound": "queue"})
+        if (holder := self.defaults.unique_holder(self.store, record)) is not None:
+            return holder  # @task(unique_for=...): this call's twin is queued or running
         if not self.store.add(record, self.size_hint):
-            return self._existing(record)
+            return self.store.get(record.id) or record  # (the store refused it: it has it)
         self.writes.added += 1
         if record.state == SCHEDULED:
             self.due_timer.arm(record.due_at)
@@ -131,9 +133,6 @@ class BrokerCore:
         """The task was queued (as new, or again by an operator): the hooks hear of it."""
         for hook in self._after_enqueue:
             hook(record)
-
-    def _existing(self, record: TaskRecord) -> TaskRecord:
-        return self.store.get(record.id) or record  # (the store refused it: it has it)
 
     def _run_here(self, record: TaskRecord) -> TaskRecord:
         """A broker task runs at once, in the broker's loop: keep such tasks quick."""

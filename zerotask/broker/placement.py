@@ -9,6 +9,7 @@ the earliest such task (and looked at again every heartbeat, for tasks another b
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -16,11 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from zerotask import jsonrpc
 from zerotask.broker.params import param
 from zerotask.exceptions import InvalidParams, StoreUnavailable
 from zerotask.loop import Scheduler, Timer
-from zerotask.store import Store
+from zerotask.store import Store, TaskRecord
 from zerotask.wire import DEFAULT_QUEUE, MAX_PRIORITY, QUEUE_NAME
 
 log = logging.getLogger("zerotask.broker")
@@ -82,10 +85,12 @@ def read_queues(value: Any) -> frozenset[str]:
 
 class TaskDefaults:
     """The queue and priority tasks of a name get when the caller says nothing, as nodes announced them
-    (the latest announcement wins; kept after the node leaves, for a deploy; at most MAX_DEFAULTS names)."""
+    (the latest announcement wins; kept after the node leaves, for a deploy; at most MAX_DEFAULTS names),
+    and how long a task of the name stays unique (``@task(unique_for=...)``)."""
 
     def __init__(self) -> None:
         self._by_name: dict[str, tuple[str, int]] = {}
+        self._unique_for: dict[str, float] = {}
 
     def announce(self, defaults: Any) -> None:
         """``{name: {"queue": ..., "priority": ...}}`` from a node's connect; what is not valid is ignored."""
@@ -98,8 +103,26 @@ class TaskDefaults:
             if isinstance(queue, str) and QUEUE_NAME.fullmatch(queue) and type(priority) is int and 0 <= priority <= MAX_PRIORITY:
                 self._by_name.pop(name, None)
                 self._by_name[name] = (queue, priority)
-        while len(self._by_name) > MAX_DEFAULTS:
-            del self._by_name[next(iter(self._by_name))]
+            unique_for = options.get("unique_for")
+            if isinstance(unique_for, int | float) and type(unique_for) is not bool and 0 < unique_for <= MAX_DELAY_S:
+                self._unique_for[name] = float(unique_for)
+            else:
+                self._unique_for.pop(name, None)
+        for table in (self._by_name, self._unique_for):
+            while len(table) > MAX_DEFAULTS:
+                del table[next(iter(table))]
+
+    def unique_holder(self, store: Store, record: TaskRecord) -> TaskRecord | None:
+        """For a task of a name with ``unique_for``: the queued or running task with the same name and
+        arguments, if there is one (then this one is not to be queued); otherwise this task takes the
+        lock, for ``unique_for`` seconds, and None is returned."""
+        unique_for = self._unique_for.get(record.method) if self._unique_for else None
+        if unique_for is None:
+            return None
+        call = orjson.dumps([record.method, record.args, record.kwargs], option=orjson.OPT_SORT_KEYS)  # kwargs in any order
+        key = hashlib.blake2b(call, digest_size=16).hexdigest()
+        holder = store.lock_unique(key, record.id, time.time() + unique_for)
+        return None if holder is None else store.get(holder)
 
     def resolve(self, method: str, placement: Placement | None) -> tuple[str, int, float | None]:
         """``(queue, priority, due_at)`` of a new task."""

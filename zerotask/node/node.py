@@ -171,7 +171,7 @@ class Node(EventLoop):
                 continue
             given = found.options
             options: dict[str, Any] = {"queue": given.queue, "priority": given.priority, "rate_limit": given.rate_limit}
-            options.update(every=given.every_s, cron=given.cron)
+            options.update(every=given.every_s, cron=given.cron, unique_for=given.unique_for_s)
             if any(value is not None for value in options.values()):
                 defaults[method] = {key: value for key, value in options.items() if value is not None}
         return defaults

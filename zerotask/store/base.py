@@ -93,6 +93,7 @@ class Changes:
 # and at most this many names: beyond, the ones announced longest ago are forgotten first.
 METHODS_REMEMBERED_S = 7 * 86400.0
 MAX_REMEMBERED_METHODS = 10_000  # as many as one node may announce (node_protocol.MAX_METHODS)
+MAX_UNIQUE_LOCKS = 1_000_000  # @task(unique_for=...) locks kept at once: about one per queued unique task
 
 # take_many asks for tasks with: (the methods a node serves, how many it may take at most), and the queues
 # it serves as a third element when they are not only the default queue.
@@ -179,6 +180,12 @@ class Store(ABC):
         """Atomically take the run of periodic task ``name`` due at ``slot`` (a time.time() value): True if
         no run at ``slot`` or later was taken before, for this name, by any broker sharing the store. Keeps
         the latest slot of at most MAX_REMEMBERED_METHODS names (the ones claimed longest ago go first)."""
+
+    @abstractmethod
+    def lock_unique(self, key: str, task_id: str, until: float) -> str | None:
+        """Atomically: if the lock ``key`` is held (until a time later than now) by another task that has
+        no outcome yet, return that task's id; otherwise give the lock to ``task_id`` until ``until`` (a
+        time.time() value) and return None. Keeps at most MAX_UNIQUE_LOCKS locks (the oldest go first)."""
 
     _token_buckets: TokenBuckets | None = None
 
@@ -277,6 +284,7 @@ class Store(ABC):
 
 __all__ = [
     "MAX_REMEMBERED_METHODS",
+    "MAX_UNIQUE_LOCKS",
     "METHODS_REMEMBERED_S",
     "DEFAULT_QUEUES",
     "Changes",

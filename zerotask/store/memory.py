@@ -18,7 +18,16 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 
 from zerotask import jsonrpc
 from zerotask.exceptions import QueueFull
-from zerotask.store.base import MAX_REMEMBERED_METHODS, METHODS_REMEMBERED_S, Outcome, Store, TaskRecord, Want, want_parts
+from zerotask.store.base import (
+    MAX_REMEMBERED_METHODS,
+    MAX_UNIQUE_LOCKS,
+    METHODS_REMEMBERED_S,
+    Outcome,
+    Store,
+    TaskRecord,
+    Want,
+    want_parts,
+)
 from zerotask.wire import ASSIGNED, FINAL_STATES, FINISHED, QUEUED, RETRY, SCHEDULED
 
 DEFAULT_MAX_TASKS = 2_000_000  # about 1.5 GB of small tasks
@@ -49,6 +58,7 @@ class MemoryStore(Store):
         self._finished: deque[tuple[float, str]] = deque()  # (when, task id), in the order they ended
         self._methods: dict[str, float] = {}  # task name -> when a node last announced it, oldest first
         self._slots: dict[str, float] = {}  # periodic task name -> the latest slot taken, least recent first
+        self._locks: dict[str, tuple[str, float]] = {}  # unique key -> (task id, until), oldest first
 
     def add(self, record: TaskRecord, size_hint: int = 0) -> bool:
         if record.id in self._records:
@@ -242,6 +252,18 @@ class MemoryStore(Store):
         while len(self._slots) > MAX_REMEMBERED_METHODS:
             del self._slots[next(iter(self._slots))]
         return True
+
+    def lock_unique(self, key: str, task_id: str, until: float) -> str | None:
+        held = self._locks.get(key)
+        if held is not None and held[0] != task_id and held[1] > time.time():
+            holder = self._records.get(held[0])
+            if holder is not None and holder.state not in FINAL_STATES:
+                return held[0]
+        self._locks.pop(key, None)
+        self._locks[key] = (task_id, until)
+        while len(self._locks) > MAX_UNIQUE_LOCKS:
+            del self._locks[next(iter(self._locks))]
+        return None
 
     def next_due(self) -> float | None:
         while self._scheduled:

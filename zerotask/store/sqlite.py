@@ -19,7 +19,8 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from zerotask import jsonrpc
-from zerotask.store.base import MAX_REMEMBERED_METHODS, METHODS_REMEMBERED_S, Outcome, Store, TaskRecord, Want, want_parts
+from zerotask.store.base import Outcome, Store, TaskRecord, Want, want_parts
+from zerotask.store.sqlite_registry import SqliteRegistry
 from zerotask.wire import ASSIGNED, FAILED, FINAL_STATES, FINISHED, QUEUED, RETRY, REVOKED, SCHEDULED
 
 _SCHEMA = """
@@ -44,8 +45,6 @@ CREATE INDEX IF NOT EXISTS scheduled_by_time ON tasks (due_at) WHERE state = 'SC
 CREATE INDEX IF NOT EXISTS finished_by_time ON tasks (finished_at) WHERE finished_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS failed_by_time ON tasks (finished_at) WHERE state = 'FAILED';
 CREATE INDEX IF NOT EXISTS revoked_by_time ON tasks (finished_at) WHERE state = 'REVOKED';
-CREATE TABLE IF NOT EXISTS methods (name TEXT PRIMARY KEY, announced_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS slots (name TEXT PRIMARY KEY, slot REAL NOT NULL, claimed_at REAL NOT NULL);
 """
 _NOT_FINAL = "state NOT IN ('FINISHED', 'FAILED', 'REVOKED')"
 _CHUNK = 500  # ids per statement, well under SQLite's limit on bound variables
@@ -76,8 +75,7 @@ class SqliteStore(Store):
         self._queued: Counter[str] = Counter(
             dict(self._db.execute("SELECT method, count(*) FROM tasks WHERE state = 'QUEUED' GROUP BY method").fetchall())
         )
-        # Task name -> when a node last announced it, oldest first (the broker is the only writer).
-        self._methods: dict[str, float] = dict(self._db.execute("SELECT name, announced_at FROM methods ORDER BY announced_at"))
+        self._registry = SqliteRegistry(self._db, self._begin)
         self._by_state: Counter[str] = Counter(  # QUEUED excepted: that is _queued's
             dict(self._db.execute("SELECT state, count(*) FROM tasks WHERE state != 'QUEUED' GROUP BY state").fetchall())
         )
@@ -240,17 +238,6 @@ class SqliteStore(Store):
             self._move(method, SCHEDULED, QUEUED)
         return len(methods)
 
-    def claim_slot(self, name: str, slot: float) -> bool:
-        row = self._db.execute("SELECT slot FROM slots WHERE name = ?", (name,)).fetchone()
-        if row is not None and row[0] >= slot:
-            return False
-        self._write("INSERT OR REPLACE INTO slots VALUES (?, ?, ?)", (name, slot, time.time()))
-        self._write(
-            "DELETE FROM slots WHERE name IN (SELECT name FROM slots ORDER BY claimed_at DESC LIMIT -1 OFFSET ?)",
-            (MAX_REMEMBERED_METHODS,),
-        )
-        return True
-
     def next_due(self) -> float | None:
         if not self._by_state.get(SCHEDULED):
             return None
@@ -331,33 +318,16 @@ class SqliteStore(Store):
         return sum(self._queued.values())
 
     def remember_methods(self, methods: Iterable[str]) -> None:
-        now = time.time()
-        names = list(dict.fromkeys(methods))
-        for name in names:
-            self._methods.pop(name, None)  # to the end: ordered by when it was announced
-            self._methods[name] = now
-        self._db_methods_write(names, now)
-
-    def _db_methods_write(self, names: list[str], now: float) -> None:
-        if names:
-            self._begin()
-            self._db.executemany("INSERT OR REPLACE INTO methods VALUES (?, ?)", [(name, now) for name in names])
-        cutoff = now - METHODS_REMEMBERED_S
-        # Oldest first: the stale names, then as many more as are over the bound.
-        forget = list(itertools.takewhile(lambda name: self._methods[name] < cutoff, self._methods))
-        excess = len(self._methods) - len(forget) - MAX_REMEMBERED_METHODS
-        if excess > 0:
-            forget += itertools.islice(self._methods, len(forget), len(forget) + excess)
-        for name in forget:
-            del self._methods[name]
-        if forget:
-            self._begin()
-            self._db.executemany("DELETE FROM methods WHERE name = ?", [(name,) for name in forget])
+        self._registry.remember_methods(methods)
 
     def known_methods(self) -> Collection[str]:
-        if self._methods and next(iter(self._methods.values())) < time.time() - METHODS_REMEMBERED_S:
-            self._db_methods_write([], time.time())
-        return self._methods.keys()
+        return self._registry.known_methods()
+
+    def claim_slot(self, name: str, slot: float) -> bool:
+        return self._registry.claim_slot(name, slot)
+
+    def lock_unique(self, key: str, task_id: str, until: float) -> str | None:
+        return self._registry.lock_unique(key, task_id, until)
 
     def flush(self) -> list[TaskRecord]:
         if self._in_transaction:
