@@ -260,6 +260,8 @@ class Broker(EventLoop):
         except StoreUnavailable as error:
             log.debug("could not renew the lease: %s", error)
             return
+        finally:
+            self._watch_store()  # a store that reconnected listens on another descriptor (or none, while down)
         if reclaimed:
             log.warning("queued %d task(s) again from a broker whose lease ran out", reclaimed)
 
