@@ -115,12 +115,30 @@ def _median(runs: Sequence[Run], value: Callable[[Run], float]) -> float:
     return Spread.of([value(run) for run in runs]).median
 
 
-def _ratio(mine: Sequence[Run], theirs: Sequence[Run] | None) -> str:
+def _ratio(mine: Sequence[Run], theirs: Sequence[Run] | None, cpu: bool = False) -> str:
+    """mine ÷ theirs: tasks/s and p50 (and p99 and CPU per call, with ``cpu``), medians of each."""
     if not theirs:
         return "—"
     rate = _median(mine, lambda r: r.rate) / _median(theirs, lambda r: r.rate)
     p50 = _median(mine, lambda r: r.p50_s) / _median(theirs, lambda r: r.p50_s)
-    return f"{rate:.2f}× · {p50:.2f}×"
+    if not cpu:
+        return f"{rate:.2f}× · {p50:.2f}×"
+    p99 = _median(mine, lambda r: r.p99_s) / _median(theirs, lambda r: r.p99_s)
+    mine_cpu, their_cpu = _cpu_median(mine), _cpu_median(theirs)
+    versus_cpu = f"{mine_cpu / their_cpu:.2f}×" if mine_cpu is not None and their_cpu else "—"
+    return f"{rate:.2f}× · {p50:.2f}× · {p99:.2f}× · {versus_cpu}"
+
+
+def _cpu_median(runs: Sequence[Run]) -> float | None:
+    """The median CPU seconds per blocking call of every process involved, None if not measured."""
+    values = [run.cpu_per_call_s for run in runs]
+    return None if any(value is None for value in values) else Spread.of([v for v in values if v is not None]).median
+
+
+def _cpu_cell(runs: Sequence[Run], role: str | None = None) -> str:
+    if any(run.cpu_s is None or (role is not None and role not in run.cpu_s) for run in runs):
+        return "—"
+    return _spread([(sum(run.cpu_s.values()) if role is None else run.cpu_s[role]) / run.calls for run in runs if run.cpu_s], 1e6)
 
 
 def rates(runs: Sequence[Run]) -> dict[tuple[str, int], float]:
@@ -133,8 +151,9 @@ def main_table(runs: Sequence[Run]) -> str:
     celery = {workers: group for (system, workers), group in groups.items() if system.startswith("celery-")}
     raw = {workers: group for (system, workers), group in groups.items() if system == "raw"}
     lines = [
-        "| system | workers | tasks/s | p50 ms | p99 ms | vs Celery: tasks/s · p50 | vs raw ceiling: tasks/s · p50 | results |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| system | workers | tasks/s | p50 ms | p99 ms | CPU µs/call | vs Celery: tasks/s · p50 "
+        "| vs raw ceiling: tasks/s · p50 · p99 · CPU | results |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for (system, workers), group in groups.items():
         versus_celery = None if system.startswith("celery-") else celery.get(workers)
@@ -142,9 +161,25 @@ def main_table(runs: Sequence[Run]) -> str:
         ok = all(run.sum_ok and run.calls_ok for run in group)
         lines.append(
             f"| {system} | {workers} | {_spread([r.rate for r in group])} | {_spread([r.p50_s for r in group], 1000)} "
-            f"| {_spread([r.p99_s for r in group], 1000)} | {_ratio(group, versus_celery)} | {_ratio(group, versus_raw)} "
-            f"| {'sums right' if ok else 'WRONG'} |"
+            f"| {_spread([r.p99_s for r in group], 1000)} | {_cpu_cell(group)} | {_ratio(group, versus_celery)} "
+            f"| {_ratio(group, versus_raw, cpu=True)} | {'sums right' if ok else 'WRONG'} |"
         )
+    return "\n".join(lines)
+
+
+CPU_ROLES = ("client", "broker", "node", "workers")
+
+
+def cpu_table(runs: Sequence[Run]) -> str:
+    """CPU per blocking call by process role, for the systems whose CPU was measured."""
+    lines = [
+        "| system | workers | CPU µs/call: client | broker | node | workers | all |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for (system, workers), group in _groups(runs).items():
+        if all(run.cpu_s is not None for run in group):
+            cells = " | ".join(_cpu_cell(group, role) for role in CPU_ROLES)
+            lines.append(f"| {system} | {workers} | {cells} | {_cpu_cell(group)} |")
     return "\n".join(lines)
 
 

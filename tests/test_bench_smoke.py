@@ -1,4 +1,5 @@
-"""The benchmark keeps working: ``python -m bench`` with tiny numbers prints every row, with right sums.
+"""The benchmark keeps working: ``python -m bench`` with tiny numbers prints every row, with right sums and
+the CPU per call.
 
 Real processes, as in a real run (Celery too when it is installed and a Redis is at hand); no time is asserted.
 """
@@ -34,16 +35,21 @@ def _celery_can_run() -> bool:
         return shutil.which("redis-server") is not None
 
 
-def _tables(report: str) -> list[dict[tuple[str, str], str]]:
-    """The Markdown tables of the report, in order: (system, workers) -> the last cell (the results check)."""
-    tables: list[dict[tuple[str, str], str]] = []
+def _tables(report: str) -> list[tuple[list[str], dict[tuple[str, str], list[str]]]]:
+    """The Markdown tables of the report, in order: (the header's cells, (system, workers) -> the row's cells)."""
+    tables: list[tuple[list[str], dict[tuple[str, str], list[str]]]] = []
     for line in report.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         if line.startswith("| system |"):
-            tables.append({})
+            tables.append((cells, {}))
         elif line.startswith("| ") and tables and len(cells) > 2 and cells[1].isdigit():
-            tables[-1][(cells[0], cells[1])] = cells[-1]
+            tables[-1][1][(cells[0], cells[1])] = cells
     return tables
+
+
+def _number(cell: str) -> float:
+    """The median in a cell such as ``1,234 (1,100–1,300)``."""
+    return float(cell.split(" ")[0].replace(",", ""))
 
 
 @pytest.mark.timeout(600)
@@ -54,9 +60,10 @@ def test_benchmark_prints_every_row_with_right_results(tmp_path: Path) -> None:
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
     report = done.stdout
     assert "- CPUs: " in report and "- Python " in report  # machine facts above the tables
-    rows, scale_rows = _tables(report)
-    expected = {("zerotask-memory", "1"), ("zerotask-memory", "2"), ("zerotask-sqlite", "1"), ("zerotask-sqlite", "2")}
-    expected |= {("raw", "1"), ("raw", "2")}
+    (header, rows), (cpu_header, cpu_rows), (_, scale_rows) = _tables(report)
+    measured = {("zerotask-memory", "1"), ("zerotask-memory", "2"), ("zerotask-sqlite", "1"), ("zerotask-sqlite", "2")}
+    measured |= {("raw", "1"), ("raw", "2")}
+    expected = set(measured)
     scale_expected = {("zerotask-memory", "2"), ("zerotask-sqlite", "2")}
     if _celery_can_run():
         expected |= {("celery-solo", "1"), ("celery-prefork", "2")}
@@ -64,9 +71,24 @@ def test_benchmark_prints_every_row_with_right_results(tmp_path: Path) -> None:
     else:
         assert "Celery left out" in report
     assert set(rows) == expected, report
-    assert all(check == "sums right" for check in rows.values()), report
+    assert all(cells[-1] == "sums right" for cells in rows.values()), report
     assert set(scale_rows) == scale_expected, report
-    assert all(check == "sample right" for check in scale_rows.values()), report
+    assert all(cells[-1] == "sample right" for cells in scale_rows.values()), report
+    # Latency side by side: p50, p99 and CPU per call, and the ratios of each to the raw ceiling.
+    p50, p99, cpu = header.index("p50 ms"), header.index("p99 ms"), header.index("CPU µs/call")
+    versus_raw = next(i for i, name in enumerate(header) if name.startswith("vs raw ceiling"))
+    for key in measured:
+        cells = rows[key]
+        assert _number(cells[p50]) > 0 and _number(cells[p99]) >= _number(cells[p50]) and _number(cells[cpu]) >= 0, report
+        assert len(cells[versus_raw].split(" · ")) == (1 if key[0] == "raw" else 4), report  # tasks/s, p50, p99, CPU
+    assert all(cells[cpu] == "—" for key, cells in rows.items() if key[0].startswith("celery")), report
+    # CPU per call by process: every process involved, and the sum.
+    assert cpu_header[2:] == ["CPU µs/call: client", "broker", "node", "workers", "all"], report
+    assert set(cpu_rows) == measured, report
+    for (system, _), cells in cpu_rows.items():
+        roles = dict(zip(cpu_header[2:], cells[2:], strict=True))
+        assert roles["node"] == "—" if system == "raw" else roles["node"] != "—", report
+        assert all(cell != "—" for role, cell in roles.items() if role != "node"), report
     assert "every result was right" in report
     assert not output.exists()  # --no-write
 
