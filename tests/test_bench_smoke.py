@@ -1,5 +1,5 @@
 """The benchmark keeps working: ``python -m bench`` with tiny numbers prints every row, with right sums and
-the CPU per call.
+the CPU per call, and ``python -m bench.trace`` traces a call through every hop.
 
 Real processes, as in a real run (Celery too when it is installed and a Redis is at hand); no time is asserted.
 """
@@ -103,3 +103,40 @@ def test_report_is_appended_under_a_header(tmp_path: Path) -> None:
     assert text.startswith(HEADER.splitlines()[0])
     assert text.count("# Benchmarks") == 1
     assert text.index("## first run") < text.index("## second run")
+
+
+@pytest.mark.timeout(300)
+def test_trace_times_every_hop_of_a_call() -> None:
+    args = [sys.executable, "-m", "bench.trace", "--calls", "20", "--warmup", "5"]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=scaled(240))
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
+    rows = [[cell.strip() for cell in line.split("|")] for line in done.stdout.splitlines() if line.startswith("| ")]
+    owners = {row[2] for row in rows if row[1].isdigit()}
+    assert owners == {"client", "broker", "node", "worker", "wire", "pipe"}, done.stdout
+    assert "**the whole call**" in done.stdout and "By owner" in done.stdout, done.stdout
+    # A probe that finds nothing to wrap means zerotask's hot path moved: update bench/probe.py and bench/trace.py.
+    assert "found nothing to wrap" not in done.stdout and "left out" not in done.stdout, done.stdout
+
+
+def test_trace_matches_stamps_to_their_call() -> None:
+    """Stamps are matched by task id, and a stamp naming no task by its place between its neighbours:
+    another task's message, or a heartbeat parsed between two hops of the call, is passed over."""
+    from bench.trace import POINTS, merge, walk
+
+    clock = iter(range(1_000, 1_000_000, 10))
+    stamps: dict[str, list[list[object]]] = {"client": [["mark.timed", 0, []]]}
+    expected = []
+    for role, name, keyed, _ in POINTS:
+        if (role, name) == ("broker", "recv"):  # before each, a message about something else
+            stamps.setdefault(role, []).extend([["recv", next(clock), ["another-task"]], ["loads", next(clock), []]])
+        keys = ["t1"] if keyed else []
+        if role == "client" and name in ("send", "recv"):
+            keys = ["#7", "t1"] if name == "send" else ["#7"]  # the reply names the request, not the task
+        elif (role, name) == ("broker", "send") and any(entry[0] == "send" for entry in stamps.get("broker", [])):
+            keys = ["#7"]
+        expected.append(next(clock))
+        stamps.setdefault(role, []).append([name, expected[-1], keys])
+    dumps = [{"role": role, "stamps": entries, "missing": []} for role, entries in stamps.items()]
+    merged, calls = merge(dumps)
+    assert [call[2] for call in calls] == ["t1"]
+    assert walk(merged, *calls[0]) == expected
