@@ -17,6 +17,7 @@ from typing import Any
 
 from bench import report
 from bench.config import BY_NAME, REPO_ROOT, SYSTEMS, Config, System
+from bench.cpu import TICKS_PER_S
 from bench.redis_env import RedisChoice, redis_for_celery
 from bench.stats import Run, ScaleRun
 
@@ -189,8 +190,8 @@ def _run(options: argparse.Namespace, workdir: Path, redis: RedisChoice, began: 
         "broker, node and worker: nothing else runs in the timed process, and nothing samples anything during a loop.",
         "- CPU/call: user + system CPU of every process involved (client, broker, node and its workers; raw: client, "
         "broker, workers), from /proc/PID/stat read after the warm-up and after the latency loop, never during it, "
-        "divided by the calls. The counters tick every 10 ms per process, so over "
-        f"{options.calls:,} calls a figure is good to about {10_000 / options.calls:.0f} µs per process. "
+        f"divided by the calls. The counters tick every {1000 / TICKS_PER_S:.0f} ms per process, so over "
+        f"{options.calls:,} calls a figure is good to about {1e6 / TICKS_PER_S / options.calls:.0f} µs per process. "
         "Not measured for Celery, whose Redis server may serve others too.",
         "- vs Celery: the ratio to Celery at the same concurrency (`--pool solo` for 1 worker, `--pool prefork -c N` "
         "for N); vs raw: to the raw pyzmq ceiling with as many worker processes. Above 1× is more tasks/s; "
