@@ -100,6 +100,11 @@ class AsyncClient:
             params["timeout_s"] = limit
         return self._control(wire.RESULT, params, limit)
 
+    def progress(self, task_id: str, timeout: float | None = None) -> dict[str, Any] | None:
+        """What the running task last reported (:func:`zerotask.report_progress`), or None."""
+        progress: dict[str, Any] | None = self._control(wire.PROGRESS, {"task_id": task_id}, timeout)
+        return progress
+
     def revoke(self, task_id: str, timeout: float | None = None) -> str:
         """Revoke a task (see :meth:`Client.revoke`); its handle then raises TaskRevoked."""
         state: str = self._control(wire.REVOKE, {"task_id": task_id}, timeout)

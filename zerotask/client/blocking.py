@@ -112,6 +112,12 @@ class Client:
             params["timeout_s"] = limit
         return self.rpc(wire.RESULT, params, limit)
 
+    def progress(self, task_id: str, timeout: float | None = None) -> dict[str, Any] | None:
+        """What the running task last reported (:func:`zerotask.report_progress`): ``{"done", "total",
+        "info"}``, or None (nothing reported, or no node runs it now). Raises UnknownTask."""
+        progress: dict[str, Any] | None = self.rpc(wire.PROGRESS, {"task_id": task_id}, self._timeout(timeout))
+        return progress
+
     def revoke(self, task_id: str, timeout: float | None = None) -> str:
         """Revoke a task: if queued it never runs, if running its worker is stopped. Returns the state
         afterwards (REVOKED, or the outcome it reached first). Waiting callers get TaskRevoked."""

@@ -51,6 +51,10 @@ class ControlAPI(Protocol):
     def result(self, task_id: str, timeout: float | None = None) -> Any:
         """Wait for the task's result; raises its error, or TaskTimeout."""
 
+    def progress(self, task_id: str, timeout: float | None = None) -> dict[str, Any] | None:
+        """What the running task last reported with ``report_progress``: ``{"done", "total", "info"}``,
+        or None (it reported nothing, or it is not running)."""
+
     def revoke(self, task_id: str, timeout: float | None = None) -> str:
         """Revoke the task; returns its state afterwards."""
 
