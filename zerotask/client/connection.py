@@ -25,15 +25,11 @@ import zmq
 
 from zerotask import jsonrpc, sockets, wire
 from zerotask.client.handle import TaskHandle
+from zerotask.client.packing import DEFAULT_MAX_MESSAGE_BYTES, MESSAGE_ROOM, pack
 from zerotask.exceptions import ZerotaskError, from_error_object
 from zerotask.loop import Silence
 
 log = logging.getLogger(__name__)
-
-BATCH_SIZE = 1000  # requests per message at most
-# Until the broker's first pong tells its own limit: the broker's default (zerotask.broker.transport).
-DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-MESSAGE_ROOM = 4096  # bytes kept free under the broker's limit
 
 
 class ConnectionClosed(ZerotaskError):
@@ -262,35 +258,8 @@ class BrokerConnection:
     # ---- messages under the broker's size limit ----------------------------------------------------
 
     def _send(self, batch: list[dict[str, Any]]) -> None:
-        """Send requests in messages of at most BATCH_SIZE requests (the broker reads a batch at once) and
-        of at most its limit less MESSAGE_ROOM bytes (a larger one drops our connection and what follows)."""
-        max_bytes = self.max_message_bytes - MESSAGE_ROOM
-        for start in range(0, len(batch), BATCH_SIZE):
-            chunk = batch[start : start + BATCH_SIZE]
-            payload = jsonrpc.dumps(chunk[0] if len(chunk) == 1 else chunk)
-            if len(payload) <= max_bytes:
-                self._send_bytes(payload)
-            else:  # rare (large arguments): encode one by one, and fill messages up to the limit
-                self._send_by_size(chunk, max_bytes)
-
-    def _send_by_size(self, chunk: list[dict[str, Any]], max_bytes: int) -> None:
-        group: list[bytes] = []
-        size = 1  # a JSON array of n items: "[", each item and a "," or the closing "]"
-        for request in chunk:
-            encoded = jsonrpc.dumps(request)
-            if len(encoded) > max_bytes:
-                self._refuse(request, len(encoded))
-                continue
-            if group and size + len(encoded) + 1 > max_bytes:
-                self._send_group(group)
-                group, size = [], 1
-            group.append(encoded)
-            size += len(encoded) + 1
-        if group:
-            self._send_group(group)
-
-    def _send_group(self, group: list[bytes]) -> None:
-        self._send_bytes(group[0] if len(group) == 1 else b"[" + b",".join(group) + b"]")
+        for payload in pack(batch, self.max_message_bytes, self._refuse):
+            self._send_bytes(payload)
 
     def _send_bytes(self, payload: bytes) -> None:
         assert self._socket is not None
