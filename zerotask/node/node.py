@@ -7,8 +7,9 @@ started, outcomes, tasks handed back, new credit) goes to the broker as one JSON
 
 The node also keeps its promises when things go wrong: a worker that dies or runs past its time limit
 is replaced and its task reported; a broker that falls silent is reconnected to with backoff (given
-several brokers, the node moves to the next one: :mod:`zerotask.failover`); SIGTERM hands back what has
-not started and lets running tasks finish within a grace period.
+several brokers, the node moves to the next one: :mod:`zerotask.failover`), and outcomes it may not
+have received are sent again (:mod:`zerotask.node.delivery`); SIGTERM hands back what has not started
+and lets running tasks finish within a grace period.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import zmq
 from zerotask import auth, failover, jsonrpc, sockets, wire
 from zerotask.describe import descriptions
 from zerotask.loop import EventLoop, Silence
+from zerotask.node.delivery import Deliveries
 from zerotask.node.metrics import NodeMetrics
 from zerotask.node.pool import ENVELOPE_ROOM, WorkerPool
 from zerotask.task import Dispatcher, default_dispatcher
@@ -38,6 +40,7 @@ DEFAULT_LIVENESS = 3
 DEFAULT_GRACE_S = 30.0
 ROUND_TRIP_S = 0.001  # about one node -> broker -> node exchange here; what adaptive prefetch covers
 MAX_PREFETCH_PER_WORKER = 64
+MAX_RUNNING_LISTED = 10_000  # task ids a connect may list as running: the broker's bound (docs/protocol.md, 1.5)
 
 
 class Node(EventLoop):
@@ -94,6 +97,7 @@ class Node(EventLoop):
         self._announce_drain = False
         self._socket: zmq.Socket[bytes] | None = None
         self._monitor: zmq.Socket[bytes] | None = None  # with several brokers: tells when the connection drops
+        self._deliveries = Deliveries()  # outcomes sent, not yet known to have arrived
         self._last_sent = 0.0
         self._silence = Silence(heartbeat_s, liveness)
         self._answered = False  # whether the broker ever said anything: if not, the hint is about keys
@@ -141,8 +145,9 @@ class Node(EventLoop):
 
     def _connect(self) -> None:
         """(Re)connect to the broker (the current one, of several) and announce ourselves, with the
-        tasks our workers hold so the broker keeps them ours. Tasks waiting here are dropped: a broker
-        that forgot us has queued them again."""
+        tasks our workers hold and those whose outcome it may not have (sent again after the connect),
+        so that the broker keeps them ours. Tasks waiting here are dropped: a broker that forgot us has
+        queued them again."""
         assert self.context is not None
         if self._socket is not None:
             self.remove_socket(self._socket)
@@ -158,13 +163,15 @@ class Node(EventLoop):
         self._released.clear()
         self._connects += 1
         self._credit_out = self._credit_wanted()
+        self._outcomes[:0] = self._deliveries.unconfirmed()
+        running = dict.fromkeys([*self.pool.running_ids(), *(outcome["task_id"] for outcome in self._outcomes)])
         methods = self.dispatcher.names()
         params = {
             "node": self.name,
             "methods": methods,
             "workers": self.worker_count,
             "credit": self._credit_out,
-            "running": self.pool.running_ids(),
+            "running": list(running)[:MAX_RUNNING_LISTED],
             "descriptions": descriptions(self.dispatcher, methods),  # for rpc.discover; bounded to 1 MiB
         }
         self._send(jsonrpc.request(wire.CONNECT, params, f"connect-{self._connects}"))
@@ -206,6 +213,8 @@ class Node(EventLoop):
 
     def _on_broker_item(self, item: dict[str, Any]) -> None:
         if jsonrpc.is_response(item):
+            if self._deliveries.answered(item.get("id")):
+                return
             if item.get("error"):
                 log.error("the broker refused us: %s", item["error"])
             elif isinstance(item.get("result"), dict):
@@ -275,6 +284,7 @@ class Node(EventLoop):
             batch.append(jsonrpc.notification(wire.RUNNING_TASKS, {"task_ids": running}))
         if self._outcomes:
             batch.append(jsonrpc.notification(wire.FINISHED_TASKS, {"tasks": self._outcomes}))
+            self._deliveries.sent(self._outcomes)
             self._outcomes = []
         if self._released or self._announce_drain:
             batch.append(jsonrpc.notification(wire.RELEASE, {"task_ids": self._released, "draining": self._draining}))
@@ -305,7 +315,11 @@ class Node(EventLoop):
 
     def _heartbeat(self) -> None:
         self._check_silence()  # after a connect, nothing below is due
-        if time.monotonic() - self._last_sent >= self.heartbeat_s:
+        due = time.monotonic() - self._last_sent >= self.heartbeat_s
+        ping_id = self._deliveries.ping_id()
+        if ping_id is not None:  # its answer confirms the outcomes sent before it
+            self._send(jsonrpc.request(wire.PING, {}, ping_id))
+        if due:
             self._send(jsonrpc.notification(wire.HEARTBEAT, {}))
 
     def _check_silence(self) -> None:
