@@ -86,13 +86,14 @@ class Brokers:
         routing_id: bytes | None = None,
         unbounded: bool = False,
         curve: sockets.CurveKeys | None = None,
+        retry_max_ms: int = 0,
     ) -> tuple[sockets.Socket, sockets.Socket | None]:
         """A DEALER connected to the current endpoint and, with several endpoints, a monitor of its
-        ``events`` (see :func:`gone`); with one, None: there is nowhere to move to. Close both with
-        :func:`zerotask.sockets.close_watched`."""
+        ``events`` (see :func:`gone`; ``retry_max_ms``: see :func:`zerotask.sockets.watched_dealer`);
+        with one, None: there is nowhere to move to. Close both with :func:`zerotask.sockets.close_watched`."""
         if not self.several:
             return sockets.dealer(context, self.current, routing_id, unbounded, curve), None
-        return sockets.watched_dealer(context, self.current, events, routing_id, unbounded, curve)
+        return sockets.watched_dealer(context, self.current, events, routing_id, unbounded, curve, retry_max_ms)
 
 
 def gone(monitor: sockets.Socket) -> bool:

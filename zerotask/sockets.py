@@ -156,10 +156,15 @@ def watched_dealer(
     routing_id: bytes | None = None,
     unbounded: bool = False,
     curve: CurveKeys | None = None,
+    retry_max_ms: int = 0,
 ) -> tuple[Socket, Socket]:
     """A :func:`dealer` and the monitor that receives its connection ``events`` (``zmq.EVENT_*``),
-    watched from before it connects. Close both with :func:`close_watched`."""
+    watched from before it connects. Close both with :func:`close_watched`. ``retry_max_ms``: ZeroMQ
+    retries a connection every 100 ms; with this, ever less often, up to this interval (fewer events
+    for a monitor that goes unread for a while)."""
     sock = _dealer(context, routing_id, unbounded, curve)
+    if retry_max_ms:
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, retry_max_ms)
     monitor = watch(sock, events)
     sock.connect(endpoint)
     return sock, monitor

@@ -22,7 +22,7 @@ from zerotask import auth, failover, jsonrpc, sockets, wire
 from zerotask.client import calls
 from zerotask.client.calls import DEFAULT_ENDPOINT, TaskMethod, call_params, reachable
 from zerotask.exceptions import ProtocolError, TaskTimeout, from_error_object
-from zerotask.loop import Silence
+from zerotask.loop import MAX_SILENCE_S, Silence
 
 _KEYS_HINT = "check curve_secret and broker_key (or ZEROTASK_CURVE_SECRET, ZEROTASK_BROKER_KEY)"
 # With several brokers, an answer is first waited for this long on the DEALER alone, then on it and its
@@ -219,10 +219,11 @@ class Client:
 
     def _connected(self) -> zmq.Socket[bytes]:
         if self._socket is None:
-            # A monitor that nothing reads while the client is idle must stay small: only dropped
-            # connections, not every refused retry (a silence finds a broker that is not there).
-            events = zmq.EVENT_DISCONNECTED
-            self._socket, self._monitor = self.brokers.connect(zmq.Context.instance(), events, curve=self.curve)
+            # Nothing reads the monitor while the client is idle: ZeroMQ's retries of a broker that
+            # refuses (each an event) slow down to one every MAX_SILENCE_S, so that it stays small.
+            retry_max_ms = int(MAX_SILENCE_S * 1000)
+            connected = self.brokers.connect(zmq.Context.instance(), curve=self.curve, retry_max_ms=retry_max_ms)
+            self._socket, self._monitor = connected
             if self._monitor is not None:
                 self._poller = zmq.Poller()
                 self._poller.register(self._socket, zmq.POLLIN)
