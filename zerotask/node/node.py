@@ -24,8 +24,9 @@ import zmq
 from zerotask import auth, jsonrpc, sockets, wire
 from zerotask.describe import descriptions
 from zerotask.loop import EventLoop, Silence
+from zerotask.node.base import ENVELOPE_ROOM
 from zerotask.node.metrics import NodeMetrics
-from zerotask.node.pool import ENVELOPE_ROOM, WorkerPool
+from zerotask.node.pool import WorkerPool
 from zerotask.task import Dispatcher, default_dispatcher
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,8 @@ class Node(EventLoop):
 
     @property
     def worker_count(self) -> int:
-        return self.pool.count
+        """Tasks the node runs at once: what it asks the broker for, before the prefetch."""
+        return self.pool.slots
 
     def _outcomes_append(self, outcome: dict[str, Any]) -> None:
         self._outcomes.append(outcome)
