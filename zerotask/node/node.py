@@ -26,8 +26,8 @@ from zerotask.describe import descriptions
 from zerotask.loop import EventLoop, Silence
 from zerotask.node.base import ENVELOPE_ROOM
 from zerotask.node.metrics import NodeMetrics
-from zerotask.node.pool import WorkerPool
-from zerotask.task import Dispatcher, default_dispatcher
+from zerotask.node.pools import make_pool
+from zerotask.task import Dispatcher, PoolKind, default_dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,9 @@ class Node(EventLoop):
     certificate) and ``broker_key`` (the broker's public one), by default from ZEROTASK_CURVE_SECRET and
     ZEROTASK_BROKER_KEY, connect with CURVE; the broker must list this node's key with its nodes.
     ``metrics`` (``HOST:PORT``) serves Prometheus metrics there (:mod:`zerotask.node.metrics`); an
-    address beyond this machine needs ``insecure``.
+    address beyond this machine needs ``insecure``. ``pool``: "process" (worker processes: isolation,
+    hard time limits) or "thread" (threads of this process: I/O-bound tasks, the lowest latency), see
+    :mod:`zerotask.node.pools`; ``concurrency``: async tasks each worker runs at once.
     """
 
     def __init__(
@@ -68,6 +70,8 @@ class Node(EventLoop):
         broker_key: str | None = None,
         metrics: str | None = None,
         insecure: bool = False,
+        pool: PoolKind = "process",
+        concurrency: int = 1,
     ) -> None:
         super().__init__()
         # Prometheus on HOST:PORT (zerotask.node.metrics); beyond this machine only if ``insecure``.
@@ -81,7 +85,8 @@ class Node(EventLoop):
         self.liveness = liveness
         self.prefetch = prefetch
         self.grace_s = grace_s
-        self.pool = WorkerPool(self, self.dispatcher, workers or os.cpu_count() or 1, self._outcomes_append, time_limit_s)
+        count = workers or os.cpu_count() or 1
+        self.pool = make_pool(pool, self, self.dispatcher, count, self._outcomes_append, time_limit_s, concurrency)
         self._outcomes: list[dict[str, Any]] = []
         self._released: list[str] = []
         self._credit_out = 0  # credit granted to the broker and not yet used by it
