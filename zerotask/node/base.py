@@ -119,16 +119,18 @@ class BasePool:
         for task_id in task_ids:
             self._handed.pop(task_id, None)
 
-    def _take_sync(self, share: int) -> list[Task]:
-        """Up to ``share`` sync tasks from the head of the queue (which is one). A task with a time limit
-        goes alone, so that the limit's timer, started now, is the task's own."""
+    def _take_sync(self, share: int) -> tuple[list[Task], float | None]:
+        """Up to ``share`` sync tasks from the head of the queue (which is one), and the time limit of
+        the first. A task with a time limit goes alone, so that the limit's timer, started now, is the
+        task's own."""
         batch = [self.pending.popleft()]
-        if self._time_limit(batch[0]) is None:
+        limit = self._time_limit(batch[0])
+        if limit is None:
             while len(batch) < share and self.pending and not self._is_async(self.pending[0]):
                 if self._time_limit(self.pending[0]) is not None:
                     break
                 batch.append(self.pending.popleft())
-        return batch
+        return batch, limit
 
     def _is_async(self, task: Task) -> bool:
         return self._dispatcher.is_async(task.get("method", ""))

@@ -110,8 +110,11 @@ class WorkerPool(BasePool):
         idle = [worker for worker in self.workers if worker.idle and worker.kill_reason is None]
         if not idle:
             return False
-        batch = self._take_sync(min(self.batch_size, math.ceil(len(self.pending) / len(idle))))
-        self._handed_over(idle[0], batch, sync=True)
+        batch, limit = self._take_sync(min(self.batch_size, math.ceil(len(self.pending) / len(idle))))
+        slots = idle[0].run(batch, sync=True)
+        if limit is not None:  # killed at its limit
+            self._limit(idle[0], slots[0], batch[0], limit)
+        self._note_handed(batch, time.monotonic())
         return True
 
     def _hand_async(self) -> bool:
@@ -124,18 +127,16 @@ class WorkerPool(BasePool):
         batch = [self.pending.popleft()]
         while len(batch) < share and self.pending and self._is_async(self.pending[0]):
             batch.append(self.pending.popleft())
-        self._handed_over(worker, batch, sync=False)
+        for slot, task in zip(worker.run(batch, sync=False), batch, strict=True):
+            limit = self._time_limit(task)
+            if limit is not None:  # cancelled at its limit by its worker; killed if that did not end it
+                self._limit(worker, slot, task, limit + ASYNC_LIMIT_MARGIN_S)
+        self._note_handed(batch, time.monotonic())
         return True
 
-    def _handed_over(self, worker: Worker, batch: list[Task], sync: bool) -> None:
-        for slot, task in zip(worker.run(batch, sync), batch, strict=True):
-            limit = self._time_limit(task)
-            if limit is not None:
-                # A sync task is killed at its limit; an async one is cancelled there by its worker.
-                after = limit if sync else limit + ASYNC_LIMIT_MARGIN_S
-                timer = self._server.call_later(after, functools.partial(self._time_up, worker, slot, task))
-                self._limits[task["task_id"]] = timer
-        self._note_handed(batch, time.monotonic())
+    def _limit(self, worker: Worker, slot: int, task: Task, after_s: float) -> None:
+        timer = self._server.call_later(after_s, functools.partial(self._time_up, worker, slot, task))
+        self._limits[task["task_id"]] = timer
 
     def _time_up(self, worker: Worker, slot: int, task: Task) -> None:
         self._limits.pop(task["task_id"], None)

@@ -202,11 +202,10 @@ class ThreadPool(BasePool):
             for position, runner in enumerate(idle):
                 if not self.pending:
                     break
-                batch = self._take_sync(min(self.batch_size, math.ceil(len(self.pending) / (len(idle) - position))))
+                batch, limit = self._take_sync(min(self.batch_size, math.ceil(len(self.pending) / (len(idle) - position))))
                 runner.batch.extend(batch)
                 runner.inbox.put(batch)
                 self._note_handed(batch, time.monotonic())
-                limit = self._time_limit(batch[0])  # only the first may have one: such a task goes alone
                 if limit is not None:
                     timer = self._server.call_later(limit, functools.partial(self._time_up, runner, batch[0]))
                     self._limits[batch[0]["task_id"]] = timer
