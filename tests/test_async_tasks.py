@@ -4,6 +4,7 @@ tasks handed over together."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Iterator
@@ -159,3 +160,54 @@ def test_a_worker_process_that_dies_fails_the_async_tasks_it_ran(cluster: Cluste
                 handle.result(scaled(20))
             assert raised.value.type == "WorkerLost"
         assert client.nap(0).result(scaled(20))["pid"]  # a new worker serves
+
+
+# ---- in-process: the registry and eager mode ----------------------------------------------------
+
+
+def test_an_async_task_runs_in_eager_mode_too() -> None:
+    from zerotask.eager import EagerClient
+    from zerotask.task import Dispatcher, task
+
+    dispatcher = Dispatcher()
+
+    @task(dispatcher=dispatcher)
+    async def double(value: int) -> int:
+        await asyncio.sleep(0)
+        return 2 * value
+
+    @task(dispatcher=dispatcher)
+    async def refuse() -> None:
+        raise KeyError("no")
+
+    client = EagerClient(dispatcher)
+    assert client.double(21) == 42
+    with pytest.raises(TaskError) as raised:
+        client.refuse()
+    assert raised.value.type == "KeyError"
+
+
+def test_a_cancelled_error_a_task_raises_itself_is_its_error() -> None:
+    """Only the cancellation of the task running it (revoke, time limit) passes through run_async."""
+    from zerotask.task import Dispatcher, task
+
+    dispatcher = Dispatcher()
+
+    @task(dispatcher=dispatcher)
+    async def gives_up() -> None:
+        raise asyncio.CancelledError()
+
+    result, error = asyncio.run(dispatcher.run_async("gives_up", [], {}))
+    assert result is None and error is not None and error["data"]["type"].endswith("CancelledError")
+
+
+def test_pool_options_are_checked() -> None:
+    from zerotask.node import Node
+    from zerotask.task import task
+
+    with pytest.raises(ValueError):
+        task(pool="greenlet")  # type: ignore[call-overload]
+    with pytest.raises(ValueError):
+        Node(pool="greenlet")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Node(pool="thread", concurrency=0)
