@@ -211,3 +211,5 @@ def test_pool_options_are_checked() -> None:
         Node(pool="greenlet")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         Node(pool="thread", concurrency=0)
+    with pytest.raises(ValueError):  # more running tasks than a broker accepts from a reconnecting node
+        Node(pool="thread", workers=100, concurrency=101)

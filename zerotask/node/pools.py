@@ -23,6 +23,10 @@ from zerotask.node.pool import WorkerPool
 from zerotask.node.threads import ThreadPool
 from zerotask.task import POOLS, Dispatcher, PoolKind
 
+# Tasks a node may run at once: a node lists them when it reconnects, and the broker accepts at most
+# 10,000 (zerotask.broker.node_protocol.MAX_RUNNING).
+MAX_SLOTS = 10_000
+
 
 def make_pool(
     kind: PoolKind,
@@ -34,11 +38,13 @@ def make_pool(
     concurrency: int = 1,
 ) -> Pool:
     """The pool (or pools) for a node of ``kind`` with ``workers`` workers. Raises ValueError for an
-    unknown kind, or fewer than one worker or one async task at once."""
+    unknown kind, fewer than one worker or one async task at once, or more than MAX_SLOTS at once."""
     if kind not in POOLS:
         raise ValueError(f"pool must be one of {', '.join(POOLS)}")
     if workers < 1 or concurrency < 1:
         raise ValueError("workers and concurrency must be at least 1")
+    if workers * concurrency > MAX_SLOTS:
+        raise ValueError(f"workers x concurrency must be at most {MAX_SLOTS:,}")
     other_kind: PoolKind = "thread" if kind == "process" else "process"
     tasks = dispatcher.tasks()
     others = {task.name for task in tasks if task.options.pool == other_kind}
