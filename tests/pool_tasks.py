@@ -92,6 +92,13 @@ async def async_overrun(path: str, seconds: float) -> str:
     return "woke"
 
 
+@task(time_limit=0.3)
+async def async_blocks(seconds: float) -> str:
+    """Blocks its event loop (a sync sleep): cancelling cannot reach it."""
+    time.sleep(seconds)
+    return "blocked"
+
+
 @task
 async def async_mark_then_nap(path: str, seconds: float, done: str) -> str:
     _mark(path)

@@ -147,6 +147,26 @@ def test_by_default_a_worker_runs_one_async_task_at_a_time(cluster: Cluster, poo
     assert all(earlier["ended"] <= later["started"] for earlier, later in zip(naps, naps[1:], strict=False))
 
 
+@pytest.mark.parametrize("pool", POOLS)
+def test_an_async_task_blocking_its_loop_fails_a_second_after_its_limit(cluster: Cluster, pool: str) -> None:
+    """Cancelling cannot reach a task that never awaits: the node's own limit answers the caller (and,
+    for a worker process, kills it)."""
+    cluster.start_broker()
+    node = cluster.start_node(*MODULES, workers=1, extra=["--pool", pool])
+    client = cluster.client()
+    before = client.nap(0)["pid"]
+    began = time.monotonic()
+    with pytest.raises(TaskError) as raised:
+        client.async_blocks(4.0)
+    assert raised.value.type == "TimeLimitExceeded"
+    assert 0.3 <= time.monotonic() - began < scaled(3.5)  # 0.3 s + ASYNC_LIMIT_MARGIN_S, not 4 s
+    after = client.nap(0)["pid"]
+    if pool == "process":
+        assert after != before  # the worker was killed
+    else:
+        assert after == before == node.pid
+
+
 def test_a_worker_process_that_dies_fails_the_async_tasks_it_ran(cluster: Cluster) -> None:
     """Any of the async tasks a worker runs at once may have killed it: all of them are blamed."""
     cluster.start_broker()

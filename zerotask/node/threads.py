@@ -254,7 +254,8 @@ class ThreadPool(BasePool):
 
     def _async_time_up(self, key: int, task: Task) -> None:
         self._limits.pop(task["task_id"], None)
-        if self._running_async.pop(key, None) is task:
+        if self._running_async.pop(key, None) is task:  # its outcome, should it come, is discarded
+            self._revoked.discard(task["task_id"])
             log.warning(
                 "async task %s (%s) still runs past its time limit: is it blocking the event loop?",
                 task["task_id"],
