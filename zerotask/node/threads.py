@@ -125,13 +125,15 @@ class ThreadPool(BasePool):
             tasks = receive()
             if tasks is None:
                 return
+            before = time.monotonic()
             for task in tasks:
                 if task["task_id"] in revoked:
                     ended.append((runner, None, 0, 0.0))
                 else:
-                    started = time.monotonic()
                     outcome, encoded = execute(dispatcher, task)
-                    ended.append((runner, outcome, len(encoded), time.monotonic() - started))
+                    now = time.monotonic()
+                    ended.append((runner, outcome, len(encoded), now - before))
+                    before = now
                 wake()
 
     def _wake(self) -> None:
