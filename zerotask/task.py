@@ -92,7 +92,9 @@ class Dispatcher:
 
     def call(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         """Run task ``name``; raises UnknownMethod, InvalidParams, or whatever the task raises."""
-        found = self._tasks.get(name)
+        return self._call(self._tasks.get(name), name, args, kwargs)
+
+    def _call(self, found: Task | None, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         if found is None:
             raise UnknownMethod(f"Method not found: {name}")
         try:
@@ -112,7 +114,8 @@ class Dispatcher:
         end the task, not the process running it). ``attempt`` (0 on the first run) decides whether the
         error asks for a retry. An async task runs to completion on a new event loop (as in eager mode);
         called from a running event loop, that is the task's error: await :meth:`run_async` there."""
-        if self.is_async(name):
+        found = self._tasks.get(name)
+        if found is not None and found.is_async:
             try:
                 asyncio.get_running_loop()
             except RuntimeError:
@@ -120,7 +123,7 @@ class Dispatcher:
             error = RuntimeError(f"{name} is async def: inside an event loop, await Dispatcher.run_async")
             return None, self.failure(name, error, "", attempt)
         try:
-            return self.call(name, args, kwargs), None
+            return self._call(found, name, args, kwargs), None
         except (UnknownMethod, InvalidParams) as error:
             return None, error.to_error_object()
         except BaseException as error:  # the task's own failure travels to the caller

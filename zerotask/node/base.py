@@ -91,6 +91,9 @@ class BasePool:
         self._wake_pending = False
         self.service_s = 1.0  # moving average of one task's time, pessimistic until measured
         self._limits: dict[str, Timer] = {}  # task id -> the timer of its time limit
+        # What no task can be, it need not be asked (a client may give any task a limit of its own).
+        self._any_async = any(task.is_async for task in dispatcher.tasks())
+        self._any_limit = default_time_limit_s is not None or any(task.options.time_limit_s for task in dispatcher.tasks())
 
     def dispatch(self) -> None:
         """Hand waiting tasks to free workers."""
@@ -123,17 +126,22 @@ class BasePool:
         """Up to ``share`` sync tasks from the head of the queue (which is one), and the time limit of
         the first. A task with a time limit goes alone, so that the limit's timer, started now, is the
         task's own."""
-        batch = [self.pending.popleft()]
+        pending = self.pending
+        batch = [pending.popleft()]
         limit = self._time_limit(batch[0])
         if limit is None:
-            while len(batch) < share and self.pending and not self._is_async(self.pending[0]):
-                if self._time_limit(self.pending[0]) is not None:
+            any_async, any_limit = self._any_async, self._any_limit
+            while len(batch) < share and pending:
+                following = pending[0]
+                if (any_async and self._is_async(following)) or (
+                    (any_limit or "time_limit_s" in following) and self._time_limit(following) is not None
+                ):
                     break
-                batch.append(self.pending.popleft())
+                batch.append(pending.popleft())
         return batch, limit
 
     def _is_async(self, task: Task) -> bool:
-        return self._dispatcher.is_async(task.get("method", ""))
+        return self._any_async and self._dispatcher.is_async(task.get("method", ""))
 
     def _time_limit(self, task: Task) -> float | None:
         return time_limit_s(self._dispatcher, task, self.default_time_limit_s)

@@ -17,7 +17,7 @@ from multiprocessing.connection import Connection
 
 from zerotask import jsonrpc
 from zerotask.node.aio import AsyncTasks
-from zerotask.node.outcome import Outcome, execute
+from zerotask.node.outcome import Outcome, Task, execute
 from zerotask.task import Dispatcher
 
 FLUSH_S = 0.001  # the longest a finished task's outcome waits in the worker for others to join it
@@ -66,40 +66,51 @@ class _Child:
         self._dispatcher = dispatcher
         self._default_time_limit_s = default_time_limit_s
         self.aio: AsyncTasks | None = None
-        self._slots: list[bytes] = []  # the slots and outcomes of tasks ended since the last report
+        self._slots: list[bytes] = []  # the slots and outcomes of async tasks ended since the last report
         self._outcomes: list[bytes] = []
         self._busy_s = 0.0
         self._flush_due = False
 
     def handle(self, message: bytes) -> None:
-        """A hand-off ``{"slots": [...], "tasks": [...]}``, or ``{"cancel": [slot, ...]}``."""
+        """A sync batch ``{"tasks": [...]}`` (in slots 0, 1...: it comes only when nothing else runs),
+        async tasks ``{"slots": [...], "tasks": [...]}``, or ``{"cancel": [slot, ...]}``."""
         order = jsonrpc.loads(message)
         if "cancel" in order:
             for slot in order["cancel"]:
                 if self.aio is not None:
                     self.aio.cancel(slot)
-            return
-        shared, states, dispatcher = self._shared, self._states, self._dispatcher
-        last_flush = before = time.monotonic()
-        for slot, task in zip(order["slots"], order["tasks"], strict=True):
-            shared[states + slot] = STARTED  # first the state, then the mark: see zerotask.node.worker
-            if shared[slot]:
-                shared[states + slot] = DONE
-                self._ended(slot, b"null")  # revoked while it waited: the broker has recorded that already
-            elif dispatcher.is_async(task["method"]):
-                self._async().start(slot, task)
-            else:
-                encoded = execute(dispatcher, task)[1]
-                shared[states + slot] = DONE
-                self._ended(slot, encoded)
-            now = time.monotonic()
-            self._busy_s += now - before
-            before = now
-            if now - last_flush >= FLUSH_S and self._outcomes:
+        elif "slots" in order:
+            aio = self._async()
+            for slot, task in zip(order["slots"], order["tasks"], strict=True):
+                self._shared[self._states + slot] = STARTED  # first the state, then the mark: see zerotask.node.worker
+                if self._shared[slot]:
+                    self._async_done(slot, None, b"null", 0.0)  # revoked while it waited: recorded already
+                else:
+                    aio.start(slot, task)
+            if self._outcomes and not aio.loop.is_running():  # all passed over: no loop to flush them
                 self._flush()
-                last_flush = now
-        if self._outcomes:
-            self._flush()
+        else:
+            self._run_sync(order["tasks"])
+
+    def _run_sync(self, tasks: list[Task]) -> None:
+        """Run a batch one task after the other; outcomes go back in order, together at the end or every
+        FLUSH_S while it runs long, so the node hears promptly without a message per task."""
+        shared, states, dispatcher = self._shared, self._states, self._dispatcher
+        finished: list[bytes] = []
+        last_flush = time.monotonic()
+        for position, task in enumerate(tasks):
+            shared[states + position] = STARTED  # first the state, then the mark: see zerotask.node.worker
+            if shared[position]:
+                finished.append(b"null")  # revoked while it waited: the broker has recorded that already
+            else:
+                finished.append(execute(dispatcher, task)[1])
+            shared[states + position] = DONE
+            now = time.monotonic()
+            if now - last_flush >= FLUSH_S:
+                self._send(b'{"busy_s":%f,"outcomes":[%b]}' % (now - last_flush, b",".join(finished)))
+                finished, last_flush = [], now
+        if finished:
+            self._send(b'{"busy_s":%f,"outcomes":[%b]}' % (time.monotonic() - last_flush, b",".join(finished)))
 
     def drive(self) -> None:
         """Run the event loop until no async task runs, handling what the pipe brings meanwhile."""
@@ -136,24 +147,24 @@ class _Child:
     def _async_done(self, slot: int, outcome: Outcome | None, encoded: bytes, seconds: float) -> None:
         self._shared[self._states + slot] = DONE
         self._busy_s += seconds
-        self._ended(slot, encoded)
+        self._slots.append(b"%d" % slot)
+        self._outcomes.append(encoded)
         if not self._flush_due:  # outcomes that end in the same round of the loop leave together
             self._flush_due = True
             assert self.aio is not None
             self.aio.loop.call_soon(self._flush)
 
-    def _ended(self, slot: int, encoded: bytes) -> None:
-        self._slots.append(b"%d" % slot)
-        self._outcomes.append(encoded)
-
     def _flush(self) -> None:
-        """Send ``{"busy_s", "slots", "outcomes"}``: the node learns from busy_s how long a task takes
-        when it runs, not when it waits for a CPU."""
+        """Send the async outcomes that ended, ``{"busy_s", "slots", "outcomes"}``: the node learns from
+        busy_s how long a task takes when it runs, not when it waits for a CPU."""
         self._flush_due = False
         if not self._outcomes:
             return
         report = b'{"busy_s":%f,"slots":[%b],"outcomes":[%b]}' % (self._busy_s, b",".join(self._slots), b",".join(self._outcomes))
         self._slots, self._outcomes, self._busy_s = [], [], 0.0
+        self._send(report)
+
+    def _send(self, report: bytes) -> None:
         try:
             self._connection.send_bytes(report)
         except OSError:

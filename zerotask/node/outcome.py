@@ -18,6 +18,8 @@ from zerotask.task import Dispatcher
 
 Task = dict[str, Any]
 Outcome = dict[str, Any]
+_NO_ARGS: list[Any] = []  # only ever unpacked: one shared default rather than a new one per task
+_NO_KWARGS: dict[str, Any] = {}
 
 
 def execute(dispatcher: Dispatcher, task: Task) -> tuple[Outcome, bytes]:
@@ -25,7 +27,7 @@ def execute(dispatcher: Dispatcher, task: Task) -> tuple[Outcome, bytes]:
     it raises (BaseException included) and a result that is not JSON are the task's error."""
     traceparent = task.get("traceparent")
     run = dispatcher.run if traceparent is None else tracing.in_trace(traceparent, dispatcher.run)
-    result, error = run(task["method"], task.get("args", []), task.get("kwargs", {}), _attempt(task))
+    result, error = run(task["method"], task.get("args", _NO_ARGS), task.get("kwargs", _NO_KWARGS), _attempt(task))
     return encode(task, result, error)
 
 
@@ -33,7 +35,7 @@ async def execute_async(dispatcher: Dispatcher, task: Task) -> tuple[Outcome, by
     """:func:`execute` for an ``async def`` task, awaited in the calling asyncio task. Raises
     CancelledError only when that task is cancelled (see :meth:`Dispatcher.run_async`)."""
     traceparent = task.get("traceparent")
-    call = dispatcher.run_async(task["method"], task.get("args", []), task.get("kwargs", {}), _attempt(task))
+    call = dispatcher.run_async(task["method"], task.get("args", _NO_ARGS), task.get("kwargs", _NO_KWARGS), _attempt(task))
     if traceparent is None:
         result, error = await call
     else:

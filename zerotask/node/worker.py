@@ -5,13 +5,14 @@ cross a fork, and a pipe is all one process needs to hear from its parent. Forki
 spawning) keeps the tasks a script registered before ``Node().start()``, as the seed's examples do.
 
 Every task handed over takes a *slot* (a small number, free again once its outcome is back). The node
-sends ``{"slots": [...], "tasks": [...]}``: a batch of sync tasks, which the worker runs one after
-the other and only when it holds nothing else, or async tasks, which it starts at once on its event
-loop, up to ``concurrency`` at a time. The worker answers ``{"busy_s", "slots", "outcomes"}``: the
-outcomes (``{"task_id", "result"}`` or ``{"task_id", "error"}``, or ``null`` for a task it passed
-over or that was cancelled) of the tasks that ended since its last answer, at least every
-millisecond while a batch runs, with the seconds it spent on them. ``{"cancel": [slot, ...]}`` cancels
-running async tasks.
+sends a batch of sync tasks ``{"tasks": [...]}`` only to an idle worker, which runs them one after the
+other in slots 0, 1, 2...; or async tasks ``{"slots": [...], "tasks": [...]}``, which the worker starts
+at once on its event loop, up to ``concurrency`` at a time, while it runs no sync batch. The worker
+answers ``{"busy_s", "outcomes"}`` for a sync batch, in order, and ``{"busy_s", "slots", "outcomes"}``
+for async tasks, as they end: the outcomes (``{"task_id", "result"}`` or ``{"task_id", "error"}``, or
+``null`` for a task it passed over or that was cancelled) of the tasks that ended since its last
+answer, at least every millisecond while a batch runs, with the seconds it spent on them.
+``{"cancel": [slot, ...]}`` cancels running async tasks.
 
 The node and the worker also share a few bytes of memory, mapped before the fork, so that what each
 must know of the other's progress costs no message and no system call per task:
@@ -33,6 +34,7 @@ from __future__ import annotations
 import logging
 import mmap
 import multiprocessing
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -43,6 +45,7 @@ from zerotask.task import Dispatcher
 log = logging.getLogger(__name__)
 
 _fork = multiprocessing.get_context("fork")
+_ZEROS = bytes(MAX_BATCH)
 Task = dict[str, Any]
 
 
@@ -75,7 +78,8 @@ class Worker:
         self.process.start()
         child_end.close()
         self.in_flight: dict[int, Task] = {}  # slot -> task handed over, no outcome yet
-        self._free = list(range(self._slots - 1, -1, -1))
+        self._free = list(range(self._slots - 1, -1, -1))  # for async tasks: a sync batch runs alone in 0, 1...
+        self._next = 0  # the slot of the next outcome of a sync batch
         self._sync = False  # whether what it holds is a sync batch: then it takes nothing more
         self.kill_reason: str | None = None  # why the node killed it: "timeout", "revoked", "shutdown"
         self.overdue: Task | None = None  # the task whose time limit it was killed for
@@ -94,17 +98,25 @@ class Worker:
             return 0
         return self.concurrency - len(self.in_flight)
 
-    def run(self, tasks: list[Task], sync: bool) -> list[int]:
+    def run(self, tasks: list[Task], sync: bool) -> Sequence[int]:
         """Hand over tasks: a sync batch of at most MAX_BATCH (only when idle), run one after the other,
         or async tasks (at most :meth:`room`), started at once; returns their slots. If the process has
         died, they wait for :meth:`receive` to say so."""
-        shared, states, slots = self._shared, self._slots, []
+        shared, states = self._shared, self._slots
+        self._sync = sync
+        if sync:  # the process is idle: it sent the outcomes of every slot
+            count = len(tasks)
+            shared[:count] = shared[states : states + count] = _ZEROS[:count]
+            self.in_flight = dict(enumerate(tasks))
+            self._next = 0
+            self._send({"tasks": tasks})
+            return range(count)
+        slots = []
         for task in tasks:
             slot = self._free.pop()
-            shared[slot] = shared[states + slot] = 0  # the process is done with this slot: it sent its outcome
+            shared[slot] = shared[states + slot] = 0
             self.in_flight[slot] = task
             slots.append(slot)
-        self._sync = sync
         self._send({"slots": slots, "tasks": tasks})
         return slots
 
@@ -127,15 +139,18 @@ class Worker:
         except (EOFError, OSError):
             return None
         report = jsonrpc.loads(encoded)
-        ended: list[tuple[Task, dict[str, Any] | None]] = []
-        for slot, outcome in zip(report["slots"], report["outcomes"], strict=True):
-            task = self.in_flight.pop(slot)
-            self._free.append(slot)
-            if self.revoked and task["task_id"] in self.revoked:
-                self.revoked.discard(task["task_id"])
-                outcome = None
-            ended.append((task, outcome))
-        if not self.in_flight:
+        outcomes: list[dict[str, Any] | None] = report["outcomes"]
+        in_flight = self.in_flight
+        if "slots" in report:  # async tasks, in the order they ended
+            ended = [(in_flight.pop(slot), outcome) for slot, outcome in zip(report["slots"], outcomes, strict=True)]
+            self._free.extend(report["slots"])
+        else:  # a sync batch, in order
+            ended = [(in_flight.pop(position), outcome) for position, outcome in enumerate(outcomes, self._next)]
+            self._next += len(outcomes)
+        if self.revoked:
+            ended = [(task, None if task["task_id"] in self.revoked else outcome) for task, outcome in ended]
+            self.revoked.difference_update(task["task_id"] for task, _ in ended)
+        if not in_flight:
             self._sync = False
         return ended, float(report["busy_s"]), len(encoded)
 
