@@ -168,8 +168,11 @@ class ThreadPool(BasePool):
         return in_threads + [task["task_id"] for task in self._running_async.values()]
 
     def add(self, tasks: list[Task]) -> None:
-        for task in tasks:
-            (self._waiting_async if self._is_async(task) else self.pending).append(task)
+        if not self._any_async:
+            self.pending.extend(tasks)
+        else:
+            for task in tasks:
+                (self._waiting_async if self._is_async(task) else self.pending).append(task)
         self.dispatch()
 
     def take_pending(self) -> list[str]:
@@ -271,7 +274,7 @@ class ThreadPool(BasePool):
         except BlockingIOError:
             pass
         self._signalled = False  # before taking the outcomes: one that arrives from now on wakes us again
-        ended, busy_s, count = self._ended, 0.0, 0
+        ended, revoked, busy_s, count = self._ended, self._revoked, 0.0, 0
         while ended:
             runner, outcome, size, seconds = ended.popleft()
             task = runner.batch.popleft()
@@ -282,24 +285,25 @@ class ThreadPool(BasePool):
                     self._abandoned.remove(runner)
                     self._top_up()
                 continue
-            self._delivered(task, outcome, size)
+            if revoked and task["task_id"] in revoked:
+                revoked.discard(task["task_id"])
+                outcome = None
+            self._deliver(task, outcome, size)
         async_ended = self._async_ended
         while async_ended:
             key, outcome, size, seconds = async_ended.popleft()
             async_task = self._running_async.pop(key, None)
             busy_s += seconds
             count += 1
-            if async_task is not None:  # None: failed at its time limit, or the grace period is over
-                self._delivered(async_task, outcome, size)
+            if async_task is None:  # failed at its time limit, or the grace period is over
+                continue
+            if revoked and async_task["task_id"] in revoked:
+                revoked.discard(async_task["task_id"])
+                outcome = None
+            self._deliver(async_task, outcome, size)
         if count:
             self._measured(busy_s, count)
         self.dispatch()
-
-    def _delivered(self, task: Task, outcome: Outcome | None, size: int) -> None:
-        if self._revoked and task["task_id"] in self._revoked:
-            self._revoked.discard(task["task_id"])
-            outcome = None
-        self._deliver(task, outcome, size)
 
 
 def _wake_pair() -> tuple[int, int]:
