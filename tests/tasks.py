@@ -215,3 +215,26 @@ def unique_sleep(seconds: float, label: str = "") -> float:
     """At most one queued or running task per arguments (for 30 s)."""
     time.sleep(seconds)
     return seconds
+
+
+@task
+def count_up(steps: int, pause_s: float) -> int:
+    """Report progress at every step: done of steps, with the step's name."""
+    from zerotask import report_progress
+
+    for step in range(1, steps + 1):
+        time.sleep(pause_s)
+        report_progress(step, steps, {"step": f"s{step}"})
+    return steps
+
+
+@task
+async def count_up_async(steps: int, pause_s: float) -> int:
+    import asyncio
+
+    from zerotask import report_progress
+
+    for step in range(1, steps + 1):
+        await asyncio.sleep(pause_s)
+        report_progress(step, steps)
+    return steps

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from zerotask import jsonrpc
 from zerotask.exceptions import TimeLimitExceeded
 from zerotask.node.outcome import Outcome, Task, execute_async, failure, time_limit_message, time_limit_s
+from zerotask.progress import Sink
 from zerotask.task import Dispatcher
 
 ASYNC_LIMIT_MARGIN_S = 1.0  # after its limit, how long the node waits for an async task's outcome before acting
@@ -31,9 +32,15 @@ class AsyncTasks:
     limit of tasks that have none of their own."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, dispatcher: Dispatcher, done: Done, default_time_limit_s: float | None
+        self,
+        loop: asyncio.AbstractEventLoop,
+        dispatcher: Dispatcher,
+        done: Done,
+        default_time_limit_s: float | None,
+        progress: Sink | None = None,
     ) -> None:
         self.loop = loop
+        self._progress = progress
         self._dispatcher = dispatcher
         self._done = done
         self._default_time_limit_s = default_time_limit_s
@@ -73,10 +80,10 @@ class AsyncTasks:
         outcome: Outcome | None
         try:
             if limit_s is None:
-                outcome, encoded = await execute_async(self._dispatcher, task)
+                outcome, encoded = await execute_async(self._dispatcher, task, self._progress)
             else:
                 async with asyncio.timeout(limit_s):
-                    outcome, encoded = await execute_async(self._dispatcher, task)
+                    outcome, encoded = await execute_async(self._dispatcher, task, self._progress)
         except TimeoutError:  # only the limit's: execute_async never raises what the task raises
             outcome = failure(self._dispatcher, task, TimeLimitExceeded(time_limit_message(task, limit_s)))
             encoded = jsonrpc.dumps(outcome)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from zerotask import jsonrpc
 from zerotask.exceptions import ResultTooLarge, ZerotaskError
@@ -63,6 +63,7 @@ class Pool(Protocol):
     def kill_busy(self) -> None: ...
     def running_ids(self) -> list[str]: ...
     def due_running(self) -> list[str]: ...
+    def take_progress(self) -> list[dict[str, Any]]: ...
 
 
 class BasePool:
@@ -90,6 +91,7 @@ class BasePool:
         self._handed: dict[str, float] = {}  # task id -> when a worker got it; until reported running
         self._wake_pending = False
         self.service_s = 1.0  # moving average of one task's time, pessimistic until measured
+        self.progress: list[dict[str, Any]] = []  # what running tasks reported (report_progress), to send on
         self._limits: dict[str, Timer] = {}  # task id -> the timer of its time limit
         # What no task can be, it need not be asked (a client may give any task a limit of its own).
         self._any_async = any(task.is_async for task in dispatcher.tasks())
@@ -160,6 +162,11 @@ class BasePool:
         if self._handed:
             self._wake_pending = True
             self._server.call_later(RUNNING_AFTER_S, self._woken)
+
+    def take_progress(self) -> list[dict[str, Any]]:
+        """The progress reports of running tasks since the last call, for the broker."""
+        progress, self.progress = self.progress, []
+        return progress
 
     def due_running(self) -> list[str]:
         """Tasks a worker has held for RUNNING_AFTER_S and not finished: the ones worth reporting as

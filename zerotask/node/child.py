@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from multiprocessing.connection import Connection
+from typing import Any
 
 from zerotask import jsonrpc
 from zerotask.node.aio import AsyncTasks
@@ -103,7 +104,7 @@ class _Child:
             if shared[position]:
                 finished.append(b"null")  # revoked while it waited: the broker has recorded that already
             else:
-                finished.append(execute(dispatcher, task)[1])
+                finished.append(execute(dispatcher, task, self._report_progress)[1])
             shared[states + position] = DONE
             now = time.monotonic()
             if now - last_flush >= FLUSH_S:
@@ -141,7 +142,7 @@ class _Child:
         if self.aio is None:
             loop = asyncio.new_event_loop()
             asyncio.set_event_loop(loop)
-            self.aio = AsyncTasks(loop, self._dispatcher, self._async_done, self._default_time_limit_s)
+            self.aio = AsyncTasks(loop, self._dispatcher, self._async_done, self._default_time_limit_s, self._report_progress)
         return self.aio
 
     def _async_done(self, slot: int, outcome: Outcome | None, encoded: bytes, seconds: float) -> None:
@@ -163,6 +164,10 @@ class _Child:
         report = b'{"busy_s":%f,"slots":[%b],"outcomes":[%b]}' % (self._busy_s, b",".join(self._slots), b",".join(self._outcomes))
         self._slots, self._outcomes, self._busy_s = [], [], 0.0
         self._send(report)
+
+    def _report_progress(self, report: dict[str, Any]) -> None:
+        """What a running task said of how far it got (report_progress, throttled there): to the node now."""
+        self._send(b'{"progress":[%b]}' % jsonrpc.dumps(report))
 
     def _send(self, report: bytes) -> None:
         try:

@@ -313,6 +313,9 @@ class Node(EventLoop):
         running = self.pool.due_running()
         if running:
             batch.append(jsonrpc.notification(wire.RUNNING_TASKS, {"task_ids": running}))
+        progress = self.pool.take_progress()
+        if progress:
+            batch.append(jsonrpc.notification(wire.REPORT_PROGRESS, {"tasks": progress}))
         if self._outcomes:
             batch.append(jsonrpc.notification(wire.FINISHED_TASKS, {"tasks": self._outcomes}))
             self._deliveries.sent(self._outcomes)

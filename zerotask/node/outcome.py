@@ -14,6 +14,7 @@ from typing import Any
 
 from zerotask import jsonrpc, tracing, wire
 from zerotask.exceptions import ZerotaskError
+from zerotask.progress import Sink, reporting
 from zerotask.task import Dispatcher
 
 Task = dict[str, Any]
@@ -22,25 +23,28 @@ _NO_ARGS: list[Any] = []  # only ever unpacked: one shared default rather than a
 _NO_KWARGS: dict[str, Any] = {}
 
 
-def execute(dispatcher: Dispatcher, task: Task) -> tuple[Outcome, bytes]:
+def execute(dispatcher: Dispatcher, task: Task, progress: Sink | None = None) -> tuple[Outcome, bytes]:
     """Run a sync task; ``(outcome, the outcome encoded)``. Never raises for anything the task does: what
-    it raises (BaseException included) and a result that is not JSON are the task's error."""
+    it raises (BaseException included) and a result that is not JSON are the task's error. What it
+    reports with report_progress goes to ``progress``."""
     traceparent = task.get("traceparent")
     run = dispatcher.run if traceparent is None else tracing.in_trace(traceparent, dispatcher.run)
-    result, error = run(task["method"], task.get("args", _NO_ARGS), task.get("kwargs", _NO_KWARGS), _attempt(task))
+    with reporting(task["task_id"], progress):
+        result, error = run(task["method"], task.get("args", _NO_ARGS), task.get("kwargs", _NO_KWARGS), _attempt(task))
     return encode(task, result, error)
 
 
-async def execute_async(dispatcher: Dispatcher, task: Task) -> tuple[Outcome, bytes]:
+async def execute_async(dispatcher: Dispatcher, task: Task, progress: Sink | None = None) -> tuple[Outcome, bytes]:
     """:func:`execute` for an ``async def`` task, awaited in the calling asyncio task. Raises
     CancelledError only when that task is cancelled (see :meth:`Dispatcher.run_async`)."""
     traceparent = task.get("traceparent")
     call = dispatcher.run_async(task["method"], task.get("args", _NO_ARGS), task.get("kwargs", _NO_KWARGS), _attempt(task))
-    if traceparent is None:
-        result, error = await call
-    else:
-        with tracing.running(traceparent, task["method"]):
+    with reporting(task["task_id"], progress):  # each asyncio task has its own context: reports stay its own
+        if traceparent is None:
             result, error = await call
+        else:
+            with tracing.running(traceparent, task["method"]):
+                result, error = await call
     return encode(task, result, error)
 
 

@@ -152,6 +152,11 @@ class WorkerPool(BasePool):
             self._replace(worker)
         else:
             ended, busy_s, size = received
+            if worker.progress:
+                self.progress += worker.progress
+                worker.progress.clear()
+            if not ended:
+                return
             self._measured(busy_s, len(ended))
             for task, outcome in ended:
                 self._deliver(task, outcome, size)

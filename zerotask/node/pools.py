@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from zerotask.loop import EventLoop
 from zerotask.node.base import Idle, Pool, Report
@@ -142,3 +143,6 @@ class MixedPool:
 
     def due_running(self) -> list[str]:
         return self.own.due_running() + self.other.due_running()
+
+    def take_progress(self) -> list[dict[str, Any]]:
+        return self.own.take_progress() + self.other.take_progress()

@@ -38,6 +38,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from zerotask.exceptions import TimeLimitExceeded
 from zerotask.node.aio import ASYNC_LIMIT_MARGIN_S, AsyncTasks
@@ -78,6 +79,7 @@ class ThreadPool(BasePool):
         self._revoked: set[str] = set()  # ids of tasks handed over and revoked: their outcomes are discarded
         self._ended: deque[tuple[PoolThread, Outcome | None, int, float]] = deque()  # filled by the threads
         self._async_ended: deque[tuple[int, Outcome | None, int, float]] = deque()  # by the event loop
+        self._progress_inbox: deque[dict[str, Any]] = deque()  # report_progress, from threads and the loop
         self._running_async: dict[int, Task] = {}
         self._keys = itertools.count()
         self._aio: AsyncTasks | None = None
@@ -130,7 +132,7 @@ class ThreadPool(BasePool):
                 if task["task_id"] in revoked:
                     ended.append((runner, None, 0, 0.0))
                 else:
-                    outcome, encoded = execute(dispatcher, task)
+                    outcome, encoded = execute(dispatcher, task, self._report_progress)
                     now = time.monotonic()
                     ended.append((runner, outcome, len(encoded), now - before))
                     before = now
@@ -147,6 +149,11 @@ class ThreadPool(BasePool):
                         os.write(self._wake_writer, _ONE)
                     except BlockingIOError:
                         pass  # a full pipe wakes the loop anyway
+
+    def _report_progress(self, report: dict[str, Any]) -> None:
+        """What a running task said of how far it got (from its thread, or the event loop): to the node."""
+        self._progress_inbox.append(report)
+        self._wake()
 
     def _async_done(self, key: int, outcome: Outcome | None, encoded: bytes, seconds: float) -> None:
         self._async_ended.append((key, outcome, len(encoded), seconds))
@@ -235,7 +242,7 @@ class ThreadPool(BasePool):
     def _async_tasks(self) -> AsyncTasks:
         if self._aio is None:
             loop = asyncio.new_event_loop()
-            self._aio = AsyncTasks(loop, self._dispatcher, self._async_done, self.default_time_limit_s)
+            self._aio = AsyncTasks(loop, self._dispatcher, self._async_done, self.default_time_limit_s, self._report_progress)
             self._loop_thread = threading.Thread(target=loop.run_forever, name="zerotask-async", daemon=True)
             self._loop_thread.start()
         return self._aio
@@ -274,6 +281,8 @@ class ThreadPool(BasePool):
         except BlockingIOError:
             pass
         self._signalled = False  # before taking the outcomes: one that arrives from now on wakes us again
+        while self._progress_inbox:
+            self.progress.append(self._progress_inbox.popleft())
         ended, revoked, busy_s, count = self._ended, self._revoked, 0.0, 0
         while ended:
             runner, outcome, size, seconds = ended.popleft()

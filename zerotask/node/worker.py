@@ -84,6 +84,7 @@ class Worker:
         self.kill_reason: str | None = None  # why the node killed it: "timeout", "revoked", "shutdown"
         self.overdue: Task | None = None  # the task whose time limit it was killed for
         self.revoked: set[str] = set()  # ids of tasks it holds that were revoked
+        self.progress: list[dict[str, Any]] = []  # what its running tasks reported, for the node to send on
 
     def fileno(self) -> int:
         return self.connection.fileno()
@@ -139,6 +140,9 @@ class Worker:
         except (EOFError, OSError):
             return None
         report = jsonrpc.loads(encoded)
+        if "progress" in report:  # a running task said how far it got: no task ended
+            self.progress.extend(report["progress"])
+            return [], 0.0, len(encoded)
         outcomes: list[dict[str, Any] | None] = report["outcomes"]
         in_flight = self.in_flight
         if "slots" in report:  # async tasks, in the order they ended
