@@ -238,3 +238,13 @@ async def count_up_async(steps: int, pause_s: float) -> int:
         await asyncio.sleep(pause_s)
         report_progress(step, steps)
     return steps
+
+
+_HELD_MEMORY: list[bytearray] = []
+
+
+@task
+def keep_memory(megabytes: int) -> int:
+    """Grow this worker by ``megabytes`` for good (recycling tests); returns its pid."""
+    _HELD_MEMORY.append(bytearray(megabytes * 1024 * 1024))
+    return os.getpid()

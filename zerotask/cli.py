@@ -157,6 +157,8 @@ def _node_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--time-limit", type=float, default=None, metavar="SECONDS", help="kill tasks that run longer (tasks may set their own)")
     add("--queues", default=None, metavar="NAME,NAME", help="take tasks from these queues only (default: the queue 'default')")
+    add("--max-tasks-per-worker", type=int, default=None, metavar="N", help="replace a worker process after N tasks")
+    add("--max-memory-per-worker", type=float, default=None, metavar="MB", help="replace a worker process above this RSS")
     cli_clients.curve_arguments(parser)
     add("--metrics", default=None, metavar="HOST:PORT", help="serve Prometheus /metrics there, e.g. 127.0.0.1:9809")
     add("--insecure", action="store_true", help="serve --metrics beyond this machine (it has no login)")
@@ -179,6 +181,8 @@ def _run_node(options: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             grace_s=options.grace,
             time_limit_s=options.time_limit,
             queues=options.queues.split(",") if options.queues else None,
+            max_tasks_per_worker=options.max_tasks_per_worker,
+            max_memory_per_worker_mb=options.max_memory_per_worker,
             curve_secret=options.curve_secret,
             broker_key=options.broker_key,
             metrics=options.metrics,

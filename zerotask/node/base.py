@@ -64,6 +64,7 @@ class Pool(Protocol):
     def running_ids(self) -> list[str]: ...
     def due_running(self) -> list[str]: ...
     def take_progress(self) -> list[dict[str, Any]]: ...
+    def recycle(self, max_tasks: int | None, max_memory_bytes: int | None) -> None: ...
 
 
 class BasePool:
@@ -92,6 +93,9 @@ class BasePool:
         self._wake_pending = False
         self.service_s = 1.0  # moving average of one task's time, pessimistic until measured
         self.progress: list[dict[str, Any]] = []  # what running tasks reported (report_progress), to send on
+        # Worker processes are replaced, between tasks, after this many tasks or above this RSS (bytes).
+        self.max_tasks_per_worker: int | None = None
+        self.max_memory_per_worker: int | None = None
         self._limits: dict[str, Timer] = {}  # task id -> the timer of its time limit
         # What no task can be, it need not be asked (a client may give any task a limit of its own).
         self._any_async = any(task.is_async for task in dispatcher.tasks())
@@ -162,6 +166,11 @@ class BasePool:
         if self._handed:
             self._wake_pending = True
             self._server.call_later(RUNNING_AFTER_S, self._woken)
+
+    def recycle(self, max_tasks: int | None, max_memory_bytes: int | None) -> None:
+        """Replace a worker process, between two tasks, once it ran ``max_tasks`` or its RSS is above
+        ``max_memory_bytes`` (a thread pool has no process to replace: it ignores this)."""
+        self.max_tasks_per_worker, self.max_memory_per_worker = max_tasks, max_memory_bytes
 
     def take_progress(self) -> list[dict[str, Any]]:
         """The progress reports of running tasks since the last call, for the broker."""

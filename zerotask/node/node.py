@@ -59,7 +59,9 @@ class Node(EventLoop):
     address beyond this machine needs ``insecure``. ``pool``: "process" (worker processes: isolation,
     hard time limits) or "thread" (threads of this process: I/O-bound tasks, the lowest latency), see
     :mod:`zerotask.node.pools`; ``concurrency``: async tasks each worker runs at once. ``queues``: the named
-    queues it takes tasks from (the default queue if None).
+    queues it takes tasks from (the default queue if None). ``max_tasks_per_worker`` and
+    ``max_memory_per_worker_mb`` replace a worker process between two tasks once it ran that many or grew
+    past that RSS (as Celery's ``--max-tasks-per-child`` and ``--max-memory-per-child``).
 
     ``broker`` may name several brokers (``"tcp://a:5555,tcp://b:5555"``, or a list; ValueError for a
     bad one): the node uses one at a time, starting at a random one so that nodes given the same list
@@ -82,6 +84,8 @@ class Node(EventLoop):
         metrics: str | None = None,
         insecure: bool = False,
         queues: list[str] | None = None,
+        max_tasks_per_worker: int | None = None,
+        max_memory_per_worker_mb: float | None = None,
         pool: PoolKind = "process",
         concurrency: int = 1,
     ) -> None:
@@ -102,6 +106,11 @@ class Node(EventLoop):
         self.grace_s = grace_s
         count = workers or os.cpu_count() or 1
         self.pool = make_pool(pool, self, self.dispatcher, count, self._outcomes_append, time_limit_s, concurrency)
+        if (max_tasks_per_worker is not None and max_tasks_per_worker < 1) or (max_memory_per_worker_mb or 1) <= 0:
+            raise ValueError("max_tasks_per_worker and max_memory_per_worker_mb must be above 0")
+        if max_tasks_per_worker is not None or max_memory_per_worker_mb is not None:
+            memory = int(max_memory_per_worker_mb * 1024 * 1024) if max_memory_per_worker_mb is not None else None
+            self.pool.recycle(max_tasks_per_worker, memory)
         self._outcomes: list[dict[str, Any]] = []
         self._released: list[str] = []
         self._credit_out = 0  # credit granted to the broker and not yet used by it

@@ -158,9 +158,32 @@ class WorkerPool(BasePool):
             if not ended:
                 return
             self._measured(busy_s, len(ended))
+            worker.done += len(ended)
             for task, outcome in ended:
                 self._deliver(task, outcome, size)
+            if worker.idle and self._worn_out(worker):
+                self._recycle(worker)
         self.dispatch()
+
+    def _worn_out(self, worker: Worker) -> bool:
+        """Whether the worker ran ``max_tasks_per_worker`` tasks, or grew past ``max_memory_per_worker``
+        (its RSS, read from /proc at most once a second)."""
+        if self.max_tasks_per_worker is not None and worker.done >= self.max_tasks_per_worker:
+            return True
+        if self.max_memory_per_worker is None:
+            return False
+        now = time.monotonic()
+        if now - worker.memory_checked_at < 1.0:
+            return False
+        worker.memory_checked_at = now
+        return worker.rss_bytes() > self.max_memory_per_worker
+
+    def _recycle(self, worker: Worker) -> None:
+        """Replace an idle worker with a fresh process: nothing it held is lost, since it holds nothing."""
+        log.info("worker %d recycled after %d task(s)", worker.index, worker.done)
+        self._server.remove_socket(worker.fileno())
+        worker.stop()
+        self.workers[worker.index] = self._start_worker(worker.index)
 
     def _replace(self, worker: Worker) -> None:
         """A worker died: report the tasks it was running, unless the node killed it on purpose or they

@@ -146,3 +146,7 @@ class MixedPool:
 
     def take_progress(self) -> list[dict[str, Any]]:
         return self.own.take_progress() + self.other.take_progress()
+
+    def recycle(self, max_tasks: int | None, max_memory_bytes: int | None) -> None:
+        self.own.recycle(max_tasks, max_memory_bytes)
+        self.other.recycle(max_tasks, max_memory_bytes)

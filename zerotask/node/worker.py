@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import mmap
 import multiprocessing
+import os
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
@@ -42,6 +43,7 @@ from zerotask import jsonrpc
 from zerotask.node.child import MAX_BATCH, STARTED, serve
 from zerotask.task import Dispatcher
 
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 log = logging.getLogger(__name__)
 
 _fork = multiprocessing.get_context("fork")
@@ -85,6 +87,8 @@ class Worker:
         self.overdue: Task | None = None  # the task whose time limit it was killed for
         self.revoked: set[str] = set()  # ids of tasks it holds that were revoked
         self.progress: list[dict[str, Any]] = []  # what its running tasks reported, for the node to send on
+        self.done = 0  # tasks it ended (recycling counts them)
+        self.memory_checked_at = 0.0  # time.monotonic() of its last RSS reading
 
     def fileno(self) -> int:
         return self.connection.fileno()
@@ -184,6 +188,14 @@ class Worker:
         self.overdue = overdue
         if self.process.is_alive():
             self.process.kill()
+
+    def rss_bytes(self) -> int:
+        """The process's resident memory, from /proc (0 where there is none to read)."""
+        try:
+            with open(f"/proc/{self.process.pid}/statm", "rb") as statm:
+                return int(statm.read().split()[1]) * _PAGE_BYTES
+        except (OSError, ValueError, IndexError):
+            return 0
 
     def stop(self, timeout_s: float = 2.0) -> None:
         """Close the pipe and end the process (SIGTERM, then SIGKILL after ``timeout_s``).
