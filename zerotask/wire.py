@@ -19,6 +19,7 @@ REVOKE = "zerotask.broker.revoke"
 NOTIFY = "zerotask.broker.notify"
 PING = "zerotask.broker.ping"
 INFO = "zerotask.broker.info"
+WORKFLOW = "zerotask.broker.workflow"  # start a workflow (zerotask.canvas): 5.15
 DISCOVER = "rpc.discover"  # the OpenRPC convention: JSON-RPC reserves rpc.* for extensions (5.14)
 
 # ---- methods operators call on the broker (section 5; with CURVE, admin keys only) -----------------
@@ -39,6 +40,9 @@ DISCONNECT = "zerotask.broker.disconnect"
 
 # A control method: never a task name, so a misspelled one is an error rather than a queued task.
 CONTROL_PREFIX = "zerotask."
+# The method of a workflow's own record in the store (it waits there, SCHEDULED, until the workflow ends):
+# reserved, so no caller may submit a task of that name.
+WORKFLOW_TASK = "zerotask.workflow"
 # A task that the broker runs itself, in its own process (@task(name="broker.x"), the seed's example).
 BROKER_TASK_PREFIX = "broker."
 
