@@ -215,3 +215,23 @@ def unique_sleep(seconds: float, label: str = "") -> float:
     """At most one queued or running task per arguments (for 30 s)."""
     time.sleep(seconds)
     return seconds
+
+
+# ---- for the workflow (canvas) tests -------------------------------------------------------------
+
+
+@task
+def mul(a: float, b: float) -> float:
+    return a * b
+
+
+@task
+def tsum(values: list[float]) -> float:
+    return sum(values)
+
+
+@task
+def tsum_counted(values: list[float], path: str) -> float:
+    """A chord callback that leaves a line in ``path`` each time it runs: how often it ran."""
+    _count_attempt(path)
+    return sum(values)
