@@ -4,6 +4,7 @@ driven to their end by a node's reports (``core.report``), as the transport woul
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from zerotask.broker.workflows import RETRY_S, WAITING_FOREVER, Workflows, shown
 from zerotask.canvas import Canvas, chain, chord, group, sig
 from zerotask.exceptions import InvalidParams, UnknownMethod
 from zerotask.store import MemoryStore, Outcome, Store, TaskRecord
+from zerotask.store.sqlite import SqliteStore
 from zerotask.task import Dispatcher
 from zerotask.testing import ManualClock
 from zerotask.wire import ASSIGNED, FAILED, FINISHED, QUEUED, REVOKED, RUNNING, SCHEDULED
@@ -247,3 +249,16 @@ def test_the_due_timer_never_arms_for_a_workflow() -> None:
     timer.arm(WAITING_FOREVER)
     timer.arm(float("inf"))
     assert cluster.clock.pending == 0
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+def test_a_workflow_that_ends_as_it_starts_is_answered_with_its_outcome(store: str, tmp_path: Path) -> None:
+    local = Dispatcher()
+
+    @task(name="broker.double", dispatcher=local)
+    def double(value: int) -> int:
+        return 2 * value
+
+    cluster = Cluster(MemoryStore() if store == "memory" else SqliteStore(str(tmp_path / "tasks.db")), local=local)
+    record = cluster.start(group(sig("broker.double", 1), sig("broker.double", 2)))
+    assert record.state == FINISHED and record.result == [2, 4]

@@ -124,6 +124,8 @@ class Workflows(Hooks):
         core.enqueued(record)
         entry = self._remember(workflow_id, _Entry(plan, owner))
         self._work_on(functools.partial(self._apply, workflow_id, entry, Step(first)))
+        if workflow_id not in self._plans:  # it ended already (broker tasks, a refusal): the record says how
+            return core.store.get(workflow_id) or record
         return record
 
     def _check_methods(self, plan: Plan) -> None:
@@ -170,7 +172,8 @@ class Workflows(Hooks):
         queue what is due: what a broker that died between recording an outcome and queueing what it made
         due left undone."""
         self._resume_before, self._resume_seen, self._resumed = math.inf, set(), 0
-        self._later(0.0, self._resume_slice)
+        if self.core.store.state_counts().get(SCHEDULED):  # (from memory: a store with none is not listed at all)
+            self._later(0.0, self._resume_slice)
 
     def _resume_slice(self) -> None:
         before = None if self._resume_before == math.inf else self._resume_before
@@ -248,6 +251,8 @@ class Workflows(Hooks):
             if failure is not None:
                 self._end(workflow_id, failure)
                 return
+            if workflow_id in self._retrying:
+                return  # the queue is full, or the store unreachable: the rest later, with it
 
     def _launch(self, workflow_id: str, entry: _Entry, launch: Launch) -> Ended | None:
         """Queue one member; returns the workflow's failure if it cannot be (a full queue or an unreachable
