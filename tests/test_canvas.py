@@ -92,10 +92,10 @@ def test_an_async_client_gets_a_handle(running: Cluster) -> None:
 def test_a_revoked_workflow_starts_nothing_more(running: Cluster) -> None:
     client = running.client()
     marker = running.directory / "after"
-    workflow_id = client.apply_async(chain(sig("sleep", 0.5), sig("touch", str(marker)).set(immutable=True)))
+    workflow_id = client.apply_async(chain(sig("sleep", 1.0), sig("touch", str(marker)).set(immutable=True)))
     wait_until(lambda: client.status(f"{workflow_id}.0") == "RUNNING", scaled(10))
     assert client.revoke(workflow_id) == "REVOKED"
-    time.sleep(1.0)
+    time.sleep(1.5)  # past the time the first stage would have ended
     assert not marker.exists()
     assert client.status(f"{workflow_id}.0") == "REVOKED"
 

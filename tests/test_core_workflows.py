@@ -155,6 +155,8 @@ def test_what_is_refused_at_the_start() -> None:
         cluster.start(chain(sig("add", 1, 2), sig("nope")))
     with pytest.raises(InvalidParams):
         cluster.workflows.create({"chain": []}, "wf", None)
+    with pytest.raises(InvalidParams, match="no '.'"):
+        cluster.start(group(sig("add", 1, 1)), "wf.0")
     connect(cluster.core, b"liar", wire.WORKFLOW_TASK)  # a node may say it serves the name: it is still reserved
     with pytest.raises(InvalidParams, match="reserved"):
         cluster.core.submit(wire.WORKFLOW_TASK, [], {}, "sneaky")
@@ -262,3 +264,12 @@ def test_a_workflow_that_ends_as_it_starts_is_answered_with_its_outcome(store: s
     cluster = Cluster(MemoryStore() if store == "memory" else SqliteStore(str(tmp_path / "tasks.db")), local=local)
     record = cluster.start(group(sig("broker.double", 1), sig("broker.double", 2)))
     assert record.state == FINISHED and record.result == [2, 4]
+
+
+def test_a_unique_member_whose_twin_runs_fails_the_workflow() -> None:
+    cluster = Cluster()
+    cluster.core.defaults.announce({"add": {"unique_for": 60}})
+    cluster.core.submit("add", [1, 1], {}, "twin")
+    cluster.start(group(sig("add", 1, 1)))
+    error = cluster.outcome().error
+    assert error is not None and "twin" in error["data"]["message"]

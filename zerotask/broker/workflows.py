@@ -104,6 +104,8 @@ class Workflows(Hooks):
         """Store a workflow and queue its first members; returns its record, or the task that has the id
         already. Raises InvalidParams for a bad definition, UnknownMethod for a task name no node serves
         (when nodes are connected), QueueFull, StoreUnavailable."""
+        if "." in workflow_id:  # or one workflow's members could have another's ids ("a" + ".0.1", "a.0" + ".1")
+            raise InvalidParams("a workflow id has no '.': its members' ids are the workflow's, a '.' and their path")
         plan = parse(definition)
         core = self.core
         if core.writes.down:
@@ -271,8 +273,10 @@ class Workflows(Hooks):
             return None
         except ZerotaskError as error:
             return Ended(False, error.to_error_object())
-        if record.id != member_id or record.method != task.method or record.owner != entry.owner:
-            return Ended(False, workflow_error(f"the task id {member_id} is another task's ({record.id}, {record.method})"))
+        if record.id != member_id:  # @task(unique_for=...): the call's twin runs, under its own id
+            return Ended(False, workflow_error(f"{member_id} ({task.method}) is unique, and its twin {record.id} runs"))
+        if record.method != task.method or record.owner != entry.owner:
+            return Ended(False, workflow_error(f"the task id {member_id} is another task's ({record.method})"))
         ended = _ended(record)
         if ended is not None:  # it had ended before (queued again by a broker that looks again): go on from it
             self._queue_work(workflow_id, task.key, ended)
