@@ -17,7 +17,7 @@ from zerotask.broker.hooks import Retries, TimeLimits
 from zerotask.broker.placement import DueTimer
 from zerotask.broker.workflows import RETRY_S, WAITING_FOREVER, Workflows, shown_state
 from zerotask.canvas import Canvas, chain, chord, group, sig
-from zerotask.exceptions import InvalidParams, UnknownMethod
+from zerotask.exceptions import InvalidParams, QueueFull, UnknownMethod
 from zerotask.store import MemoryStore, Outcome, Store, TaskRecord
 from zerotask.store.sqlite import SqliteStore
 from zerotask.task import Dispatcher
@@ -273,3 +273,13 @@ def test_a_unique_member_whose_twin_runs_fails_the_workflow() -> None:
     cluster.start(group(sig("add", 1, 1)))
     error = cluster.outcome().error
     assert error is not None and "twin" in error["data"]["message"]
+
+
+def test_workflows_started_in_one_round_queue_a_bounded_number_of_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("zerotask.broker.workflows.ROUND_TASKS", 15)
+    cluster = Cluster()
+    cluster.start(group(sig("add", n, n) for n in range(10)), "first")  # the first of a round always starts
+    with pytest.raises(QueueFull):
+        cluster.start(group(sig("add", n, n) for n in range(10)), "second")
+    cluster.core.commit()  # the round ends
+    cluster.start(group(sig("add", n, n) for n in range(10)), "second")

@@ -42,6 +42,7 @@ log = logging.getLogger("zerotask.broker")
 WAITING_FOREVER = 1e18  # the due_at of a workflow's record: never due (the DueTimer does not even arm for it)
 RESUME_SLICE = 100  # unfinished workflows looked at per round of the loop when the broker starts
 RETRY_S = 1.0  # a member that could not be queued (the queue full, the store unreachable) is tried again after this
+ROUND_TASKS = 100_000  # tasks queued in one round of the loop beyond which workflows wait for the next round
 MAX_CACHED_TASKS = 200_000  # members of the plans kept parsed in memory, all workflows together
 _ROOM = 4096  # bytes of a message left for what wraps a task's arguments
 
@@ -118,6 +119,8 @@ class Workflows(Hooks):
         waiting = sum(core.store.queued_counts().values()) + core.store.state_counts().get(SCHEDULED, 0)
         if waiting + len(first) >= core.max_queued:
             raise QueueFull(f"the queue is full ({core.max_queued} tasks)", {"limit": core.max_queued, "bound": "queue"})
+        if core.writes.added and core.writes.added + len(first) > ROUND_TASKS:  # one message must not stall the loop
+            raise QueueFull("too many tasks queued at once; ask again", {"limit": ROUND_TASKS, "bound": "round"})
         record = TaskRecord(workflow_id, WORKFLOW_TASK, [plan.definition], {}, owner=owner)
         record.due_at = WAITING_FOREVER
         if not core.store.add(record, core.size_hint):
