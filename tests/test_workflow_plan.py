@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from zerotask.broker.workflow_plan import MAX_MEMBERS, MAX_NESTING, Ended, Plan, Task, advance, parse, resume, start, value
+from zerotask.broker.workflow_plan import MAX_MEMBERS, MAX_NESTING, Ended, Plan, Plans, Task, advance, parse, resume, start, value
 from zerotask.canvas import chain, chord, group, sig
 from zerotask.exceptions import InvalidParams
 
@@ -226,3 +226,12 @@ def test_resume_finds_a_failure_anywhere() -> None:
     step = resume(plan, lambda task: outcomes.get(task.key))
     assert step.outcome == Ended(False, BOOM) and step.launch == []
     assert value(plan.root, lambda task: outcomes.get(task.key)) is None  # (the group waits for its first member)
+
+
+def test_parsed_plans_are_kept_up_to_a_number_of_members_the_least_recently_used_forgotten_first() -> None:
+    plans = Plans(max_tasks=5)
+    for name in ("a", "b", "c"):
+        plans.remember(name, parse(group(sig("add", 1, 1), sig("add", 2, 2)).to_json()))  # 2 members each
+        plans.get("a")
+    assert "a" in plans and "b" not in plans and "c" in plans
+    assert plans.forget("a") is not None and plans.forget("a") is None

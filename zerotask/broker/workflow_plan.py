@@ -14,9 +14,10 @@ The definition (JSON, :mod:`zerotask.canvas` writes it)::
 
 from __future__ import annotations
 
+import collections
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from zerotask import wire
@@ -26,6 +27,7 @@ from zerotask.exceptions import InvalidParams
 
 MAX_MEMBERS = 10_000  # tasks in one workflow, callbacks included
 MAX_NESTING = 32  # levels of chains, groups and chords inside each other
+MAX_CACHED_TASKS = 200_000  # members of the plans a broker keeps parsed (Plans), all workflows together
 CALLBACK_KEY = "cb"  # the last part of a chord callback's key
 
 _KINDS = frozenset((TASK, CHAIN, GROUP, CHORD))
@@ -76,14 +78,15 @@ class Chord(Node):
 
 @dataclass(slots=True, eq=False)
 class Plan:
-    """A parsed definition. ``low``: per group or chord header (by key), how many members from the first
-    on are known to have ended; a cache that saves looking at them again (correct when empty)."""
+    """A parsed definition, and who owns the workflow. ``low``: per group or chord header (by key), how many
+    members from the first on are known to have ended; a cache that saves looking at them again."""
 
     definition: dict[str, Any]
     root: Node
     tasks: dict[str, Task]
     methods: frozenset[str]
-    low: dict[str, int]
+    owner: str | None = None
+    low: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,14 +119,15 @@ Input = tuple[()] | tuple[Any]  # the result handed to a part: none, or one valu
 # ---- reading a definition -------------------------------------------------------------------------------
 
 
-def parse(definition: Any) -> Plan:
-    """The plan of a definition; raises InvalidParams (JSON-RPC -32602) for anything that is not one, or
-    one beyond the bounds: MAX_MEMBERS tasks, MAX_NESTING levels, empty chains, groups and chords."""
+def parse(definition: Any, owner: str | None = None) -> Plan:
+    """The plan of a definition (a workflow of ``owner``'s); raises InvalidParams (JSON-RPC -32602) for
+    anything that is not one, or one beyond the bounds: MAX_MEMBERS tasks, MAX_NESTING levels, empty chains,
+    groups and chords."""
     if isinstance(definition, dict) and TASK in definition:
         definition = {CHAIN: [definition]}
     tasks: dict[str, Task] = {}
     root = _read(definition, "", None, 0, 1, tasks)
-    return Plan(definition, root, tasks, frozenset(task.method for task in tasks.values()), {})
+    return Plan(definition, root, tasks, frozenset(task.method for task in tasks.values()), owner)
 
 
 def _read(value: Any, key: str, parent: Node | None, index: int, depth: int, tasks: dict[str, Task]) -> Node:
@@ -177,6 +181,39 @@ def _check_task(value: dict[str, Any]) -> None:
 
 def _child_key(key: str, part: str) -> str:
     return f"{key}.{part}" if key else part
+
+
+class Plans:
+    """Parsed plans by workflow id, the least recently used forgotten first beyond ``max_tasks`` members in
+    all: a cache (parsing a large definition for every member's end would cost as much as the workflow)."""
+
+    def __init__(self, max_tasks: int = MAX_CACHED_TASKS) -> None:
+        self.max_tasks = max_tasks
+        self._plans: collections.OrderedDict[str, Plan] = collections.OrderedDict()
+        self._tasks = 0
+
+    def __contains__(self, workflow_id: str) -> bool:
+        return workflow_id in self._plans
+
+    def get(self, workflow_id: str) -> Plan | None:
+        plan = self._plans.get(workflow_id)
+        if plan is not None:
+            self._plans.move_to_end(workflow_id)
+        return plan
+
+    def remember(self, workflow_id: str, plan: Plan) -> Plan:
+        self.forget(workflow_id)
+        self._plans[workflow_id] = plan
+        self._tasks += len(plan.tasks)
+        while self._tasks > self.max_tasks and len(self._plans) > 1:
+            self.forget(next(iter(self._plans)))
+        return plan
+
+    def forget(self, workflow_id: str) -> Plan | None:
+        plan = self._plans.pop(workflow_id, None)
+        if plan is not None:
+            self._tasks -= len(plan.tasks)
+        return plan
 
 
 # ---- what is due ---------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ import functools
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from zerotask import jsonrpc, wire
@@ -31,7 +30,7 @@ from zerotask.broker.assignment import NodeId
 from zerotask.broker.core import BrokerCore
 from zerotask.broker.hooks import Hooks
 from zerotask.broker.placement import Placement
-from zerotask.broker.workflow_plan import Ended, Launch, Lookup, Plan, Step, Task, advance, parse, resume, start
+from zerotask.broker.workflow_plan import Ended, Launch, Lookup, Plan, Plans, Step, Task, advance, parse, resume, start
 from zerotask.exceptions import InvalidParams, QueueFull, StoreUnavailable, UnknownMethod, ZerotaskError
 from zerotask.loop import Scheduler
 from zerotask.store import Outcome, TaskRecord
@@ -43,7 +42,6 @@ WAITING_FOREVER = 1e18  # the due_at of a workflow's record: never due (the DueT
 RESUME_SLICE = 100  # unfinished workflows looked at per round of the loop when the broker starts
 RETRY_S = 1.0  # a member that could not be queued (the queue full, the store unreachable) is tried again after this
 ROUND_TASKS = 100_000  # tasks queued in one round of the loop beyond which workflows wait for the next round
-MAX_CACHED_TASKS = 200_000  # members of the plans kept parsed in memory, all workflows together
 _ROOM = 4096  # bytes of a message left for what wraps a task's arguments
 
 RevokeHeld = Callable[[NodeId, list[str]], None]
@@ -63,12 +61,6 @@ class MemberTaken(Exception):
     """A member's task id is another task's (not of its name and owner): the workflow cannot use it."""
 
 
-@dataclass(slots=True, eq=False)
-class _Entry:
-    plan: Plan
-    owner: str | None
-
-
 class Workflows(Hooks):
     """Install it among the core's hooks, then :meth:`attach` the core. ``max_message_bytes``: a member
     whose arguments (its own and the results handed to it) would not fit in a message fails the workflow."""
@@ -78,8 +70,7 @@ class Workflows(Hooks):
         self._core: BrokerCore | None = None
         self._scheduler: Scheduler | None = None
         self._revoke_held: RevokeHeld = lambda node, task_ids: None
-        self._plans: collections.OrderedDict[str, _Entry] = collections.OrderedDict()  # least recently used first
-        self._cached_tasks = 0
+        self._plans = Plans()
         self._work: collections.deque[tuple[str, str, Ended]] = collections.deque()  # (workflow id, member key, outcome)
         self._queued_work: set[tuple[str, str]] = set()
         self._working = False
@@ -107,7 +98,7 @@ class Workflows(Hooks):
         (when nodes are connected), QueueFull, StoreUnavailable."""
         if "." in workflow_id:  # or one workflow's members could have another's ids ("a" + ".0.1", "a.0" + ".1")
             raise InvalidParams("a workflow id has no '.': its members' ids are the workflow's, a '.' and their path")
-        plan = parse(definition)
+        plan = parse(definition, owner)
         core = self.core
         if core.writes.down:
             raise StoreUnavailable("the broker cannot reach its store now: nothing was queued; try again")
@@ -127,8 +118,8 @@ class Workflows(Hooks):
             return core.store.get(workflow_id) or record
         core.writes.added += 1  # its acknowledgement waits for the store's flush, as a task's
         core.enqueued(record)
-        entry = self._remember(workflow_id, _Entry(plan, owner))
-        self._work_on(functools.partial(self._apply, workflow_id, entry, Step(first)))
+        self._plans.remember(workflow_id, plan)
+        self._work_on(functools.partial(self._apply, workflow_id, plan, Step(first)))
         if workflow_id not in self._plans:  # it ended already (broker tasks, a refusal): the record says how
             return core.store.get(workflow_id) or record
         return record
@@ -160,9 +151,9 @@ class Workflows(Hooks):
 
     def after_finish(self, record: TaskRecord) -> None:
         if record.method == WORKFLOW_TASK:
-            entry = self._forget(record.id)
+            plan = self._plans.forget(record.id)
             if record.state != FINISHED:
-                self._work_on(functools.partial(self._revoke_members, record, entry))
+                self._work_on(functools.partial(self._revoke_members, record, plan))
             return
         ref = record.options.get("workflow") if record.options else None
         if isinstance(ref, dict) and isinstance(ref.get("id"), str) and isinstance(ref.get("path"), str):
@@ -203,9 +194,13 @@ class Workflows(Hooks):
 
     def _resume(self, workflow_id: str, record: TaskRecord | None = None) -> None:
         self._retrying.discard(workflow_id)
-        entry = self._entry(workflow_id, record)
-        if entry is not None:
-            self._step(workflow_id, entry, lambda lookup: resume(entry.plan, lookup))
+        try:
+            plan = self._plan(workflow_id, record)
+        except StoreUnavailable:
+            self._retry(workflow_id)
+            return
+        if plan is not None:
+            self._step(workflow_id, plan, lambda lookup: resume(plan, lookup))
 
     # ---- inside ------------------------------------------------------------------------------------
 
@@ -232,34 +227,38 @@ class Workflows(Hooks):
             self._work.append((workflow_id, key, ended))
 
     def _member_ended(self, workflow_id: str, key: str, ended: Ended) -> None:
-        entry = self._entry(workflow_id)
-        task = entry.plan.tasks.get(key) if entry is not None else None
-        if entry is not None and task is not None:
-            self._step(workflow_id, entry, lambda lookup: advance(entry.plan, task, ended, lookup))
-
-    def _step(self, workflow_id: str, entry: _Entry, decide: Callable[[Lookup], Step]) -> None:
         try:
-            step = decide(self._lookup(workflow_id, entry))
+            plan = self._plan(workflow_id)
+        except StoreUnavailable:
+            self._retry(workflow_id)  # then from scratch: what this end made due is found again
+            return
+        task = plan.tasks.get(key) if plan is not None else None
+        if plan is not None and task is not None:
+            self._step(workflow_id, plan, lambda lookup: advance(plan, task, ended, lookup))
+
+    def _step(self, workflow_id: str, plan: Plan, decide: Callable[[Lookup], Step]) -> None:
+        try:
+            step = decide(self._lookup(workflow_id, plan))
         except MemberTaken as taken:
             step = Step([], Ended(False, workflow_error(str(taken))))
         except StoreUnavailable:
             self._retry(workflow_id)
             return
-        self._apply(workflow_id, entry, step)
+        self._apply(workflow_id, plan, step)
 
-    def _apply(self, workflow_id: str, entry: _Entry, step: Step) -> None:
+    def _apply(self, workflow_id: str, plan: Plan, step: Step) -> None:
         if step.outcome is not None:
             self._end(workflow_id, step.outcome)
             return
         for launch in step.launch:
-            failure = self._launch(workflow_id, entry, launch)
+            failure = self._launch(workflow_id, plan, launch)
             if failure is not None:
                 self._end(workflow_id, failure)
                 return
             if workflow_id in self._retrying:
                 return  # the queue is full, or the store unreachable: the rest later, with it
 
-    def _launch(self, workflow_id: str, entry: _Entry, launch: Launch) -> Ended | None:
+    def _launch(self, workflow_id: str, plan: Plan, launch: Launch) -> Ended | None:
         """Queue one member; returns the workflow's failure if it cannot be (a full queue or an unreachable
         store is not one: the workflow is looked at again later)."""
         task, member_id = launch.task, f"{workflow_id}.{launch.task.key}"
@@ -270,7 +269,7 @@ class Workflows(Hooks):
             options["time_limit_s"] = task.time_limit_s
         placement = Placement(task.queue, task.priority) if task.queue is not None or task.priority is not None else None
         try:
-            record = self.core.submit(task.method, launch.args, dict(task.kwargs), member_id, options, placement, entry.owner)
+            record = self.core.submit(task.method, launch.args, dict(task.kwargs), member_id, options, placement, plan.owner)
         except (QueueFull, StoreUnavailable):
             self._retry(workflow_id)
             return None
@@ -278,7 +277,7 @@ class Workflows(Hooks):
             return Ended(False, error.to_error_object())
         if record.id != member_id:  # @task(unique_for=...): the call's twin runs, under its own id
             return Ended(False, workflow_error(f"{member_id} ({task.method}) is unique, and its twin {record.id} runs"))
-        if record.method != task.method or record.owner != entry.owner:
+        if record.method != task.method or record.owner != plan.owner:
             return Ended(False, workflow_error(f"the task id {member_id} is another task's ({record.method})"))
         ended = _ended(record)
         if ended is not None:  # it had ended before (queued again by a broker that looks again): go on from it
@@ -286,24 +285,27 @@ class Workflows(Hooks):
         return None
 
     def _end(self, workflow_id: str, ended: Ended) -> None:
-        record = self.core.store.get(workflow_id)
-        if record is None or record.state in FINAL_STATES:
-            return
-        if ended.ok:
-            outcome = Outcome(workflow_id, FINISHED, result=ended.value)
-        else:
-            outcome = Outcome(workflow_id, FAILED, error=ended.value)
-        self.core.end([(record, outcome)])
+        try:
+            record = self.core.store.get(workflow_id)
+            if record is None or record.state in FINAL_STATES:
+                return
+            if ended.ok:
+                outcome = Outcome(workflow_id, FINISHED, result=ended.value)
+            else:
+                outcome = Outcome(workflow_id, FAILED, error=ended.value)
+            self.core.end([(record, outcome)])
+        except StoreUnavailable:
+            self._retry(workflow_id)
 
-    def _revoke_members(self, record: TaskRecord, entry: _Entry | None) -> None:
+    def _revoke_members(self, record: TaskRecord, plan: Plan | None) -> None:
         """The workflow failed or was revoked: its members that have not ended never run, or are stopped."""
-        if entry is None:
+        if plan is None:
             try:
-                entry = _Entry(parse(record.args[0] if record.args else None), record.owner)
+                plan = parse(record.args[0] if record.args else None, record.owner)
             except InvalidParams:
                 return
         store = self.core.store
-        for task in entry.plan.tasks.values():
+        for task in plan.tasks.values():
             member = store.get(f"{record.id}.{task.key}")
             if member is None or member.state in FINAL_STATES or member.method != task.method or member.owner != record.owner:
                 continue
@@ -322,43 +324,27 @@ class Workflows(Hooks):
 
     # ---- plans -------------------------------------------------------------------------------------
 
-    def _entry(self, workflow_id: str, record: TaskRecord | None = None) -> _Entry | None:
+    def _plan(self, workflow_id: str, record: TaskRecord | None = None) -> Plan | None:
         """The plan of a workflow that has not ended, or None. The broker sees every workflow end (its
         hook), so a cached plan says enough; with a store other brokers share, the record says."""
-        entry = self._plans.get(workflow_id)
+        plan = self._plans.get(workflow_id)
         store = self.core.store
-        if entry is not None and not store.shared:
-            self._plans.move_to_end(workflow_id)
-            return entry
+        if plan is not None and not store.shared:
+            return plan
         record = record or store.get(workflow_id)
         if record is None:
-            return entry  # (a shared store may write a new task only at its flush)
+            return plan  # (a shared store may write a new task only at its flush)
         if record.method != WORKFLOW_TASK or record.state != SCHEDULED:
-            self._forget(workflow_id)
+            self._plans.forget(workflow_id)
             return None
-        if entry is None:
+        if plan is None:
             try:
-                entry = self._remember(workflow_id, _Entry(parse(record.args[0] if record.args else None), record.owner))
+                plan = self._plans.remember(workflow_id, parse(record.args[0] if record.args else None, record.owner))
             except InvalidParams as error:
                 self._end(workflow_id, Ended(False, workflow_error(f"its stored definition is not one: {error}")))
-                return None
-        return entry
+        return plan
 
-    def _remember(self, workflow_id: str, entry: _Entry) -> _Entry:
-        self._forget(workflow_id)
-        self._plans[workflow_id] = entry
-        self._cached_tasks += len(entry.plan.tasks)
-        while self._cached_tasks > MAX_CACHED_TASKS and len(self._plans) > 1:
-            self._forget(next(iter(self._plans)))
-        return entry
-
-    def _forget(self, workflow_id: str) -> _Entry | None:
-        entry = self._plans.pop(workflow_id, None)
-        if entry is not None:
-            self._cached_tasks -= len(entry.plan.tasks)
-        return entry
-
-    def _lookup(self, workflow_id: str, entry: _Entry) -> Lookup:
+    def _lookup(self, workflow_id: str, plan: Plan) -> Lookup:
         """A member's outcome from the store (raises MemberTaken for a task of another name or owner)."""
         get = self.core.store.get
 
@@ -366,7 +352,7 @@ class Workflows(Hooks):
             record = get(f"{workflow_id}.{task.key}")
             if record is None:
                 return None
-            if record.method != task.method or record.owner != entry.owner:
+            if record.method != task.method or record.owner != plan.owner:
                 raise MemberTaken(f"the task id {record.id} is another task's ({record.method})")
             return _ended(record)
 
