@@ -248,3 +248,23 @@ def keep_memory(megabytes: int) -> int:
     """Grow this worker by ``megabytes`` for good (recycling tests); returns its pid."""
     _HELD_MEMORY.append(bytearray(megabytes * 1024 * 1024))
     return os.getpid()
+
+
+# ---- for the workflow (canvas) tests -------------------------------------------------------------
+
+
+@task
+def mul(a: float, b: float) -> float:
+    return a * b
+
+
+@task
+def tsum(values: list[float]) -> float:
+    return sum(values)
+
+
+@task
+def tsum_counted(values: list[float], path: str) -> float:
+    """A chord callback that leaves a line in ``path`` each time it runs: how often it ran."""
+    _count_attempt(path)
+    return sum(values)
