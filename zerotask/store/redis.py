@@ -39,8 +39,9 @@ from zerotask.store.base import (
     Want,
 )
 from zerotask.store.redis_client import SOCKET_TIMEOUT_S, Redis, check, connect, is_missing_script, reaching_redis
+from zerotask.store.redis_layout import KEY_NAMES
 from zerotask.store.redis_notify import Notifications
-from zerotask.store.redis_scripts import KEY_NAMES, SCRIPTS, source
+from zerotask.store.redis_scripts import SCRIPTS, source
 from zerotask.wire import FINAL_STATES, QUEUED
 
 DEFAULT_MAX_BUFFERED_BYTES = 256 * 1024 * 1024  # adds not yet written (Redis down): beyond, add raises QueueFull
@@ -95,7 +96,7 @@ class RedisStore(Store):
         self._queued: dict[str, int] = {}
         self._closed = False
         try:
-            self._counted(self._run([("HGETALL", self._keys[KEY_NAMES.index("queued")])])[0])
+            self._counted(self._run([("HGETALL", self._key("queued"))])[0])
         except StoreUnavailable:
             pass  # Redis is down: the counts come with the first call that works
 
@@ -271,8 +272,7 @@ class RedisStore(Store):
 
     def state_counts(self) -> Mapping[str, int]:
         """Asks Redis (one round trip): other brokers change the counts too."""
-        queued_key, states_key = (self._keys[KEY_NAMES.index(name)] for name in ("queued", "states"))
-        queued, states = self._run([("HGETALL", queued_key), ("HGETALL", states_key)])
+        queued, states = self._run([("HGETALL", self._key("queued")), ("HGETALL", self._key("states"))])
         self._counted(queued)
         counts = {key.decode(): int(value) for key, value in states.items()}
         total = sum(self._queued.values())
@@ -308,13 +308,13 @@ class RedisStore(Store):
         """Renews the lease (and reconnects to the other brokers' notifications, if that was lost)."""
         if not self._me:
             return
-        brokers_key = self._keys[KEY_NAMES.index("brokers")]
+        brokers_key = self._key("brokers")
         self._run([("SET", self._broker_key(self._me), b"1", "PX", self._lease_ms), ("SADD", brokers_key, self._me)])
         if self._notifications is not None and self._notifications.fileno() is None:
             self._notifications.poll()
 
     def reclaim(self) -> int:
-        (brokers,) = self._run([("SMEMBERS", self._keys[KEY_NAMES.index("brokers")])])
+        (brokers,) = self._run([("SMEMBERS", self._key("brokers"))])
         candidates = ["", *sorted(broker.decode() for broker in brokers if broker.decode() != self._me)]
         keys = [self._broker_key(broker) for broker in candidates]
         reclaimed: int = self._call("reclaim", RECLAIM_LIMIT, *candidates, keys=keys)
@@ -339,8 +339,11 @@ class RedisStore(Store):
         self._notifications.poll()
         found = self._notifications.take()
         if found.finished or found.queued or found.lost_track:
-            self._counted(self._run([("HGETALL", self._keys[KEY_NAMES.index("queued")])])[0])
+            self._counted(self._run([("HGETALL", self._key("queued"))])[0])
         return found
+
+    def _key(self, name: str) -> str:
+        return self._keys[KEY_NAMES.index(name)]
 
     def _broker_key(self, broker_id: str) -> str:
         return f"{self._base}broker:{broker_id}"

@@ -1,112 +1,13 @@
-"""The Lua scripts of :class:`~zerotask.store.redis.RedisStore`: one atomic script per store operation.
+"""The Lua scripts of :class:`~zerotask.store.redis.RedisStore`: one atomic script per store operation,
+each run after the helpers of :mod:`zerotask.store.redis_layout` (which says how the tasks lie in Redis).
 
-Every script gets the same KEYS (:data:`KEY_NAMES`, in that order, then any per-call keys), all under
-one hash tag, so that a script touches one slot (Redis Cluster). The tasks live in a few hashes keyed
-by task id rather than in a key per task, so that no script touches a key it was not given. ARGV
-starts with ``me`` (this broker's id, "" before attach), ``now`` (time.time() in Python: the tests
-move the clock) and the channel to publish on.
-
-A task's ``meta`` field is ``state|attempts|seq|created_at|finished_at|lease|method`` (the method last:
-it may hold any character; a broker id holds no "|"). Times stay strings end to end, as Python wrote
-them, so they come back exact. The queue is one sorted set ordered by member (all scores 0): a member
-is the method's length (8 hex digits), the method, the sequence (12 hex digits) and the task id, so one
-method's tasks are a range, oldest first. ``held`` is ordered the same way by ``lease|id``: one
-broker's tasks are a range, for :meth:`reclaim`.
-
-Mutating scripts return ``{answer, queued counts as HGETALL}``: the store keeps the counts without
-asking again.
+ARGV starts with ``me`` (this broker's id, "" before attach), ``now`` (time.time() in Python: the tests
+move the clock) and the channel to publish on; what follows is each script's own, as its comment says.
 """
 
 from __future__ import annotations
 
-# The keys every script gets, as KEYS[1..n]: suffixes after "<prefix>:{<queue>}:".
-KEY_NAMES = (
-    "meta",  # hash: task id -> state|attempts|seq|created_at|finished_at|lease|method
-    "params",  # hash: task id -> JSON [args, kwargs, options] (gone once FINISHED)
-    "outcome",  # hash: task id -> JSON {"result": ...} or {"error": ...}
-    "owner",  # hash: task id -> the key that submitted it (only when there is one)
-    "queue",  # sorted set by member: the QUEUED tasks, one range per method, oldest first
-    "live",  # sorted set: unfinished task id -> created_at (for listings)
-    "ended:FINISHED",  # sorted sets: final task id -> finished_at (listings, expire)
-    "ended:FAILED",
-    "ended:REVOKED",
-    "held",  # sorted set by member: lease|id of ASSIGNED and RETRY tasks
-    "queued",  # hash: method -> how many QUEUED
-    "states",  # hash: state -> how many (QUEUED aside)
-    "next",  # the last sequence number given
-    "brokers",  # set: broker ids that attached
-    "reply:add",  # the last add batch of this store: its token and answers (replays are answered alike)
-    "reply:take",  # the last take_many of this store: its token and the ids it took
-)
-
-_PRELUDE = r"""
-local META, PARAMS, OUTCOME, OWNER, QUEUE, LIVE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local ENDED = {FINISHED = KEYS[7], FAILED = KEYS[8], REVOKED = KEYS[9]}
-local HELD, QUEUED, STATES, NEXT, BROKERS = KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14]
-local REPLY_ADD, REPLY_TAKE = KEYS[15], KEYS[16]
-local ME, NOW, CHANNEL = ARGV[1], ARGV[2], ARGV[3]
-local FINAL = {FINISHED = true, FAILED = true, REVOKED = true}
-local LEASED = {ASSIGNED = true, RETRY = true}
-local queued_delta, states_delta = {}, {}
-
-local function load(id)
-  local m = redis.call('HGET', META, id)
-  if not m then return nil end
-  local t = {id = id}
-  t.state, t.attempts, t.seq, t.created, t.finished, t.lease, t.method =
-    string.match(m, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
-  return t
-end
-
-local function prefix(method) return string.format('%08x', #method) .. method end
-local function member(t) return prefix(t.method) .. string.format('%012x', tonumber(t.seq)) .. t.id end
-
-local function count(state, method, n)
-  if state == 'QUEUED' then queued_delta[method] = (queued_delta[method] or 0) + n
-  else states_delta[state] = (states_delta[state] or 0) + n end
-end
-
--- take a task out of its state (its index and its count)
-local function leave(t)
-  if t.state == 'QUEUED' then redis.call('ZREM', QUEUE, member(t))
-  elseif LEASED[t.state] then redis.call('ZREM', HELD, t.lease .. '|' .. t.id)
-  elseif FINAL[t.state] then redis.call('ZREM', ENDED[t.state], t.id) end
-  count(t.state, t.method, -1)
-end
-
--- put a task in a state and write it: a held task is leased to this broker
-local function enter(t, state)
-  t.state, t.lease = state, ''
-  if state == 'QUEUED' then redis.call('ZADD', QUEUE, 0, member(t))
-  elseif LEASED[state] then t.lease = ME; redis.call('ZADD', HELD, 0, ME .. '|' .. t.id)
-  else redis.call('ZADD', ENDED[state], t.finished, t.id); redis.call('ZREM', LIVE, t.id) end
-  count(state, t.method, 1)
-  redis.call('HSET', META, t.id, table.concat({t.state, t.attempts, t.seq, t.created, t.finished, t.lease, t.method}, '|'))
-end
-
--- a task as the store returns it: id, state, attempts, created_at, finished_at, method, params, outcome, owner
-local function record(t)
-  return {t.id, t.state, t.attempts, t.created, t.finished, t.method,
-    redis.call('HGET', PARAMS, t.id), redis.call('HGET', OUTCOME, t.id), redis.call('HGET', OWNER, t.id)}
-end
-
-local function apply(key, delta)
-  for field, n in pairs(delta) do
-    if n ~= 0 and redis.call('HINCRBY', key, field, n) <= 0 then redis.call('HDEL', key, field) end
-  end
-end
-
--- the answer of a mutating script, with the queued counts after it
-local function done(answer)
-  apply(QUEUED, queued_delta)
-  apply(STATES, states_delta)
-  return {answer, redis.call('HGETALL', QUEUED)}
-end
-
-local function publish(kind, ids)
-  redis.call('PUBLISH', CHANNEL, cjson.encode({kind, ME, ids}))
-end
-"""
+from zerotask.store.redis_layout import PRELUDE
 
 # ARGV[4] token, ARGV[5] n, then per task: id, method, params, owner ("" or "+" .. owner), created_at, attempts.
 # Answers one "1" (added) or "0" (refused: the id exists) per task. A batch sent again with the same token
@@ -118,19 +19,20 @@ local last = redis.call('GET', REPLY_ADD)
 if last and string.sub(last, 1, #token + 1) == token .. '\n' then
   for i = #token + 2, #last do flags[#flags + 1] = string.sub(last, i, i) end
 end
-local added = 0
+local ids, added = {}, 0
+for i = #flags + 1, n do ids[#ids + 1] = ARGV[5 + (i - 1) * 6 + 1] end
+preload(ids, {META})
 for i = #flags + 1, n do
   local at = 5 + (i - 1) * 6
   local id = ARGV[at + 1]
-  if redis.call('HEXISTS', META, id) == 1 then
+  if hget(META, id) then
     flags[i] = '0'
   else
-    local seq = string.format('%d', redis.call('INCR', NEXT))
-    local t = {id = id, method = ARGV[at + 2], attempts = ARGV[at + 6], seq = seq, created = ARGV[at + 5], finished = '',
-      lease = '', state = ''}
-    redis.call('HSET', PARAMS, id, ARGV[at + 3])
-    if ARGV[at + 4] ~= '' then redis.call('HSET', OWNER, id, string.sub(ARGV[at + 4], 2)) end
-    redis.call('ZADD', LIVE, t.created, id)
+    local t = {id = id, method = ARGV[at + 2], attempts = ARGV[at + 6], seq = new_seq(), created = ARGV[at + 5],
+      finished = '', lease = '', state = ''}
+    put('h', PARAMS, id, ARGV[at + 3])
+    if ARGV[at + 4] ~= '' then put('h', OWNER, id, string.sub(ARGV[at + 4], 2)) end
+    put('z', LIVE, id, t.created)
     enter(t, 'QUEUED')
     flags[i] = '1'
     added = added + 1
@@ -151,7 +53,11 @@ if last then
   local cut = string.find(last, '\n', 1, true)
   local token, groups = string.sub(last, 1, cut - 1), cjson.decode(string.sub(last, cut + 1))
   if token == ARGV[4] or doubt[token] then
-    local answer = {}
+    local answer, all = {}, {}
+    for _, ids in ipairs(groups) do
+      for _, id in ipairs(ids) do all[#all + 1] = id end
+    end
+    preload(all, {META, PARAMS, OWNER})
     for w, ids in ipairs(groups) do
       answer[w] = {}
       for _, id in ipairs(ids) do
@@ -172,8 +78,9 @@ end
 local answer, groups, at = {}, {}, 7 + tonumber(ARGV[5])
 for w = 1, tonumber(ARGV[6 + tonumber(ARGV[5])]) do
   local limit, k = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
-  local found = {}
+  local found, chosen = {}, {}
   if limit > 0 then
+    sync()  -- what earlier wants took has left the queue
     for j = at + 2, at + 1 + k do
       local p = prefix(ARGV[j])
       for _, m in ipairs(redis.call('ZRANGEBYLEX', QUEUE, '[' .. p, '(' .. p .. '\255', 'LIMIT', 0, limit)) do
@@ -183,8 +90,10 @@ for w = 1, tonumber(ARGV[6 + tonumber(ARGV[5])]) do
     table.sort(found, function(a, b) return a[1] < b[1] end)
   end
   answer[w], groups[w] = {}, {}
-  for i = 1, math.min(limit, #found) do
-    local t = load(found[i][2])
+  for i = 1, math.min(limit, #found) do chosen[i] = found[i][2] end
+  preload(chosen, {META, PARAMS, OWNER})
+  for i = 1, #chosen do
+    local t = load(chosen[i])
     leave(t); enter(t, 'ASSIGNED')
     answer[w][i] = record(t)
     groups[w][i] = t.id
@@ -203,6 +112,7 @@ return done(answer)
 # ARGV[4..] task ids.
 CLAIM = r"""
 local answer = {}
+preload(args_from(4), {META, PARAMS, OWNER})
 for i = 4, #ARGV do
   local t = load(ARGV[i])
   if t and not FINAL[t.state] then
@@ -216,6 +126,7 @@ return done(answer)
 # ARGV[4..] task ids.
 REQUEUE = r"""
 local n = 0
+preload(args_from(4), {META})
 for i = 4, #ARGV do
   local t = load(ARGV[i])
   if t and LEASED[t.state] then
@@ -240,15 +151,17 @@ return done(0)
 
 # ARGV[4] n, then per outcome: task id, state, outcome JSON. Answers "1" or "0" per outcome.
 FINISH = r"""
-local flags, recorded = {}, {}
+local flags, recorded, ids = {}, {}, {}
+for i = 1, tonumber(ARGV[4]) do ids[i] = ARGV[4 + (i - 1) * 3 + 1] end
+preload(ids, {META})
 for i = 1, tonumber(ARGV[4]) do
   local at = 4 + (i - 1) * 3
   local t = load(ARGV[at + 1])
   if t and not FINAL[t.state] then
     leave(t)
     t.finished = NOW
-    redis.call('HSET', OUTCOME, t.id, ARGV[at + 3])
-    if ARGV[at + 2] == 'FINISHED' then redis.call('HDEL', PARAMS, t.id) end
+    put('h', OUTCOME, t.id, ARGV[at + 3])
+    if ARGV[at + 2] == 'FINISHED' then put('h', PARAMS, t.id, false) end
     enter(t, ARGV[at + 2])
     flags[i] = '1'
     recorded[#recorded + 1] = t.id
@@ -268,11 +181,13 @@ for _, key in pairs(ENDED) do
   for i = 1, #r, 2 do found[#found + 1] = {tonumber(r[i + 1]), r[i]} end
 end
 table.sort(found, function(a, b) return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2]) end)
-local n = math.min(limit, #found)
+local n, ids = math.min(limit, #found), {}
+for i = 1, n do ids[i] = found[i][2] end
+preload(ids, {META})
 for i = 1, n do
-  local t = load(found[i][2])
+  local t = load(ids[i])
   leave(t)
-  for _, key in ipairs({META, PARAMS, OUTCOME, OWNER}) do redis.call('HDEL', key, t.id) end
+  for _, key in ipairs({META, PARAMS, OUTCOME, OWNER}) do put('h', key, t.id, false) end
 end
 return done(n)
 """
@@ -282,9 +197,9 @@ RESET = r"""
 local t = load(ARGV[4])
 if not t or (t.state ~= 'FAILED' and t.state ~= 'REVOKED') then return done(0) end
 leave(t)
-redis.call('HDEL', OUTCOME, t.id)
-t.seq, t.attempts, t.created, t.finished = string.format('%d', redis.call('INCR', NEXT)), '0', NOW, ''
-redis.call('ZADD', LIVE, t.created, t.id)
+put('h', OUTCOME, t.id, false)
+t.seq, t.attempts, t.created, t.finished = new_seq(), '0', NOW, ''
+put('z', LIVE, t.id, t.created)
 enter(t, 'QUEUED')
 publish('Q', {})
 return done(1)
@@ -299,15 +214,18 @@ for i = 5, #ARGV do
   local broker = ARGV[i]
   if left <= 0 then break end
   if (broker ~= ME or ME == '') and (broker == '' or redis.call('EXISTS', KEYS[base + i - 4]) == 0) then
-    local p = broker .. '|'
+    local p, ids = broker .. '|', {}
+    sync()
     local members = redis.call('ZRANGEBYLEX', HELD, '[' .. p, '(' .. p .. '\255', 'LIMIT', 0, left)
-    for _, m in ipairs(members) do
-      local t = load(string.sub(m, #p + 1))
+    for j, m in ipairs(members) do ids[j] = string.sub(m, #p + 1) end
+    preload(ids, {META})
+    for j, m in ipairs(members) do
+      local t = load(ids[j])
       if t and LEASED[t.state] and t.lease == broker then
         leave(t); enter(t, 'QUEUED')
         n = n + 1
       else
-        redis.call('ZREM', HELD, m)
+        put('z', HELD, m, false)
       end
     end
     if #members < left and broker ~= '' then redis.call('SREM', BROKERS, broker) end
@@ -321,6 +239,7 @@ return done(n)
 # ARGV[4..] task ids. Answers a record, or false, per id.
 GET = r"""
 local answer = {}
+preload(args_from(4), {META, PARAMS, OUTCOME, OWNER})
 for i = 4, #ARGV do
   local t = load(ARGV[i])
   answer[i - 3] = t and record(t) or false
@@ -353,6 +272,9 @@ local function scan(key)
   while mine < limit and seen < SCAN do
     local r = redis.call('ZREVRANGE', key, start + seen, start + seen + CHUNK - 1, 'WITHSCORES')
     if #r == 0 then break end
+    local ids = {}
+    for i = 1, #r, 2 do ids[#ids + 1] = r[i] end
+    preload(ids, {META})
     for i = 1, #r, 2 do
       local t = load(r[i])
       if t and (state == '' or t.state == state) and (method == '' or t.method == method) and mine < limit then
@@ -369,8 +291,10 @@ if state == '' then
 elseif FINAL[state] then scan(ENDED[state])
 elseif state == 'QUEUED' or LEASED[state] then scan(LIVE) end
 table.sort(found, function(a, b) return a[1] > b[1] or (a[1] == b[1] and a[2] > b[2]) end)
-local answer = {}
-for i = 1, math.min(limit, #found) do answer[i] = record(found[i][3]) end
+local answer, ids = {}, {}
+for i = 1, math.min(limit, #found) do ids[i] = found[i][2] end
+preload(ids, {PARAMS, OUTCOME, OWNER})
+for i = 1, #ids do answer[i] = record(found[i][3]) end
 return answer
 """
 
@@ -392,4 +316,4 @@ SCRIPTS = {
 
 def source(name: str) -> str:
     """The full Lua source of the script ``name``: the shared helpers, then the script."""
-    return _PRELUDE + SCRIPTS[name]
+    return PRELUDE + SCRIPTS[name]
