@@ -22,12 +22,11 @@ import hashlib
 import itertools
 import time
 import uuid
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from zerotask import jsonrpc
-from zerotask.exceptions import QueueFull
 from zerotask.store.base import (
     MAX_REMEMBERED_METHODS,
     METHODS_REMEMBERED_S,
@@ -38,6 +37,7 @@ from zerotask.store.base import (
     TaskRecord,
     Want,
 )
+from zerotask.store.redis_buffer import Command, WriteBuffer
 from zerotask.store.redis_client import SOCKET_TIMEOUT_S, Redis, check, connect, is_missing_script, reaching_redis
 from zerotask.store.redis_layout import KEY_NAMES
 from zerotask.store.redis_notify import Notifications
@@ -48,8 +48,6 @@ DEFAULT_MAX_BUFFERED_BYTES = 256 * 1024 * 1024  # adds not yet written (Redis do
 KNOWN_METHODS_CACHED_S = 1.0  # known_methods asks Redis at most this often
 RECLAIM_LIMIT = 1_000  # tasks one reclaim queues again at most: a script never blocks Redis for long
 EXPIRE_SLICE = 2_000  # tasks one expire script forgets at most
-
-Command = tuple[Any, ...]
 
 
 class RedisStore(Store):
@@ -71,7 +69,6 @@ class RedisStore(Store):
         if not prefix or not queue or any(brace in queue for brace in "{}"):
             raise ValueError("prefix and queue must be non-empty, and queue without braces (it is the hash tag)")
         self.prefix, self.queue = prefix, queue
-        self.max_buffered_bytes = max_buffered_bytes
         self._owns_client = client is None
         self._redis = client if client is not None else connect(url, socket_timeout_s)
         base = f"{prefix}:{{{queue}}}:"
@@ -84,13 +81,8 @@ class RedisStore(Store):
         self._me = ""  # the broker id, once attached
         self._lease_ms = 0
         self._notifications: Notifications | None = None
-        self._pending: list[TaskRecord] = []  # adds not yet written, in order
-        self._pending_args: list[Any] = []  # what the add script gets for them
-        self._pending_bytes = 0
-        self._pending_counts: Counter[str] = Counter()
-        self._token = uuid.uuid4().hex  # the add batch's: it stays until the batch is written
-        self._refused: list[TaskRecord] = []
-        self._names: dict[str, float] = {}  # task names announced (and when) not yet written
+        self._buffer = WriteBuffer(max_buffered_bytes)
+        self._refused: list[TaskRecord] = []  # adds the buffer's writes found existing, for the next flush
         self._known: tuple[float, frozenset[str]] | None = None  # (time.monotonic(), names)
         self._takes_in_doubt: deque[str] = deque(maxlen=64)  # take_many calls that raised: they may have run
         self._queued: dict[str, int] = {}
@@ -103,22 +95,22 @@ class RedisStore(Store):
     # ---- round trips ---------------------------------------------------------------------------------
 
     def _run(self, commands: list[Command]) -> list[Any]:
-        """Run ``commands`` in one round trip, after the buffered adds and names; returns their replies
-        (errors raised). A failed write of the buffer leaves it buffered: the next flush raises."""
-        flushing = self._flush_commands()
-        batch = flushing + commands
+        """Run ``commands`` in one round trip, after writing the buffer; returns their replies (errors
+        raised). A buffer that failed to be written stays buffered: the next flush raises."""
+        flushing = self._buffer.commands(self._script, self._methods_key, MAX_REMEMBERED_METHODS) if self._buffer else []
         with reaching_redis():
-            replies = self._execute(batch)
+            replies = self._execute(flushing + commands)
         if flushing:
             try:
-                added = check(replies[0])
-                for reply in replies[1 : len(flushing)]:
-                    check(reply)
+                added = [check(reply) for reply in replies[: len(flushing)]][0]
             except Exception:
                 if not commands:
                     raise
             else:
-                self._written(added)
+                refused, queued = self._buffer.written(added)
+                self._refused += refused
+                if queued is not None:
+                    self._counted(queued)
         return [check(reply) for reply in replies[len(flushing) :]]
 
     def _execute(self, batch: list[Command]) -> list[Any]:
@@ -138,7 +130,7 @@ class RedisStore(Store):
                 replies[i] = reply
         return replies
 
-    def _script(self, name: str, *args: Any, keys: Sequence[str] = ()) -> Any:
+    def _script(self, name: str, *args: Any, keys: Sequence[str] = ()) -> Command:
         all_keys = [*self._keys, *keys]
         return ("EVALSHA", self._shas[name], len(all_keys), *all_keys, self._me, repr(time.time()), self._channel, *args)
 
@@ -153,49 +145,14 @@ class RedisStore(Store):
         pairs = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2], strict=True)
         self._queued = {method.decode(): int(count) for method, count in pairs}
 
-    # ---- deferred adds and names ---------------------------------------------------------------------
-
-    def _flush_commands(self) -> list[Command]:
-        commands: list[Command] = []
-        if self._pending:
-            commands.append(self._script("add", self._token, len(self._pending), *self._pending_args))
-        if self._names:
-            cutoff = time.time() - METHODS_REMEMBERED_S
-            pairs = [value for name, when in self._names.items() for value in (repr(when), name)]
-            commands.append(("ZADD", self._methods_key, *pairs))
-            commands.append(("ZREMRANGEBYSCORE", self._methods_key, "-inf", f"({cutoff!r}"))
-            commands.append(("ZREMRANGEBYRANK", self._methods_key, 0, -MAX_REMEMBERED_METHODS - 1))
-        return commands
-
-    def _written(self, added: Any) -> None:
-        """The buffer was written: ``added`` is the add script's reply, if there were adds."""
-        if self._pending:
-            flags, queued = added
-            self._counted(queued)
-            self._refused.extend(record for record, flag in zip(self._pending, flags, strict=True) if flag != ord("1"))
-            self._pending, self._pending_args, self._pending_bytes = [], [], 0
-            self._pending_counts.clear()
-            self._token = uuid.uuid4().hex
-        self._names.clear()
-
     def add(self, record: TaskRecord, size_hint: int = 0) -> bool:
         """Buffers the task; always True (the next :meth:`flush` returns it if its id existed). Raises
         QueueFull when the buffer holds ``max_buffered_bytes`` (Redis has been unreachable a while)."""
-        params = jsonrpc.dumps([record.args, record.kwargs, record.options])
-        if self._pending_bytes + len(params) > self.max_buffered_bytes:
-            limit = self.max_buffered_bytes
-            raise QueueFull(f"the Redis store buffers {limit} bytes of tasks not yet written", {"limit": limit, "bound": "store"})
-        record.state, record.finished_at = QUEUED, None
-        record.created_at = time.time() if record.created_at is None else record.created_at
-        owner = "" if record.owner is None else "+" + record.owner
-        self._pending.append(record)
-        self._pending_args += [record.id, record.method, params, owner, repr(record.created_at), record.attempts]
-        self._pending_bytes += len(params) + len(record.id) + len(record.method)
-        self._pending_counts[record.method] += 1
+        self._buffer.add(record)
         return True
 
     def flush(self) -> list[TaskRecord]:
-        if self._pending or self._names:
+        if self._buffer:
             self._run([])
         refused, self._refused = self._refused, []
         return refused
@@ -233,7 +190,7 @@ class RedisStore(Store):
     def finish_many(self, outcomes: Sequence[Outcome]) -> list[bool]:
         if not outcomes:
             return []
-        args: list[Any] = [len(outcomes)]
+        args: list[Any] = [uuid.uuid4().hex, len(outcomes)]
         for outcome in outcomes:
             if outcome.state not in FINAL_STATES:
                 raise ValueError(f"an outcome is FINISHED, FAILED or REVOKED, not {outcome.state}")
@@ -263,10 +220,10 @@ class RedisStore(Store):
     def queued_counts(self) -> Mapping[str, int]:
         """From memory: the counts every write of this store brought back (other brokers' writes show at
         this store's next write or :meth:`changes`), with the adds not yet written."""
-        if not self._pending_counts:
+        if not self._buffer.counts:
             return self._queued
         counts = dict(self._queued)
-        for method, count in self._pending_counts.items():
+        for method, count in self._buffer.counts.items():
             counts[method] = counts.get(method, 0) + count
         return counts
 
@@ -279,7 +236,7 @@ class RedisStore(Store):
         return {QUEUED: total, **counts} if total else counts
 
     def oldest_queued(self) -> Mapping[str, float]:
-        methods = list(dict.fromkeys(itertools.chain(self._queued, self._pending_counts)))
+        methods = list(dict.fromkeys(itertools.chain(self._queued, self._buffer.counts)))
         if not methods:
             return {}
         created = self._run([self._script("oldest", *methods)])[0]
@@ -314,16 +271,21 @@ class RedisStore(Store):
             self._notifications.poll()
 
     def reclaim(self) -> int:
+        return self._reclaim(mine=False)
+
+    def _reclaim(self, mine: bool) -> int:
+        """``mine``: this broker's own tasks too."""
         (brokers,) = self._run([("SMEMBERS", self._key("brokers"))])
-        candidates = ["", *sorted(broker.decode() for broker in brokers if broker.decode() != self._me)]
+        candidates = sorted({"", self._me, *(broker.decode() for broker in brokers)})
         keys = [self._broker_key(broker) for broker in candidates]
-        reclaimed: int = self._call("reclaim", RECLAIM_LIMIT, *candidates, keys=keys)
+        reclaimed: int = self._call("reclaim", RECLAIM_LIMIT, "1" if mine else "0", *candidates, keys=keys)
         return reclaimed
 
     def recover(self) -> int:
-        """Queues again the tasks of brokers whose lease ran out (never a live broker's; all of them
-        for a store that never attached). Returns how many tasks are queued."""
-        while self.reclaim():
+        """Queues again the tasks of brokers whose lease ran out, and this broker's own from before it
+        started (a broker restarted under the same id), never a live broker's (all of them for a store
+        that never attached). Returns how many tasks are queued."""
+        while self._reclaim(mine=True):
             pass
         return sum(self._queued.values())
 
@@ -351,8 +313,7 @@ class RedisStore(Store):
     # ---- task names ----------------------------------------------------------------------------------
 
     def remember_methods(self, methods: Iterable[str]) -> None:
-        now = time.time()
-        self._names.update((name, now) for name in methods)
+        self._buffer.remember(methods)
         self._known = None
 
     def known_methods(self) -> Collection[str]:

@@ -36,17 +36,18 @@ KEY_NAMES = (
     "brokers",  # set: broker ids that attached
     "reply:add",  # the last add batch of this store: its token and answers (replays are answered alike)
     "reply:take",  # the last take_many of this store: its token and the ids it took
+    "reply:finish",  # the last finish_many of this store: its token and answers
 )
 
 PRELUDE = r"""
 local META, PARAMS, OUTCOME, OWNER, QUEUE, LIVE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local ENDED = {FINISHED = KEYS[7], FAILED = KEYS[8], REVOKED = KEYS[9]}
 local HELD, QUEUED, STATES, NEXT, BROKERS = KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14]
-local REPLY_ADD, REPLY_TAKE = KEYS[15], KEYS[16]
+local REPLY_ADD, REPLY_TAKE, REPLY_FINISH = KEYS[15], KEYS[16], KEYS[17]
 local ME, NOW, CHANNEL = ARGV[1], ARGV[2], ARGV[3]
 local FINAL = {FINISHED = true, FAILED = true, REVOKED = true}
 local LEASED = {ASSIGNED = true, RETRY = true}
-local queued_delta, states_delta = {}, {}
+local queued_delta, states_delta, leased = {}, {}, false
 
 -- Writes wait in `writes` (key -> member or field -> score or value, false to remove) and go out in a
 -- few variadic commands at sync(): a command per task per index would cost several times more. Reads
@@ -135,7 +136,7 @@ end
 local function enter(t, state)
   t.state, t.lease = state, ''
   if state == 'QUEUED' then put('z', QUEUE, member(t), 0)
-  elseif LEASED[state] then t.lease = ME; put('z', HELD, ME .. '|' .. t.id, 0)
+  elseif LEASED[state] then t.lease, leased = ME, true; put('z', HELD, ME .. '|' .. t.id, 0)
   else put('z', ENDED[state], t.id, t.finished); put('z', LIVE, t.id, false) end
   count(state, t.method, 1)
   put('h', META, t.id, table.concat({t.state, t.attempts, t.seq, t.created, t.finished, t.lease, t.method}, '|'))
@@ -157,6 +158,7 @@ end
 local function done(answer)
   sync()
   if next_seq then redis.call('SET', NEXT, string.format('%d', next_seq)) end
+  if leased and ME ~= '' then redis.call('SADD', BROKERS, ME) end  -- so that its tasks are reclaimed if it dies
   apply(QUEUED, queued_delta)
   apply(STATES, states_delta)
   return {answer, redis.call('HGETALL', QUEUED)}

@@ -149,13 +149,16 @@ end
 return done(0)
 """
 
-# ARGV[4] n, then per outcome: task id, state, outcome JSON. Answers "1" or "0" per outcome.
+# ARGV[4] token, ARGV[5] n, then per outcome: task id, state, outcome JSON. Answers "1" or "0" per outcome;
+# the same call sent again (its answer was lost on the way) gets the same answers.
 FINISH = r"""
+local last = redis.call('GET', REPLY_FINISH)
+if last and string.sub(last, 1, #ARGV[4] + 1) == ARGV[4] .. '\n' then return done(string.sub(last, #ARGV[4] + 2)) end
 local flags, recorded, ids = {}, {}, {}
-for i = 1, tonumber(ARGV[4]) do ids[i] = ARGV[4 + (i - 1) * 3 + 1] end
+for i = 1, tonumber(ARGV[5]) do ids[i] = ARGV[5 + (i - 1) * 3 + 1] end
 preload(ids, {META})
-for i = 1, tonumber(ARGV[4]) do
-  local at = 4 + (i - 1) * 3
+for i = 1, tonumber(ARGV[5]) do
+  local at = 5 + (i - 1) * 3
   local t = load(ARGV[at + 1])
   if t and not FINAL[t.state] then
     leave(t)
@@ -170,6 +173,7 @@ for i = 1, tonumber(ARGV[4]) do
   end
 end
 if #recorded > 0 then publish('F', recorded) end
+redis.call('SET', REPLY_FINISH, ARGV[4] .. '\n' .. table.concat(flags), 'PX', 3600000)
 return done(table.concat(flags))
 """
 
@@ -205,15 +209,16 @@ publish('Q', {})
 return done(1)
 """
 
-# ARGV[4] limit, then broker ids; KEYS after KEY_NAMES are their liveness keys, in the same order.
-# Queues again, in their old places, up to limit tasks leased to brokers whose liveness key is gone (to
-# "" always: a store that never attached holds no lease). A broker with nothing left is forgotten.
+# ARGV[4] limit, ARGV[5] "1" to reclaim this broker's own tasks too (it starts: no node holds them), then
+# broker ids; KEYS after KEY_NAMES are their liveness keys, in the same order. Queues again, in their old
+# places, up to limit tasks leased to brokers whose liveness key is gone (to "" always: a store that never
+# attached holds no lease). A gone broker with nothing left is forgotten.
 RECLAIM = r"""
-local left, n, base = tonumber(ARGV[4]), 0, #KEYS - (#ARGV - 4)
-for i = 5, #ARGV do
+local left, n, base, mine = tonumber(ARGV[4]), 0, #KEYS - (#ARGV - 5), ARGV[5] == '1'
+for i = 6, #ARGV do
   local broker = ARGV[i]
   if left <= 0 then break end
-  if (broker ~= ME or ME == '') and (broker == '' or redis.call('EXISTS', KEYS[base + i - 4]) == 0) then
+  if broker == '' or (broker == ME and mine) or (broker ~= ME and redis.call('EXISTS', KEYS[base + i - 5]) == 0) then
     local p, ids = broker .. '|', {}
     sync()
     local members = redis.call('ZRANGEBYLEX', HELD, '[' .. p, '(' .. p .. '\255', 'LIMIT', 0, left)
@@ -228,7 +233,7 @@ for i = 5, #ARGV do
         put('z', HELD, m, false)
       end
     end
-    if #members < left and broker ~= '' then redis.call('SREM', BROKERS, broker) end
+    if #members < left and broker ~= '' and broker ~= ME then redis.call('SREM', BROKERS, broker) end
     left = left - #members
   end
 end
