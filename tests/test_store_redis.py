@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import select
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ import pytest
 
 from tests.redis_helpers import REDIS_URL, RedisServer, forget, redis_store
 from zerotask.store import Changes, Outcome, StoreUnavailable, TaskRecord, open_store
-from zerotask.testing import scaled
+from zerotask.testing import free_port, scaled
 from zerotask.wire import ASSIGNED, FINISHED, QUEUED, RETRY
 
 redis = pytest.importorskip("redis")
@@ -159,6 +160,36 @@ class TestTwoBrokers:
         assert b.recover() == 1
         assert (state(b, "t1"), state(b, "t2")) == (ASSIGNED, ASSIGNED)
 
+    def test_a_broker_restarted_under_the_same_id_recovers_its_own_tasks(self, pair: tuple[RedisStore, RedisStore]) -> None:
+        a, restarted = pair
+        a.attach("broker-a", 60.0)
+        queue(a, "t1", "t2", "t3")
+        assert take(a, 2) == ["t1", "t2"]
+        a.retry("t2", 1)
+        restarted.attach("broker-a", 60.0)  # the same id, its lease still running: no node holds its tasks now
+        assert restarted.recover() == 3
+        assert take(restarted) == ["t1", "t2", "t3"]
+
+    def test_a_call_sent_twice_is_answered_alike_and_done_once(self, pair: tuple[RedisStore, RedisStore]) -> None:
+        """What redis-py sends again after a connection error (the first answer may have been lost)."""
+        a, _ = pair
+        a.attach("broker-a", 60.0)
+        token = uuid.uuid4().hex
+        first = ["t1", "a", b"[[],{},{}]", "", "1.5", 0]
+        assert a._call("add", token, 1, *first) == b"1"
+        second = ["t2", "a", b"[[],{},{}]", "", "2.5", 0]
+        assert a._call("add", token, 2, *first, *second) == b"11"  # the batch grew while in doubt
+        assert a._call("add", uuid.uuid4().hex, 1, *first) == b"0"  # another batch: the id exists
+        take_args = [token, 0, 1, 5, 1, "a"]
+        taken = a._call("take", *take_args)
+        assert [row[0] for row in taken[0]] == [b"t1", b"t2"]
+        assert [row[0] for row in a._call("take", *take_args)[0]] == [b"t1", b"t2"]
+        finish_args = [token, 2, "t1", FINISHED, b'{"result":1}', "t1", FINISHED, b'{"result":2}']
+        assert a._call("finish", *finish_args) == b"10"
+        assert a._call("finish", *finish_args) == b"10"
+        assert a.finish_many([Outcome("t1", FINISHED, 3)]) == [False]
+        assert dict(a.state_counts()) == {ASSIGNED: 1, FINISHED: 1}
+
     def test_a_closed_broker_gives_up_its_lease_at_once(self, pair: tuple[RedisStore, RedisStore]) -> None:
         a, b = pair
         a.attach("broker-a", 60.0)
@@ -285,6 +316,40 @@ class TestRedisFailing:
         assert wait_for_changes(a, lambda found: found.queued).lost_track is False
         for store in (a, b):
             store.close()
+
+
+def test_open_store_follows_the_master_a_sentinel_names(server: RedisServer, tmp_path: Path) -> None:
+    sentinel_port = free_port()
+    config = tmp_path / "sentinel.conf"
+    config.write_text(
+        f"port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor main 127.0.0.1 {server.port} 1\n"
+        "sentinel down-after-milliseconds main 60000\n"
+    )
+    sentinel = subprocess.Popen(["redis-server", str(config), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + scaled(10)
+        with redis.Redis(port=sentinel_port, socket_connect_timeout=1) as probe:
+            while True:
+                try:
+                    if probe.execute_command("SENTINEL", "get-master-addr-by-name", "main"):
+                        break
+                except redis.ConnectionError:
+                    pass
+                assert time.monotonic() < deadline, "the sentinel did not start"
+                time.sleep(0.05)
+        store = open_store(f"redis+sentinel://127.0.0.1:{sentinel_port}/main/0")
+        try:
+            assert isinstance(store, RedisStore)
+            queue(store, "t1")
+            record = store.get("t1")
+            assert record is not None and record.state == QUEUED
+        finally:
+            store.close()
+        with redis.Redis(port=server.port) as direct:
+            assert direct.hexists("zt:{default}:meta", "t1")
+    finally:
+        sentinel.kill()
+        sentinel.wait(scaled(10))
 
 
 def test_open_store_makes_a_redis_store_from_a_url() -> None:
