@@ -9,6 +9,7 @@ from __future__ import annotations
 import select
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -359,6 +360,19 @@ def test_open_store_makes_a_redis_store_from_a_url() -> None:
         assert (store.prefix, store.queue) == ("zt", "default")
     finally:
         store.close()
+
+
+def test_without_redis_py_the_package_imports_and_a_redis_spec_says_what_to_install() -> None:
+    child = (
+        "import sys; sys.modules['redis'] = None\n"  # as if redis-py were not installed
+        "from zerotask.store import open_store\n"
+        "open_store('memory')\n"
+        "try:\n    open_store('redis://127.0.0.1:6379/0')\n"
+        "except ImportError as error:\n    print(error)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=scaled(30))
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'zerotask[redis]'" in done.stdout
 
 
 def test_a_queue_name_with_braces_is_refused() -> None:

@@ -12,8 +12,9 @@ write buffer: give Redis a ``maxmemory`` (with ``maxmemory-policy noeviction``),
 calls raise StoreUnavailable until expire makes room.
 
 While Redis cannot be reached every call raises :class:`StoreUnavailable` within about
-``socket_timeout_s`` (twice that for a host that drops packets), and service resumes by itself when
-Redis is back: adds that were not written stay buffered for the next flush.
+``socket_timeout_s``, and service resumes by itself when Redis is back: adds that were not written stay
+buffered for the next flush. A call that timed out may still run once Redis wakes up; the scripts
+recognise a batch of adds sent again, and the next take_many queues again what a lost one took.
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ class RedisStore(Store):
             args += [limit, len(names), *names]
         try:
             answer = self._call("take", *args)
-        except Exception:
+        except StoreUnavailable:
             self._takes_in_doubt.append(token)  # it may have run: the next take queues again what it took
             raise
         self._takes_in_doubt.clear()
