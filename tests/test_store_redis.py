@@ -10,6 +10,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -93,6 +94,28 @@ class TestTwoBrokers:
         assert take(b) == ["t1", "t2"]
         assert state(a, "t1") == ASSIGNED
         assert take(a) == []
+
+    def test_two_brokers_taking_at_once_never_get_the_same_task(self, pair: tuple[RedisStore, RedisStore]) -> None:
+        a, b = pair
+        for n in range(3000):
+            a.add(TaskRecord(f"t{n}", "a" if n % 3 else "b"))
+        assert a.flush() == []
+        taken: dict[str, list[str]] = {"a": [], "b": []}
+
+        def drain(name: str, store: RedisStore) -> None:
+            while batch := store.take_many([(["a", "b"], 7), (["b"], 5)]):
+                if not any(batch):
+                    return
+                taken[name] += [record.id for records in batch for record in records]
+
+        threads = [threading.Thread(target=drain, args=item) for item in (("a", a), ("b", b))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(scaled(30))
+        assert taken["a"] and taken["b"]  # both took some
+        assert sorted(taken["a"] + taken["b"]) == sorted(f"t{n}" for n in range(3000))
+        assert dict(a.state_counts()) == {ASSIGNED: 3000}
 
     def test_a_finish_at_one_broker_reaches_the_other_through_fileno_and_changes(
         self, pair: tuple[RedisStore, RedisStore]
