@@ -161,18 +161,19 @@ class TestTwoBrokers:
 
     def test_reclaim_never_touches_a_live_brokers_tasks(self, pair: tuple[RedisStore, RedisStore]) -> None:
         a, b = pair
-        a.attach("broker-a", 0.3)
+        lease_s = scaled(0.6)  # A heartbeats 12 times a lease: a loaded machine may pause it a while
+        a.attach("broker-a", lease_s)
         b.attach("broker-b", 10.0)
         queue(a, "t1", "t2")
         assert take(a, 1) == ["t1"]
         a.retry("t1", 1)
         b.claim(["t2"])
-        end = time.monotonic() + 1.0  # over three lease periods, A heartbeating every lease / 3
+        end = time.monotonic() + 3 * lease_s
         while time.monotonic() < end:
             a.heartbeat()
             assert b.reclaim() == 0
             assert a.reclaim() == 0  # nor B's, whose lease runs too
-            time.sleep(0.1)
+            time.sleep(lease_s / 12)
         assert (state(b, "t1"), state(b, "t2")) == (RETRY, ASSIGNED)
 
     def test_recover_of_a_shared_store_leaves_a_live_brokers_tasks_alone(self, pair: tuple[RedisStore, RedisStore]) -> None:
