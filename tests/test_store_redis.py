@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import select
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -20,8 +18,8 @@ from typing import Any
 import pytest
 
 from tests.redis_helpers import REDIS_URL, RedisServer, forget, redis_store
-from zerotask.store import Changes, Outcome, StoreUnavailable, TaskRecord, open_store
-from zerotask.testing import free_port, scaled
+from zerotask.store import Changes, Outcome, StoreUnavailable, TaskRecord
+from zerotask.testing import scaled
 from zerotask.wire import ASSIGNED, FINISHED, QUEUED, RETRY
 
 redis = pytest.importorskip("redis")
@@ -341,64 +339,3 @@ class TestRedisFailing:
         assert wait_for_changes(a, lambda found: found.queued).lost_track is False
         for store in (a, b):
             store.close()
-
-
-def test_open_store_follows_the_master_a_sentinel_names(server: RedisServer, tmp_path: Path) -> None:
-    sentinel_port = free_port()
-    config = tmp_path / "sentinel.conf"
-    config.write_text(
-        f"port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor main 127.0.0.1 {server.port} 1\n"
-        "sentinel down-after-milliseconds main 60000\n"
-    )
-    sentinel = subprocess.Popen(["redis-server", str(config), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + scaled(10)
-        with redis.Redis(port=sentinel_port, socket_connect_timeout=1) as probe:
-            while True:
-                try:
-                    if probe.execute_command("SENTINEL", "get-master-addr-by-name", "main"):
-                        break
-                except redis.ConnectionError:
-                    pass
-                assert time.monotonic() < deadline, "the sentinel did not start"
-                time.sleep(0.05)
-        store = open_store(f"redis+sentinel://127.0.0.1:{sentinel_port}/main/0")
-        try:
-            assert isinstance(store, RedisStore)
-            queue(store, "t1")
-            record = store.get("t1")
-            assert record is not None and record.state == QUEUED
-        finally:
-            store.close()
-        with redis.Redis(port=server.port) as direct:
-            assert direct.hexists("zt:{default}:meta", "t1")
-    finally:
-        sentinel.kill()
-        sentinel.wait(scaled(10))
-
-
-def test_open_store_makes_a_redis_store_from_a_url() -> None:
-    store = open_store(REDIS_URL)
-    try:
-        assert isinstance(store, RedisStore) and store.shared
-        assert (store.prefix, store.queue) == ("zt", "default")
-    finally:
-        store.close()
-
-
-def test_without_redis_py_the_package_imports_and_a_redis_spec_says_what_to_install() -> None:
-    child = (
-        "import sys; sys.modules['redis'] = None\n"  # as if redis-py were not installed
-        "from zerotask.store import open_store\n"
-        "open_store('memory')\n"
-        "try:\n    open_store('redis://127.0.0.1:6379/0')\n"
-        "except ImportError as error:\n    print(error)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=scaled(30))
-    assert done.returncode == 0, done.stderr
-    assert "pip install 'zerotask[redis]'" in done.stdout
-
-
-def test_a_queue_name_with_braces_is_refused() -> None:
-    with pytest.raises(ValueError):
-        RedisStore(REDIS_URL, prefix=f"zt-test-{uuid.uuid4().hex}", queue="a}b")
