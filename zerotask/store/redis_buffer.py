@@ -1,0 +1,79 @@
+"""What a :class:`~zerotask.store.redis.RedisStore` was given but has not written yet: the deferred adds
+(written by one script call, in the same round trip as the store's next call) and announced task names."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from zerotask import jsonrpc
+from zerotask.exceptions import QueueFull
+from zerotask.store.base import METHODS_REMEMBERED_S, TaskRecord
+from zerotask.wire import QUEUED
+
+Command = tuple[Any, ...]
+
+
+class WriteBuffer:
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.records: list[TaskRecord] = []  # adds not yet written, in order
+        self.counts: Counter[str] = Counter()  # of those, by method
+        self._args: list[Any] = []  # what the add script gets for them
+        self._bytes = 0
+        # The batch's token stays until the batch is written: a batch sent again after an answer was lost
+        # (with more tasks after it) is answered as the first time, not refused as if others had its ids.
+        self._token = uuid.uuid4().hex
+        self._names: dict[str, float] = {}  # task name -> when it was announced
+
+    def __bool__(self) -> bool:
+        return bool(self.records or self._names)
+
+    def add(self, record: TaskRecord) -> None:
+        """Buffer a task as QUEUED; raises QueueFull when the buffer holds ``max_bytes`` (Redis has been
+        unreachable a while)."""
+        params = jsonrpc.dumps([record.args, record.kwargs, record.options])
+        if self._bytes + len(params) > self.max_bytes:
+            limit = self.max_bytes
+            raise QueueFull(f"the Redis store buffers {limit} bytes of tasks not yet written", {"limit": limit, "bound": "store"})
+        record.state, record.finished_at = QUEUED, None
+        record.created_at = time.time() if record.created_at is None else record.created_at
+        owner = "" if record.owner is None else "+" + record.owner
+        self.records.append(record)
+        self._args += [record.id, record.method, params, owner, repr(record.created_at), record.attempts]
+        self._bytes += len(params) + len(record.id) + len(record.method)
+        self.counts[record.method] += 1
+
+    def remember(self, methods: Iterable[str]) -> None:
+        now = time.time()
+        self._names.update((name, now) for name in methods)
+
+    def commands(self, script: Callable[..., Command], methods_key: str, max_names: int) -> list[Command]:
+        """The commands that write the buffer: the add script's call (made by ``script``) first, if any;
+        then the names, keeping the latest ``max_names`` announced within METHODS_REMEMBERED_S."""
+        commands: list[Command] = []
+        if self.records:
+            commands.append(script("add", self._token, len(self.records), *self._args))
+        if self._names:
+            cutoff = time.time() - METHODS_REMEMBERED_S
+            pairs = [value for name, when in self._names.items() for value in (repr(when), name)]
+            commands.append(("ZADD", methods_key, *pairs))
+            commands.append(("ZREMRANGEBYSCORE", methods_key, "-inf", f"({cutoff!r}"))
+            commands.append(("ZREMRANGEBYRANK", methods_key, 0, -max_names - 1))
+        return commands
+
+    def written(self, added: Any) -> tuple[list[TaskRecord], Any]:
+        """The commands ran; ``added`` is the add script's reply if there were adds. Returns the records
+        refused (their id existed) and the queued counts the script sent, or None; empties the buffer."""
+        refused, queued = [], None
+        if self.records:
+            flags, queued = added
+            refused = [record for record, flag in zip(self.records, flags, strict=True) if flag != ord("1")]
+            self.records, self._args, self._bytes = [], [], 0
+            self.counts.clear()
+            self._token = uuid.uuid4().hex
+        self._names.clear()
+        return refused, queued
