@@ -12,6 +12,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -44,6 +45,16 @@ def redis_store(directory: Path) -> Store:
     from zerotask.store.redis import RedisStore
 
     return RedisStore(REDIS_URL, prefix=f"zt-test-{uuid.uuid4().hex}")
+
+
+def bounded_modules() -> list[ModuleType]:
+    """The modules of the Redis store that read base.py's bounds (MAX_REMEMBERED_METHODS...) when called,
+    for a test to lower them; none without redis-py."""
+    try:
+        from zerotask.store import redis, redis_registry
+    except ImportError:
+        return []
+    return [redis, redis_registry]
 
 
 def forget(store: Store, url: str = REDIS_URL) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.redis_helpers import forget, redis_store
+from tests.redis_helpers import bounded_modules, forget, redis_store
 from zerotask.store import MemoryStore, Outcome, SqliteStore, Store, TaskRecord, Want, sqlite_registry
 from zerotask.store import memory as memory_store
 from zerotask.store.base import METHODS_REMEMBERED_S, want_parts
@@ -63,7 +63,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return made
 
 
-BOUNDED_MODULES = [memory_store, sqlite_registry]  # where the stores read their bounds
+BOUNDED_MODULES = [memory_store, sqlite_registry, *bounded_modules()]  # where the stores read their bounds
 
 
 def bound(monkeypatch: pytest.MonkeyPatch, name: str, value: int) -> None:

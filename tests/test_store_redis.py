@@ -198,12 +198,12 @@ class TestTwoBrokers:
         a, _ = pair
         a.attach("broker-a", 60.0)
         token = uuid.uuid4().hex
-        first = ["t1", "a", b"[[],{},{}]", "", "1.5", 0]
+        first = ["t1", "a", b"[[],{},{}]", "", "1.5", 0, "default", 0, ""]
         assert a._call("add", token, 1, *first) == b"1"
-        second = ["t2", "a", b"[[],{},{}]", "", "2.5", 0]
+        second = ["t2", "a", b"[[],{},{}]", "", "2.5", 0, "default", 0, ""]
         assert a._call("add", token, 2, *first, *second) == b"11"  # the batch grew while in doubt
         assert a._call("add", uuid.uuid4().hex, 1, *first) == b"0"  # another batch: the id exists
-        take_args = [token, 0, 1, 5, 1, "a"]
+        take_args = [token, 0, 1, 5, 1, "a", 1, "default"]
         taken = a._call("take", *take_args)
         assert [row[0] for row in taken[0]] == [b"t1", b"t2"]
         assert [row[0] for row in a._call("take", *take_args)[0]] == [b"t1", b"t2"]
@@ -223,16 +223,20 @@ class TestTwoBrokers:
         assert take(b) == ["t1"]
 
     def test_every_key_carries_the_queues_hash_tag(self, pair: tuple[RedisStore, RedisStore]) -> None:
+        """One slot of a Cluster per store: named queues, schedules, slots, locks and buckets included."""
         a, b = pair
         a.attach("broker-a", 10.0)
         queue(a, "t1", "t2")
         take(a, 1)
         a.remember_methods(["a"])
         assert b.finish_many([Outcome("t2", FINISHED, 1)]) == [True]
+        assert a.add(TaskRecord("io", "a", queue="io", priority=3)) and a.add(TaskRecord("s", "a", due_at=time.time() + 60))
+        assert a.claim_slot("job", 60.0) and a.lock_unique("key", "io", time.time() + 60) is None
+        assert a.take_tokens("a", 1.0, 1.0, 1) == 1
         a.flush()
         with redis.Redis.from_url(REDIS_URL) as client:
             keys = [key.decode() for key in client.scan_iter(match=f"{a.prefix}:*")]
-        assert len(keys) >= 10 and all(key.startswith(f"{a.prefix}:{{default}}:") for key in keys), keys
+        assert len(keys) >= 17 and all(key.startswith(f"{a.prefix}:{{default}}:") for key in keys), keys
 
 
 class TestRedisFailing:

@@ -1,10 +1,18 @@
 """RedisStore: the queue and outcomes in Redis, shared by several brokers (``shared = True``).
 
-Every operation is one atomic Lua script (:mod:`zerotask.store.redis_scripts`) under one hash tag per
-queue (``<prefix>:{<queue>}:...``), so a queue lives in one slot of a Redis Cluster. :meth:`add` is
-deferred: the tasks are written together at the next :meth:`flush`, or first thing in the same round
-trip as any other call (so every read sees them), and :meth:`flush` returns the ones refused because
-their id existed. The queued counts come back with every write, so :meth:`queued_counts` costs nothing.
+Every operation is one atomic Lua script (:mod:`zerotask.store.redis_scripts`, and
+:mod:`zerotask.store.redis_registry` for periodic slots, unique locks and token buckets), so several
+brokers may call any of them at once. :meth:`add` is deferred: the tasks are written together at the
+next :meth:`flush`, or first thing in the same round trip as any other call (so every read sees them),
+and :meth:`flush` returns the ones refused because their id existed. The queued counts come back with
+every write, so :meth:`queued_counts` costs nothing.
+
+Redis Cluster: every key of a store is under one hash tag, its constructor's ``queue``
+(``<prefix>:{<queue>}:...``), so that a script touches one slot. The named queues of the tasks (their
+``queue`` field, which nodes choose to serve) are not keys: they live inside that tag, in the order of
+the queue's members (method, named queue, priority, submission; see :mod:`zerotask.store.redis_layout`).
+So all of one store's named queues share a slot, and one Redis node; to spread load over a Cluster, run
+stores (and their brokers) with other ``queue`` (or ``prefix``) names, each its own set of tasks.
 
 Durability is Redis': run it with ``appendonly yes`` (``appendfsync everysec`` loses nothing that was
 acknowledged when Redis is killed, up to a second on power loss). The store bounds nothing but its own
@@ -37,11 +45,13 @@ from zerotask.store.base import (
     StoreUnavailable,
     TaskRecord,
     Want,
+    want_parts,
 )
 from zerotask.store.redis_buffer import Command, WriteBuffer
 from zerotask.store.redis_client import SOCKET_TIMEOUT_S, Redis, check, connect, is_missing_script, reaching_redis
-from zerotask.store.redis_layout import KEY_NAMES
+from zerotask.store.redis_layout import KEY_NAMES, task_from_row
 from zerotask.store.redis_notify import Notifications
+from zerotask.store.redis_registry import RedisRegistry
 from zerotask.store.redis_scripts import SCRIPTS, source
 from zerotask.wire import FINAL_STATES, QUEUED
 
@@ -87,6 +97,7 @@ class RedisStore(Store):
         self._known: tuple[float, frozenset[str]] | None = None  # (time.monotonic(), names)
         self._takes_in_doubt: deque[str] = deque(maxlen=64)  # take_many calls that raised: they may have run
         self._queued: dict[str, int] = {}
+        self._registry = RedisRegistry(base, self._read)
         self._closed = False
         try:
             self._counted(self._run([("HGETALL", self._key("queued"))])[0])
@@ -135,6 +146,10 @@ class RedisStore(Store):
         all_keys = [*self._keys, *keys]
         return ("EVALSHA", self._shas[name], len(all_keys), *all_keys, self._me, repr(time.time()), self._channel, *args)
 
+    def _read(self, name: str, *args: Any, keys: Sequence[str] = ()) -> Any:
+        """Run a script that answers without the queued counts; returns its answer."""
+        return self._run([self._script(name, *args, keys=keys)])[0]
+
     def _call(self, name: str, *args: Any, keys: Sequence[str] = ()) -> Any:
         """Run a writing script; returns its answer and keeps the queued counts it sends along."""
         answer, queued = self._run([self._script(name, *args, keys=keys)])[0]
@@ -165,20 +180,21 @@ class RedisStore(Store):
             return []
         token = uuid.uuid4().hex
         args: list[Any] = [token, len(self._takes_in_doubt), *self._takes_in_doubt, len(wants)]
-        for methods, limit in wants:
-            names = list(dict.fromkeys(methods))
-            args += [limit, len(names), *names]
+        for want in wants:
+            methods, limit, queues = want_parts(want)
+            names, lanes = list(dict.fromkeys(methods)), list(dict.fromkeys(queues))
+            args += [limit, len(names), *names, len(lanes), *lanes]
         try:
             answer = self._call("take", *args)
         except StoreUnavailable:
             self._takes_in_doubt.append(token)  # it may have run: the next take queues again what it took
             raise
         self._takes_in_doubt.clear()
-        return [[_record(row) for row in rows] for rows in answer]
+        return [[task_from_row(row) for row in rows] for rows in answer]
 
     def claim(self, task_ids: Iterable[str]) -> list[TaskRecord]:
         task_ids = list(task_ids)
-        return [_record(row) for row in self._call("claim", *task_ids)] if task_ids else []
+        return [task_from_row(row) for row in self._call("claim", *task_ids)] if task_ids else []
 
     def requeue(self, task_ids: Iterable[str]) -> None:
         task_ids = list(task_ids)
@@ -212,15 +228,37 @@ class RedisStore(Store):
     def reset(self, task_id: str) -> bool:
         return bool(self._call("reset", task_id))
 
+    # ---- scheduled tasks, periodic slots, unique locks, rate limits ----------------------------------
+
+    def due(self, now: float, limit: int = 10_000) -> int:
+        """Atomic: brokers that call it at once queue each task once."""
+        queued: int = self._call("due", _score(now), limit)
+        return queued
+
+    def next_due(self) -> float | None:
+        """One round trip (any broker may have scheduled the earliest task)."""
+        first = self._read("next_due")
+        return None if first is None else float(first)
+
+    def claim_slot(self, name: str, slot: float) -> bool:
+        return self._registry.claim_slot(name, slot)
+
+    def lock_unique(self, key: str, task_id: str, until: float) -> str | None:
+        return self._registry.lock_unique(key, task_id, until)
+
+    def take_tokens(self, name: str, per_s: float, burst: float, count: int) -> int:
+        """A token bucket in Redis, shared by the brokers (one round trip)."""
+        return self._registry.take_tokens(name, per_s, burst, count)
+
     # ---- reads ---------------------------------------------------------------------------------------
 
     def get(self, task_id: str) -> TaskRecord | None:
-        (row,) = self._run([self._script("get", task_id)])[0]
-        return None if row is None else _record(row)
+        (row,) = self._read("get", task_id)
+        return None if row is None else task_from_row(row)
 
     def queued_counts(self) -> Mapping[str, int]:
         """From memory: the counts every write of this store brought back (other brokers' writes show at
-        this store's next write or :meth:`changes`), with the adds not yet written."""
+        this store's next write or :meth:`changes`), with the adds not yet written (not the SCHEDULED ones)."""
         if not self._buffer.counts:
             return self._queued
         counts = dict(self._queued)
@@ -240,7 +278,7 @@ class RedisStore(Store):
         methods = list(dict.fromkeys(itertools.chain(self._queued, self._buffer.counts)))
         if not methods:
             return {}
-        created = self._run([self._script("oldest", *methods)])[0]
+        created = self._read("oldest", *methods)
         return {method: float(at) for method, at in zip(methods, created, strict=True) if at is not None}
 
     def list_tasks(
@@ -249,8 +287,8 @@ class RedisStore(Store):
         """Newest first. A filter by method (or by an unfinished state other than QUEUED) looks at the
         latest 100,000 tasks of each kind at most, so that a listing never blocks Redis for long."""
         bound = "+inf" if before is None else _score(before)
-        rows = self._run([self._script("list", state or "", method or "", max(limit, 0), bound)])[0]
-        return [_record(row) for row in rows]
+        rows = self._read("list", state or "", method or "", max(limit, 0), bound)
+        return [task_from_row(row) for row in rows]
 
     # ---- several brokers -----------------------------------------------------------------------------
 
@@ -340,21 +378,6 @@ class RedisStore(Store):
                 self._notifications.close()
             if self._owns_client:
                 self._redis.close()
-
-
-def _record(row: list[Any]) -> TaskRecord:
-    """A task from a script's answer: id, state, attempts, created_at, finished_at, method, params, outcome, owner."""
-    task_id, state, attempts, created, finished, method, params, outcome, owner = row
-    record = TaskRecord(task_id.decode(), method.decode(), state=state.decode(), attempts=int(attempts))
-    record.owner = None if owner is None else owner.decode()
-    record.created_at = float(created) if created else None
-    record.finished_at = float(finished) if finished else None
-    if params:
-        record.args, record.kwargs, record.options = jsonrpc.loads(params)
-    if outcome:
-        decoded = jsonrpc.loads(outcome)
-        record.result, record.error = decoded.get("result"), decoded.get("error")
-    return record
 
 
 def _score(value: float) -> str:

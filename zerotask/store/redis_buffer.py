@@ -12,7 +12,7 @@ from typing import Any
 from zerotask import jsonrpc
 from zerotask.exceptions import QueueFull
 from zerotask.store.base import METHODS_REMEMBERED_S, TaskRecord
-from zerotask.wire import QUEUED
+from zerotask.wire import MAX_PRIORITY, QUEUED, SCHEDULED
 
 Command = tuple[Any, ...]
 
@@ -21,7 +21,7 @@ class WriteBuffer:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.records: list[TaskRecord] = []  # adds not yet written, in order
-        self.counts: Counter[str] = Counter()  # of those, by method
+        self.counts: Counter[str] = Counter()  # of those, the QUEUED ones (not SCHEDULED) by method
         self._args: list[Any] = []  # what the add script gets for them
         self._bytes = 0
         # The batch's token stays until the batch is written: a batch sent again after an answer was lost
@@ -33,19 +33,27 @@ class WriteBuffer:
         return bool(self.records or self._names)
 
     def add(self, record: TaskRecord) -> None:
-        """Buffer a task as QUEUED; raises QueueFull when the buffer holds ``max_bytes`` (Redis has been
-        unreachable a while)."""
+        """Buffer a task as QUEUED, or SCHEDULED if its ``due_at`` is later than now (the add script
+        decides again when it runs). Raises QueueFull when the buffer holds ``max_bytes`` (Redis has been
+        unreachable a while), ValueError for a priority that is not 0 to 9."""
+        if type(record.priority) is not int or not 0 <= record.priority <= MAX_PRIORITY:
+            raise ValueError(f"a priority is an int from 0 to {MAX_PRIORITY}, not {record.priority!r}")
         params = jsonrpc.dumps([record.args, record.kwargs, record.options])
         if self._bytes + len(params) > self.max_bytes:
             limit = self.max_bytes
             raise QueueFull(f"the Redis store buffers {limit} bytes of tasks not yet written", {"limit": limit, "bound": "store"})
-        record.state, record.finished_at = QUEUED, None
-        record.created_at = time.time() if record.created_at is None else record.created_at
+        now = time.time()
+        record.state = SCHEDULED if record.due_at is not None and record.due_at > now else QUEUED
+        record.finished_at = None
+        record.created_at = now if record.created_at is None else record.created_at
         owner = "" if record.owner is None else "+" + record.owner
+        due = "" if record.due_at is None else repr(float(record.due_at))
         self.records.append(record)
         self._args += [record.id, record.method, params, owner, repr(record.created_at), record.attempts]
-        self._bytes += len(params) + len(record.id) + len(record.method)
-        self.counts[record.method] += 1
+        self._args += [record.queue, record.priority, due]
+        self._bytes += len(params) + len(record.id) + len(record.method) + len(record.queue)
+        if record.state == QUEUED:
+            self.counts[record.method] += 1
 
     def remember(self, methods: Iterable[str]) -> None:
         now = time.time()

@@ -8,8 +8,10 @@ move the clock) and the channel to publish on; what follows is each script's own
 from __future__ import annotations
 
 from zerotask.store.redis_layout import PRELUDE
+from zerotask.store.redis_registry import REGISTRY_SCRIPTS
 
-# ARGV[4] token, ARGV[5] n, then per task: id, method, params, owner ("" or "+" .. owner), created_at, attempts.
+# ARGV[4] token, ARGV[5] n, then per task: id, method, params, owner ("" or "+" .. owner), created_at, attempts,
+# queue, priority, due_at ("" for none). A task due later than now is SCHEDULED, any other QUEUED.
 # Answers one "1" (added) or "0" (refused: the id exists) per task. A batch sent again with the same token
 # (its reply was lost, and more tasks may follow it) gets the answers it had.
 ADD = r"""
@@ -19,23 +21,27 @@ local last = redis.call('GET', REPLY_ADD)
 if last and string.sub(last, 1, #token + 1) == token .. '\n' then
   for i = #token + 2, #last do flags[#flags + 1] = string.sub(last, i, i) end
 end
-local ids, added = {}, 0
-for i = #flags + 1, n do ids[#ids + 1] = ARGV[5 + (i - 1) * 6 + 1] end
+local ids, added, now = {}, 0, tonumber(NOW)
+for i = #flags + 1, n do ids[#ids + 1] = ARGV[5 + (i - 1) * 9 + 1] end
 preload(ids, {META})
 for i = #flags + 1, n do
-  local at = 5 + (i - 1) * 6
+  local at = 5 + (i - 1) * 9
   local id = ARGV[at + 1]
   if hget(META, id) then
     flags[i] = '0'
   else
     local t = {id = id, method = ARGV[at + 2], attempts = ARGV[at + 6], seq = new_seq(), created = ARGV[at + 5],
-      finished = '', lease = '', state = ''}
+      finished = '', lease = '', state = '', queue = ARGV[at + 7], priority = ARGV[at + 8], due = ARGV[at + 9]}
     put('h', PARAMS, id, ARGV[at + 3])
     if ARGV[at + 4] ~= '' then put('h', OWNER, id, string.sub(ARGV[at + 4], 2)) end
     put('z', LIVE, id, t.created)
-    enter(t, 'QUEUED')
+    if t.due ~= '' and tonumber(t.due) > now then
+      enter(t, 'SCHEDULED')
+    else
+      enter(t, 'QUEUED')
+      added = added + 1
+    end
     flags[i] = '1'
-    added = added + 1
   end
 end
 redis.call('SET', REPLY_ADD, token .. '\n' .. table.concat(flags), 'PX', 3600000)
@@ -44,7 +50,8 @@ return done(table.concat(flags))
 """
 
 # ARGV[4] token, ARGV[5] n, then the tokens of n take_many calls that raised (they may have run), then the
-# number of wants, then per want: limit, the number of methods, the methods. Answers a list of records per want.
+# number of wants, then per want: limit, the number of methods, the methods, the number of named queues, the
+# queues. Answers a list of records per want: the highest priority first, then the earliest submitted.
 TAKE = r"""
 local doubt = {}
 for i = 6, 5 + tonumber(ARGV[5]) do doubt[ARGV[i]] = true end
@@ -78,13 +85,18 @@ end
 local answer, groups, at = {}, {}, 7 + tonumber(ARGV[5])
 for w = 1, tonumber(ARGV[6 + tonumber(ARGV[5])]) do
   local limit, k = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
+  local q = tonumber(ARGV[at + 2 + k])
   local found, chosen = {}, {}
   if limit > 0 then
     sync()  -- what earlier wants took has left the queue
     for j = at + 2, at + 1 + k do
-      local p = prefix(ARGV[j])
-      for _, m in ipairs(redis.call('ZRANGEBYLEX', QUEUE, '[' .. p, '(' .. p .. '\255', 'LIMIT', 0, limit)) do
-        found[#found + 1] = {tonumber(string.sub(m, #p + 1, #p + 12), 16), string.sub(m, #p + 13)}
+      for i = at + 3 + k, at + 2 + k + q do
+        local p = lane(ARGV[j], ARGV[i])
+        for _, m in ipairs(redis.call('ZRANGEBYLEX', QUEUE, '[' .. p, '(' .. p .. '\255', 'LIMIT', 0, limit)) do
+          -- 9 - priority, then the sequence, as one number (exact: under 2^53) for a quick sort
+          local order = tonumber(string.sub(m, #p + 1, #p + 1)) * 2^48 + tonumber(string.sub(m, #p + 2, #p + 13), 16)
+          found[#found + 1] = {order, string.sub(m, #p + 14), m}
+        end
       end
     end
     table.sort(found, function(a, b) return a[1] < b[1] end)
@@ -94,11 +106,12 @@ for w = 1, tonumber(ARGV[6 + tonumber(ARGV[5])]) do
   preload(chosen, {META, PARAMS, OWNER})
   for i = 1, #chosen do
     local t = load(chosen[i])
+    t.member = found[i][3]
     leave(t); enter(t, 'ASSIGNED')
     answer[w][i] = record(t)
     groups[w][i] = t.id
   end
-  at = at + 2 + k
+  at = at + 3 + k + q
 end
 for _, ids in ipairs(groups) do
   if #ids > 0 then
@@ -109,13 +122,13 @@ end
 return done(answer)
 """
 
-# ARGV[4..] task ids.
+# ARGV[4..] task ids. A SCHEDULED task is left alone: no node can have it.
 CLAIM = r"""
 local answer = {}
 preload(args_from(4), {META, PARAMS, OWNER})
 for i = 4, #ARGV do
   local t = load(ARGV[i])
-  if t and not FINAL[t.state] then
+  if t and not FINAL[t.state] and t.state ~= 'SCHEDULED' then
     leave(t); enter(t, 'ASSIGNED')
     answer[#answer + 1] = record(t)
   end
@@ -202,11 +215,37 @@ local t = load(ARGV[4])
 if not t or (t.state ~= 'FAILED' and t.state ~= 'REVOKED') then return done(0) end
 leave(t)
 put('h', OUTCOME, t.id, false)
-t.seq, t.attempts, t.created, t.finished = new_seq(), '0', NOW, ''
+t.seq, t.attempts, t.created, t.finished, t.due = new_seq(), '0', NOW, '', ''
 put('z', LIVE, t.id, t.created)
 enter(t, 'QUEUED')
 publish('Q', {})
 return done(1)
+"""
+
+# ARGV[4] now, ARGV[5] limit. Queues the SCHEDULED tasks due by now, the earliest first, each in the place of
+# its submission. Brokers that call it at once each queue other tasks.
+DUE = r"""
+local limit, n, ids = tonumber(ARGV[5]), 0, {}
+if limit <= 0 then return done(0) end
+local members = redis.call('ZRANGEBYSCORE', SCHEDULE, '-inf', ARGV[4], 'LIMIT', 0, limit)
+for j, m in ipairs(members) do ids[j] = string.sub(m, 13) end
+preload(ids, {META})
+for j, m in ipairs(members) do
+  local t = load(ids[j])
+  if t and t.state == 'SCHEDULED' then
+    leave(t); enter(t, 'QUEUED')
+    n = n + 1
+  else
+    put('z', SCHEDULE, m, false)
+  end
+end
+if n > 0 then publish('Q', {}) end
+return done(n)
+"""
+
+# Answers the due_at of the earliest SCHEDULED task (as Redis writes a score: exact), or false.
+NEXT_DUE = r"""
+return redis.call('ZRANGE', SCHEDULE, 0, 0, 'WITHSCORES')[2] or false
 """
 
 # ARGV[4] limit, ARGV[5] "1" to reclaim this broker's own tasks too (it starts: no node holds them), then
@@ -252,14 +291,22 @@ end
 return answer
 """
 
-# ARGV[4..] methods. Answers the created_at of each method's first task in line, or false.
+# ARGV[4..] methods. Answers, per method, the earliest created_at of the first tasks in line of its named
+# queues (one lookup per queue that has some), or false.
 OLDEST = r"""
 local answer = {}
 for i = 4, #ARGV do
-  local p = prefix(ARGV[i])
-  local first = redis.call('ZRANGEBYLEX', QUEUE, '[' .. p, '(' .. p .. '\255', 'LIMIT', 0, 1)[1]
-  local t = first and load(string.sub(first, #p + 13))
-  answer[i - 3] = t and t.created or false
+  local p, oldest = prefix(ARGV[i]), false
+  local from = '[' .. p
+  while true do
+    local first = redis.call('ZRANGEBYLEX', QUEUE, from, '(' .. p .. '\255', 'LIMIT', 0, 1)[1]
+    if not first then break end
+    local head = #p + 8 + tonumber(string.sub(first, #p + 1, #p + 8), 16)  -- the lane's length
+    local t = load(string.sub(first, head + 14))
+    if t and (not oldest or tonumber(t.created) < tonumber(oldest)) then oldest = t.created end
+    from = '(' .. string.sub(first, 1, head) .. '\255'  -- the next named queue
+  end
+  answer[i - 3] = oldest
 end
 return answer
 """
@@ -294,7 +341,7 @@ if limit <= 0 then return {} end
 if state == '' then
   scan(LIVE); for _, key in pairs(ENDED) do scan(key) end
 elseif FINAL[state] then scan(ENDED[state])
-elseif state == 'QUEUED' or LEASED[state] then scan(LIVE) end
+elseif state == 'QUEUED' or state == 'SCHEDULED' or LEASED[state] then scan(LIVE) end
 table.sort(found, function(a, b) return a[1] > b[1] or (a[1] == b[1] and a[2] > b[2]) end)
 local answer, ids = {}, {}
 for i = 1, math.min(limit, #found) do ids[i] = found[i][2] end
@@ -312,10 +359,13 @@ SCRIPTS = {
     "finish": FINISH,
     "expire": EXPIRE,
     "reset": RESET,
+    "due": DUE,
+    "next_due": NEXT_DUE,
     "reclaim": RECLAIM,
     "get": GET,
     "oldest": OLDEST,
     "list": LIST,
+    **REGISTRY_SCRIPTS,
 }
 
 
