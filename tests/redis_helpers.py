@@ -11,13 +11,18 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import pytest
 
 from zerotask.store import Store
 from zerotask.testing import free_port, scaled
+
+if TYPE_CHECKING:
+    from zerotask.store.redis import RedisStore
 
 REDIS_URL = os.environ.get("ZEROTASK_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
@@ -45,6 +50,21 @@ def redis_store(directory: Path) -> Store:
     from zerotask.store.redis import RedisStore
 
     return RedisStore(REDIS_URL, prefix=f"zt-test-{uuid.uuid4().hex}")
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[RedisStore, RedisStore]]:
+    """Two stores on one prefix of the shared Redis: brokers A and B (a test module imports this fixture
+    by name)."""
+    from zerotask.store.redis import RedisStore
+
+    first = redis_store(tmp_path)
+    assert isinstance(first, RedisStore)
+    second = RedisStore(REDIS_URL, prefix=first.prefix)
+    yield first, second
+    for store in (first, second):
+        store.close()
+    forget(first)
 
 
 def bounded_modules() -> list[ModuleType]:

@@ -17,25 +17,14 @@ from typing import Any
 
 import pytest
 
-from tests.redis_helpers import REDIS_URL, RedisServer, forget, redis_store
+from tests.redis_helpers import REDIS_URL, RedisServer
+from tests.redis_helpers import pair as pair
 from zerotask.store import Changes, Outcome, StoreUnavailable, TaskRecord
 from zerotask.testing import scaled
 from zerotask.wire import ASSIGNED, FINISHED, QUEUED, RETRY
 
 redis = pytest.importorskip("redis")
 from zerotask.store.redis import RedisStore  # noqa: E402 - only once redis-py is known to be there
-
-
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[RedisStore, RedisStore]]:
-    """Two stores on one prefix of the shared Redis: brokers A and B."""
-    first = redis_store(tmp_path)
-    assert isinstance(first, RedisStore)
-    second = RedisStore(REDIS_URL, prefix=first.prefix)
-    yield first, second
-    for store in (first, second):
-        store.close()
-    forget(first)
 
 
 @pytest.fixture
