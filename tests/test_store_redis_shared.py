@@ -1,5 +1,6 @@
 """What brokers sharing a Redis store agree on: each of these is one atomic script, so two stores (two
-brokers) calling at once never both get what only one may have.
+brokers) calling at once never both get what only one may have. Also the leases that keep one broker's
+requeue off another's tasks.
 
 Two RedisStore objects on one prefix stand for two brokers; the calls at once run in two threads, each
 store on its own connection."""
@@ -18,7 +19,7 @@ from tests.redis_helpers import pair as pair
 from zerotask.store import Outcome, TaskRecord
 from zerotask.store.base import TokenBuckets
 from zerotask.testing import scaled
-from zerotask.wire import FINISHED, QUEUED, SCHEDULED
+from zerotask.wire import ASSIGNED, FINISHED, QUEUED, RETRY, SCHEDULED
 
 pytest.importorskip("redis")
 from zerotask.store.redis import RedisStore  # noqa: E402 - only once redis-py is known to be there
@@ -42,6 +43,14 @@ def at_once(a: RedisStore, b: RedisStore, work: Callable[[RedisStore], list[Any]
         thread.join(scaled(60))
     assert set(results) == {0, 1}, "a thread failed or hung"
     return results[0], results[1]
+
+
+def state(store: RedisStore, task_id: str) -> tuple[str, str]:
+    """The task's state, and the broker its meta says it is leased to ("" for none)."""
+    record = store.get(task_id)
+    assert record is not None, f"{task_id} is unknown"
+    meta = store._run([("HGET", store._key("meta"), task_id)])[0].decode()
+    return record.state, meta.split("|")[5]
 
 
 class TestScheduledAcrossBrokers:
@@ -165,3 +174,41 @@ class TestRegistryAcrossBrokers:
             burst, count = max(1.0, per_s), rng.randint(-3, 8)
             store = rng.choice([a, b])
             assert store.take_tokens(name, per_s, burst, count) == reference.take(name, per_s, burst, count)
+
+
+class TestLeases:
+    def test_requeue_leaves_alone_a_task_another_broker_claimed(self, pair: Pair) -> None:
+        """A node moved from broker A to B: B claimed what it runs. A losing the node later must not take
+        the tasks back from B, nor a RETRY task B took over."""
+        a, b = pair
+        a.attach("broker-a", 60.0)
+        b.attach("broker-b", 60.0)
+        for task_id in ("t1", "t2", "t3"):
+            assert a.add(TaskRecord(task_id, "a"))
+        (taken,) = a.take_many([(["a"], 3)])
+        assert [record.id for record in taken] == ["t1", "t2", "t3"]
+        a.retry("t2", 1)
+        assert sorted(record.id for record in b.claim(["t1", "t2"])) == ["t1", "t2"]
+        a.requeue(["t1", "t2", "t3"])  # A lost the node
+        assert [state(a, task_id) for task_id in ("t1", "t2", "t3")] == [
+            (ASSIGNED, "broker-b"),
+            (ASSIGNED, "broker-b"),
+            (QUEUED, ""),  # A's own
+        ]
+        assert dict(a.queued_counts()) == {"a": 1}
+        b.retry("t2", 2)
+        a.requeue(["t2"])  # a late retry timer of A's
+        assert state(a, "t2") == (RETRY, "broker-b")
+        b.requeue(["t1", "t2"])
+        assert state(a, "t1") == (QUEUED, "") and state(a, "t2") == (QUEUED, "")
+
+    def test_an_outcome_is_recorded_whichever_broker_holds_the_task(self, pair: Pair) -> None:
+        a, b = pair
+        a.attach("broker-a", 60.0)
+        b.attach("broker-b", 60.0)
+        assert a.add(TaskRecord("t1", "a"))
+        assert [record.id for record in a.take_many([(["a"], 1)])[0]] == ["t1"]
+        assert b.finish_many([Outcome("t1", FINISHED, 1)]) == [True]  # the first outcome wins, from anywhere
+        assert a.finish_many([Outcome("t1", FINISHED, 2, held=True)]) == [False]
+        record = a.get("t1")
+        assert record is not None and (record.state, record.result) == (FINISHED, 1)

@@ -197,6 +197,8 @@ class RedisStore(Store):
         return [task_from_row(row) for row in self._call("claim", *task_ids)] if task_ids else []
 
     def requeue(self, task_ids: Iterable[str]) -> None:
+        """Once attached, puts back only the tasks leased to this broker: a node that moved to another
+        broker had its tasks claimed there, and this broker losing it later must not take them back."""
         task_ids = list(task_ids)
         if task_ids:
             self._call("requeue", *task_ids)

@@ -136,13 +136,14 @@ end
 return done(answer)
 """
 
-# ARGV[4..] task ids.
+# ARGV[4..] task ids. Once attached, only this broker's own: a task another broker holds now (it claimed
+# it from a node that moved there, or reclaimed it) stays where it is.
 REQUEUE = r"""
 local n = 0
 preload(args_from(4), {META})
 for i = 4, #ARGV do
   local t = load(ARGV[i])
-  if t and LEASED[t.state] then
+  if t and LEASED[t.state] and (ME == '' or t.lease == ME) then
     leave(t); enter(t, 'QUEUED')
     n = n + 1
   end
