@@ -1,6 +1,6 @@
 """What brokers sharing a Redis store agree on: each of these is one atomic script, so two stores (two
 brokers) calling at once never both get what only one may have. Also the leases that keep one broker's
-requeue off another's tasks.
+requeue off another's tasks, and a single broker taking a task in the round it was added.
 
 Two RedisStore objects on one prefix stand for two brokers; the calls at once run in two threads, each
 store on its own connection."""
@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 
 from tests.redis_helpers import pair as pair
+from zerotask.broker.core import BrokerCore
 from zerotask.store import Outcome, TaskRecord
 from zerotask.store.base import TokenBuckets
-from zerotask.testing import scaled
+from zerotask.testing import ManualClock, scaled
 from zerotask.wire import ASSIGNED, FINISHED, QUEUED, RETRY, SCHEDULED
 
 pytest.importorskip("redis")
@@ -212,3 +213,33 @@ class TestLeases:
         assert a.finish_many([Outcome("t1", FINISHED, 2, held=True)]) == [False]
         record = a.get("t1")
         assert record is not None and (record.state, record.result) == (FINISHED, 1)
+
+
+class TestOneBroker:
+    def test_a_task_added_in_a_round_is_taken_in_that_round_with_one_round_trip(self, pair: Pair) -> None:
+        a, _ = pair
+        core = BrokerCore(a, ManualClock())
+        node = core.connect(b"n1", ["a"], 10, ())
+        calls: list[int] = []
+        execute = a._execute
+        a._execute = lambda batch: calls.append(len(batch)) or execute(batch)  # type: ignore[method-assign]
+        record = core.submit("a", [1], {})
+        assert calls == []  # buffered
+        assert dict(a.queued_counts()) == {"a": 1}
+        handed = core.assign()
+        assert [(slot, [task.id for task in tasks]) for slot, tasks in handed] == [(node, [record.id])]
+        assert len(calls) == 1  # the add (and the names the node announced) and the take, in one round trip
+
+    def test_a_buffered_scheduled_task_is_not_counted_as_queued(self, pair: Pair) -> None:
+        a, _ = pair
+        assert a.add(TaskRecord("later", "a", due_at=time.time() + 3600))
+        assert a.add(TaskRecord("now", "a"))
+        assert dict(a.queued_counts()) == {"a": 1}
+        assert a.flush() == [] and dict(a.queued_counts()) == {"a": 1}
+
+    def test_a_priority_outside_0_to_9_is_refused(self, pair: Pair) -> None:
+        a, _ = pair
+        for priority in (-1, 10):
+            with pytest.raises(ValueError):
+                a.add(TaskRecord("t", "a", priority=priority))
+        assert a.flush() == []

@@ -47,7 +47,7 @@ from zerotask.store.base import (
     Want,
     want_parts,
 )
-from zerotask.store.redis_buffer import Command, WriteBuffer
+from zerotask.store.redis_buffer import Command, QueuedCounts, WriteBuffer
 from zerotask.store.redis_client import SOCKET_TIMEOUT_S, Redis, check, connect, is_missing_script, reaching_redis
 from zerotask.store.redis_layout import KEY_NAMES, task_from_row
 from zerotask.store.redis_notify import Notifications
@@ -96,7 +96,8 @@ class RedisStore(Store):
         self._refused: list[TaskRecord] = []  # adds the buffer's writes found existing, for the next flush
         self._known: tuple[float, frozenset[str]] | None = None  # (time.monotonic(), names)
         self._takes_in_doubt: deque[str] = deque(maxlen=64)  # take_many calls that raised: they may have run
-        self._queued: dict[str, int] = {}
+        self._queued: dict[str, int] = {}  # as the last reply brought them: changed in place (see _counts)
+        self._counts = QueuedCounts(self._queued, self._buffer.counts)
         self._registry = RedisRegistry(base, self._read)
         self._closed = False
         try:
@@ -159,7 +160,8 @@ class RedisStore(Store):
     def _counted(self, reply: dict[bytes, bytes] | list[bytes]) -> None:
         """Keep the queued counts: a reply of HGETALL (a dict), or of a script (a flat list)."""
         pairs = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2], strict=True)
-        self._queued = {method.decode(): int(count) for method, count in pairs}
+        self._queued.clear()
+        self._queued.update((method.decode(), int(count)) for method, count in pairs)
 
     def add(self, record: TaskRecord, size_hint: int = 0) -> bool:
         """Buffers the task; always True (the next :meth:`flush` returns it if its id existed). Raises
@@ -259,14 +261,11 @@ class RedisStore(Store):
         return None if row is None else task_from_row(row)
 
     def queued_counts(self) -> Mapping[str, int]:
-        """From memory: the counts every write of this store brought back (other brokers' writes show at
-        this store's next write or :meth:`changes`), with the adds not yet written (not the SCHEDULED ones)."""
-        if not self._buffer.counts:
-            return self._queued
-        counts = dict(self._queued)
-        for method, count in self._buffer.counts.items():
-            counts[method] = counts.get(method, 0) + count
-        return counts
+        """From memory, and live: the counts every write of this store brought back (other brokers'
+        writes show at this store's next write or :meth:`changes`), with the adds not yet written (not
+        the SCHEDULED ones). So the broker takes a task in the round it was added (the take carries the
+        add), and stops taking once the counts say nothing is left."""
+        return self._counts
 
     def state_counts(self) -> Mapping[str, int]:
         """Asks Redis (one round trip): other brokers change the counts too."""

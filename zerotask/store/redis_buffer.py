@@ -1,12 +1,13 @@
 """What a :class:`~zerotask.store.redis.RedisStore` was given but has not written yet: the deferred adds
-(written by one script call, in the same round trip as the store's next call) and announced task names."""
+(written by one script call, in the same round trip as the store's next call) and announced task names;
+and the queued counts, which count the deferred adds too."""
 
 from __future__ import annotations
 
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from zerotask import jsonrpc
@@ -85,3 +86,28 @@ class WriteBuffer:
             self._token = uuid.uuid4().hex
         self._names.clear()
         return refused, queued
+
+
+class QueuedCounts(Mapping[str, int]):
+    """Tasks QUEUED by method (only methods with some): ``written`` (the counts the store's last reply
+    brought) plus ``buffered`` (adds not written yet). A live view of both, as a MemoryStore's counts
+    are: the broker's assigner reads the same mapping again after each take, to decide whether to take
+    more (a copy would make it take once more for nothing)."""
+
+    def __init__(self, written: dict[str, int], buffered: Counter[str]) -> None:
+        self._written = written
+        self._buffered = buffered
+
+    def __getitem__(self, method: str) -> int:
+        count = self._written.get(method, 0) + self._buffered.get(method, 0) if self._buffered else self._written[method]
+        if count <= 0:
+            raise KeyError(method)
+        return count
+
+    def __iter__(self) -> Iterator[str]:
+        if not self._buffered:
+            return iter(list(self._written))
+        return iter([method for method in dict.fromkeys([*self._written, *self._buffered]) if method in self])
+
+    def __len__(self) -> int:
+        return len(self._written) if not self._buffered else sum(1 for _ in self)
