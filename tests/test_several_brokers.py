@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from zerotask.canvas import chain, chord, group, sig
 from zerotask.client import AsyncClient, Client
 from zerotask.exceptions import StoreUnavailable
 from zerotask.testing import Cluster, scaled, wait_until
@@ -97,6 +98,19 @@ def test_a_broker_that_stops_answering_has_its_tasks_run_by_another(two_brokers:
     finally:
         a.broker.signal(signal.SIGCONT)
     assert client.status(task_id) == "FINISHED"
+
+
+def test_a_workflow_runs_across_two_brokers(two_brokers: tuple[Cluster, Cluster], tmp_path: Path) -> None:
+    """A chain and a chord started at broker A whose members run on broker B's node: the workflow advances
+    wherever its members end, and the chord's callback runs once."""
+    a, b = two_brokers
+    b.start_node("tests.tasks", workers=2)
+    client = a.client()
+    assert client.result(client.apply_async(chain(sig("add", 1, 2), sig("mul", 10)))) == 30
+    runs = tmp_path / "callback-runs"
+    workflow = chord(group(sig("add", 1, 1), sig("add", 2, 2), sig("add", 3, 3)), sig("tsum_counted", str(runs)))
+    assert client.result(client.apply_async(workflow)) == 12
+    assert len(runs.read_text().split()) == 1
 
 
 # ---- Redis fails --------------------------------------------------------------------------------------
