@@ -72,7 +72,9 @@ class OutageStore(MemoryStore):
 @pytest.fixture
 def outage(clock: ManualClock, recorder: Recorder) -> tuple[BrokerCore, OutageStore]:
     store = OutageStore()
-    return BrokerCore(store, clock, [Retries(), TimeLimits(), recorder]), store
+    core = BrokerCore(store, clock, [Retries(), TimeLimits(), recorder])
+    core.writes.probe_every_s = 0.0  # every commit tries the store (a broker waits PROBE_EVERY_S between tries)
+    return core, store
 
 
 # ---- a deploy ----------------------------------------------------------------------------------------
@@ -196,3 +198,17 @@ def test_a_held_round_goes_out_on_release_before_what_came_since() -> None:
     outbox.release()
     outbox.deliver(send)
     assert sent[1:] in ([b'[{"n":1},{"n":3}]'], [b'{"n":1}', b'{"n":3}'])
+
+
+def test_while_the_store_is_down_a_commit_tries_it_only_every_so_often(outage: tuple[BrokerCore, OutageStore]) -> None:
+    core, store = outage
+    core.writes.probe_every_s = 60.0
+    probes: list[int] = []
+    heartbeat = store.heartbeat
+    store.heartbeat = lambda: (probes.append(1), heartbeat())[1]  # type: ignore[method-assign]
+    store.down = True
+    submit(core, 1)
+    assert core.commit() is False  # the flush found it down
+    for _ in range(5):
+        assert core.commit() is True  # nothing added: these rounds' messages go out, without a try
+    assert len(probes) == 1

@@ -233,7 +233,8 @@ class Broker(EventLoop):
         """The end of a round: hand out tasks, commit, then send what the commit made true."""
         self.clients.ids_this_round = 0
         try:
-            self.nodes.send_tasks(self.core.assign())
+            if not self.core.writes.down:  # (while it is, the commit's probe alone tries the store)
+                self.nodes.send_tasks(self.core.assign())
         except StoreUnavailable:
             pass  # the commit says so, and tries again
         if not self.core.commit():
@@ -267,6 +268,8 @@ class Broker(EventLoop):
     # ---- other brokers on the same store -------------------------------------------------------------
 
     def _keep_lease(self) -> None:
+        if self.core.writes.down:
+            return  # the commit's probe tries the store; a lease that runs out meanwhile is reclaimed by another
         self.core.due_timer.arm(None)  # tasks another broker scheduled are due here too
         try:
             self.store.heartbeat()

@@ -9,6 +9,7 @@ added in a round whose flush failed stay in the store's buffer, and the round's 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from zerotask.exceptions import StoreUnavailable
@@ -16,6 +17,7 @@ from zerotask.store import Store, TaskRecord
 
 log = logging.getLogger("zerotask.broker")
 
+PROBE_EVERY_S = 0.5  # while the store is down, how often a flush tries it (a call may wait a second to fail)
 MAX_UNWRITTEN = 10_000  # writes kept for later while the store is unreachable (each: one node report, or one requeue)
 
 
@@ -25,6 +27,8 @@ class StoreWrites:
         self.down = False  # the store failed: submits are refused until a flush reaches it again
         self.added = 0  # tasks added since the last flush: their acknowledgements wait for it
         self._unwritten: list[Callable[[], None]] = []
+        self._probed_at = 0.0
+        self.probe_every_s = PROBE_EVERY_S
 
     def write(self, write: Callable[[], None]) -> None:
         """Do a write now, or, if the store is unreachable, at the next :meth:`flush`."""
@@ -47,6 +51,11 @@ class StoreWrites:
         added, self.added = self.added, 0
         try:
             if self.down:
+                # Not every round: a store cut off (no reset) makes each try wait for its timeout.
+                now = time.monotonic()
+                if now - self._probed_at < self.probe_every_s:
+                    return not added, []
+                self._probed_at = now
                 self.store.heartbeat()  # a real round trip: an empty flush proves nothing
             while self._unwritten:
                 self._unwritten[0]()
