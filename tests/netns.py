@@ -71,8 +71,9 @@ def unavailable() -> str | None:
         _ip("netns", "add", probe)
         _ip("netns", "exec", probe, "true")
         _ip("-n", probe, "link", "add", "probe0", "type", "veth", "peer", "name", "probe1")
+        _ip("-n", probe, "link", "add", "probe2", "type", "bridge")
     except (RuntimeError, OSError, subprocess.SubprocessError) as problem:
-        return f"cannot make a network namespace with a veth link here: {problem}"
+        return f"cannot make a network namespace with a veth link and a bridge here: {problem}"
     finally:
         _ip("netns", "del", probe, check=False)
     return None
