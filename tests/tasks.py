@@ -188,3 +188,30 @@ def segfault() -> None:
     import ctypes
 
     ctypes.string_at(0)  # reads address 0: SIGSEGV
+
+
+@task
+def append(path: str, line: str) -> str:
+    """Append a line to a file: the order tasks ran in, for the priority tests."""
+    with open(path, "a") as lines:
+        lines.write(line + "\n")
+    return line
+
+
+@task(queue="io", priority=5)
+def io_add(a: float, b: float) -> float:
+    """A task whose own defaults send it to the queue "io"."""
+    return a + b
+
+
+@task(rate_limit="5/s")
+def limited(n: int) -> float:
+    """A task the broker hands out at most 5 times a second, to all nodes together."""
+    return time.time()
+
+
+@task(unique_for=30)
+def unique_sleep(seconds: float, label: str = "") -> float:
+    """At most one queued or running task per arguments (for 30 s)."""
+    time.sleep(seconds)
+    return seconds

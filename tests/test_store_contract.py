@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import select
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -23,10 +24,11 @@ from typing import Any
 
 import pytest
 
-from zerotask.store import MemoryStore, Outcome, SqliteStore, Store, TaskRecord, Want
-from zerotask.store.base import METHODS_REMEMBERED_S
+from zerotask.store import MemoryStore, Outcome, SqliteStore, Store, TaskRecord, Want, sqlite_registry
+from zerotask.store import memory as memory_store
+from zerotask.store.base import METHODS_REMEMBERED_S, want_parts
 from zerotask.testing import scaled
-from zerotask.wire import ASSIGNED, FAILED, FINAL_STATES, FINISHED, QUEUED, RETRY, REVOKED
+from zerotask.wire import ASSIGNED, FAILED, FINAL_STATES, FINISHED, QUEUED, RETRY, REVOKED, SCHEDULED
 
 STORES: dict[str, Callable[[Path], Store]] = {
     "memory": lambda directory: MemoryStore(),
@@ -56,6 +58,15 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     made = Clock()
     monkeypatch.setattr(time, "time", made)
     return made
+
+
+BOUNDED_MODULES = [memory_store, sqlite_registry]  # where the stores read their bounds
+
+
+def bound(monkeypatch: pytest.MonkeyPatch, name: str, value: int) -> None:
+    """Lower one of base.py's bounds (MAX_REMEMBERED_METHODS...) for every store, for one test."""
+    for module in BOUNDED_MODULES:
+        monkeypatch.setattr(module, name, value)
 
 
 def queue(store: Store, *calls: tuple[str, str]) -> None:
@@ -706,6 +717,126 @@ class TestRecover:
         assert store.recover() == 0
 
 
+class TestPrioritiesAndQueues:
+    def test_a_higher_priority_is_taken_first_across_methods_then_the_earliest(self, store: Store) -> None:
+        for task_id, method, priority in (
+            ("low1", "a", 0),
+            ("high1", "b", 9),
+            ("mid", "a", 5),
+            ("high2", "a", 9),
+            ("low2", "b", 0),
+        ):
+            assert store.add(TaskRecord(task_id, method, priority=priority))
+        store.flush()
+        assert take(store, ["a", "b"], 10) == ["high1", "high2", "mid", "low1", "low2"]
+
+    def test_a_requeued_task_keeps_its_place_among_its_priority(self, store: Store) -> None:
+        for task_id, priority in (("p1", 5), ("p2", 5), ("p3", 0)):
+            store.add(TaskRecord(task_id, "a", priority=priority))
+        assert take(store, ["a"], 1) == ["p1"]
+        store.requeue(["p1"])
+        assert take(store, ["a"], 3) == ["p1", "p2", "p3"]
+
+    def test_a_want_without_queues_takes_from_the_default_queue_only(self, store: Store) -> None:
+        store.add(TaskRecord("io1", "a", queue="io"))
+        store.add(TaskRecord("d1", "a"))
+        store.flush()
+        assert counts(store) == {"a": 2}  # by method, every queue together
+        assert take(store, ["a"], 10) == ["d1"]
+        (taken,) = store.take_many([(["a"], 10, ["io", "cpu"])])
+        assert ids(taken) == ["io1"] and taken[0].queue == "io"
+
+    def test_a_want_across_queues_takes_by_priority_then_submission(self, store: Store) -> None:
+        for task_id, queue, priority in (("d1", "default", 0), ("io1", "io", 0), ("io2", "io", 3), ("d2", "default", 3)):
+            store.add(TaskRecord(task_id, "a", queue=queue, priority=priority))
+        (taken,) = store.take_many([(["a"], 10, ["default", "io"])])
+        assert ids(taken) == ["io2", "d2", "d1", "io1"]
+
+
+class TestScheduled:
+    def test_a_task_due_later_waits_scheduled_and_is_not_taken(self, store: Store, clock: Clock) -> None:
+        assert store.add(TaskRecord("later", "a", due_at=clock.now + 10))
+        store.add(TaskRecord("now", "a", due_at=clock.now))
+        store.flush()
+        assert state(store, "later") == SCHEDULED and state(store, "now") == QUEUED
+        assert counts(store) == {"a": 1}
+        assert store.state_counts()[SCHEDULED] == 1
+        assert store.next_due() == clock.now + 10
+        assert take(store, ["a"], 10) == ["now"]
+
+    def test_due_queues_tasks_whose_time_came_in_the_place_of_their_submission(self, store: Store, clock: Clock) -> None:
+        store.add(TaskRecord("s2", "a", due_at=clock.now + 20))
+        store.add(TaskRecord("s1", "a", due_at=clock.now + 10))
+        store.add(TaskRecord("q", "a"))
+        assert store.due(clock.now + 5) == 0
+        assert store.due(clock.now + 20, limit=1) == 1  # the earliest due first: s1
+        assert state(store, "s1") == QUEUED and state(store, "s2") == SCHEDULED
+        assert store.next_due() == clock.now + 20
+        assert store.due(clock.now + 20) == 1
+        assert store.next_due() is None
+        assert take(store, ["a"], 10) == ["s2", "s1", "q"]  # submitted in that order
+
+    def test_a_scheduled_task_can_be_revoked_and_is_never_due_then(self, store: Store, clock: Clock) -> None:
+        store.add(TaskRecord("s", "a", due_at=clock.now + 10))
+        assert finish(store, "s", REVOKED, error=ERROR)
+        assert store.next_due() is None
+        assert store.due(clock.now + 100) == 0
+        assert state(store, "s") == REVOKED
+
+    def test_a_node_cannot_claim_a_scheduled_task_and_recover_leaves_it_waiting(self, store: Store, clock: Clock) -> None:
+        store.add(TaskRecord("s", "a", due_at=clock.now + 10))
+        assert store.claim(["s"]) == []
+        store.recover()
+        assert state(store, "s") == SCHEDULED
+
+    def test_reset_queues_a_task_at_once_whatever_its_time(self, store: Store, clock: Clock) -> None:
+        store.add(TaskRecord("s", "a", due_at=clock.now + 10))
+        finish(store, "s", REVOKED, error=ERROR)
+        assert store.reset("s")
+        assert state(store, "s") == QUEUED
+        assert take(store, ["a"], 1) == ["s"]
+
+
+class TestPeriodicSlots:
+    def test_a_slot_is_taken_once_and_never_an_earlier_one_after_it(self, store: Store) -> None:
+        assert store.claim_slot("report", 60.0)
+        assert not store.claim_slot("report", 60.0)
+        assert not store.claim_slot("report", 0.0)
+        assert store.claim_slot("other", 60.0)  # each name its own
+        assert store.claim_slot("report", 120.0)
+        store.flush()
+
+    def test_at_most_the_latest_names_are_kept(self, store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+        bound(monkeypatch, "MAX_REMEMBERED_METHODS", 2)
+        for name in ("a", "b", "c"):
+            clock.now += 1
+            assert store.claim_slot(name, 10.0)
+        assert store.claim_slot("a", 10.0)  # forgotten: claimable again (the one case a slot can run twice)
+        assert not store.claim_slot("c", 10.0)
+
+
+class TestUniqueLocks:
+    def test_a_lock_is_held_while_its_task_has_no_outcome_and_its_time_lasts(self, store: Store, clock: Clock) -> None:
+        queue(store, ("first", "a"), ("second", "a"))
+        assert store.lock_unique("key", "first", clock.now + 60) is None
+        assert store.lock_unique("key", "second", clock.now + 60) == "first"
+        assert store.lock_unique("key", "first", clock.now + 60) is None  # its own holder may take it again
+        assert store.lock_unique("other", "second", clock.now + 60) is None
+
+    def test_a_lock_whose_task_ended_or_expired_goes_to_the_next(self, store: Store, clock: Clock) -> None:
+        queue(store, ("first", "a"), ("second", "a"), ("third", "a"))
+        store.lock_unique("key", "first", clock.now + 60)
+        assert finish(store, "first", FINISHED, result=1)
+        assert store.lock_unique("key", "second", clock.now + 60) is None
+        clock.now += 61
+        assert store.lock_unique("key", "third", clock.now + 60) is None
+
+    def test_a_lock_of_an_unknown_task_holds_nothing(self, store: Store, clock: Clock) -> None:
+        store.lock_unique("key", "never-added", clock.now + 60)
+        queue(store, ("real", "a"))
+        assert store.lock_unique("key", "real", clock.now + 60) is None
+
+
 class TestKnownMethods:
     def test_announced_names_are_known(self, store: Store) -> None:
         assert set(store.known_methods()) == set()
@@ -724,7 +855,7 @@ class TestKnownMethods:
         assert set(store.known_methods()) == {"recent", "old"}
 
     def test_at_most_the_latest_names_are_remembered(self, store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(sys.modules[type(store).__module__], "MAX_REMEMBERED_METHODS", 3)
+        bound(monkeypatch, "MAX_REMEMBERED_METHODS", 3)
         for name in ("a", "b", "c", "d", "e"):
             clock.now += 1
             store.remember_methods([name])
@@ -744,21 +875,32 @@ class ReferenceStore(Store):
     def add(self, record: TaskRecord) -> bool:
         if record.id in self.tasks:
             return False
-        self.tasks[record.id] = replace(record, state=QUEUED, created_at=time.time(), finished_at=None)
+        now = time.time()
+        state = SCHEDULED if record.due_at is not None and record.due_at > now else QUEUED
+        self.tasks[record.id] = replace(record, state=state, created_at=now, finished_at=None)
         return True
 
     def take_many(self, wants: Sequence[Want]) -> list[list[TaskRecord]]:
         taken = []
-        for methods, limit in wants:
-            queued = [record for record in self.tasks.values() if record.state == QUEUED and record.method in methods]
-            records = queued[: max(limit, 0)]
+        for want in wants:
+            methods, limit, queues = want_parts(want)
+            queued = [
+                (-record.priority, index, record)
+                for index, record in enumerate(self.tasks.values())
+                if record.state == QUEUED and record.method in methods and record.queue in queues
+            ]
+            records = [record for _, _, record in sorted(queued, key=lambda item: item[:2])][: max(limit, 0)]
             for record in records:
                 record.state = ASSIGNED
             taken.append(records)
         return taken
 
     def claim(self, task_ids: Iterable[str]) -> list[TaskRecord]:
-        claimed = [record for task_id in task_ids if (record := self.tasks.get(task_id)) and record.state not in FINAL_STATES]
+        claimed = [
+            record
+            for task_id in task_ids
+            if (record := self.tasks.get(task_id)) and record.state not in FINAL_STATES and record.state != SCHEDULED
+        ]
         for record in claimed:
             record.state = ASSIGNED
         return claimed
@@ -789,6 +931,23 @@ class ReferenceStore(Store):
         for _, task_id in oldest:
             del self.tasks[task_id], self.ended_at[task_id]
         return len(oldest)
+
+    def due(self, now: float, limit: int = 10_000) -> int:
+        order = list(self.tasks)
+        waiting = [record for record in self.tasks.values() if record.state == SCHEDULED and (record.due_at or 0.0) <= now]
+        waiting.sort(key=lambda record: (record.due_at or 0.0, order.index(record.id)))
+        for record in waiting[: max(limit, 0)]:
+            record.state = QUEUED
+        return len(waiting[: max(limit, 0)])
+
+    def claim_slot(self, name: str, slot: float) -> bool:
+        raise NotImplementedError("the random sequences do not claim slots")
+
+    def lock_unique(self, key: str, task_id: str, until: float) -> str | None:
+        raise NotImplementedError("the random sequences do not lock")
+
+    def next_due(self) -> float | None:
+        return min((record.due_at or 0.0 for record in self.tasks.values() if record.state == SCHEDULED), default=None)
 
     def get(self, task_id: str) -> TaskRecord | None:
         return self.tasks.get(task_id)
@@ -834,7 +993,9 @@ class ReferenceStore(Store):
         if record is None or record.state not in (FAILED, REVOKED):
             return False
         del self.tasks[task_id], self.ended_at[task_id]
-        self.tasks[task_id] = replace(record, state=QUEUED, attempts=0, result=None, error=None, created_at=time.time())
+        self.tasks[task_id] = replace(
+            record, state=QUEUED, attempts=0, result=None, error=None, created_at=time.time(), due_at=None
+        )
         self.tasks[task_id].finished_at = None
         return True
 
@@ -853,7 +1014,9 @@ OPERATIONS = {
     "recover": 1,
     "reopen": 2,
     "reset": 4,
+    "due": 4,
 }
+QUEUES = ["default", "io"]
 
 
 def random_operation(rng: random.Random, now: float, reference: Store) -> tuple[Any, ...]:
@@ -865,12 +1028,18 @@ def random_operation(rng: random.Random, now: float, reference: Store) -> tuple[
 
     kind = rng.choices(list(OPERATIONS), weights=list(OPERATIONS.values()))[0]
     if kind == "add":
-        return ("add", rng.choice(POOL), rng.choice(METHODS))
+        due_at = now + rng.randint(-2, 8) if rng.random() < 0.2 else None
+        return ("add", rng.choice(POOL), rng.choice(METHODS), rng.choice(QUEUES), rng.choice([0, 0, 1, 9]), due_at)
     if kind == "take_many":
-        return (
-            "take_many",
-            [(rng.sample([*METHODS, "x"], rng.randint(0, 3)), rng.randint(-1, 4)) for _ in range(rng.randint(0, 3))],
-        )
+        wants: list[Want] = []
+        for _ in range(rng.randint(0, 3)):
+            methods, limit = rng.sample([*METHODS, "x"], rng.randint(0, 3)), rng.randint(-1, 4)
+            wants.append(
+                (methods, limit) if rng.random() < 0.5 else (methods, limit, rng.sample([*QUEUES, "y"], rng.randint(0, 3)))
+            )
+        return ("take_many", wants)
+    if kind == "due":
+        return ("due", now - rng.randint(0, 5), rng.randint(0, 3))
     if kind in ("claim", "requeue"):
         return (kind, some_ids())
     if kind == "retry":
@@ -896,8 +1065,12 @@ def random_operation(rng: random.Random, now: float, reference: Store) -> tuple[
 def apply(store: Store, operation: tuple[Any, ...]) -> Any:
     """Run one operation on ``store``; returns its answer as plain values, to compare."""
     match operation:
-        case ("add", task_id, method):
-            return store.add(TaskRecord(task_id, method, [task_id], {"method": method}))
+        case ("add", task_id, method, queue, priority, due_at):
+            return store.add(
+                TaskRecord(task_id, method, [task_id], {"method": method}, queue=queue, priority=priority, due_at=due_at)
+            )
+        case ("due", now, limit):
+            return store.due(now, limit), store.next_due()
         case ("take_many", wants):
             return [
                 [(record.id, record.method, record.args, record.attempts) for record in records]
@@ -925,7 +1098,10 @@ def apply(store: Store, operation: tuple[Any, ...]) -> Any:
 def describe(record: TaskRecord | None) -> tuple[Any, ...] | None:
     if record is None:
         return None
-    return (record.method, record.state, record.attempts, record.args, record.kwargs, record.result, record.error)
+    return (record.method, record.state, record.attempts, record.args, record.kwargs, record.result, record.error) + (
+        record.queue,
+        record.priority,
+    )
 
 
 def view(store: Store) -> dict[str, tuple[Any, ...] | None]:
@@ -974,7 +1150,7 @@ def run_in_lockstep(stores: list[Store], seed: int, steps: int, clock: Clock) ->
             store.close()
     # Every operation ran and every state was reached (and no other), or the sequence proves little.
     assert operations == set(OPERATIONS)
-    assert states == {QUEUED, ASSIGNED, RETRY, *FINAL_STATES}
+    assert states == {SCHEDULED, QUEUED, ASSIGNED, RETRY, *FINAL_STATES}
 
 
 class TestRandomOperations:
@@ -1021,6 +1197,39 @@ def _assert_history(store: Store) -> None:
 
 
 class TestSqliteDurability:
+    def test_scheduled_tasks_queues_and_priorities_survive_closing_and_reopening(self, tmp_path: Path, clock: Clock) -> None:
+        path = str(tmp_path / "tasks.db")
+        store = SqliteStore(path)
+        store.add(TaskRecord("s", "a", due_at=clock.now + 10, queue="io", priority=7))
+        store.close()
+        reopened = SqliteStore(path)
+        try:
+            record = reopened.get("s")
+            assert record is not None
+            assert (record.state, record.due_at, record.queue, record.priority) == (SCHEDULED, clock.now + 10, "io", 7)
+            assert reopened.next_due() == clock.now + 10
+        finally:
+            reopened.close()
+
+    def test_a_file_of_the_version_before_queues_opens_and_keeps_its_tasks(self, tmp_path: Path) -> None:
+        path = str(tmp_path / "old.db")
+        old = sqlite3.connect(path)
+        old.executescript(
+            "CREATE TABLE tasks (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, method TEXT NOT NULL,"
+            " params BLOB NOT NULL, state TEXT NOT NULL, outcome BLOB, attempts INTEGER NOT NULL DEFAULT 0,"
+            " finished_at REAL, owner TEXT, created_at REAL);"
+            "CREATE INDEX queued_by_method ON tasks (method, seq) WHERE state = 'QUEUED';"
+            """INSERT INTO tasks (id, method, params, state) VALUES ('old', 'add', '[[1, 2], {}, {}]', 'QUEUED');"""
+        )
+        old.close()
+        store = SqliteStore(path)
+        try:
+            assert take(store, ["add"], 1) == ["old"]
+            record = store.get("old")
+            assert record is not None and (record.args, record.queue, record.priority) == ([1, 2], "default", 0)
+        finally:
+            store.close()
+
     def test_known_names_survive_closing_and_reopening(self, tmp_path: Path) -> None:
         path = str(tmp_path / "tasks.db")
         store = SqliteStore(path)

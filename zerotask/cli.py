@@ -148,6 +148,7 @@ def _node_arguments(parser: argparse.ArgumentParser) -> None:
         help="on SIGTERM, how long tasks may finish (%(default)s)",
     )
     add("--time-limit", type=float, default=None, metavar="SECONDS", help="kill tasks that run longer (tasks may set their own)")
+    add("--queues", default=None, metavar="NAME,NAME", help="take tasks from these queues only (default: the queue 'default')")
     cli_clients.curve_arguments(parser)
     add("--metrics", default=None, metavar="HOST:PORT", help="serve Prometheus /metrics there, e.g. 127.0.0.1:9809")
     add("--insecure", action="store_true", help="serve --metrics beyond this machine (it has no login)")
@@ -169,6 +170,7 @@ def _run_node(options: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             prefetch=options.prefetch,
             grace_s=options.grace,
             time_limit_s=options.time_limit,
+            queues=options.queues.split(",") if options.queues else None,
             curve_secret=options.curve_secret,
             broker_key=options.broker_key,
             metrics=options.metrics,

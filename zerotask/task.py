@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 import traceback
 import warnings
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
 from zerotask.exceptions import InvalidParams, UnknownMethod, task_error_object
+from zerotask.wire import MAX_PRIORITY, QUEUE_NAME
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,6 +34,12 @@ class TaskOptions:
     retry_backoff_s: float = 1.0
     retry_backoff_max_s: float = 60.0
     time_limit_s: float | None = None
+    queue: str | None = None  # the queue its tasks wait in when the caller names none (the default queue)
+    priority: int | None = None  # 0 to 9, when the caller gives none (0)
+    rate_limit: str | None = None  # "100/s", "10/m", "5/h": the broker hands out no more, for all nodes
+    unique_for_s: float | None = None  # at most one queued-or-running task per arguments, for so long
+    every_s: float | None = None  # periodic: the broker runs it every so many seconds
+    cron: str | None = None  # periodic: the broker runs it when this cron expression matches (UTC)
 
     def retryable(self, error: BaseException) -> bool:
         """Whether the retry policy covers this exception, attempts aside."""
@@ -128,6 +136,12 @@ def task(
     retry_backoff_max: float = 60.0,
     time_limit: float | None = None,
     timeout: float | None = None,
+    queue: str | None = None,
+    priority: int | None = None,
+    rate_limit: str | None = None,
+    unique_for: float | None = None,
+    every: float | None = None,
+    cron: str | None = None,
     dispatcher: Dispatcher | None = None,
 ) -> Callable[[F], F]: ...
 
@@ -142,11 +156,23 @@ def task(
     retry_backoff_max: float = 60.0,
     time_limit: float | None = None,
     timeout: float | None = None,
+    queue: str | None = None,
+    priority: int | None = None,
+    rate_limit: str | None = None,
+    unique_for: float | None = None,
+    every: float | None = None,
+    cron: str | None = None,
     dispatcher: Dispatcher | None = None,
 ) -> Any:
     """Register ``function`` as a task named ``name`` (default: the function's own name).
 
-    ``time_limit``, ``retry_backoff`` and ``retry_backoff_max`` are in seconds. ``timeout`` is the old
+    ``time_limit``, ``retry_backoff`` and ``retry_backoff_max`` are in seconds. ``queue`` and ``priority``
+    (0 to 9) are where its tasks wait and how soon they go when the caller says nothing (nodes announce
+    them to the broker when they connect). ``every`` (seconds) or ``cron`` (an expression, UTC) make it
+    periodic: the broker runs it, without arguments, once per period however many nodes serve it.
+    ``rate_limit`` (``"100/s"``, ``"10/m"``, ``"5/h"``) caps how many of its tasks the broker hands out, to
+    all nodes together. ``unique_for`` (seconds): while a task of this name and these arguments is queued
+    or running (for at most that long), another call with the same arguments gets that task instead. ``timeout`` is the old
     spelling of ``time_limit`` (deprecated: a timeout is how long a caller waits). Raises ValueError for
     options no task could use.
     """
@@ -157,12 +183,35 @@ def task(
         raise ValueError("retries and the retry backoffs must be finite and not negative")
     if time_limit is not None and not (_finite(time_limit) and time_limit > 0):
         raise ValueError("time_limit must be a positive number of seconds")
+    if queue is not None and not QUEUE_NAME.fullmatch(queue):
+        raise ValueError("a queue name has 1 to 64 letters, digits, '_', '.', ':' or '-'")
+    if priority is not None and not (type(priority) is int and 0 <= priority <= MAX_PRIORITY):
+        raise ValueError(f"priority must be an integer from 0 to {MAX_PRIORITY}")
+    if rate_limit is not None and parse_rate(rate_limit) is None:
+        raise ValueError(f"a rate limit is a number of tasks per s, m or h, e.g. '100/s': not {rate_limit!r}")
+    if unique_for is not None and not (_finite(unique_for) and unique_for > 0):
+        raise ValueError("unique_for must be a positive number of seconds")
+    if every is not None and cron is not None:
+        raise ValueError("a periodic task runs every so many seconds or by cron, not both")
+    if every is not None and not (_finite(every) and every >= 0.1):
+        raise ValueError("every must be at least 0.1 seconds")
+    if cron is not None:
+        from croniter import croniter  # only for a task that uses it
+
+        if not croniter.is_valid(cron):
+            raise ValueError(f"not a cron expression: {cron!r}")
     options = TaskOptions(
         retries=retries,
         retry_on=tuple(retry_on),
         retry_backoff_s=retry_backoff,
         retry_backoff_max_s=retry_backoff_max,
         time_limit_s=time_limit,
+        queue=queue,
+        priority=priority,
+        rate_limit=rate_limit,
+        unique_for_s=unique_for,
+        every_s=every,
+        cron=cron,
     )
     target = dispatcher if dispatcher is not None else default_dispatcher
 
@@ -173,6 +222,22 @@ def task(
     if function is not None:
         return register(function)
     return register
+
+
+RATE = re.compile(r"\s*(\d+(?:\.\d*)?)\s*(?:/\s*(s|sec|m|min|h|hour))?\s*")
+_PER_S = {None: 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0}
+
+
+def parse_rate(text: Any) -> float | None:
+    """Tasks per second of a rate limit, ``"100/s"``, ``"10/m"``, ``"5/h"`` or ``"100"`` (per second);
+    None if it is not one, or not above zero."""
+    if not isinstance(text, str) or len(text) > 32:
+        return None
+    match = RATE.fullmatch(text)
+    if match is None:
+        return None
+    rate = float(match[1]) / _PER_S[match[2]]
+    return rate if rate > 0 else None
 
 
 def split_params(params: list[Any] | dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:

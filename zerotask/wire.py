@@ -8,6 +8,8 @@ implementations.
 
 from __future__ import annotations
 
+import re
+
 # ---- methods clients call on the broker (docs/protocol.md, section 5) ------------------------------
 SUBMIT = "zerotask.broker.submit"
 CALL = "zerotask.broker.call"
@@ -59,6 +61,7 @@ FORBIDDEN = -32006  # with CURVE: this key's role may not call this method, or r
 STORE_UNAVAILABLE = -32007  # the broker cannot reach its store (Redis down): nothing was accepted; try again
 
 # ---- task states (section 4.2) -------------------------------------------------------------------
+SCHEDULED = "SCHEDULED"  # waits for its time (an ETA or countdown); then QUEUED
 QUEUED = "QUEUED"
 ASSIGNED = "ASSIGNED"  # held by a node; what the store records for a task a node holds
 RUNNING = "RUNNING"  # held by a node that said it started it; kept in the broker's memory only
@@ -67,3 +70,7 @@ FINISHED = "FINISHED"
 FAILED = "FAILED"
 REVOKED = "REVOKED"
 FINAL_STATES = frozenset({FINISHED, FAILED, REVOKED})
+
+DEFAULT_QUEUE = "default"  # the queue of a task that names none, and the one a node serves unless told
+MAX_PRIORITY = 9  # priorities are 0 (the default) to 9; higher goes first
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # what a queue may be called

@@ -17,8 +17,8 @@ from zerotask.broker.node_protocol import NodeProtocol
 from zerotask.broker.params import param
 from zerotask.broker.replies import Envelope, Handler, Respond
 from zerotask.broker.stats import Throughput
-from zerotask.exceptions import InvalidParams
-from zerotask.store import TaskRecord
+from zerotask.exceptions import InvalidParams, TaskRevoked
+from zerotask.store import Outcome, TaskRecord
 from zerotask.wire import ASSIGNED, FAILED, FINAL_STATES, FINISHED, QUEUED, RETRY, REVOKED, RUNNING
 
 DEFAULT_LIMIT = 100  # tasks listed by zerotask.broker.tasks unless asked otherwise
@@ -119,14 +119,26 @@ class AdminProtocol:
         return described
 
     def retry(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
-        """Queue a FAILED or REVOKED task again, as a fresh attempt; returns QUEUED."""
-        return self._core.retry_failed(param(request.params, "task_id", 0, str))
+        """Queue a FAILED or REVOKED task again as a fresh attempt, at the back of its queue; returns
+        QUEUED. UnknownTask, or InvalidParams for a task in another state."""
+        task_id = param(request.params, "task_id", 0, str)
+        record = self._core.find(task_id)
+        if not self._core.store.reset(task_id):
+            raise InvalidParams(f"task {task_id} is {self._core.state(record)}, not FAILED or REVOKED", {"task_id": task_id})
+        self._core.enqueued(self._core.store.get(task_id) or record)
+        return QUEUED
 
     def purge(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
-        """Revoke up to MAX_PURGE queued tasks of a name; ``more`` says whether some are left."""
+        """Revoke up to MAX_PURGE queued tasks of a name (their waiters get TaskRevoked); ``more`` says
+        whether some are left."""
         method = param(request.params, "method", 0, str)
-        purged, more = self._core.purge(method, MAX_PURGE)
-        return {"purged": purged, "more": more}
+        records = self._core.store.list_tasks(state=QUEUED, method=method, limit=MAX_PURGE)
+        finals = []
+        for record in records:
+            error = TaskRevoked(f"task {record.id} was revoked", {"task_id": record.id}).to_error_object()
+            finals.append((record, Outcome(record.id, REVOKED, error=error)))
+        self._core.end(finals)
+        return {"purged": len(records), "more": bool(self._core.store.queued_counts().get(method))}
 
     def _summary(self, record: TaskRecord) -> dict[str, Any]:
         summary = {

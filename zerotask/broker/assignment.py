@@ -12,7 +12,8 @@ import math
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from zerotask.store import Store, TaskRecord
+from zerotask.broker.rate_limits import RateLimits
+from zerotask.store import DEFAULT_QUEUES, Store, TaskRecord, Want
 
 NodeId = Hashable  # the broker uses the node's routing id; the core never looks inside it
 
@@ -28,17 +29,20 @@ class NodeSlot:
     held: dict[str, TaskRecord] = field(default_factory=dict)  # task id -> the task as it was assigned
     started: set[str] = field(default_factory=set)  # held tasks it said it started (RUNNING)
     finished: int = 0  # outcomes reported since it connected
+    queues: frozenset[str] = DEFAULT_QUEUES  # the named queues it takes tasks from
 
     def queued_for(self, queued: Mapping[str, int]) -> int:
         return sum(queued.get(method, 0) for method in self.methods)
 
 
 class Assigner:
-    """Spreads queued tasks over nodes with credit, fairly; remembers whose turn it is."""
+    """Spreads queued tasks over nodes with credit, fairly; remembers whose turn it is. Tasks of a name
+    with a rate limit go out only as its tokens allow (``limits``)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, limits: RateLimits | None = None) -> None:
         self._store = store
         self._rotation = 0
+        self.limits = limits
 
     def assign(self, nodes: Iterable[NodeSlot]) -> list[tuple[NodeSlot, list[TaskRecord]]]:
         """Take queued tasks for the nodes with credit; returns each node with the tasks it now holds
@@ -52,9 +56,14 @@ class Assigner:
                 break
             self._rotation = (self._rotation + 1) % len(ready)
             ready = ready[self._rotation :] + ready[: self._rotation]
-            wants = [(node.methods, min(node.credit, _share(node, ready, queued))) for node in ready]
+            wants: list[Want] = []
+            takers: list[tuple[NodeSlot, str | None, int]] = []  # per want: its node, limited name, tokens
+            for node in ready:
+                self._wants(node, min(node.credit, _share(node, ready, queued)), queued, wants, takers)
             progress = False
-            for node, records in zip(ready, self._store.take_many(wants), strict=True):
+            for (node, limited, tokens), records in zip(takers, self._store.take_many(wants), strict=True):
+                if limited is not None and self.limits is not None:
+                    self.limits.give_back(limited, tokens - len(records))
                 if not records:
                     continue
                 progress = True
@@ -66,6 +75,35 @@ class Assigner:
                 break
             candidates = [node for node in ready if node.credit > 0]
         return list(handed.values())
+
+    def _wants(
+        self,
+        node: NodeSlot,
+        share: int,
+        queued: Mapping[str, int],
+        wants: list[Want],
+        takers: list[tuple[NodeSlot, str | None, int]],
+    ) -> None:
+        """The node's wants for this round: its names without a rate limit together, and each limited
+        name with queued tasks alone, for as many tasks as it has tokens (which come off its share)."""
+        limited = self.limits.limited if self.limits is not None else {}
+        free = node.methods
+        if limited and not node.methods.isdisjoint(limited):
+            free = node.methods.difference(limited)
+            for method in node.methods.intersection(limited):
+                if share > 0 and queued.get(method) and self.limits is not None:
+                    tokens = self.limits.reserve(method, min(share, queued[method]))
+                    if tokens:
+                        share -= tokens
+                        wants.append(_want(node, frozenset((method,)), tokens))
+                        takers.append((node, method, tokens))
+        if free and share > 0:
+            wants.append(_want(node, free, share))
+            takers.append((node, None, share))
+
+
+def _want(node: NodeSlot, methods: frozenset[str], limit: int) -> Want:
+    return (methods, limit) if node.queues == DEFAULT_QUEUES else (methods, limit, node.queues)
 
 
 def _share(node: NodeSlot, ready: list[NodeSlot], queued: Mapping[str, int]) -> int:

@@ -12,6 +12,7 @@ from zerotask import jsonrpc, wire
 from zerotask.broker.core import BrokerCore
 from zerotask.broker.node_protocol import NodeProtocol
 from zerotask.broker.params import param, read_task_call
+from zerotask.broker.placement import read_placement
 from zerotask.broker.replies import DEFERRED, Envelope, Handler, Outbox, Respond, Waiter
 from zerotask.broker.security import Security
 from zerotask.exceptions import InvalidParams, NotReady, QueueFull, TaskTimeout, UnknownMethod, ZerotaskError
@@ -83,7 +84,7 @@ class ClientProtocol:
         try:
             if notify:
                 self._room(envelope)
-            record = self._security.reusable(self._core.submit(*read_task_call(request.params), owner=self._security.owner))
+            record = self._submit(request.params)
         except ZerotaskError as error:
             task_id = request.params.get("task_id") if isinstance(request.params, dict) else None
             if respond is not None or not notify or not isinstance(task_id, str):
@@ -98,7 +99,7 @@ class ClientProtocol:
     def call(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
         if respond is not None:
             self._room(envelope)
-        record = self._security.reusable(self._core.submit(*read_task_call(request.params), owner=self._security.owner))
+        record = self._submit(request.params)
         if respond is not None:
             self._wait(envelope, record, Waiter(request.id, respond))
         return DEFERRED
@@ -145,6 +146,12 @@ class ClientProtocol:
         if holder is not None:
             self._nodes.revoke(holder, [task_id])
         return state
+
+    def _submit(self, params: jsonrpc.Params) -> TaskRecord:
+        """Queue the task the params of submit or call describe; the task with its id if it has one and
+        the sender may reuse it (Forbidden otherwise)."""
+        call, placement = read_task_call(params), read_placement(params)
+        return self._security.reusable(self._core.submit(*call, placement, owner=self._security.owner))
 
     def _find(self, task_id: str) -> TaskRecord:
         """The task, if the sender may see it; UnknownTask otherwise, as for an id the broker does not know."""

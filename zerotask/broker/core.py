@@ -25,13 +25,15 @@ from typing import Any
 from zerotask import jsonrpc, wire
 from zerotask.broker.assignment import Assigner, NodeId, NodeSlot
 from zerotask.broker.hooks import Hooks, first_delay, overriding
+from zerotask.broker.placement import DueTimer, Placement, TaskDefaults
+from zerotask.broker.rate_limits import RateLimits
 from zerotask.broker.waiters import OnOutcome, Waiters
 from zerotask.broker.writes import StoreWrites
 from zerotask.exceptions import InvalidParams, QueueFull, StoreUnavailable, TaskRevoked, UnknownMethod, UnknownTask
 from zerotask.loop import Scheduler
-from zerotask.store import Outcome, Store, TaskRecord
+from zerotask.store import DEFAULT_QUEUES, Outcome, Store, TaskRecord
 from zerotask.task import Dispatcher
-from zerotask.wire import FAILED, FINAL_STATES, FINISHED, QUEUED, RETRY, REVOKED, RUNNING
+from zerotask.wire import FAILED, FINAL_STATES, FINISHED, RETRY, REVOKED, RUNNING, SCHEDULED
 
 log = logging.getLogger("zerotask.broker")
 
@@ -66,8 +68,11 @@ class BrokerCore:
         self._served: Counter[str] = Counter()  # task name -> how many connected nodes serve it
         self._holder: dict[str, NodeSlot] = {}  # task id -> the node that holds it
         self.waiters = Waiters()
+        self.defaults = TaskDefaults()  # the queue and priority of tasks whose callers say none
+        self.due_timer = DueTimer(store, scheduler)  # queues SCHEDULED tasks when their time comes
         self.writes = StoreWrites(store)  # what could not be written while the store was unreachable
-        self._assigner = Assigner(store)
+        self.rate_limits = RateLimits(store, scheduler)  # per task name, for all nodes together
+        self._assigner = Assigner(store, self.rate_limits)
         # Only the hooks that override a point are called there, so an unused point costs nothing.
         self._before_enqueue = overriding(hooks, "before_enqueue")
         self._after_enqueue = overriding(hooks, "after_enqueue")
@@ -87,6 +92,7 @@ class BrokerCore:
         kwargs: dict[str, Any],
         task_id: str | None = None,
         options: dict[str, Any] | None = None,
+        placement: Placement | None = None,
         owner: str | None = None,
     ) -> TaskRecord:
         """Queue a task, or return the task that has this id already (a caller asking again; whether
@@ -96,11 +102,13 @@ class BrokerCore:
         ``before_enqueue`` hook raises."""
         if not method:
             raise InvalidParams("the method name is empty")
+        queue, priority, due_at = self.defaults.resolve(method, placement)
         record = TaskRecord(task_id or uuid.uuid4().hex, method, args, kwargs, options=options or {}, owner=owner)
+        record.queue, record.priority, record.due_at = queue, priority, due_at
         if self.writes.down:
             raise StoreUnavailable("the broker cannot reach its store now: nothing was queued; try again")
         if self._local is not None and method.startswith(wire.BROKER_TASK_PREFIX) and method in self._local:
-            return self._run_here(record) if self.store.add(record, self.size_hint) else self._existing(record)
+            return self._run_here(record) if self.store.add(record, self.size_hint) else self.store.get(record.id) or record
         if self._nodes and not self._served[method] and method not in self.store.known_methods():
             if task_id is not None and (existing := self.store.get(task_id)) is not None:
                 return existing
@@ -108,23 +116,29 @@ class BrokerCore:
             raise UnknownMethod(jsonrpc.ERROR_MESSAGES[jsonrpc.METHOD_NOT_FOUND], {"method": method})
         for hook in self._before_enqueue:
             hook(record)
-        if sum(self.store.queued_counts().values()) >= self.max_queued:
+        waiting = sum(self.store.queued_counts().values()) + (self.store.state_counts().get(SCHEDULED, 0) if due_at else 0)
+        if waiting >= self.max_queued:
             raise QueueFull(f"the queue is full ({self.max_queued} tasks)", {"limit": self.max_queued, "bound": "queue"})
+        if (holder := self.defaults.unique_holder(self.store, record)) is not None:
+            return holder  # @task(unique_for=...): this call's twin is queued or running
         if not self.store.add(record, self.size_hint):
-            return self._existing(record)
+            return self.store.get(record.id) or record  # (the store refused it: it has it)
         self.writes.added += 1
-        for hook in self._after_enqueue:
-            hook(record)
+        if record.state == SCHEDULED:
+            self.due_timer.arm(record.due_at)
+        self.enqueued(record)
         return record
 
-    def _existing(self, record: TaskRecord) -> TaskRecord:
-        return self.store.get(record.id) or record  # (the store refused it: it has it)
+    def enqueued(self, record: TaskRecord) -> None:
+        """The task was queued (as new, or again by an operator): the hooks hear of it."""
+        for hook in self._after_enqueue:
+            hook(record)
 
     def _run_here(self, record: TaskRecord) -> TaskRecord:
         """A broker task runs at once, in the broker's loop: keep such tasks quick."""
         assert self._local is not None
         result, error = self._local.run(record.method, record.args, record.kwargs)
-        self._record([(record, Outcome(record.id, FAILED if error is not None else FINISHED, result, error))])
+        self.end([(record, Outcome(record.id, FAILED if error is not None else FINISHED, result, error))])
         return record
 
     def find(self, task_id: str) -> TaskRecord:
@@ -159,30 +173,8 @@ class BrokerCore:
             return record.state, None
         holder = self._holder.get(task_id)
         error = TaskRevoked(f"task {task_id} was revoked", {"task_id": task_id}).to_error_object()
-        self._record([(record, Outcome(task_id, REVOKED, error=error, held=holder is not None))])
+        self.end([(record, Outcome(task_id, REVOKED, error=error, held=holder is not None))])
         return REVOKED, holder.id if holder is not None else None
-
-    def retry_failed(self, task_id: str) -> str:
-        """Queue a FAILED or REVOKED task again as a fresh attempt, at the back of the queue. Returns
-        QUEUED; raises UnknownTask, or InvalidParams for a task in another state."""
-        record = self.find(task_id)
-        if not self.store.reset(task_id):
-            raise InvalidParams(f"task {task_id} is {self.state(record)}, not FAILED or REVOKED", {"task_id": task_id})
-        reset = self.store.get(task_id)
-        for hook in self._after_enqueue:
-            hook(reset if reset is not None else record)
-        return QUEUED
-
-    def purge(self, method: str, limit: int = 10_000) -> tuple[int, bool]:
-        """Revoke up to ``limit`` queued tasks named ``method``; their waiters get TaskRevoked. Returns
-        how many were revoked, and whether more are queued."""
-        records = self.store.list_tasks(state=QUEUED, method=method, limit=limit)
-        finals = []
-        for record in records:
-            error = TaskRevoked(f"task {record.id} was revoked", {"task_id": record.id}).to_error_object()
-            finals.append((record, Outcome(record.id, REVOKED, error=error)))
-        self._record(finals)
-        return len(records), bool(self.store.queued_counts().get(method))
 
     def holder(self, task_id: str) -> NodeId | None:
         """The node that holds the task, if one does."""
@@ -202,12 +194,19 @@ class BrokerCore:
 
     # ---- nodes -----------------------------------------------------------------------------------
 
-    def connect(self, node_id: NodeId, methods: Iterable[str], credit: int, running: Iterable[Any] = ()) -> NodeSlot:
+    def connect(
+        self,
+        node_id: NodeId,
+        methods: Iterable[str],
+        credit: int,
+        running: Iterable[Any] = (),
+        queues: frozenset[str] = DEFAULT_QUEUES,
+    ) -> NodeSlot:
         """Register a node with the names it serves and its credit. A node that connects again starts
         afresh: what it held goes back to the queue, except ``running``, the tasks it says it is still
         running, which stay its own (unless another node holds them, or they ended)."""
         self.lose(node_id, "connected again")
-        node = NodeSlot(node_id, frozenset(methods), min(max(credit, 0), MAX_CREDIT))
+        node = NodeSlot(node_id, frozenset(methods), min(max(credit, 0), MAX_CREDIT), queues=queues)
         self.store.remember_methods(node.methods)  # tasks of these names wait while the node restarts
         self._nodes[node_id] = node
         self._served.update(node.methods)
@@ -313,7 +312,7 @@ class BrokerCore:
         if node is not None:
             node.finished += len(decided)
         try:
-            self._record(finals)
+            self.end(finals)
             for record, delay_s in retries:
                 self._retry(record, delay_s)
         except StoreUnavailable:  # again once the store is back: what was recorded is skipped then
@@ -357,7 +356,7 @@ class BrokerCore:
         node.started.discard(task_id)
         return node.held.pop(task_id, None)
 
-    def _record(self, finals: list[tuple[TaskRecord, Outcome]]) -> None:
+    def end(self, finals: list[tuple[TaskRecord, Outcome]]) -> None:
         """Store outcomes in one call; then (only then) release their tasks from the nodes that held
         them, and answer the waiters and the hooks of those recorded now."""
         if not finals:

@@ -17,6 +17,8 @@ from zerotask.broker.assignment import NodeId, NodeSlot
 from zerotask.broker.core import BrokerCore
 from zerotask.broker.discovery import Discovery
 from zerotask.broker.params import param
+from zerotask.broker.periodic import Periodic
+from zerotask.broker.placement import read_queues
 from zerotask.broker.replies import Envelope, Handler, Outbox, Respond
 from zerotask.exceptions import InvalidParams
 from zerotask.store import TaskRecord
@@ -47,6 +49,7 @@ class NodeProtocol:
         self.max_message_bytes = max_message_bytes
         self._links: dict[NodeId, NodeLink] = {}
         self.discovery = Discovery(core, max_message_bytes // 2)  # rpc.discover's answer must fit a message
+        self.periodic: Periodic | None = None  # the broker's schedules of periodic tasks, which nodes announce
         self._last_check = time.monotonic()
 
     def methods(self) -> dict[str, Handler]:
@@ -126,7 +129,13 @@ class NodeProtocol:
             raise InvalidParams(f"a node may serve at most {MAX_METHODS} task names")
         identity = envelope[0]
         self._links[identity] = NodeLink(envelope, name, workers)
-        self._core.connect(identity, names, credit, running)
+        queues = read_queues(param(params, "queues", 6, list, None))
+        self._core.connect(identity, names, credit, running, queues)
+        defaults = param(params, "defaults", 7, dict, None)
+        self._core.defaults.announce(defaults)
+        self._core.rate_limits.announce(defaults)
+        if self.periodic is not None:
+            self.periodic.announce(defaults)
         self.discovery.connected(names, descriptions)
         log.info("node %r connected: %d worker(s), %d task name(s)", name, workers, len(names))
         return {"heartbeat_s": self.heartbeat_s, "liveness": self.liveness, "max_message_bytes": self.max_message_bytes}

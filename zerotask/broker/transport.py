@@ -29,6 +29,7 @@ from zerotask.broker.finish_spans import FinishSpans
 from zerotask.broker.hooks import Hooks, Retries, TimeLimits
 from zerotask.broker.metrics import BrokerMetrics
 from zerotask.broker.node_protocol import NodeProtocol
+from zerotask.broker.periodic import Periodic
 from zerotask.broker.replies import DEFERRED, Envelope, Handler, Outbox, PeerGone, Reply, Respond, split_frames
 from zerotask.broker.security import Security
 from zerotask.broker.stats import Throughput
@@ -139,6 +140,7 @@ class Broker(EventLoop):
         self.outbox = Outbox(self.max_message_bytes)
         self._backlog_wakeup = False
         self.nodes = NodeProtocol(self.core, self.outbox, self.heartbeat_s, self.liveness, self.max_message_bytes)
+        self.nodes.periodic = Periodic(self.store, self, lambda name, task_id: self.core.submit(name, [], {}, task_id))
         self.clients = ClientProtocol(self.core, self.outbox, self, self.nodes, self.max_waiting, self.security)
         self._methods: dict[str, Handler] = {
             **self.clients.methods(),
@@ -160,6 +162,7 @@ class Broker(EventLoop):
         self.call_every(_ANNOUNCE_S, self.core.announce)
         if self.store.shared:
             self.call_every(min(self.heartbeat_s, lease_s / 3), self._keep_lease)
+        self.core.due_timer.arm(None)
         self._store_fd: int | None = None
         self._watch_store()
         self._store_probe = False
@@ -250,6 +253,7 @@ class Broker(EventLoop):
     # ---- other brokers on the same store -------------------------------------------------------------
 
     def _keep_lease(self) -> None:
+        self.core.due_timer.arm(None)  # tasks another broker scheduled are due here too
         try:
             self.store.heartbeat()
             reclaimed = self.store.reclaim()

@@ -9,11 +9,12 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 from zerotask import auth, jsonrpc, sockets, wire
-from zerotask.client.calls import DEFAULT_ENDPOINT, TaskMethod, call_params
+from zerotask.client.calls import DEFAULT_ENDPOINT, TaskMethod, async_params, call_params
 from zerotask.client.connection import BrokerConnection
 from zerotask.client.handle import TaskHandle
 from zerotask.exceptions import TaskTimeout
@@ -63,6 +64,28 @@ class AsyncClient:
         return handle
 
     submit = call
+
+    def apply_async(
+        self,
+        method: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+        eta: float | datetime | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        task_id: str | None = None,
+        time_limit: float | None = None,
+    ) -> TaskHandle:
+        """Queue task ``method`` with delivery options (:meth:`zerotask.client.ControlAPI.apply_async`);
+        returns its handle at once."""
+        limit = self.time_limit if time_limit is None else time_limit
+        params = async_params(method, args, kwargs, countdown, eta, queue, priority, task_id, limit)
+        params["notify"] = True
+        handle = TaskHandle(self, params["task_id"], method)
+        self._connection.submit(params, handle)
+        return handle
 
     def status(self, task_id: str, timeout: float | None = None) -> str:
         """The state of any task this broker knows; raises UnknownTask otherwise."""

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 import zmq
 
 from zerotask import auth, jsonrpc, sockets, wire
-from zerotask.client.calls import DEFAULT_ENDPOINT, TaskMethod, call_params, reachable
+from zerotask.client.calls import DEFAULT_ENDPOINT, TaskMethod, async_params, call_params, reachable
 from zerotask.exceptions import ProtocolError, TaskTimeout, from_error_object
 from zerotask.loop import Silence
 
@@ -77,8 +78,28 @@ class Client:
         task_id: str = self.rpc(wire.SUBMIT, call_params(method, args, kwargs, self.time_limit), self.timeout)
         return task_id
 
+    def apply_async(
+        self,
+        method: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+        eta: float | datetime | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        task_id: str | None = None,
+        time_limit: float | None = None,
+    ) -> str:
+        """Queue task ``method`` with delivery options (:meth:`zerotask.client.ControlAPI.apply_async`);
+        returns its id once the broker has stored it."""
+        limit = self.time_limit if time_limit is None else time_limit
+        params = async_params(method, args, kwargs, countdown, eta, queue, priority, task_id, limit)
+        queued: str = self.rpc(wire.SUBMIT, params, self.timeout)
+        return queued
+
     def status(self, task_id: str, timeout: float | None = None) -> str:
-        """The task's state: QUEUED, ASSIGNED, RUNNING, RETRY, FINISHED, FAILED or REVOKED.
+        """The task's state: SCHEDULED, QUEUED, ASSIGNED, RUNNING, RETRY, FINISHED, FAILED or REVOKED.
         Raises UnknownTask for an id the broker does not know."""
         state: str = self.rpc(wire.STATUS, {"task_id": task_id}, self._timeout(timeout))
         return state

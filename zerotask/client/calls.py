@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
 from zerotask import tracing
@@ -25,8 +27,26 @@ class ControlAPI(Protocol):
     def submit(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Queue task ``method``: its id (Client), or its handle (AsyncClient)."""
 
+    def apply_async(
+        self,
+        method: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+        eta: float | datetime | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        task_id: str | None = None,
+        time_limit: float | None = None,
+    ) -> Any:
+        """Queue task ``method`` with delivery options, as Celery's: run it ``countdown`` seconds from
+        now or at ``eta`` (a Unix time or an aware datetime), in ``queue``, with ``priority`` (0 to 9,
+        higher first), under ``task_id`` (a task with that id already is returned instead), with a
+        ``time_limit`` in seconds. Its id (Client), or its handle (AsyncClient)."""
+
     def status(self, task_id: str, timeout: float | None = None) -> str:
-        """QUEUED, ASSIGNED, RUNNING, RETRY, FINISHED, FAILED or REVOKED; raises UnknownTask."""
+        """SCHEDULED, QUEUED, ASSIGNED, RUNNING, RETRY, FINISHED, FAILED or REVOKED; raises UnknownTask."""
 
     def result(self, task_id: str, timeout: float | None = None) -> Any:
         """Wait for the task's result; raises its error, or TaskTimeout."""
@@ -77,6 +97,31 @@ def call_params(method: str, args: tuple[Any, ...], kwargs: dict[str, Any], time
     traceparent = tracing.outgoing(method)
     if traceparent is not None:
         params["traceparent"] = traceparent
+    return params
+
+
+def async_params(
+    method: str,
+    args: Sequence[Any],
+    kwargs: dict[str, Any] | None,
+    countdown: float | None,
+    eta: float | datetime | None,
+    queue: str | None,
+    priority: int | None,
+    task_id: str | None,
+    time_limit: float | None,
+) -> dict[str, Any]:
+    """The params of zerotask.broker.submit for :meth:`ControlAPI.apply_async` (the broker checks them)."""
+    params = call_params(method, tuple(args), dict(kwargs or {}), time_limit)
+    if task_id is not None:
+        params["task_id"] = task_id
+    if isinstance(eta, datetime):
+        if eta.tzinfo is None:
+            raise ValueError("eta must be an aware datetime (with a timezone), or a Unix time")
+        eta = eta.timestamp()
+    for name, value in (("countdown_s", countdown), ("eta", eta), ("queue", queue), ("priority", priority)):
+        if value is not None:
+            params[name] = value
     return params
 
 

@@ -27,6 +27,7 @@ from zerotask.loop import EventLoop, Silence
 from zerotask.node.metrics import NodeMetrics
 from zerotask.node.pool import ENVELOPE_ROOM, WorkerPool
 from zerotask.task import Dispatcher, default_dispatcher
+from zerotask.wire import QUEUE_NAME
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,12 @@ class Node(EventLoop):
         broker_key: str | None = None,
         metrics: str | None = None,
         insecure: bool = False,
+        queues: list[str] | None = None,
     ) -> None:
         super().__init__()
+        if queues is not None and not (queues and all(QUEUE_NAME.fullmatch(queue) for queue in queues)):
+            raise ValueError("queues must be 1 or more names of 1 to 64 letters, digits, '_', '.', ':' or '-'")
+        self.queues = queues  # None: the default queue
         # Prometheus on HOST:PORT (zerotask.node.metrics); beyond this machine only if ``insecure``.
         self.metrics = NodeMetrics(metrics, insecure) if metrics else None
         self.broker_endpoint = sockets.check_endpoint(broker)
@@ -148,10 +153,28 @@ class Node(EventLoop):
             "credit": self._credit_out,
             "running": self.pool.running_ids(),
             "descriptions": descriptions(self.dispatcher, methods),  # for rpc.discover; bounded to 1 MiB
+            "defaults": self._task_defaults(methods),
         }
+        if self.queues is not None:
+            params["queues"] = self.queues
         self._send(jsonrpc.request(wire.CONNECT, params, f"connect-{self._connects}"))
         self._silence.last_heard = time.monotonic()
         log.info("node %s connecting to %s with %d task name(s)", self.name, self.broker_endpoint, len(methods))
+
+    def _task_defaults(self, methods: list[str]) -> dict[str, dict[str, Any]]:
+        """The queue, priority and schedule of the tasks that set them (``@task(queue=..., priority=...,
+        every=..., cron=...)``): the broker places tasks whose callers say nothing, and runs periodic ones."""
+        defaults = {}
+        for method in methods:
+            found = self.dispatcher.get(method)
+            if found is None:
+                continue
+            given = found.options
+            options: dict[str, Any] = {"queue": given.queue, "priority": given.priority, "rate_limit": given.rate_limit}
+            options.update(every=given.every_s, cron=given.cron, unique_for=given.unique_for_s)
+            if any(value is not None for value in options.values()):
+                defaults[method] = {key: value for key, value in options.items() if value is not None}
+        return defaults
 
     def _credit_wanted(self) -> int:
         """How many more tasks to ask for: room for one task per worker plus the prefetch, less what

@@ -6,7 +6,7 @@ default. :func:`open_store` makes one from a command line's ``--store``.
 
 from __future__ import annotations
 
-from zerotask.store.base import Changes, Outcome, Store, StoreUnavailable, TaskRecord, Want
+from zerotask.store.base import DEFAULT_QUEUES, Changes, Outcome, Store, StoreUnavailable, TaskRecord, Want
 from zerotask.store.memory import MemoryStore
 from zerotask.store.sqlite import SqliteStore
 
@@ -18,4 +18,15 @@ def open_store(spec: str) -> Store:
     return SqliteStore(spec)
 
 
-__all__ = ["Changes", "MemoryStore", "Outcome", "StoreUnavailable", "SqliteStore", "Store", "TaskRecord", "Want", "open_store"]
+__all__ = [
+    "DEFAULT_QUEUES",
+    "Changes",
+    "MemoryStore",
+    "Outcome",
+    "StoreUnavailable",
+    "SqliteStore",
+    "Store",
+    "TaskRecord",
+    "Want",
+    "open_store",
+]

@@ -9,6 +9,10 @@ for every node with one :meth:`Store.take_many` and records every outcome with o
 :meth:`Store.finish_many`. Writes become durable at :meth:`Store.flush`; the broker flushes before it
 acknowledges anything, which is what lets many tasks share one commit.
 
+Tasks wait in named queues (``default`` unless told), and a node takes only from the queues it serves.
+Within what a node may take, a higher ``priority`` (0 to 9) goes first, then the earlier submitted. A task
+with a ``due_at`` in the future waits SCHEDULED until :meth:`Store.due` queues it.
+
 The store records a task a node holds as ASSIGNED; whether the node has started it (RUNNING) is kept by
 the broker in memory only, since after a restart such a task is queued again anyway.
 
@@ -22,13 +26,14 @@ again the tasks of brokers whose lease ran out. What the other brokers do reache
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from zerotask.exceptions import StoreUnavailable
-from zerotask.wire import QUEUED
+from zerotask.wire import DEFAULT_QUEUE, QUEUED
 
 
 @dataclass(slots=True)
@@ -44,6 +49,9 @@ class TaskRecord:
     error: dict[str, Any] | None = None
     attempts: int = 0
     options: dict[str, Any] = field(default_factory=dict)  # per-call delivery options, e.g. time_limit_s
+    queue: str = DEFAULT_QUEUE  # the named queue it waits in: only nodes serving that queue take it
+    priority: int = 0  # 0 to 9: a higher one is taken first
+    due_at: float | None = None  # time.time() before which it is not to run (SCHEDULED until then)
     owner: str | None = None  # with CURVE, the public key (Z85) that submitted it: who may query it
     created_at: float | None = None  # time.time() when it was queued (set by the store; again by reset)
     finished_at: float | None = None  # time.time() when its outcome was recorded
@@ -85,9 +93,32 @@ class Changes:
 # and at most this many names: beyond, the ones announced longest ago are forgotten first.
 METHODS_REMEMBERED_S = 7 * 86400.0
 MAX_REMEMBERED_METHODS = 10_000  # as many as one node may announce (node_protocol.MAX_METHODS)
+MAX_UNIQUE_LOCKS = 1_000_000  # @task(unique_for=...) locks kept at once: about one per queued unique task
 
-# take_many asks for tasks with: (the methods a node serves, how many it may take at most)
-Want = tuple[Collection[str], int]
+# take_many asks for tasks with: (the methods a node serves, how many it may take at most), and the queues
+# it serves as a third element when they are not only the default queue.
+Want = tuple[Collection[str], int] | tuple[Collection[str], int, Collection[str]]
+DEFAULT_QUEUES = frozenset((DEFAULT_QUEUE,))
+
+
+def want_parts(want: Want) -> tuple[Collection[str], int, Collection[str]]:
+    """``(methods, limit, queues)`` of a want."""
+    return (want[0], want[1], want[2]) if len(want) == 3 else (want[0], want[1], DEFAULT_QUEUES)
+
+
+class TokenBuckets:
+    """Token buckets in memory, by name: the rate limits of a broker whose store is its own."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, tuple[float, float]] = {}  # name -> (tokens, time.time() they were counted)
+
+    def take(self, name: str, per_s: float, burst: float, count: int) -> int:
+        now = time.time()
+        tokens, then = self._buckets.get(name, (burst, now))
+        tokens = min(burst, tokens + max(0.0, now - then) * per_s)
+        taken = min(count, int(tokens))
+        self._buckets[name] = (min(burst, tokens - taken), now)
+        return taken
 
 
 class Store(ABC):
@@ -99,19 +130,21 @@ class Store(ABC):
 
     @abstractmethod
     def add(self, record: TaskRecord, size_hint: int = 0) -> bool:
-        """Queue a new task (state QUEUED). Returns False, and changes nothing, if the id exists.
+        """Queue a new task: QUEUED, or SCHEDULED if its ``due_at`` is later than now. Returns False, and
+        changes nothing, if the id exists.
         ``size_hint``: about how many bytes of JSON the task came as, for a store that bounds its memory."""
 
     @abstractmethod
     def take_many(self, wants: Sequence[Want]) -> list[list[TaskRecord]]:
-        """For each ``(methods, limit)`` in order, atomically move up to ``limit`` of the oldest QUEUED
-        tasks whose method is in ``methods`` to ASSIGNED; returns one list per want, oldest first. No task
-        is returned twice."""
+        """For each want ``(methods, limit[, queues])`` in order, atomically move up to ``limit`` QUEUED
+        tasks whose method is in ``methods`` and whose queue is in ``queues`` (the default queue only, when
+        not given) to ASSIGNED: the highest priority first, then the earliest submitted. Returns one list per
+        want, in that order. No task is returned twice."""
 
     @abstractmethod
     def claim(self, task_ids: Iterable[str]) -> list[TaskRecord]:
         """Move these tasks to ASSIGNED if they are QUEUED, RETRY or ASSIGNED (a node says it runs them);
-        returns the ones moved. Unknown ids and final tasks are left out."""
+        returns the ones moved. Unknown ids, SCHEDULED and final tasks are left out."""
 
     @abstractmethod
     def requeue(self, task_ids: Iterable[str]) -> None:
@@ -134,6 +167,37 @@ class Store(ABC):
         value), oldest first. Returns how many were forgotten; unfinished tasks are never touched."""
 
     @abstractmethod
+    def due(self, now: float, limit: int = 10_000) -> int:
+        """Queue up to ``limit`` SCHEDULED tasks whose ``due_at`` is ``now`` or earlier, earliest first,
+        each in the place its submission gave it (before tasks submitted after it). Returns how many."""
+
+    @abstractmethod
+    def next_due(self) -> float | None:
+        """The earliest ``due_at`` of a SCHEDULED task, or None if none waits. Cheap."""
+
+    @abstractmethod
+    def claim_slot(self, name: str, slot: float) -> bool:
+        """Atomically take the run of periodic task ``name`` due at ``slot`` (a time.time() value): True if
+        no run at ``slot`` or later was taken before, for this name, by any broker sharing the store. Keeps
+        the latest slot of at most MAX_REMEMBERED_METHODS names (the ones claimed longest ago go first)."""
+
+    @abstractmethod
+    def lock_unique(self, key: str, task_id: str, until: float) -> str | None:
+        """Atomically: if the lock ``key`` is held (until a time later than now) by another task that has
+        no outcome yet, return that task's id; otherwise give the lock to ``task_id`` until ``until`` (a
+        time.time() value) and return None. Keeps at most MAX_UNIQUE_LOCKS locks (the oldest go first)."""
+
+    _token_buckets: TokenBuckets | None = None
+
+    def take_tokens(self, name: str, per_s: float, burst: float, count: int) -> int:
+        """Take up to ``count`` tokens from the bucket ``name`` (a negative count gives tokens back), which
+        refills at ``per_s`` tokens a second up to ``burst``; returns how many were taken. Atomic across the
+        brokers sharing a store; an unshared store keeps its buckets in memory (full again after a restart)."""
+        if self._token_buckets is None:
+            self._token_buckets = TokenBuckets()
+        return self._token_buckets.take(name, per_s, burst, count)
+
+    @abstractmethod
     def get(self, task_id: str) -> TaskRecord | None:
         """The task, or None if the id is unknown."""
 
@@ -149,7 +213,7 @@ class Store(ABC):
 
     @abstractmethod
     def state_counts(self) -> Mapping[str, int]:
-        """How many tasks are in each stored state (QUEUED, ASSIGNED, RETRY, FINISHED, FAILED, REVOKED;
+        """How many tasks are in each stored state (SCHEDULED, QUEUED, ASSIGNED, RETRY, FINISHED, FAILED, REVOKED;
         only states with some). Cheap: kept in memory, loaded at open and updated by every write."""
 
     @abstractmethod
@@ -167,8 +231,9 @@ class Store(ABC):
 
     @abstractmethod
     def reset(self, task_id: str) -> bool:
-        """Queue a FAILED or REVOKED task again as new: at the back of the queue, attempts 0, its outcome
-        and finished_at cleared, created_at now. Returns False, changing nothing, for any other task."""
+        """Queue a FAILED or REVOKED task again as new: at the back of its queue (now, whatever its
+        ``due_at`` was), attempts 0, its outcome and finished_at cleared, created_at now. Returns False,
+        changing nothing, for any other task."""
 
     def flush(self) -> list[TaskRecord]:
         """Make every write so far durable (a no-op for volatile stores). A store may defer :meth:`add`
@@ -219,11 +284,14 @@ class Store(ABC):
 
 __all__ = [
     "MAX_REMEMBERED_METHODS",
+    "MAX_UNIQUE_LOCKS",
     "METHODS_REMEMBERED_S",
+    "DEFAULT_QUEUES",
     "Changes",
     "Outcome",
     "Store",
     "StoreUnavailable",
     "TaskRecord",
     "Want",
+    "want_parts",
 ]

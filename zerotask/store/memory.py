@@ -11,14 +11,24 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import time
 from collections import Counter, deque
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 
 from zerotask import jsonrpc
 from zerotask.exceptions import QueueFull
-from zerotask.store.base import MAX_REMEMBERED_METHODS, METHODS_REMEMBERED_S, Outcome, Store, TaskRecord, Want
-from zerotask.wire import ASSIGNED, FINAL_STATES, FINISHED, QUEUED, RETRY
+from zerotask.store.base import (
+    MAX_REMEMBERED_METHODS,
+    MAX_UNIQUE_LOCKS,
+    METHODS_REMEMBERED_S,
+    Outcome,
+    Store,
+    TaskRecord,
+    Want,
+    want_parts,
+)
+from zerotask.wire import ASSIGNED, FINAL_STATES, FINISHED, QUEUED, RETRY, SCHEDULED
 
 DEFAULT_MAX_TASKS = 2_000_000  # about 1.5 GB of small tasks
 DEFAULT_MAX_BYTES = 2 * 1024 * 1024 * 1024  # what waiting tasks' arguments count for, together
@@ -37,15 +47,18 @@ class MemoryStore(Store):
         self._charged_bytes = 0  # what the waiting tasks' arguments count for, together
         self._records: dict[str, TaskRecord] = {}
         self._sequence: dict[str, int] = {}  # task id -> its place in the queue, kept until it ends
-        # One min-heap of (sequence, task id) per method: FIFO, and a requeued task keeps its place.
-        # Entries whose task is no longer QUEUED, or that are left from an expired task whose id was
-        # added again, are dropped lazily when they reach the top.
-        self._queues: dict[str, list[tuple[int, str]]] = {}
+        # One min-heap of (-priority, sequence, task id) per (queue, method): by priority, then FIFO, and a
+        # requeued task keeps its place. Entries whose task is no longer QUEUED, or that are left from an
+        # expired task whose id was added again, are dropped lazily when they reach the top.
+        self._queues: dict[tuple[str, str], list[tuple[int, int, str]]] = {}
+        self._scheduled: list[tuple[float, int, str]] = []  # a min-heap of (due_at, sequence, task id), lazy too
         self._queued: dict[str, int] = {}
         self._states: Counter[str] = Counter()  # tasks by state, QUEUED excepted (that is _queued's)
         self._next_sequence = 0
         self._finished: deque[tuple[float, str]] = deque()  # (when, task id), in the order they ended
         self._methods: dict[str, float] = {}  # task name -> when a node last announced it, oldest first
+        self._slots: dict[str, float] = {}  # periodic task name -> the latest slot taken, least recent first
+        self._locks: dict[str, tuple[str, float]] = {}  # unique key -> (task id, until), oldest first
 
     def add(self, record: TaskRecord, size_hint: int = 0) -> bool:
         if record.id in self._records:
@@ -64,20 +77,28 @@ class MemoryStore(Store):
             if self._charged_bytes + charge > self.max_bytes:
                 limit = self.max_bytes
                 raise QueueFull(f"the memory store holds {limit} bytes of arguments", {"limit": limit, "bound": "store"})
-        record.state = QUEUED
-        record.created_at = time.time() if record.created_at is None else record.created_at
+        now = time.time()
+        record.state = SCHEDULED if record.due_at is not None and record.due_at > now else QUEUED
+        record.created_at = now if record.created_at is None else record.created_at
         record.finished_at = None
         stored = record
         if packed is not None:
             # The store keeps its own record, arguments packed; the caller's keeps them (a broker task runs on it).
-            stored = TaskRecord(record.id, record.method, state=QUEUED, attempts=record.attempts, options=record.options)
+            stored = TaskRecord(record.id, record.method, state=record.state, attempts=record.attempts, options=record.options)
             stored.owner, stored.created_at = record.owner, record.created_at
+            stored.queue, stored.priority, stored.due_at = record.queue, record.priority, record.due_at
             self._packed[record.id] = packed
         if charge:
             self._charged[record.id] = charge
             self._charged_bytes += charge
         self._records[record.id] = stored
-        self._enqueue(stored)
+        self._next_sequence += 1
+        self._sequence[record.id] = self._next_sequence
+        if stored.state == SCHEDULED:
+            self._states[SCHEDULED] += 1
+            heapq.heappush(self._scheduled, (stored.due_at or 0.0, self._next_sequence, stored.id))
+        else:
+            self._push(stored)
         return True
 
     def _unpack(self, record: TaskRecord) -> TaskRecord:
@@ -106,7 +127,8 @@ class MemoryStore(Store):
         self._push(record)
 
     def _push(self, record: TaskRecord) -> None:
-        heapq.heappush(self._queues.setdefault(record.method, []), (self._sequence[record.id], record.id))
+        entry = (-record.priority, self._sequence[record.id], record.id)
+        heapq.heappush(self._queues.setdefault((record.queue, record.method), []), entry)
         self._queued[record.method] = self._queued.get(record.method, 0) + 1
 
     def _leave_queue(self, record: TaskRecord, state: str) -> None:
@@ -128,27 +150,28 @@ class MemoryStore(Store):
             record.state = state
 
     def take_many(self, wants: Sequence[Want]) -> list[list[TaskRecord]]:
-        return [self._take(methods, limit) for methods, limit in wants]
+        return [self._take(*want_parts(want)) for want in wants]
 
-    def _take(self, methods: Iterable[str], limit: int) -> list[TaskRecord]:
+    def _take(self, methods: Iterable[str], limit: int, queues: Iterable[str]) -> list[TaskRecord]:
         taken: list[TaskRecord] = []
-        heads = [(method, queue) for method in set(methods) if (queue := self._queues.get(method))]
+        lanes = [(queue, method) for method in set(methods) if method in self._queued for queue in set(queues)]
+        heads = [heap for lane in lanes if (heap := self._queues.get(lane))]
         while len(taken) < limit and heads:
-            _, queue = min(heads, key=lambda head: head[1][0][0])
-            sequence, task_id = heapq.heappop(queue)
+            heap = min(heads, key=lambda head: head[0])
+            _, sequence, task_id = heapq.heappop(heap)
             record = self._records.get(task_id)
             if record is not None and record.state == QUEUED and self._sequence[task_id] == sequence:
                 self._leave_queue(record, ASSIGNED)
                 taken.append(self._unpack(record))
-            if not queue:
-                heads = [(m, q) for m, q in heads if q]
+            if not heap:
+                heads = [head for head in heads if head]
         return taken
 
     def claim(self, task_ids: Iterable[str]) -> list[TaskRecord]:
         claimed = []
         for task_id in task_ids:
             record = self._records.get(task_id)
-            if record is None or record.state in FINAL_STATES:
+            if record is None or record.state in FINAL_STATES or record.state == SCHEDULED:
                 continue
             if record.state == QUEUED:
                 self._leave_queue(record, ASSIGNED)
@@ -210,6 +233,47 @@ class MemoryStore(Store):
             expired += 1
         return expired
 
+    def due(self, now: float, limit: int = 10_000) -> int:
+        queued = 0
+        while self._scheduled and self._scheduled[0][0] <= now and queued < limit:
+            _, sequence, task_id = heapq.heappop(self._scheduled)
+            record = self._records.get(task_id)
+            if record is not None and record.state == SCHEDULED and self._sequence.get(task_id) == sequence:
+                self._set(record, QUEUED)
+                self._push(record)
+                queued += 1
+        return queued
+
+    def claim_slot(self, name: str, slot: float) -> bool:
+        if self._slots.get(name, -math.inf) >= slot:
+            return False
+        self._slots.pop(name, None)
+        self._slots[name] = slot
+        while len(self._slots) > MAX_REMEMBERED_METHODS:
+            del self._slots[next(iter(self._slots))]
+        return True
+
+    def lock_unique(self, key: str, task_id: str, until: float) -> str | None:
+        held = self._locks.get(key)
+        if held is not None and held[0] != task_id and held[1] > time.time():
+            holder = self._records.get(held[0])
+            if holder is not None and holder.state not in FINAL_STATES:
+                return held[0]
+        self._locks.pop(key, None)
+        self._locks[key] = (task_id, until)
+        while len(self._locks) > MAX_UNIQUE_LOCKS:
+            del self._locks[next(iter(self._locks))]
+        return None
+
+    def next_due(self) -> float | None:
+        while self._scheduled:
+            _, sequence, task_id = self._scheduled[0]
+            record = self._records.get(task_id)
+            if record is not None and record.state == SCHEDULED and self._sequence.get(task_id) == sequence:
+                return record.due_at
+            heapq.heappop(self._scheduled)  # revoked, or forgotten: dropped lazily
+        return None
+
     def get(self, task_id: str) -> TaskRecord | None:
         record = self._records.get(task_id)
         return None if record is None else self._view(record)
@@ -221,6 +285,7 @@ class MemoryStore(Store):
             return record
         copy = TaskRecord(record.id, record.method, state=record.state, attempts=record.attempts, options=record.options)
         copy.owner, copy.created_at, copy.finished_at = record.owner, record.created_at, record.finished_at
+        copy.queue, copy.priority, copy.due_at = record.queue, record.priority, record.due_at
         copy.result, copy.error = record.result, record.error
         copy.args, copy.kwargs = jsonrpc.loads(packed)
         return copy
@@ -233,16 +298,17 @@ class MemoryStore(Store):
         return {QUEUED: queued, **self._states} if queued else dict(self._states)
 
     def oldest_queued(self) -> Mapping[str, float]:
-        oldest = {}
-        for method in self._queued:
-            queue = self._queues[method]
-            while queue and not self._in_line(*queue[0]):
-                heapq.heappop(queue)  # dropped lazily anyway: see _queues
-            created_at = self._records[queue[0][1]].created_at
-            oldest[method] = created_at if created_at is not None else time.time()
+        oldest: dict[str, float] = {}
+        for (_, method), heap in self._queues.items():
+            while heap and not self._in_line(*heap[0]):
+                heapq.heappop(heap)  # dropped lazily anyway: see _queues
+            if heap:
+                created_at = self._records[heap[0][2]].created_at
+                first = created_at if created_at is not None else time.time()
+                oldest[method] = min(first, oldest.get(method, first))
         return oldest
 
-    def _in_line(self, sequence: int, task_id: str) -> bool:
+    def _in_line(self, _: int, sequence: int, task_id: str) -> bool:
         record = self._records.get(task_id)
         return record is not None and record.state == QUEUED and self._sequence.get(task_id) == sequence
 
@@ -276,7 +342,7 @@ class MemoryStore(Store):
             return False
         self._set(record, QUEUED)
         record.attempts, record.result, record.error = 0, None, None
-        record.created_at, record.finished_at = time.time(), None
+        record.created_at, record.finished_at, record.due_at = time.time(), None, None
         del self._records[task_id]
         self._records[task_id] = record  # to the end: the records stay in the order they were queued
         self._enqueue(record)

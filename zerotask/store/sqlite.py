@@ -19,8 +19,9 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from zerotask import jsonrpc
-from zerotask.store.base import MAX_REMEMBERED_METHODS, METHODS_REMEMBERED_S, Outcome, Store, TaskRecord, Want
-from zerotask.wire import ASSIGNED, FAILED, FINAL_STATES, FINISHED, QUEUED, RETRY, REVOKED
+from zerotask.store.base import Outcome, Store, TaskRecord, Want, want_parts
+from zerotask.store.sqlite_registry import SqliteRegistry
+from zerotask.wire import ASSIGNED, FAILED, FINAL_STATES, FINISHED, QUEUED, RETRY, REVOKED, SCHEDULED
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -33,17 +34,27 @@ CREATE TABLE IF NOT EXISTS tasks (
     attempts INTEGER NOT NULL DEFAULT 0,
     finished_at REAL,
     owner TEXT,
-    created_at REAL
+    created_at REAL,
+    queue TEXT NOT NULL DEFAULT 'default',
+    priority INTEGER NOT NULL DEFAULT 0,
+    due_at REAL
 );
-CREATE INDEX IF NOT EXISTS queued_by_method ON tasks (method, seq) WHERE state = 'QUEUED';
+DROP INDEX IF EXISTS queued_by_method;
+CREATE INDEX IF NOT EXISTS queued_in_line ON tasks (method, queue, priority DESC, seq) WHERE state = 'QUEUED';
+CREATE INDEX IF NOT EXISTS scheduled_by_time ON tasks (due_at) WHERE state = 'SCHEDULED';
 CREATE INDEX IF NOT EXISTS finished_by_time ON tasks (finished_at) WHERE finished_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS failed_by_time ON tasks (finished_at) WHERE state = 'FAILED';
 CREATE INDEX IF NOT EXISTS revoked_by_time ON tasks (finished_at) WHERE state = 'REVOKED';
-CREATE TABLE IF NOT EXISTS methods (name TEXT PRIMARY KEY, announced_at REAL NOT NULL);
 """
 _NOT_FINAL = "state NOT IN ('FINISHED', 'FAILED', 'REVOKED')"
 _CHUNK = 500  # ids per statement, well under SQLite's limit on bound variables
-_COLUMNS = "id, method, params, state, outcome, attempts, owner, created_at, finished_at"
+_COLUMNS = "id, method, params, state, outcome, attempts, owner, created_at, finished_at, queue, priority, due_at"
+# Columns a file made by an earlier version lacks, added when it is opened.
+_ADDED_COLUMNS = {
+    "queue": "queue TEXT NOT NULL DEFAULT 'default'",
+    "priority": "priority INTEGER NOT NULL DEFAULT 0",
+    "due_at": "due_at REAL",
+}
 
 
 class SqliteStore(Store):
@@ -54,13 +65,17 @@ class SqliteStore(Store):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute("PRAGMA cache_size=-32768")  # 32 MiB of pages: the queue's index stays in memory
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}
+        if present:
+            for name, definition in _ADDED_COLUMNS.items():
+                if name not in present:
+                    self._db.execute(f"ALTER TABLE tasks ADD COLUMN {definition}")
         self._db.executescript(_SCHEMA)
         self._in_transaction = False
         self._queued: Counter[str] = Counter(
             dict(self._db.execute("SELECT method, count(*) FROM tasks WHERE state = 'QUEUED' GROUP BY method").fetchall())
         )
-        # Task name -> when a node last announced it, oldest first (the broker is the only writer).
-        self._methods: dict[str, float] = dict(self._db.execute("SELECT name, announced_at FROM methods ORDER BY announced_at"))
+        self._registry = SqliteRegistry(self._db, self._begin)
         self._by_state: Counter[str] = Counter(  # QUEUED excepted: that is _queued's
             dict(self._db.execute("SELECT state, count(*) FROM tasks WHERE state != 'QUEUED' GROUP BY state").fetchall())
         )
@@ -91,42 +106,48 @@ class SqliteStore(Store):
 
     def add(self, record: TaskRecord, size_hint: int = 0) -> bool:
         params = jsonrpc.dumps([record.args, record.kwargs, record.options])
-        created_at = time.time() if record.created_at is None else record.created_at
+        now = time.time()
+        created_at = now if record.created_at is None else record.created_at
+        state = SCHEDULED if record.due_at is not None and record.due_at > now else QUEUED
         cursor = self._write(
-            "INSERT OR IGNORE INTO tasks (id, method, params, state, attempts, owner, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (record.id, record.method, params, QUEUED, record.attempts, record.owner, created_at),
+            "INSERT OR IGNORE INTO tasks (id, method, params, state, attempts, owner, created_at, queue, priority, due_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (record.id, record.method, params, state, record.attempts, record.owner, created_at)
+            + (record.queue, record.priority, record.due_at),
         )
         if cursor.rowcount != 1:
             return False
-        record.state, record.created_at, record.finished_at = QUEUED, created_at, None
-        self._move(record.method, None, QUEUED)
+        record.state, record.created_at, record.finished_at = state, created_at, None
+        self._move(record.method, None, state)
         return True
 
     def take_many(self, wants: Sequence[Want]) -> list[list[TaskRecord]]:
         taken: list[list[TaskRecord]] = []
         assigned: list[tuple[int]] = []
         chosen: set[int] = set()  # a want's query cannot see that an earlier one took a row: skip it here
-        for methods, limit in wants:
-            rows: list[tuple[int, str, str, bytes, int, str | None, float | None]] = []
+        for want in wants:
+            methods, limit, queues = want_parts(want)
+            rows: list[tuple[int, int, str, str, bytes, int, str | None, float | None, str]] = []
             if limit > 0:  # SQLite reads a negative LIMIT as "no limit"
-                for method in set(methods):  # a method named twice would otherwise select its tasks twice
+                # A method or queue named twice would otherwise select its tasks twice.
+                for method, queue in itertools.product(set(methods), set(queues)):
                     if self._queued.get(method):
                         rows.extend(
                             self._db.execute(
-                                "SELECT seq, id, method, params, attempts, owner, created_at FROM tasks"
-                                " WHERE state = 'QUEUED' AND method = ? ORDER BY seq LIMIT ?",
-                                (method, limit + len(chosen)),
+                                "SELECT -priority, seq, id, method, params, attempts, owner, created_at, queue FROM tasks"
+                                " WHERE state = 'QUEUED' AND method = ? AND queue = ? ORDER BY priority DESC, seq LIMIT ?",
+                                (method, queue, limit + len(chosen)),
                             )
                         )
-            rows = sorted(row for row in rows if row[0] not in chosen)[:limit]
+            rows = sorted(row for row in rows if row[1] not in chosen)[:limit]
             records = []
-            for seq, task_id, method, params, attempts, owner, created_at in rows:
+            for negative_priority, seq, task_id, method, params, attempts, owner, created_at, queue in rows:
                 chosen.add(seq)
                 assigned.append((seq,))
                 self._move(method, QUEUED, ASSIGNED)
                 args, kwargs, options = jsonrpc.loads(params)
                 record = TaskRecord(task_id, method, args, kwargs, ASSIGNED, attempts=attempts, options=options, owner=owner)
-                record.created_at = created_at
+                record.created_at, record.queue, record.priority = created_at, queue, -negative_priority
                 records.append(record)
             taken.append(records)
         if assigned:
@@ -138,7 +159,7 @@ class SqliteStore(Store):
         claimed = []
         for task_id in task_ids:
             record = self.get(task_id)
-            if record is None or record.state in FINAL_STATES:
+            if record is None or record.state in FINAL_STATES or record.state == SCHEDULED:
                 continue
             self._move(record.method, record.state, ASSIGNED)
             self._write("UPDATE tasks SET state = 'ASSIGNED' WHERE id = ?", (task_id,))
@@ -206,6 +227,23 @@ class SqliteStore(Store):
                 found[task_id] = (method, state)
         return found
 
+    def due(self, now: float, limit: int = 10_000) -> int:
+        cursor = self._write(
+            "UPDATE tasks SET state = 'QUEUED' WHERE seq IN"
+            " (SELECT seq FROM tasks WHERE state = 'SCHEDULED' AND due_at <= ? ORDER BY due_at LIMIT ?) RETURNING method",
+            (now, max(limit, 0)),
+        )
+        methods = [method for (method,) in cursor.fetchall()]
+        for method in methods:
+            self._move(method, SCHEDULED, QUEUED)
+        return len(methods)
+
+    def next_due(self) -> float | None:
+        if not self._by_state.get(SCHEDULED):
+            return None
+        row = self._db.execute("SELECT min(due_at) FROM tasks WHERE state = 'SCHEDULED'").fetchone()
+        return None if row is None else row[0]
+
     def get(self, task_id: str) -> TaskRecord | None:
         row = self._db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return None if row is None else _record(row)
@@ -227,7 +265,7 @@ class SqliteStore(Store):
         self, state: str | None = None, method: str | None = None, limit: int = 100, before: float | None = None
     ) -> list[TaskRecord]:
         # The time column each state is listed by, so that an index serves the common listings: failed
-        # and revoked tasks by their own partial index, queued ones by queued_by_method.
+        # and revoked tasks by their own partial index, queued ones by queued_in_line.
         if state in (FAILED, REVOKED, FINISHED):
             at, order = "finished_at", "finished_at DESC"
         elif state is not None:
@@ -250,7 +288,7 @@ class SqliteStore(Store):
             return False
         self._write(
             "UPDATE tasks SET seq = (SELECT max(seq) + 1 FROM tasks), state = 'QUEUED', outcome = NULL, attempts = 0,"
-            " finished_at = NULL, created_at = ? WHERE id = ?",
+            " finished_at = NULL, due_at = NULL, created_at = ? WHERE id = ?",
             (time.time(), task_id),
         )
         self._move(row[0], row[1], QUEUED)
@@ -280,33 +318,16 @@ class SqliteStore(Store):
         return sum(self._queued.values())
 
     def remember_methods(self, methods: Iterable[str]) -> None:
-        now = time.time()
-        names = list(dict.fromkeys(methods))
-        for name in names:
-            self._methods.pop(name, None)  # to the end: ordered by when it was announced
-            self._methods[name] = now
-        self._db_methods_write(names, now)
-
-    def _db_methods_write(self, names: list[str], now: float) -> None:
-        if names:
-            self._begin()
-            self._db.executemany("INSERT OR REPLACE INTO methods VALUES (?, ?)", [(name, now) for name in names])
-        cutoff = now - METHODS_REMEMBERED_S
-        # Oldest first: the stale names, then as many more as are over the bound.
-        forget = list(itertools.takewhile(lambda name: self._methods[name] < cutoff, self._methods))
-        excess = len(self._methods) - len(forget) - MAX_REMEMBERED_METHODS
-        if excess > 0:
-            forget += itertools.islice(self._methods, len(forget), len(forget) + excess)
-        for name in forget:
-            del self._methods[name]
-        if forget:
-            self._begin()
-            self._db.executemany("DELETE FROM methods WHERE name = ?", [(name,) for name in forget])
+        self._registry.remember_methods(methods)
 
     def known_methods(self) -> Collection[str]:
-        if self._methods and next(iter(self._methods.values())) < time.time() - METHODS_REMEMBERED_S:
-            self._db_methods_write([], time.time())
-        return self._methods.keys()
+        return self._registry.known_methods()
+
+    def claim_slot(self, name: str, slot: float) -> bool:
+        return self._registry.claim_slot(name, slot)
+
+    def lock_unique(self, key: str, task_id: str, until: float) -> str | None:
+        return self._registry.lock_unique(key, task_id, until)
 
     def flush(self) -> list[TaskRecord]:
         if self._in_transaction:
@@ -321,9 +342,9 @@ class SqliteStore(Store):
 
 def _record(row: tuple[Any, ...]) -> TaskRecord:
     """A task from a row of _COLUMNS."""
-    task_id, method, params, state, outcome, attempts, owner, created_at, finished_at = row
-    record = TaskRecord(task_id, method, state=state, attempts=attempts, owner=owner)
-    record.created_at, record.finished_at = created_at, finished_at
+    task_id, method, params, state, outcome, attempts, owner, created_at, finished_at, queue, priority, due_at = row
+    record = TaskRecord(task_id, method, state=state, attempts=attempts, owner=owner, queue=queue, priority=priority)
+    record.created_at, record.finished_at, record.due_at = created_at, finished_at, due_at
     if params:
         record.args, record.kwargs, record.options = jsonrpc.loads(params)
     if outcome:

@@ -1,0 +1,132 @@
+"""Periodic tasks: ``@task(every=SECONDS)`` and ``@task(cron="*/5 * * * *")``, run by the broker itself.
+
+There is no beat process to run, or to run twice: nodes announce their tasks' schedules when they connect
+(the ``defaults`` of zerotask.broker.connect), and the broker submits one task per *slot*, the instant a
+schedule falls due (every ``every`` seconds since the Unix epoch, or each time the cron expression
+matches, in UTC; cron expressions are read by croniter). Each slot is claimed in the store first
+(:meth:`zerotask.store.Store.claim_slot`), so however many brokers share a store, one of them runs it.
+Slots missed while no broker ran (or no node had announced the schedule) are not all made up: the
+latest of them runs once, as soon as the schedule is known again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from zerotask.exceptions import ZerotaskError
+from zerotask.loop import Scheduler, Timer
+from zerotask.store import Store
+
+log = logging.getLogger("zerotask.broker")
+
+MAX_SCHEDULES = 1_000  # periodic task names the broker keeps schedules for
+MIN_EVERY_S = 0.1  # a shorter period would be a busy loop of submits
+
+Submit = Callable[[str, str], object]  # submit(task name, task id); what it returns is ignored
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """When a periodic task is due: every ``every_s`` seconds, or when ``cron`` matches (UTC)."""
+
+    every_s: float | None = None
+    cron: str | None = None
+
+    def latest(self, now: float) -> float:
+        """The latest slot at or before ``now``."""
+        if self.every_s is not None:
+            return math.floor(now / self.every_s) * self.every_s
+        return float(_croniter(self.cron, now).get_prev(float))  # type: ignore[arg-type]
+
+    def following(self, now: float) -> float:
+        """The first slot after ``now``."""
+        if self.every_s is not None:
+            return (math.floor(now / self.every_s) + 1) * self.every_s
+        return float(_croniter(self.cron, now).get_next(float))  # type: ignore[arg-type]
+
+
+def read_schedule(options: Any) -> Schedule | None:
+    """The schedule in one task's announced defaults (``{"every": seconds}`` or ``{"cron": expression}``),
+    or None if there is none or it is not valid (a node's word is checked, never trusted)."""
+    if not isinstance(options, dict):
+        return None
+    every, cron = options.get("every"), options.get("cron")
+    if isinstance(every, int | float) and type(every) is not bool and math.isfinite(every) and every >= MIN_EVERY_S:
+        return Schedule(every_s=float(every)) if cron is None else None
+    if isinstance(cron, str) and every is None and len(cron) <= 256 and valid_cron(cron):
+        return Schedule(cron=cron)
+    return None
+
+
+def valid_cron(expression: str) -> bool:
+    from croniter import croniter  # only when some task is periodic by cron
+
+    return bool(croniter.is_valid(expression))
+
+
+def _croniter(expression: str, now: float) -> Any:
+    from croniter import croniter
+
+    return croniter(expression, now)
+
+
+class Periodic:
+    """The schedules nodes announced, and the timer that submits each task when its slot comes."""
+
+    def __init__(self, store: Store, scheduler: Scheduler, submit: Submit) -> None:
+        self._store = store
+        self._scheduler = scheduler
+        self._submit = submit
+        self._schedules: dict[str, Schedule] = {}
+        self._timer: Timer | None = None
+        self._at: float | None = None
+
+    def announce(self, defaults: Any) -> None:
+        """Take the schedules in a node's ``defaults`` (``{name: {"every": ...} | {"cron": ...}}``); run the
+        latest slot of each new one at once unless it ran (the catch-up), then keep each on time."""
+        if not isinstance(defaults, dict):
+            return
+        changed = False
+        for name, options in list(defaults.items())[:MAX_SCHEDULES]:
+            schedule = read_schedule(options)
+            if schedule is None or self._schedules.get(name) == schedule:
+                continue
+            if name not in self._schedules and len(self._schedules) >= MAX_SCHEDULES:
+                continue
+            self._schedules[name] = schedule
+            changed = True
+        if changed:
+            self._due()
+
+    @property
+    def schedules(self) -> dict[str, Schedule]:
+        return dict(self._schedules)
+
+    def _due(self) -> None:
+        """Submit every task whose latest slot has not run, then set the timer for the next slot."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._at = None
+        now = time.time()
+        for name, schedule in self._schedules.items():
+            slot = schedule.latest(now)
+            try:
+                if self._store.claim_slot(name, slot):
+                    self._submit(name, slot_task_id(name, slot))
+            except ZerotaskError as error:  # the store is unreachable, the queue is full...: this slot is missed
+                log.warning("periodic task %r due at %.3f not submitted: %s", name, slot, error)
+        if self._schedules:
+            following = min(schedule.following(now) for schedule in self._schedules.values())
+            self._at = following
+            self._timer = self._scheduler.call_later(max(0.0, following - time.time()), self._due)
+
+
+def slot_task_id(name: str, slot: float) -> str:
+    """The id of the task of one slot: the same at every broker (the store adds it once)."""
+    return "periodic-" + hashlib.blake2b(f"{name}\x00{slot!r}".encode(), digest_size=16).hexdigest()
