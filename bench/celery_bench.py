@@ -1,5 +1,6 @@
-"""Celery's runners: a worker as a process (``python -m celery -A bench.celery_app worker``), this process
-the producer, Redis the broker and the result backend, in a database of the benchmark's own."""
+"""Celery's runners: a worker as a process (``python -m celery -A bench.celery_app worker``), the producer
+a client process (``python -m bench.client celery URL``; this process for the scale run), Redis the broker
+and the result backend, in a database of the benchmark's own."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from bench.config import REPO_ROOT, Config, expected_sum, pairs
+from bench.client import ClientProcess
+from bench.config import REPO_ROOT, Config
 from bench.procs import Process, drain, log_path, wait_for
-from bench.stats import Run, ScaleRun, percentile
+from bench.stats import Run, ScaleRun
 
 WORKER_OPTIONS = ["--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"]
 
@@ -60,34 +62,19 @@ def _worker(workers: int, config: Config, flush: bool = True) -> Iterator[Any]:
         store.close()
 
 
-def produce(app: Any, work: list[tuple[int, int]], timeout_s: float) -> int:
-    """The throughput producer: send every add(x, y), collect every result, return their sum."""
-    from celery.result import ResultSet  # type: ignore[import-untyped]
-
-    from bench.celery_app import ADD
-
-    results = [app.send_task(ADD, (x, y)) for x, y in work]
-    return sum(ResultSet(results, app=app).join_native(timeout=timeout_s))
-
-
 def run(workers: int, config: Config) -> Run:
-    from bench.celery_app import ADD
-
-    with _worker(workers, config) as app:
-        app.send_task(ADD, (0, 0)).get(timeout=60)  # answered once the worker is up
-        produce(app, pairs(config.warmup), config.timeout_s)
-        started = time.perf_counter()
-        total = produce(app, pairs(config.tasks), config.timeout_s)
-        seconds = time.perf_counter() - started
-        latencies, calls_ok = [], True
-        for _ in range(config.calls):
-            started = time.perf_counter()
-            calls_ok &= app.send_task(ADD, (1, 2)).get(timeout=config.timeout_s) == 3
-            latencies.append(time.perf_counter() - started)
-    return Run(
-        f"celery-{pool_for(workers)}", workers, config.tasks, seconds, total == expected_sum(config.tasks),
-        percentile(latencies, 0.5), percentile(latencies, 0.99), calls_ok,
-    )  # fmt: skip
+    """Throughput and latency from a client process of its own. Celery's CPU is not measured: its broker
+    is a Redis server that other programs may be using too."""
+    assert config.redis_url is not None
+    with _worker(workers, config):
+        client = ClientProcess("celery", config.redis_url, config.workdir, f"celery-{pool_for(workers)}-{workers}")
+        try:
+            seconds, sum_ok = client.throughput(config.tasks, config)
+            latency = client.latency(config.calls, config, lambda: {})
+        finally:
+            client.stop()
+    name = f"celery-{pool_for(workers)}"
+    return Run.of(name, workers, config.tasks, seconds, sum_ok, latency.latencies_s, latency.calls_ok, None)
 
 
 def scale(workers: int, count: int, config: Config) -> ScaleRun:

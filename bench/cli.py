@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.config import REPO_ROOT, Config
+from bench.config import BY_NAME, REPO_ROOT, SYSTEMS, Config, System
+from bench.cpu import TICKS_PER_S
 from bench.redis_env import RedisChoice, redis_for_celery
 from bench.stats import Run, ScaleRun
 
-SYSTEMS = ("zerotask-memory", "zerotask-sqlite", "celery-solo", "celery-prefork", "raw")
-STORES = {"zerotask-memory": "memory", "zerotask-sqlite": "bench.db"}
+NAMES = tuple(system.name for system in SYSTEMS)
 
 
 def _list(kind: type, choices: tuple[str, ...] = ()) -> Any:
@@ -51,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
     add("--drain-seconds", type=float, default=120.0, help="scale: the longest a drain is watched (default 120)")
     add("--repeat", type=int, default=3, help="repetitions of every throughput and latency run (default 3)")
     add("--scale-repeat", type=int, default=1, help="repetitions of the scale runs (default 1)")
-    add("--systems", type=_list(str, SYSTEMS), default=list(SYSTEMS), help=f"comma-separated, of {','.join(SYSTEMS)}")
+    add("--systems", type=_list(str, NAMES), default=list(NAMES), help=f"comma-separated, of {','.join(NAMES)}")
     add("--workers", type=_list(int), default=[1, 2], help="worker processes per node, comma-separated (default 1,2)")
     add("--warmup", type=int, default=200, help="tasks through each system before timing (default 200)")
     add("--window", type=int, default=1_000, help="requests in flight for the raw and queueing clients (default 1000)")
@@ -65,23 +65,18 @@ def parser() -> argparse.ArgumentParser:
     return made
 
 
-def plan(systems: list[str], workers: list[int]) -> list[tuple[str, int]]:
-    """(system, workers) in run order. Celery's pool follows the concurrency: solo for 1, prefork above."""
-    steps = []
-    for system in systems:
-        for count in workers:
-            if (system == "celery-solo" and count != 1) or (system == "celery-prefork" and count < 2):
-                continue
-            steps.append((system, count))
-    return steps
+def plan(systems: list[System], workers: list[int]) -> list[tuple[System, int]]:
+    """(system, workers) in run order: each system at the worker counts it takes (Celery's pool follows
+    the concurrency: solo for 1, prefork above)."""
+    return [(system, count) for system in systems for count in workers if system.takes(count)]
 
 
-def run_one(system: str, workers: int, config: Config) -> Run:
-    if system in STORES:
+def run_one(system: System, workers: int, config: Config) -> Run:
+    if system.kind == "zerotask":
         from bench import zt
 
-        return zt.run(STORES[system], workers, config)
-    if system == "raw":
+        return zt.run(system, workers, config)
+    if system.kind == "raw":
         from bench import raw
 
         return raw.run(workers, config)
@@ -90,14 +85,14 @@ def run_one(system: str, workers: int, config: Config) -> Run:
     return celery_bench.run(workers, config)
 
 
-def scale_one(system: str, workers: int, config: Config, zerotask_count: int, celery_count: int) -> ScaleRun:
-    if system in STORES:
+def scale_one(system: System, workers: int, count: int, config: Config) -> ScaleRun:
+    if system.kind == "zerotask":
         from bench import zt
 
-        return zt.scale(STORES[system], workers, zerotask_count, config)
+        return zt.scale(system, workers, count, config)
     from bench import celery_bench
 
-    return celery_bench.scale(workers, celery_count, config)
+    return celery_bench.scale(workers, count, config)
 
 
 def _say(message: str) -> None:
@@ -124,10 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="zerotask-bench-"))
     began = time.monotonic()
     try:
-        wants_celery = any(system.startswith("celery-") for system in options.systems)
+        wants_redis = any(BY_NAME[name].needs_redis for name in options.systems)
         finding = (
             redis_for_celery(workdir, options.private_redis)
-            if wants_celery
+            if wants_redis
             else nullcontext(RedisChoice(None, "Celery not selected"))
         )
         with finding as redis:
@@ -156,7 +151,7 @@ def _run(options: argparse.Namespace, workdir: Path, redis: RedisChoice, began: 
         workdir=workdir,
         redis_url=f"{redis.url}/{options.redis_db}" if redis.url else None,
     )
-    systems = [system for system in options.systems if redis.url or not system.startswith("celery-")]
+    systems = [BY_NAME[name] for name in options.systems if redis.url or not BY_NAME[name].needs_redis]
     facts = report.machine_facts(redis.version)
     fingerprint = report.source_fingerprint()
     _say("\n".join(facts))
@@ -164,20 +159,23 @@ def _run(options: argparse.Namespace, workdir: Path, redis: RedisChoice, began: 
     steps = plan(systems, options.workers)
     for repetition in range(options.repeat):
         for system, workers in steps:
-            _say(f"[{repetition + 1}/{options.repeat}] {system}, {workers} worker(s) ...")
+            _say(f"[{repetition + 1}/{options.repeat}] {system.name}, {workers} worker(s) ...")
             run = run_one(system, workers, config)
             runs.append(run)
-            _say(f"    {run.rate:,.0f} tasks/s, p50 {run.p50_s * 1000:.2f} ms, p99 {run.p99_s * 1000:.2f} ms")
-    scale_systems = [s for s in systems if s in STORES and options.scale > 0]
-    celery_pool = "celery-solo" if options.scale_workers == 1 else "celery-prefork"
-    if options.celery_scale > 0 and celery_pool in systems:
-        scale_systems.append(celery_pool)
+            per_call = run.cpu_per_call_s
+            cpu = f", CPU {per_call * 1e6:,.0f} µs/call" if per_call is not None else ""
+            _say(f"    {run.rate:,.0f} tasks/s, p50 {run.p50_s * 1000:.2f} ms, p99 {run.p99_s * 1000:.2f} ms{cpu}")
+
+    def scale_count(system: System) -> int:
+        return int(options.celery_scale if system.kind == "celery" else options.scale)
+
+    scale_systems = [s for s in systems if s.scale and s.takes(options.scale_workers) and scale_count(s) > 0]
     scale_runs: list[ScaleRun] = []
     for repetition in range(options.scale_repeat):
         for system in scale_systems:
-            count = options.scale if system in STORES else options.celery_scale
-            _say(f"[scale {repetition + 1}/{options.scale_repeat}] {system}: {count:,} tasks queued, then drained ...")
-            scale_runs.append(scale_one(system, options.scale_workers, config, options.scale, options.celery_scale))
+            count = scale_count(system)
+            _say(f"[scale {repetition + 1}/{options.scale_repeat}] {system.name}: {count:,} tasks queued, then drained ...")
+            scale_runs.append(scale_one(system, options.scale_workers, count, config))
             last = scale_runs[-1]
             _say(f"    queued at {last.queue_rate:,.0f}/s; drained {last.drained:,} at {last.drain_rate:,.0f}/s")
     minutes = (time.monotonic() - began) / 60
@@ -186,13 +184,21 @@ def _run(options: argparse.Namespace, workdir: Path, redis: RedisChoice, began: 
         f"zerotask's producer uses {zt.CLIENT_KIND}; Celery's sends every task (`send_task`, as `delay` does) then "
         f"`ResultSet.join_native`; the raw client keeps {options.window:,} requests in flight.",
         f"- Latency: {options.calls:,} sequential blocking add(1, 2): zerotask `Client.add`, Celery `.get()`, raw one "
-        "request at a time. Each run starts its processes afresh and sends "
-        f"{options.warmup} tasks untimed first.",
+        f"request at a time. Each run starts its processes afresh and sends {options.warmup} tasks untimed first, and "
+        f"{options.warmup} blocking calls before the latency loop.",
+        "- Every client (producer and caller) is a process of its own (`python -m bench.client`), as is every "
+        "broker, node and worker: nothing else runs in the timed process, and nothing samples anything during a loop.",
+        "- CPU/call: user + system CPU of every process involved (client, broker, node and its workers; raw: client, "
+        "broker, workers), from /proc/PID/stat read after the warm-up and after the latency loop, never during it, "
+        f"divided by the calls. The counters tick every {1000 / TICKS_PER_S:.0f} ms per process, so over "
+        f"{options.calls:,} calls a figure is good to about {1e6 / TICKS_PER_S / options.calls:.0f} µs per process. "
+        "Not measured for Celery, whose Redis server may serve others too.",
         "- vs Celery: the ratio to Celery at the same concurrency (`--pool solo` for 1 worker, `--pool prefork -c N` "
         "for N); vs raw: to the raw pyzmq ceiling with as many worker processes. Above 1× is more tasks/s; "
-        "below 1× a lower p50 latency.",
-        f"- Raw ceiling: client DEALER → broker ROUTER/ROUTER → worker DEALER and back, orjson, no task system; "
-        f"each worker takes up to {options.raw_credit} requests ahead (credit-based, as a zerotask node grants it).",
+        "below 1× a lower latency or less CPU.",
+        "- Raw ceiling: client DEALER → broker ROUTER/ROUTER → worker DEALER and back (4 hops), orjson, no task system, "
+        f"each role a fresh process; each worker takes up to {options.raw_credit} requests ahead (credit-based, as a "
+        "zerotask node grants it).",
     ]
     if redis.url:
         notes.append(
@@ -211,7 +217,7 @@ def _run(options: argparse.Namespace, workdir: Path, redis: RedisChoice, began: 
         )
     for what in sorted({f"{run.system.split('-')[0]}: {run.memory_what}" for run in scale_runs}):
         notes.append(f"- Scale memory, {what}.")
-    skipped = [s for s in options.systems if s not in systems]
+    skipped = [name for name in options.systems if BY_NAME[name] not in systems]
     if skipped:
         notes.append(f"- Left out: {', '.join(skipped)}. {redis.note}.")
     if report.source_fingerprint() != fingerprint:
@@ -223,7 +229,7 @@ def _run(options: argparse.Namespace, workdir: Path, redis: RedisChoice, began: 
         _say(warning[2:])
     command = shlex.join(["python", "-m", "bench", *sys.argv[1:]])
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    sections = [f"## {stamp}", "", *facts, "", report.main_table(runs)]
+    sections = [f"## {stamp}", "", *facts, "", report.main_table(runs), "", report.cpu_table(runs)]
     if scale_runs:
         sections += ["", report.scale_table(scale_runs, runs)]
     sections += ["", *notes, f"- `{command}`: {options.repeat} repetition(s), {minutes:.1f} minutes in all."]

@@ -1,8 +1,7 @@
-"""Child processes the benchmark starts itself (Celery workers, the raw ceiling, redis-server).
+"""Child processes the benchmark starts: brokers, nodes, Celery workers, the raw ceiling, clients, redis-server.
 
 Each runs in a session of its own, so :meth:`Process.stop` can end it together with any children it
-forked (Celery's prefork pool) by process group, and nothing else. zerotask's processes are started by
-zerotask.testing.Cluster instead.
+forked (a node's workers, Celery's prefork pool) by process group, and nothing else.
 """
 
 from __future__ import annotations
@@ -20,13 +19,28 @@ from typing import IO
 class Process:
     """A child process in its own session, its output in a log file; :meth:`stop` ends it for sure."""
 
-    def __init__(self, args: list[str], log_path: Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        log_path: Path,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        pipes: bool = False,
+        leader_first: bool = False,
+    ) -> None:
+        """``pipes``: stdin and stdout are pipes to this process (stderr still goes to the log).
+        ``leader_first``: :meth:`stop` sends SIGTERM to the process alone, so that it stops its own
+        children (a zerotask node its workers), and only then SIGKILL to whatever is left of the group."""
         self.args = args
         self.log_path = log_path
+        self.leader_first = leader_first
         self._log: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        stdout = subprocess.PIPE if pipes else self._log
+        stdin = subprocess.PIPE if pipes else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            args, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True
-        )
+            args, stdin=stdin, stdout=stdout, stderr=subprocess.STDOUT if not pipes else self._log,
+            cwd=cwd, env=env, start_new_session=True,
+        )  # fmt: skip
 
     @property
     def pid(self) -> int:
@@ -42,14 +56,21 @@ class Process:
             pass
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        """SIGTERM to the process group, SIGKILL to whatever is left after ``timeout_s``."""
-        self._signal_group(signal.SIGTERM)
+        """SIGTERM to the process group (or its leader alone), SIGKILL to whatever is left after ``timeout_s``."""
+        if self.leader_first:
+            if self.alive():
+                self.process.send_signal(signal.SIGTERM)
+        else:
+            self._signal_group(signal.SIGTERM)
         try:
             self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:
             pass
         self._signal_group(signal.SIGKILL)  # the leader if it hung, and any child it left behind
         self.process.wait(timeout_s)
+        for pipe in (self.process.stdin, self.process.stdout):
+            if pipe is not None:
+                pipe.close()
         self._log.close()
 
     def output(self) -> str:

@@ -1,26 +1,28 @@
 """The raw pyzmq ceiling: client DEALER -> broker ROUTER/ROUTER -> worker DEALER and back, orjson, no task system.
 
-``python -m bench.raw broker FRONTEND BACKEND`` and ``python -m bench.raw worker BACKEND`` are the two
-server processes; the benchmark process is the client. It is the guide's load-balancing broker with
-credit: a worker says READY once per request it may be sent before it answers (a zerotask node grants
-one per free worker; the benchmark gives each raw worker ``--raw-credit``, 100 by default), the broker
-queues requests while no worker has credit, and passes replies straight back.
+Four hops and three roles, each a fresh process per run: ``python -m bench.raw broker FRONTEND BACKEND``,
+``python -m bench.raw worker BACKEND`` (one per worker) and ``python -m bench.client raw FRONTEND``. It
+is the guide's load-balancing broker with credit: a worker says READY once per request it may be sent
+before it answers (a zerotask node grants one per free worker; the benchmark gives each raw worker
+``--raw-credit``, 100 by default), the broker queues requests while no worker has credit, and passes
+replies straight back. The client pipelines ``--window`` requests (1,000) for throughput, and sends
+one at a time for latency.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections import deque
 from typing import Any
 
 import orjson
 import zmq
 
-from bench.config import Config, expected_sum, pairs
+from bench.client import ClientProcess
+from bench.config import Config
 from bench.procs import Process, log_path
-from bench.stats import Run, percentile
+from bench.stats import Run
 from zerotask.testing import free_port
 
 READY = b"READY"
@@ -101,59 +103,30 @@ def main(argv: list[str] | None = None) -> None:
         pass
 
 
-# ---- the client: the benchmark process ----------------------------------------------------------
-
-
-def _pipeline(sock: zmq.Socket[Any], work: list[tuple[int, int]], window: int, timeout_s: float) -> int:
-    """Send every add(x, y) with at most ``window`` in flight; return the sum of the results."""
-    total = sent = received = 0
-    while received < len(work):
-        while sent < len(work) and sent - received < window:
-            x, y = work[sent]
-            sock.send(orjson.dumps({"id": sent, "method": "add", "params": [x, y]}))
-            sent += 1
-        if not sock.poll(int(timeout_s * 1000)):
-            raise TimeoutError(f"no reply within {timeout_s} s ({received} of {len(work)} received)")
-        while received < sent:
-            try:
-                reply = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            total += orjson.loads(reply)["result"]
-            received += 1
-    return total
+# ---- a run: every role a fresh process ------------------------------------------------------------
 
 
 def run(workers: int, config: Config) -> Run:
     frontend, backend = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     module = [sys.executable, "-m", "bench.raw"]
     processes: list[Process] = []
-    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
+    client: ClientProcess | None = None
     try:
-        processes.append(Process([*module, "broker", frontend, backend], log_path(config.workdir, "raw-broker")))
+        broker = Process([*module, "broker", frontend, backend], log_path(config.workdir, "raw-broker"))
+        processes.append(broker)
         for index in range(workers):
             worker = [*module, "worker", backend, "--credit", str(config.raw_credit)]
             processes.append(Process(worker, log_path(config.workdir, f"raw-worker-{index}")))
-        sock.connect(frontend)
-        _pipeline(sock, [(0, 0)], 1, 30.0)  # answered once the broker and a worker are up
-        _pipeline(sock, pairs(config.warmup), config.window, config.timeout_s)
-        started = time.perf_counter()
-        total = _pipeline(sock, pairs(config.tasks), config.window, config.timeout_s)
-        seconds = time.perf_counter() - started
-        latencies, calls_ok = [], True
-        for _ in range(config.calls):
-            started = time.perf_counter()
-            calls_ok &= _pipeline(sock, [(1, 2)], 1, config.timeout_s) == 3
-            latencies.append(time.perf_counter() - started)
-        return Run(
-            "raw", workers, config.tasks, seconds, total == expected_sum(config.tasks),
-            percentile(latencies, 0.5), percentile(latencies, 0.99), calls_ok,
-        )  # fmt: skip
+        client = ClientProcess("raw", frontend, config.workdir, f"raw-w{workers}")  # answers once a worker is up
+        seconds, sum_ok = client.throughput(config.tasks, config)
+        roles = {"broker": [broker.pid], "workers": [process.pid for process in processes[1:]]}
+        latency = client.latency(config.calls, config, lambda: roles)
     finally:
-        sock.close(linger=0)
+        if client is not None:
+            client.stop()
         for process in reversed(processes):
             process.stop()
+    return Run.of("raw", workers, config.tasks, seconds, sum_ok, latency.latencies_s, latency.calls_ok, latency.cpu_s)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,29 @@ class Run:
     p50_s: float
     p99_s: float
     calls_ok: bool
+    calls: int = 0
+    # CPU seconds each role (client, broker, node, workers) used over the latency loop; None: not measured
+    cpu_s: dict[str, float] | None = None
 
     @property
     def rate(self) -> float:
         return self.tasks / self.seconds
+
+    @property
+    def cpu_per_call_s(self) -> float | None:
+        """User plus system CPU of every process involved, per blocking call."""
+        if self.cpu_s is None or not self.calls:
+            return None
+        return sum(self.cpu_s.values()) / self.calls
+
+    @classmethod
+    def of(
+        cls, system: str, workers: int, tasks: int, seconds: float, sum_ok: bool,
+        latencies_s: Sequence[float], calls_ok: bool, cpu_s: dict[str, float] | None,
+    ) -> Run:  # fmt: skip
+        """A run from its throughput figures and its latency loop."""
+        p50, p99 = percentile(latencies_s, 0.5), percentile(latencies_s, 0.99)
+        return cls(system, workers, tasks, seconds, sum_ok, p50, p99, calls_ok, len(latencies_s), cpu_s)
 
 
 @dataclass(slots=True)

@@ -1,4 +1,9 @@
-"""zerotask's runners: a broker and one node as processes (zerotask.testing.Cluster), this process the client."""
+"""zerotask's runners: brokers and nodes as processes (:class:`Processes`), and a client process.
+
+A system is one or more brokers on one ``--store`` spec, each with a node of its own; the client talks
+to the first broker. :class:`Processes` starts them with a command prefix of the caller's choosing,
+which is how ``python -m bench.trace`` runs the same processes with its probes installed.
+"""
 
 from __future__ import annotations
 
@@ -6,71 +11,168 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import orjson
 import zmq
 
-from bench.config import Config, expected_sum, pairs
-from bench.procs import drain, memory_kib, wait_for
-from bench.stats import Run, ScaleRun, percentile
-from zerotask.client import AsyncClient
-from zerotask.testing import Cluster
+from bench import cpu
+from bench.client import ClientProcess
+from bench.config import Config, System
+from bench.procs import Process, drain, log_path, memory_kib, wait_for
+from bench.stats import Run, ScaleRun
+from zerotask.client import Client
+from zerotask.testing import free_port
 
 TASKS_MODULE = "bench.tasks"
-
-
 CLIENT_KIND = "AsyncClient, every task submitted before the first result is awaited"
 
 
-def produce(endpoint: str, work: list[tuple[int, int]], timeout_s: float) -> int:
-    """The throughput producer: submit every add(x, y), collect every result, return their sum."""
-    with AsyncClient(endpoint) as client:
-        handles = [client.submit("add", x, y) for x, y in work]
-        return sum(handle.result(timeout=timeout_s) for handle in handles)
+class Processes:
+    """zerotask brokers and nodes, each a process in a session of its own; :meth:`stop` ends them all.
+    ``prefix(role)`` is the command that runs a module for ``role`` ("broker", "node"): by default
+    ``python -m``."""
+
+    def __init__(self, directory: Path, prefix: Any = None) -> None:
+        self.directory = directory
+        self._prefix = prefix or (lambda role: [sys.executable, "-m"])
+        self.brokers: list[tuple[str, Process]] = []  # (endpoint, process)
+        self.nodes: list[Process] = []
+
+    def start_broker(self, store: str, wait: bool = True) -> str:
+        """A broker on ``store`` (a --store spec); returns its endpoint."""
+        endpoint, publish = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+        args = [*self._prefix("broker"), "zerotask.broker", "--bind", endpoint, "--publish", publish, "--store", store]
+        process = Process(args, log_path(self.directory, "broker"), leader_first=True)
+        self.brokers.append((endpoint, process))
+        if wait:
+            wait_for(lambda: self._answers(endpoint, process), 20, "the broker to answer", interval_s=0.05)
+        return endpoint
+
+    def start_node(self, endpoint: str, workers: int, wait: bool = True) -> Process:
+        """A node of ``workers`` worker processes serving bench.tasks on the broker at ``endpoint``."""
+        before = len(info(endpoint)["nodes"]) if wait else 0
+        args = [*self._prefix("node"), "zerotask.node", TASKS_MODULE, "--broker", endpoint, "--workers", str(workers)]
+        node = Process(args, log_path(self.directory, "node"), leader_first=True)
+        self.nodes.append(node)
+        if wait:
+
+            def connected() -> bool:
+                if not node.alive():
+                    raise RuntimeError(f"the node exited:\n{node.output()[-3000:]}")
+                return len(info(endpoint)["nodes"]) > before
+
+            wait_for(connected, 30, "the node to connect", interval_s=0.05)
+        return node
+
+    @staticmethod
+    def _answers(endpoint: str, broker: Process) -> bool:
+        if not broker.alive():
+            raise RuntimeError(f"the broker exited:\n{broker.output()[-3000:]}")
+        try:
+            info(endpoint, timeout_s=0.5)
+        except TimeoutError:
+            return False
+        return True
+
+    def roles(self) -> cpu.Roles:
+        """The processes by role, a node's workers found as its descendants (read now: call it outside
+        any timed window)."""
+        nodes = [node.pid for node in self.nodes]
+        return {"broker": [process.pid for _, process in self.brokers], "node": nodes, "workers": cpu.descendants(nodes)}
+
+    def logs(self) -> str:
+        """The last lines of every log, for a run that went wrong."""
+        processes = [process for _, process in self.brokers] + self.nodes
+        return "".join(f"---- {p.log_path} (last lines)\n{''.join(p.output().splitlines(True)[-20:])}" for p in processes)
+
+    def stop(self) -> None:
+        for node in self.nodes:  # first, so that each says goodbye to a broker still there
+            node.stop()
+        for _, broker in self.brokers:
+            broker.stop()
 
 
-@contextmanager
-def _cluster(store: str, config: Config, name: str) -> Iterator[Cluster]:
-    """A Cluster whose logs stay in the work directory, and are shown if anything goes wrong."""
-    directory = config.workdir / name
-    directory.mkdir(parents=True, exist_ok=True)
-    cluster = Cluster(store=store, directory=directory)
-    try:
-        yield cluster
-    except Exception:
-        for log in sorted(directory.glob("*.log")):
-            print(f"---- {log} (last lines)\n{''.join(log.read_text(errors='replace').splitlines(True)[-20:])}", file=sys.stderr)
-        raise
-    finally:
-        cluster.stop()
-        for leftover in directory.glob(f"{store}*"):  # the SQLite file and its WAL: logs are all we keep
-            leftover.unlink()
+def info(endpoint: str, timeout_s: float = 10.0) -> dict[str, Any]:
+    with Client(endpoint, timeout=timeout_s) as client:
+        return client.info()
+
+
+def store_spec(system: System, directory: Path, redis_server: str | None) -> str:
+    """The brokers' --store for a run: "sqlite" is a fresh file in the run's directory; ``{redis}`` in a
+    spec is the Redis the benchmark uses, ``redis_server`` (redis://host:port)."""
+    if system.store == "sqlite":
+        return str(directory / "bench.db")
+    if "{redis}" in system.store:
+        if redis_server is None:
+            raise RuntimeError(f"{system.name} needs a Redis and the benchmark has none")
+        return system.store.replace("{redis}", redis_server)
+    return system.store
+
+
+def _redis_server(config: Config) -> str | None:
+    """redis://host:port of the benchmark's Redis (config.redis_url names Celery's database too)."""
+    return config.redis_url.rsplit("/", 1)[0] if config.redis_url else None
+
+
+def flush_store(store: str) -> None:
+    """Empty the store if it is a Redis database, so that no run starts on another's leftovers."""
+    if store.startswith(("redis://", "rediss://", "unix://")):
+        import redis
+
+        client = redis.Redis.from_url(store)
+        try:
+            client.flushdb()
+        finally:
+            client.close()
 
 
 _runs = 0
 
 
-def run(store: str, workers: int, config: Config) -> Run:
+@contextmanager
+def _session(system: System, config: Config, name: str) -> Iterator[tuple[Processes, str]]:
+    """Processes (their logs kept in the work directory, and shown if anything goes wrong) and the run's
+    --store, empty before and after the run: a fresh SQLite file (deleted), a flushed Redis database."""
     global _runs
     _runs += 1
-    with _cluster(store, config, f"zerotask-{_runs:03d}-{store.split('.')[0]}-w{workers}") as cluster:
-        cluster.start_broker()
-        cluster.start_node(TASKS_MODULE, workers=workers)
-        produce(cluster.endpoint, pairs(config.warmup), config.timeout_s)
-        started = time.perf_counter()
-        total = produce(cluster.endpoint, pairs(config.tasks), config.timeout_s)
-        seconds = time.perf_counter() - started
-        latencies, calls_ok = [], True
-        client = cluster.client(config.timeout_s)
-        for _ in range(config.calls):
-            started = time.perf_counter()
-            calls_ok &= client.add(1, 2) == 3
-            latencies.append(time.perf_counter() - started)
-    return Run(
-        f"zerotask-{'memory' if store == 'memory' else 'sqlite'}", workers, config.tasks, seconds,
-        total == expected_sum(config.tasks), percentile(latencies, 0.5), percentile(latencies, 0.99), calls_ok,
-    )  # fmt: skip
+    directory = config.workdir / f"zerotask-{_runs:03d}-{name}"
+    directory.mkdir(parents=True, exist_ok=True)
+    store = store_spec(system, directory, _redis_server(config))
+    processes = Processes(directory)
+    flush_store(store)
+    try:
+        yield processes, store
+    except Exception:
+        print(processes.logs(), file=sys.stderr)
+        raise
+    finally:
+        processes.stop()
+        flush_store(store)
+        for leftover in directory.glob("bench.db*"):  # the SQLite file and its WAL: logs are all we keep
+            leftover.unlink()
+
+
+def start(system: System, workers: int, processes: Processes, store: str) -> str:
+    """The system's brokers on ``store``, each with a node; returns the first broker's endpoint."""
+    endpoints = [processes.start_broker(store) for _ in range(system.brokers)]
+    for endpoint in endpoints:
+        processes.start_node(endpoint, workers)
+    return endpoints[0]
+
+
+def run(system: System, workers: int, config: Config) -> Run:
+    name = f"{system.name}-w{workers}"
+    with _session(system, config, name) as (processes, store):
+        endpoint = start(system, workers, processes, store)
+        client = ClientProcess("zerotask", endpoint, processes.directory, name)
+        try:
+            seconds, sum_ok = client.throughput(config.tasks, config)
+            latency = client.latency(config.calls, config, processes.roles)
+        finally:
+            client.stop()
+    return Run.of(system.name, workers, config.tasks, seconds, sum_ok, latency.latencies_s, latency.calls_ok, latency.cpu_s)
 
 
 def queue(endpoint: str, count: int, window: int, timeout_s: float) -> list[tuple[int, str]]:
@@ -105,30 +207,33 @@ def queue(endpoint: str, count: int, window: int, timeout_s: float) -> list[tupl
     return sorted(sample)
 
 
-def scale(store: str, workers: int, count: int, config: Config) -> ScaleRun:
-    global _runs
-    _runs += 1
-    with _cluster(store, config, f"zerotask-{_runs:03d}-scale-{store.split('.')[0]}") as cluster:
-        broker = cluster.start_broker()
-        client = cluster.client(config.timeout_s)
-        before = memory_kib(broker.pid, "VmRSS") * 1024
-        started = time.perf_counter()
-        sample = queue(cluster.endpoint, count, config.window, config.timeout_s)
-        queue_seconds = time.perf_counter() - started
-        holding = memory_kib(broker.pid, "VmHWM") * 1024
+def scale(system: System, workers: int, count: int, config: Config) -> ScaleRun:
+    with _session(system, config, f"scale-{system.name}") as (processes, store):
+        endpoint = processes.start_broker(store)
+        broker = processes.brokers[0][1]
+        client = Client(endpoint, timeout=config.timeout_s)
+        try:
+            before = memory_kib(broker.pid, "VmRSS") * 1024
+            started = time.perf_counter()
+            sample = queue(endpoint, count, config.window, config.timeout_s)
+            queue_seconds = time.perf_counter() - started
+            holding = memory_kib(broker.pid, "VmHWM") * 1024
 
-        def left() -> tuple[int, int]:
-            info = client.info()
-            return info["queued"].get("add", 0), sum(node["tasks"] for node in info["nodes"])
+            def left() -> tuple[int, int]:
+                described = client.info()
+                return described["queued"].get("add", 0), sum(node["tasks"] for node in described["nodes"])
 
-        cluster.start_node(TASKS_MODULE, workers=workers, wait=False)
-        wait_for(lambda: left()[0] < count, 60, "the node to take its first task")
-        drained, drain_seconds = drain(left, count, config.drain_s)
-        after = memory_kib(broker.pid, "VmRSS") * 1024
-        finished = [(i, task_id) for i, task_id in sample if client.status(task_id) == "FINISHED"]
-        sample_ok = bool(finished) and all(client.result(task_id, timeout=config.timeout_s) == 2 * i for i, task_id in finished)
+            processes.start_node(endpoint, workers, wait=False)
+            wait_for(lambda: left()[0] < count, 60, "the node to take its first task")
+            drained, drain_seconds = drain(left, count, config.drain_s)
+            after = memory_kib(broker.pid, "VmRSS") * 1024
+            finished = [(i, task_id) for i, task_id in sample if client.status(task_id) == "FINISHED"]
+            right = all(client.result(task_id, timeout=config.timeout_s) == 2 * i for i, task_id in finished)
+            sample_ok = bool(finished) and right
+        finally:
+            client.close()
     return ScaleRun(
-        f"zerotask-{'memory' if store == 'memory' else 'sqlite'}", workers, count, queue_seconds,
+        system.name, workers, count, queue_seconds,
         "the broker process: VmRSS idle, VmHWM (peak RSS) once every task is queued, VmRSS at the end",
         before, holding, after, drained, drain_seconds, sample_ok,
     )  # fmt: skip

@@ -1,4 +1,5 @@
-"""The benchmark keeps working: ``python -m bench`` with tiny numbers prints every row, with right sums.
+"""The benchmark keeps working: ``python -m bench`` with tiny numbers prints every row, with right sums and
+the CPU per call, and ``python -m bench.trace`` traces a call through every hop.
 
 Real processes, as in a real run (Celery too when it is installed and a Redis is at hand); no time is asserted.
 """
@@ -34,16 +35,21 @@ def _celery_can_run() -> bool:
         return shutil.which("redis-server") is not None
 
 
-def _tables(report: str) -> list[dict[tuple[str, str], str]]:
-    """The Markdown tables of the report, in order: (system, workers) -> the last cell (the results check)."""
-    tables: list[dict[tuple[str, str], str]] = []
+def _tables(report: str) -> list[tuple[list[str], dict[tuple[str, str], list[str]]]]:
+    """The Markdown tables of the report, in order: (the header's cells, (system, workers) -> the row's cells)."""
+    tables: list[tuple[list[str], dict[tuple[str, str], list[str]]]] = []
     for line in report.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         if line.startswith("| system |"):
-            tables.append({})
+            tables.append((cells, {}))
         elif line.startswith("| ") and tables and len(cells) > 2 and cells[1].isdigit():
-            tables[-1][(cells[0], cells[1])] = cells[-1]
+            tables[-1][1][(cells[0], cells[1])] = cells
     return tables
+
+
+def _number(cell: str) -> float:
+    """The median in a cell such as ``1,234 (1,100–1,300)``."""
+    return float(cell.split(" ")[0].replace(",", ""))
 
 
 @pytest.mark.timeout(600)
@@ -54,9 +60,10 @@ def test_benchmark_prints_every_row_with_right_results(tmp_path: Path) -> None:
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
     report = done.stdout
     assert "- CPUs: " in report and "- Python " in report  # machine facts above the tables
-    rows, scale_rows = _tables(report)
-    expected = {("zerotask-memory", "1"), ("zerotask-memory", "2"), ("zerotask-sqlite", "1"), ("zerotask-sqlite", "2")}
-    expected |= {("raw", "1"), ("raw", "2")}
+    (header, rows), (cpu_header, cpu_rows), (_, scale_rows) = _tables(report)
+    measured = {("zerotask-memory", "1"), ("zerotask-memory", "2"), ("zerotask-sqlite", "1"), ("zerotask-sqlite", "2")}
+    measured |= {("raw", "1"), ("raw", "2")}
+    expected = set(measured)
     scale_expected = {("zerotask-memory", "2"), ("zerotask-sqlite", "2")}
     if _celery_can_run():
         expected |= {("celery-solo", "1"), ("celery-prefork", "2")}
@@ -64,9 +71,24 @@ def test_benchmark_prints_every_row_with_right_results(tmp_path: Path) -> None:
     else:
         assert "Celery left out" in report
     assert set(rows) == expected, report
-    assert all(check == "sums right" for check in rows.values()), report
+    assert all(cells[-1] == "sums right" for cells in rows.values()), report
     assert set(scale_rows) == scale_expected, report
-    assert all(check == "sample right" for check in scale_rows.values()), report
+    assert all(cells[-1] == "sample right" for cells in scale_rows.values()), report
+    # Latency side by side: p50, p99 and CPU per call, and the ratios of each to the raw ceiling.
+    p50, p99, cpu = header.index("p50 ms"), header.index("p99 ms"), header.index("CPU µs/call")
+    versus_raw = next(i for i, name in enumerate(header) if name.startswith("vs raw ceiling"))
+    for key in measured:
+        cells = rows[key]
+        assert _number(cells[p50]) > 0 and _number(cells[p99]) >= _number(cells[p50]) and _number(cells[cpu]) >= 0, report
+        assert len(cells[versus_raw].split(" · ")) == (1 if key[0] == "raw" else 4), report  # tasks/s, p50, p99, CPU
+    assert all(cells[cpu] == "—" for key, cells in rows.items() if key[0].startswith("celery")), report
+    # CPU per call by process: every process involved, and the sum.
+    assert cpu_header[2:] == ["CPU µs/call: client", "broker", "node", "workers", "all"], report
+    assert set(cpu_rows) == measured, report
+    for (system, _), cells in cpu_rows.items():
+        roles = dict(zip(cpu_header[2:], cells[2:], strict=True))
+        assert roles["node"] == "—" if system == "raw" else roles["node"] != "—", report
+        assert all(cell != "—" for role, cell in roles.items() if role != "node"), report
     assert "every result was right" in report
     assert not output.exists()  # --no-write
 
@@ -81,3 +103,40 @@ def test_report_is_appended_under_a_header(tmp_path: Path) -> None:
     assert text.startswith(HEADER.splitlines()[0])
     assert text.count("# Benchmarks") == 1
     assert text.index("## first run") < text.index("## second run")
+
+
+@pytest.mark.timeout(300)
+def test_trace_times_every_hop_of_a_call() -> None:
+    args = [sys.executable, "-m", "bench.trace", "--calls", "20", "--warmup", "5"]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=scaled(240))
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
+    rows = [[cell.strip() for cell in line.split("|")] for line in done.stdout.splitlines() if line.startswith("| ")]
+    owners = {row[2] for row in rows if row[1].isdigit()}
+    assert owners == {"client", "broker", "node", "worker", "wire", "pipe"}, done.stdout
+    assert "**the whole call**" in done.stdout and "By owner" in done.stdout, done.stdout
+    # A probe that finds nothing to wrap means zerotask's hot path moved: update bench/probe.py and bench/trace.py.
+    assert "found nothing to wrap" not in done.stdout and "left out" not in done.stdout, done.stdout
+
+
+def test_trace_matches_stamps_to_their_call() -> None:
+    """Stamps are matched by task id, and a stamp naming no task by its place between its neighbours:
+    another task's message, or a heartbeat parsed between two hops of the call, is passed over."""
+    from bench.trace import POINTS, merge, walk
+
+    clock = iter(range(1_000, 1_000_000, 10))
+    stamps: dict[str, list[list[object]]] = {"client": [["mark.timed", 0, []]]}
+    expected = []
+    for role, name, keyed, _ in POINTS:
+        if (role, name) == ("broker", "recv"):  # before each, a message about something else
+            stamps.setdefault(role, []).extend([["recv", next(clock), ["another-task"]], ["loads", next(clock), []]])
+        keys = ["t1"] if keyed else []
+        if role == "client" and name in ("send", "recv"):
+            keys = ["#7", "t1"] if name == "send" else ["#7"]  # the reply names the request, not the task
+        elif (role, name) == ("broker", "send") and any(entry[0] == "send" for entry in stamps.get("broker", [])):
+            keys = ["#7"]
+        expected.append(next(clock))
+        stamps.setdefault(role, []).append([name, expected[-1], keys])
+    dumps = [{"role": role, "stamps": entries, "missing": []} for role, entries in stamps.items()]
+    merged, calls = merge(dumps)
+    assert [call[2] for call in calls] == ["t1"]
+    assert walk(merged, *calls[0]) == expected

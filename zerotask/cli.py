@@ -120,7 +120,7 @@ def _run_broker(options: argparse.Namespace, parser: argparse.ArgumentParser) ->
 def _node_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("modules", nargs="*", metavar="MODULE", help="task modules to import (default: the demo tasks add and subtract)")
-    add("--broker", default=node_module.DEFAULT_BROKER, metavar="ENDPOINT", help="the broker's request endpoint (%(default)s)")
+    add("--broker", default=node_module.DEFAULT_BROKER, metavar="ENDPOINT", help=cli_clients.BROKER_HELP)
     add("--workers", type=int, default=os.cpu_count() or 1, metavar="N", help="worker processes (default: the CPU count)")
     add("--name", default=None, help="the name the broker shows for this node (default host-pid)")
     add(

@@ -14,6 +14,7 @@ from zerotask.client.calls import DEFAULT_ENDPOINT
 from zerotask.exceptions import ZerotaskError
 
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+BROKER_HELP = "the broker's endpoint, or several separated by commas: one is used, the next when it is gone (%(default)s)"
 
 
 def configure_logging(level: str) -> None:
@@ -56,7 +57,7 @@ def call_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("method", help="the task name, e.g. add")
     parser.add_argument("args", nargs="*", metavar="ARG", help="positional arguments, each JSON or else a string")
     parser.add_argument("--kwargs", default="{}", metavar="JSON", help="keyword arguments as a JSON object")
-    parser.add_argument("--broker", default=DEFAULT_ENDPOINT, metavar="ENDPOINT")
+    parser.add_argument("--broker", default=DEFAULT_ENDPOINT, metavar="ENDPOINT", help=BROKER_HELP)
     parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS")
     curve_arguments(parser)
 
@@ -81,7 +82,7 @@ def map_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("method", help="the task name; it gets one input per call")
     add("inputs", nargs="*", metavar="INPUT", help="inputs, each JSON or else a string (default: lines of stdin)")
-    add("--broker", default=DEFAULT_ENDPOINT, metavar="ENDPOINT")
+    add("--broker", default=DEFAULT_ENDPOINT, metavar="ENDPOINT", help=BROKER_HELP)
     add("--window", type=int, default=1000, metavar="N", help="tasks in flight at most (%(default)s)")
     add("--timeout", type=float, default=None, metavar="SECONDS", help="the longest wait for one result")
     add("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default: on a terminal)")
@@ -111,7 +112,7 @@ def run_map(options: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 
 def events_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--broker", default=DEFAULT_ENDPOINT, metavar="ENDPOINT")
+    parser.add_argument("--broker", default=DEFAULT_ENDPOINT, metavar="ENDPOINT", help=BROKER_HELP)
     parser.add_argument(
         "--idle-timeout", type=float, default=None, metavar="SECONDS", help="stop after this long without an event"
     )
@@ -131,7 +132,7 @@ def run_events(options: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
 
 def dashboard_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--broker", default=DEFAULT_ENDPOINT, metavar="ENDPOINT")
+    parser.add_argument("--broker", default=DEFAULT_ENDPOINT, metavar="ENDPOINT", help=BROKER_HELP)
     parser.add_argument("--http", default="127.0.0.1:8080", metavar="HOST:PORT", help="where to serve it (%(default)s)")
     parser.add_argument("--insecure", action="store_true", help="serve beyond this machine: it has no login")
     curve_arguments(parser)

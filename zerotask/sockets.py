@@ -9,6 +9,8 @@ Given :class:`CurveKeys`, a socket is CURVE-encrypted (the broker's as the serve
 from __future__ import annotations
 
 import ipaddress
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +67,33 @@ def check_endpoint(endpoint: Any, bind: bool = False) -> str:
     return endpoint
 
 
+def parse_endpoints(endpoints: str | Sequence[str]) -> list[str]:
+    """The broker endpoints a client or node may use: one endpoint, several separated by commas
+    (``"tcp://a:5555,tcp://b:5555"``), or a sequence of them, one per item. Raises ValueError naming
+    the one that is not an endpoint (see :func:`check_endpoint`), or for an empty list or a repeat."""
+    if isinstance(endpoints, str):
+        items: list[Any] = endpoints.split(",")
+    else:
+        items = list(endpoints) if isinstance(endpoints, list | tuple) else [endpoints]  # anything else: refused below
+    if not items or items == [""]:
+        raise ValueError("no broker endpoint given: expected tcp://HOST:PORT, or several separated by commas")
+    parsed: list[str] = []
+    for number, item in enumerate(items, 1):
+        where = f" (endpoint {number} of {endpoints!r})" if len(items) > 1 else ""
+        if isinstance(item, str) and "," in item:  # a sequence's item: a comma would pass for part of a host
+            raise ValueError(f"invalid endpoint {item!r}: one endpoint per item, no commas")
+        if isinstance(item, str) and not item.strip():
+            raise ValueError(f"empty endpoint{where}")
+        try:
+            endpoint = check_endpoint(item.strip() if isinstance(item, str) else item)
+        except ValueError as problem:
+            raise ValueError(f"{problem}{where}") from None
+        if endpoint in parsed:
+            raise ValueError(f"endpoint {endpoint!r} given twice{where}")
+        parsed.append(endpoint)
+    return parsed
+
+
 def is_local(endpoint: str) -> bool:
     """Whether only this machine can reach ``endpoint``: ipc:// and inproc://, or tcp:// on a loopback
     address (127.0.0.0/8, ::1, localhost). A wildcard, an interface name or any other address is not."""
@@ -115,6 +144,59 @@ def dealer(
 ) -> Socket:
     """A DEALER connected to the broker. ``routing_id`` lets a node reconnect as itself; ``unbounded``
     (high-water marks 0) suits a peer that does its own flow control and must never drop or block."""
+    sock = _dealer(context, routing_id, unbounded, curve)
+    sock.connect(endpoint)
+    return sock
+
+
+def watched_dealer(
+    context: Context,
+    endpoint: str,
+    events: int,
+    routing_id: bytes | None = None,
+    unbounded: bool = False,
+    curve: CurveKeys | None = None,
+    retry_max_ms: int = 0,
+) -> tuple[Socket, Socket]:
+    """A :func:`dealer` and the monitor that receives its connection ``events`` (``zmq.EVENT_*``),
+    watched from before it connects. Close both with :func:`close_watched`. ``retry_max_ms``: ZeroMQ
+    retries a connection every 100 ms; with this, ever less often, up to this interval (fewer events
+    for a monitor that goes unread for a while)."""
+    sock = _dealer(context, routing_id, unbounded, curve)
+    if retry_max_ms:
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, retry_max_ms)
+    monitor = watch(sock, events)
+    sock.connect(endpoint)
+    return sock, monitor
+
+
+_MONITORS = itertools.count(1)
+
+
+def watch(sock: Socket, events: int) -> Socket:
+    """A PAIR socket that receives ``sock``'s connection ``events`` (pyzmq's ``get_monitor_socket``, but
+    unbounded: libzmq's I/O thread blocks on a full monitor pipe, which would stall every socket of the
+    context, so the pipe has no high-water mark; subscribe only to rare events). Each event is a
+    two-frame message (:func:`zmq.utils.monitor.parse_monitor_message`)."""
+    address = f"inproc://zerotask-monitor-{next(_MONITORS)}"
+    sock.monitor(address, events)
+    monitor: Socket = sock.context.socket(zmq.PAIR)
+    monitor.setsockopt(zmq.RCVHWM, 0)
+    monitor.setsockopt(zmq.LINGER, 0)
+    monitor.connect(address)
+    return monitor
+
+
+def close_watched(sock: Socket, monitor: Socket | None, linger_ms: int = 0) -> None:
+    """Close a socket and its monitor. The monitoring stops first: an event sent to a closed monitor
+    would block libzmq's I/O thread for ever."""
+    if monitor is not None:
+        sock.disable_monitor()
+        monitor.close(linger=0)
+    sock.close(linger=linger_ms)
+
+
+def _dealer(context: Context, routing_id: bytes | None, unbounded: bool, curve: CurveKeys | None) -> Socket:
     sock: Socket = context.socket(zmq.DEALER)
     if routing_id is not None:
         sock.setsockopt(zmq.ROUTING_ID, routing_id)
@@ -124,7 +206,6 @@ def dealer(
         sock.setsockopt(zmq.RCVHWM, 0)
     if curve is not None:
         curve.apply(sock)
-    sock.connect(endpoint)
     return sock
 
 

@@ -19,6 +19,7 @@ REVOKE = "zerotask.broker.revoke"
 NOTIFY = "zerotask.broker.notify"
 PING = "zerotask.broker.ping"
 INFO = "zerotask.broker.info"
+PROGRESS = "zerotask.broker.progress"
 DISCOVER = "rpc.discover"  # the OpenRPC convention: JSON-RPC reserves rpc.* for extensions (5.14)
 
 # ---- methods operators call on the broker (section 5; with CURVE, admin keys only) -----------------
@@ -36,6 +37,7 @@ FINISHED_TASKS = "zerotask.broker.finished"
 RELEASE = "zerotask.broker.release"
 HEARTBEAT = "zerotask.broker.heartbeat"
 DISCONNECT = "zerotask.broker.disconnect"
+REPORT_PROGRESS = "zerotask.broker.report_progress"
 
 # A control method: never a task name, so a misspelled one is an error rather than a queued task.
 CONTROL_PREFIX = "zerotask."

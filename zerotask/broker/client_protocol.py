@@ -13,6 +13,7 @@ from zerotask.broker.core import BrokerCore
 from zerotask.broker.node_protocol import NodeProtocol
 from zerotask.broker.params import param, read_task_call
 from zerotask.broker.placement import read_placement
+from zerotask.broker.progress import Progress
 from zerotask.broker.replies import DEFERRED, Envelope, Handler, Outbox, Respond, Waiter
 from zerotask.broker.security import Security
 from zerotask.exceptions import InvalidParams, NotReady, QueueFull, TaskTimeout, UnknownMethod, ZerotaskError
@@ -53,6 +54,7 @@ class ClientProtocol:
         self._waiting_total = 0
         self._settle = self._settled  # one bound method for every waiter, not one each
         self.ids_this_round = 0  # notify lookups in this round of the loop (the transport resets it)
+        self.progress: Progress | None = None  # what running tasks report of how far they got
 
     def methods(self) -> dict[str, Handler]:
         return {
@@ -62,6 +64,7 @@ class ClientProtocol:
             wire.STATUS: self.status,
             wire.RESULT: self.result,
             wire.REVOKE: self.revoke,
+            wire.PROGRESS: self.task_progress,
         }
 
     def by_name(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
@@ -136,6 +139,11 @@ class ClientProtocol:
             self._room(envelope)
             self._wait(envelope, record, Waiter(request.id, respond), timeout_s)
         return DEFERRED
+
+    def task_progress(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
+        """The latest progress the task reported (``{"done", "total", "info"}``), or None; UnknownTask."""
+        record = self._find(param(request.params, "task_id", 0, str))
+        return self.progress.get(record.id) if self.progress is not None else None
 
     def revoke(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
         """A queued task never runs; a running one is stopped (its node kills the worker). The task ends

@@ -37,6 +37,9 @@ class EventPublisher(Hooks):
         if self._subscriptions:
             self._pending.append(jsonrpc.dumps(jsonrpc.notification(wire.EVENT_PREFIX + event, params)))
 
+    def progress(self, task_id: str, progress: dict[str, Any]) -> None:
+        self._publish("progress", {"task_id": task_id, **progress})
+
     def after_enqueue(self, record: TaskRecord) -> None:
         self._publish("queued", {"task_id": record.id, "method": record.method})
 

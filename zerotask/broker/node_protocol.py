@@ -19,6 +19,7 @@ from zerotask.broker.discovery import Discovery
 from zerotask.broker.params import param
 from zerotask.broker.periodic import Periodic
 from zerotask.broker.placement import read_queues
+from zerotask.broker.progress import Progress
 from zerotask.broker.replies import Envelope, Handler, Outbox, Respond
 from zerotask.exceptions import InvalidParams
 from zerotask.store import TaskRecord
@@ -50,6 +51,7 @@ class NodeProtocol:
         self._links: dict[NodeId, NodeLink] = {}
         self.discovery = Discovery(core, max_message_bytes // 2)  # rpc.discover's answer must fit a message
         self.periodic: Periodic | None = None  # the broker's schedules of periodic tasks, which nodes announce
+        self.progress: Progress | None = None  # what running tasks report of how far they got
         self._last_check = time.monotonic()
 
     def methods(self) -> dict[str, Handler]:
@@ -61,6 +63,7 @@ class NodeProtocol:
             wire.RELEASE: self.release,
             wire.HEARTBEAT: self.heartbeat,
             wire.DISCONNECT: self.disconnect,
+            wire.REPORT_PROGRESS: self.report_progress,
         }
 
     def heard_from(self, identity: NodeId) -> bool:
@@ -146,6 +149,13 @@ class NodeProtocol:
             # A node we do not know (we restarted, or declared it dead): ask it to connect again.
             self._outbox.send(envelope, jsonrpc.notification(wire.NODE_RECONNECT, {}))
         return node
+
+    def report_progress(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
+        reports = param(request.params, "tasks", 0, list)
+        node = self._node(request, envelope)
+        if node is not None and self.progress is not None:
+            self.progress.report(node, reports)
+        return None
 
     def request(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
         credit = param(request.params, "credit", 0, int)

@@ -31,6 +31,7 @@ log = logging.getLogger("zerotask.broker")
 
 NODE_METHODS = frozenset(
     {wire.CONNECT, wire.REQUEST, wire.RUNNING_TASKS, wire.FINISHED_TASKS, wire.RELEASE, wire.HEARTBEAT, wire.DISCONNECT}
+    | {wire.REPORT_PROGRESS}
 )
 ADMIN_METHODS = frozenset({wire.INSPECT, wire.TASKS, wire.TASK, wire.RETRY_TASK, wire.PURGE})
 Receive = Callable[[], list[bytes]]

@@ -30,6 +30,7 @@ from zerotask.broker.hooks import Hooks, Retries, TimeLimits
 from zerotask.broker.metrics import BrokerMetrics
 from zerotask.broker.node_protocol import NodeProtocol
 from zerotask.broker.periodic import Periodic
+from zerotask.broker.progress import Progress
 from zerotask.broker.replies import DEFERRED, Envelope, Handler, Outbox, PeerGone, Reply, Respond, split_frames
 from zerotask.broker.security import Security
 from zerotask.broker.stats import Throughput
@@ -129,7 +130,8 @@ class Broker(EventLoop):
         queued = self.store.recover()
         self.events = EventPublisher()
         self.throughput = Throughput()
-        hooks = [Retries(), TimeLimits(), self.events, self.throughput, *self.hooks]
+        self.progress = Progress(self.events)  # what running tasks report of how far they got
+        hooks = [Retries(), TimeLimits(), self.events, self.throughput, self.progress, *self.hooks]
         if tracing.available():
             hooks.append(FinishSpans())
         self.core = BrokerCore(
@@ -142,6 +144,7 @@ class Broker(EventLoop):
         self.nodes = NodeProtocol(self.core, self.outbox, self.heartbeat_s, self.liveness, self.max_message_bytes)
         self.nodes.periodic = Periodic(self.store, self, lambda name, task_id: self.core.submit(name, [], {}, task_id))
         self.clients = ClientProtocol(self.core, self.outbox, self, self.nodes, self.max_waiting, self.security)
+        self.nodes.progress = self.clients.progress = self.progress
         self._methods: dict[str, Handler] = {
             **self.clients.methods(),
             **self.nodes.methods(),
@@ -260,6 +263,8 @@ class Broker(EventLoop):
         except StoreUnavailable as error:
             log.debug("could not renew the lease: %s", error)
             return
+        finally:
+            self._watch_store()  # a store that reconnected listens on another descriptor (or none, while down)
         if reclaimed:
             log.warning("queued %d task(s) again from a broker whose lease ran out", reclaimed)
 

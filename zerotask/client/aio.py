@@ -13,7 +13,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from zerotask import auth, jsonrpc, sockets, wire
+from zerotask import auth, failover, jsonrpc, wire
+from zerotask.client import calls
 from zerotask.client.calls import DEFAULT_ENDPOINT, TaskMethod, async_params, call_params
 from zerotask.client.connection import BrokerConnection
 from zerotask.client.handle import TaskHandle
@@ -29,7 +30,10 @@ class AsyncClient:
     control calls (status, result, revoke, info) and :meth:`map`'s waits; None means no limit.
 
     As the :class:`Client`, it pings the broker every ``heartbeat_s`` while it waits and submits again
-    what a restarted broker may have lost, or everything after ``liveness`` silent heartbeats. Each
+    what a restarted broker may have lost, or everything after ``liveness`` silent heartbeats. Given
+    several brokers (``"tcp://a:5555,tcp://b:5555"``, or a list), it talks to the first and, when that
+    one is gone, moves to the next and submits again there every task still waiting (``liveness`` None:
+    5 with one broker, 3 with several; see :class:`Client`). Each
     message stays under the broker's size limit; a task whose arguments alone exceed it fails at once
     with :class:`~zerotask.client.connection.RequestTooLarge`. ``curve_secret`` and ``broker_key`` (by
     default ZEROTASK_CURVE_SECRET and ZEROTASK_BROKER_KEY) connect with CURVE, as for the Client.
@@ -37,18 +41,24 @@ class AsyncClient:
 
     def __init__(
         self,
-        endpoint: str = DEFAULT_ENDPOINT,
+        endpoint: str | Sequence[str] = DEFAULT_ENDPOINT,
         timeout: float | None = None,
         time_limit: float | None = None,
         heartbeat_s: float = 1.0,
-        liveness: int = 5,
+        liveness: int | None = None,
         curve_secret: str | None = None,
         broker_key: str | None = None,
     ) -> None:
-        self.endpoint = sockets.check_endpoint(endpoint)
+        self.brokers = failover.Brokers(endpoint, backoff_s=heartbeat_s)
         self.timeout = timeout
         self.time_limit = time_limit
-        self._connection = BrokerConnection(endpoint, heartbeat_s, liveness, auth.peer_keys(curve_secret, broker_key))
+        liveness = calls.liveness(liveness, len(self.brokers.endpoints))
+        self._connection = BrokerConnection(self.brokers, heartbeat_s, liveness, auth.peer_keys(curve_secret, broker_key))
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint of the broker the client uses now."""
+        return self.brokers.current
 
     def __getattr__(self, name: str) -> TaskMethod:
         if name.startswith("_"):
@@ -99,6 +109,11 @@ class AsyncClient:
         if limit is not None:
             params["timeout_s"] = limit
         return self._control(wire.RESULT, params, limit)
+
+    def progress(self, task_id: str, timeout: float | None = None) -> dict[str, Any] | None:
+        """What the running task last reported (:func:`zerotask.report_progress`), or None."""
+        progress: dict[str, Any] | None = self._control(wire.PROGRESS, {"task_id": task_id}, timeout)
+        return progress
 
     def revoke(self, task_id: str, timeout: float | None = None) -> str:
         """Revoke a task (see :meth:`Client.revoke`); its handle then raises TaskRevoked."""

@@ -4,12 +4,14 @@
 one thread; make one per thread. Attribute access builds task names, so
 ``client.namespaces.are.awesome.foo()`` calls the task ``namespaces.are.awesome.foo``; a task whose
 name collides with a Client method (``submit``, ``status``, ``result``...) is called with
-:meth:`Client.call`.
+:meth:`Client.call`. Given several brokers (``Client("tcp://a:5555,tcp://b:5555")``), it talks to the
+first and moves to the next when that one is gone (:mod:`zerotask.failover`).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -17,12 +19,16 @@ from typing import Any
 
 import zmq
 
-from zerotask import auth, jsonrpc, sockets, wire
+from zerotask import auth, failover, jsonrpc, sockets, wire
+from zerotask.client import calls
 from zerotask.client.calls import DEFAULT_ENDPOINT, TaskMethod, async_params, call_params, reachable
 from zerotask.exceptions import ProtocolError, TaskTimeout, from_error_object
-from zerotask.loop import Silence
+from zerotask.loop import MAX_SILENCE_S, Silence
 
 _KEYS_HINT = "check curve_secret and broker_key (or ZEROTASK_CURVE_SECRET, ZEROTASK_BROKER_KEY)"
+# With several brokers, an answer is first waited for this long on the DEALER alone, then on it and its
+# monitor together: a call answered sooner costs no more than with one broker (no extra system call).
+QUICK_ANSWER_S = 0.1
 
 
 class Client:
@@ -34,6 +40,11 @@ class Client:
     stays silent for ``liveness`` heartbeats, it reconnects and asks again (calls are idempotent: the
     task id is chosen here), so a caller blocked on a result gets it after a broker restart.
 
+    ``endpoint`` may name several brokers, separated by commas or as a list (ValueError for a bad one).
+    The client uses the first, and moves to the next when its connection drops (at once: a broker killed
+    resets it) or it is silent for ``liveness`` heartbeats (a host cut off), and asks the next again.
+    ``liveness`` None means 5 with one broker, 3 with several (somewhere to go is worth going sooner).
+
     ``curve_secret`` (this client's secret certificate) and ``broker_key`` (the broker's public one), by
     default from ZEROTASK_CURVE_SECRET and ZEROTASK_BROKER_KEY, connect with CURVE (events too); a broker
     that refuses the key never answers, so calls time out with a hint about keys.
@@ -41,27 +52,34 @@ class Client:
 
     def __init__(
         self,
-        endpoint: str = DEFAULT_ENDPOINT,
+        endpoint: str | Sequence[str] = DEFAULT_ENDPOINT,
         timeout: float | None = None,
         time_limit: float | None = None,
         heartbeat_s: float = 1.0,
-        liveness: int = 5,
+        liveness: int | None = None,
         curve_secret: str | None = None,
         broker_key: str | None = None,
     ) -> None:
-        self.endpoint = sockets.check_endpoint(endpoint)
+        self.brokers = failover.Brokers(endpoint, backoff_s=heartbeat_s)
         self.curve = auth.peer_keys(curve_secret, broker_key)  # None: plaintext
         self._answered = False  # whether the broker ever answered: if not, a timeout hints at keys
         self.timeout = timeout
         self.time_limit = time_limit
         self.heartbeat_s = heartbeat_s
-        self.liveness = liveness
+        self.liveness = calls.liveness(liveness, len(self.brokers.endpoints))
         self._socket: zmq.Socket[bytes] | None = None
+        self._monitor: zmq.Socket[bytes] | None = None  # with several brokers: tells when the connection drops
+        self._poller = zmq.Poller()
         self._ids = itertools.count(1)
         self._pings = itertools.count(1)
         self._instance: str | None = None
 
     # ---- calling tasks ---------------------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint of the broker the client uses now."""
+        return self.brokers.current
 
     def __getattr__(self, name: str) -> TaskMethod:
         if name.startswith("_"):
@@ -112,6 +130,12 @@ class Client:
             params["timeout_s"] = limit
         return self.rpc(wire.RESULT, params, limit)
 
+    def progress(self, task_id: str, timeout: float | None = None) -> dict[str, Any] | None:
+        """What the running task last reported (:func:`zerotask.report_progress`): ``{"done", "total",
+        "info"}``, or None (nothing reported, or no node runs it now). Raises UnknownTask."""
+        progress: dict[str, Any] | None = self.rpc(wire.PROGRESS, {"task_id": task_id}, self._timeout(timeout))
+        return progress
+
     def revoke(self, task_id: str, timeout: float | None = None) -> str:
         """Revoke a task: if queued it never runs, if running its worker is stopped. Returns the state
         afterwards (REVOKED, or the outcome it reached first). Waiting callers get TaskRevoked."""
@@ -139,10 +163,14 @@ class Client:
         last_ping = now
         silence = Silence(self.heartbeat_s, self.liveness)
         while True:
-            wait_s = self.heartbeat_s if deadline is None else min(self.heartbeat_s, deadline - now)
-            if sock.poll(max(0, int(wait_s * 1000))):
+            # Wake for the next ping, or when the silence runs out, or at the deadline: whichever comes first.
+            wait_s = min(last_ping + self.heartbeat_s, silence.last_heard + silence.limit_s) - now
+            if deadline is not None:
+                wait_s = min(wait_s, deadline - now)
+            if sock.poll(max(0, math.ceil(wait_s * 1000))) if self._monitor is None else self._poll(sock, wait_s):
                 response = self._parse(sock.recv())
                 silence.heard()
+                self.brokers.heard()
                 self._answered = True
                 if response is not None and isinstance(response.id, str) and response.id.startswith("ping-"):
                     if self._broker_restarted(response):
@@ -157,14 +185,44 @@ class Client:
                 if not self._answered:
                     raise TaskTimeout(f"no answer from the broker within {timeout} s: if it requires CURVE, {_KEYS_HINT}")
                 raise TaskTimeout(f"no answer to {method} within {timeout} s")
-            if silence.overdue():
-                # Silent broker: a fresh socket (the old one may hold a dead connection), then ask again.
-                self.close()
-                sock = self._connected()
+            silent_s = silence.silent_s()
+            moved = self._socket is not sock  # its connection dropped, and the client moved to the next broker
+            if not moved and silence.overdue():
+                # Silent broker: a fresh socket (the old one may hold a dead connection), to the next broker
+                # if there are several.
+                moved = self.brokers.lost(f"silent for {silent_s:.1f} s")
+                self._reconnect(moved)
+            if self._socket is None:  # ask again, on a fresh socket
+                if moved:
+                    silence.heard()  # the next broker gets a whole silence to answer in
+                sock = self._connected()  # pings first
+                last_ping = now
                 _send(sock, request)
             elif now - last_ping >= self.heartbeat_s:
                 last_ping = now
                 self._ping(sock)
+
+    def _poll(self, sock: zmq.Socket[bytes], wait_s: float) -> bool:
+        """With several brokers: whether an answer arrives within ``wait_s``. A quick answer is waited
+        for on the DEALER alone; then on it and its monitor. If the connection dropped, the client moves
+        to the next broker (``self._socket`` is then a new socket) and this returns False."""
+        wait_ms = max(0, math.ceil(wait_s * 1000))
+        quick_ms = min(wait_ms, int(QUICK_ANSWER_S * 1000))
+        if sock.poll(quick_ms):
+            return True
+        ready = dict(self._poller.poll(wait_ms - quick_ms))
+        assert self._monitor is not None
+        if self._monitor in ready and failover.gone(self._monitor) and self.brokers.lost("its connection dropped"):
+            self._reconnect(moved=True)
+            return False
+        return sock in ready
+
+    def _reconnect(self, moved: bool) -> None:
+        """Close the socket, so the next call opens a fresh one (to the current broker). After a move, the
+        new broker's pong is no news of a restart: what follows that ping goes to it anyway."""
+        self.close()
+        if moved:
+            self._instance = None
 
     def _ping(self, sock: zmq.Socket[bytes]) -> None:
         _send(sock, jsonrpc.dumps(jsonrpc.request(wire.PING, {}, f"ping-{next(self._pings)}")))
@@ -188,28 +246,48 @@ class Client:
 
     def _connected(self) -> zmq.Socket[bytes]:
         if self._socket is None:
-            self._socket = sockets.dealer(zmq.Context.instance(), self.endpoint, curve=self.curve)
+            # Nothing reads the monitor while the client is idle: ZeroMQ's retries of a broker that
+            # refuses (each an event) slow down to one every MAX_SILENCE_S, so that it stays small.
+            retry_max_ms = int(MAX_SILENCE_S * 1000)
+            connected = self.brokers.connect(zmq.Context.instance(), curve=self.curve, retry_max_ms=retry_max_ms)
+            self._socket, self._monitor = connected
+            if self._monitor is not None:
+                self._poller = zmq.Poller()
+                self._poller.register(self._socket, zmq.POLLIN)
+                self._poller.register(self._monitor, zmq.POLLIN)
             self._ping(self._socket)  # learn which broker instance answers, to notice a restart later
         return self._socket
 
     def events(self, idle_timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Yield the broker's task events as they happen, each ``{"event": "queued" | "finished" |
         "failed" | "revoked" | "retry", "task_id": ..., ...}``, until ``idle_timeout`` seconds pass with
-        none (None: for ever). Events are best effort: see docs/protocol.md, 1.3."""
-        publish = str(self.info()["publish"])
-        with sockets.subscriber(zmq.Context.instance(), reachable(publish, self.endpoint), self.curve) as subscriber:
-            time.sleep(0.1)  # a SUB socket misses what is published before its subscription arrives
-            timeout_ms = None if idle_timeout is None else int(idle_timeout * 1000)
-            while subscriber.poll(timeout_ms):
-                for item in jsonrpc.items(subscriber.recv()):
-                    method = str(item.get("method", ""))
-                    if method.startswith(wire.EVENT_PREFIX):
-                        yield {"event": method.removeprefix(wire.EVENT_PREFIX), **(item.get("params") or {})}
+        none (None: for ever). Events are best effort: see docs/protocol.md, 1.3. With several brokers,
+        when the one it listens to is gone it listens to the next (missing what happens meanwhile)."""
+        timeout_ms = None if idle_timeout is None else int(idle_timeout * 1000)
+        while True:
+            publish = str(self.info()["publish"])
+            subscriber = sockets.subscriber(zmq.Context.instance(), reachable(publish, self.endpoint), self.curve)
+            monitor = sockets.watch(subscriber, zmq.EVENT_DISCONNECTED) if self.brokers.several else None
+            poller = zmq.Poller()
+            for sock in (subscriber, monitor):
+                if sock is not None:
+                    poller.register(sock, zmq.POLLIN)
+            try:
+                time.sleep(0.1)  # a SUB socket misses what is published before its subscription arrives
+                while monitor not in (ready := dict(poller.poll(timeout_ms))):
+                    if not ready:
+                        return
+                    for item in jsonrpc.items(subscriber.recv()):
+                        method = str(item.get("method", ""))
+                        if method.startswith(wire.EVENT_PREFIX):
+                            yield {"event": method.removeprefix(wire.EVENT_PREFIX), **(item.get("params") or {})}
+            finally:
+                sockets.close_watched(subscriber, monitor)
 
     def close(self) -> None:
         if self._socket is not None:
-            self._socket.close(linger=0)
-            self._socket = None
+            sockets.close_watched(self._socket, self._monitor)
+            self._socket = self._monitor = None
 
     def __enter__(self) -> Client:
         return self

@@ -15,11 +15,21 @@ from zerotask import tracing
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 
 
+def liveness(given: int | None, brokers: int) -> int:
+    """How many silent heartbeats a client waits before it gives up on its broker: ``given``, else 5
+    with one broker and 3 with several (when there is somewhere else to go, it is worth going sooner)."""
+    if given is not None:
+        return given
+    return 3 if brokers > 1 else 5
+
+
 class ControlAPI(Protocol):
     """The control calls of Client and AsyncClient: same names, same parameters. ``timeout`` (seconds)
     bounds the wait; None means the client's own ``timeout`` (None there: no limit)."""
 
-    endpoint: str
+    @property
+    def endpoint(self) -> str:
+        """The endpoint of the broker the client uses now."""
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Run task ``method``: its result (Client), or its handle (AsyncClient)."""
@@ -50,6 +60,10 @@ class ControlAPI(Protocol):
 
     def result(self, task_id: str, timeout: float | None = None) -> Any:
         """Wait for the task's result; raises its error, or TaskTimeout."""
+
+    def progress(self, task_id: str, timeout: float | None = None) -> dict[str, Any] | None:
+        """What the running task last reported with ``report_progress``: ``{"done", "total", "info"}``,
+        or None (it reported nothing, or it is not running)."""
 
     def revoke(self, task_id: str, timeout: float | None = None) -> str:
         """Revoke the task; returns its state afterwards."""

@@ -6,6 +6,8 @@ futures as answers arrive. Task outcomes are pushed by the broker (``zerotask.cl
 notifications), never polled.
 
 Socket and thread belong together: ZeroMQ sockets are not thread-safe, so only this thread touches it.
+Given several brokers, the thread talks to one and moves to the next when it is gone (its connection
+drops, or it stays silent), submitting again there what is unanswered (:mod:`zerotask.failover`).
 """
 
 from __future__ import annotations
@@ -23,17 +25,13 @@ from typing import Any
 
 import zmq
 
-from zerotask import jsonrpc, sockets, wire
+from zerotask import failover, jsonrpc, sockets, wire
 from zerotask.client.handle import TaskHandle
+from zerotask.client.packing import DEFAULT_MAX_MESSAGE_BYTES, MESSAGE_ROOM, pack
 from zerotask.exceptions import ZerotaskError, from_error_object
 from zerotask.loop import Silence
 
 log = logging.getLogger(__name__)
-
-BATCH_SIZE = 1000  # requests per message at most
-# Until the broker's first pong tells its own limit: the broker's default (zerotask.broker.transport).
-DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-MESSAGE_ROOM = 4096  # bytes kept free under the broker's limit
 
 
 class ConnectionClosed(ZerotaskError):
@@ -65,16 +63,16 @@ class _Call:
 
 
 class BrokerConnection:
-    """Submits tasks and control calls to one broker from a background thread.
+    """Submits tasks and control calls to one broker at a time (of ``brokers``) from a background thread.
 
     Every message stays under the broker's ``max_message_bytes`` (from its pongs; 16 MiB until the
     first); a request that alone exceeds it fails at once with :class:`RequestTooLarge`, unsent.
     """
 
     def __init__(
-        self, endpoint: str, heartbeat_s: float = 1.0, liveness: int = 5, curve: sockets.CurveKeys | None = None
+        self, brokers: failover.Brokers, heartbeat_s: float = 1.0, liveness: int = 5, curve: sockets.CurveKeys | None = None
     ) -> None:
-        self.endpoint = endpoint
+        self.brokers = brokers
         self.curve = curve  # CURVE keys for the socket; None: plaintext
         self.answered = False  # whether the broker ever answered (if not, a refused CURVE key is a suspect)
         self.heartbeat_s = heartbeat_s
@@ -94,7 +92,7 @@ class BrokerConnection:
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_reader.setblocking(False)
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name=f"zerotask-client {endpoint}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"zerotask-client {brokers.current}", daemon=True)
         self._thread.start()
 
     # ---- any thread ------------------------------------------------------------------------------
@@ -136,13 +134,16 @@ class BrokerConnection:
         self._poller = zmq.Poller()
         self._poller.register(self._wake_reader.fileno(), zmq.POLLIN)
         self._socket: zmq.Socket[bytes] | None = None
+        self._monitor: zmq.Socket[bytes] | None = None  # with several brokers: tells when the connection drops
         self._open_socket()
         running = True
         try:
             while running:
-                ready = dict(self._poller.poll(int(self.heartbeat_s * 1000)))
+                ready = dict(self._poller.poll(self._wait_ms()))
                 if self._socket in ready:
                     self._receive()
+                if self._monitor is not None and self._monitor in ready:
+                    self._on_monitor(self._monitor)
                 if self._wake_reader.fileno() in ready:
                     running = self._send_outgoing()
                 self._check_liveness()
@@ -150,22 +151,34 @@ class BrokerConnection:
             log.exception("the client connection thread failed")
         finally:
             self._fail_everything(ConnectionClosed("the client is closed"))
-            if self._socket is not None:
-                self._socket.close(linger=0)
+            self._close_socket()
 
     def _open_socket(self) -> None:
-        if self._socket is not None:
-            self._poller.unregister(self._socket)
-            self._socket.close(linger=0)
+        self._close_socket()
         # Flow control is the caller's business: never block or drop here.
-        sock = sockets.dealer(zmq.Context.instance(), self.endpoint, unbounded=True, curve=self.curve)
+        sock, self._monitor = self.brokers.connect(zmq.Context.instance(), unbounded=True, curve=self.curve)
         self._socket = sock
         self._poller.register(sock, zmq.POLLIN)
+        if self._monitor is not None:
+            self._poller.register(self._monitor, zmq.POLLIN)
         self._pings.clear()
         self._largest_sent = 0
         self._ping()  # learn which broker instance holds what we are about to send, and its size limit
 
-    # ---- surviving a broker restart --------------------------------------------------------------
+    def _close_socket(self) -> None:
+        if self._socket is not None:
+            self._poller.unregister(self._socket)
+            if self._monitor is not None:
+                self._poller.unregister(self._monitor)
+            sockets.close_watched(self._socket, self._monitor)
+            self._socket = self._monitor = None
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint of the broker the connection uses now."""
+        return self.brokers.current
+
+    # ---- surviving a broker restart, or its loss ---------------------------------------------------
 
     def _ping(self) -> None:
         request_id = next(self._ids)
@@ -192,6 +205,19 @@ class BrokerConnection:
             self._resend(sent_before=ping_id)
         self._instance = pong.get("instance")
 
+    def _wait_ms(self) -> int:
+        """How long to wait for something to happen: a heartbeat, or less until the next ping is due or,
+        with something outstanding, the broker's silence runs out."""
+        if not self._tasks and not self._calls:
+            return int(self.heartbeat_s * 1000)
+        now = time.monotonic()
+        due = min(self._last_ping + self.heartbeat_s, self._silence.last_heard + self._silence.limit_s)
+        return max(0, math.ceil(min(self.heartbeat_s, due - now) * 1000))
+
+    def _on_monitor(self, monitor: zmq.Socket[bytes]) -> None:
+        if failover.gone(monitor) and self.brokers.lost("its connection dropped"):
+            self._reconnect()
+
     def _check_liveness(self) -> None:
         """While anything is outstanding, ping the broker every heartbeat; if it stays silent, connect
         a fresh socket (backing off) and send everything again. Every resent call is idempotent."""
@@ -200,7 +226,8 @@ class BrokerConnection:
             return
         silent_s = self._silence.silent_s()
         if self._silence.overdue():
-            log.warning("the broker has been silent for %.1f s: reconnecting", silent_s)
+            if not self.brokers.lost(f"silent for {silent_s:.1f} s"):
+                log.warning("the broker has been silent for %.1f s: reconnecting", silent_s)
             self._reconnect()
         elif time.monotonic() - self._last_ping >= self.heartbeat_s:
             self._ping()
@@ -262,35 +289,8 @@ class BrokerConnection:
     # ---- messages under the broker's size limit ----------------------------------------------------
 
     def _send(self, batch: list[dict[str, Any]]) -> None:
-        """Send requests in messages of at most BATCH_SIZE requests (the broker reads a batch at once) and
-        of at most its limit less MESSAGE_ROOM bytes (a larger one drops our connection and what follows)."""
-        max_bytes = self.max_message_bytes - MESSAGE_ROOM
-        for start in range(0, len(batch), BATCH_SIZE):
-            chunk = batch[start : start + BATCH_SIZE]
-            payload = jsonrpc.dumps(chunk[0] if len(chunk) == 1 else chunk)
-            if len(payload) <= max_bytes:
-                self._send_bytes(payload)
-            else:  # rare (large arguments): encode one by one, and fill messages up to the limit
-                self._send_by_size(chunk, max_bytes)
-
-    def _send_by_size(self, chunk: list[dict[str, Any]], max_bytes: int) -> None:
-        group: list[bytes] = []
-        size = 1  # a JSON array of n items: "[", each item and a "," or the closing "]"
-        for request in chunk:
-            encoded = jsonrpc.dumps(request)
-            if len(encoded) > max_bytes:
-                self._refuse(request, len(encoded))
-                continue
-            if group and size + len(encoded) + 1 > max_bytes:
-                self._send_group(group)
-                group, size = [], 1
-            group.append(encoded)
-            size += len(encoded) + 1
-        if group:
-            self._send_group(group)
-
-    def _send_group(self, group: list[bytes]) -> None:
-        self._send_bytes(group[0] if len(group) == 1 else b"[" + b",".join(group) + b"]")
+        for payload in pack(batch, self.max_message_bytes, self._refuse):
+            self._send_bytes(payload)
 
     def _send_bytes(self, payload: bytes) -> None:
         assert self._socket is not None
@@ -324,6 +324,7 @@ class BrokerConnection:
             except zmq.Again:
                 return
             self._silence.heard()
+            self.brokers.heard()
             self.answered = True
             for item in jsonrpc.items(payload):
                 self._on_item(item)

@@ -40,6 +40,10 @@ class TaskHandle:
         """The broker's state for the task: QUEUED, ASSIGNED, RUNNING, RETRY, FINISHED, FAILED or REVOKED."""
         return self._client.status(self.id, timeout)
 
+    def progress(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """What the task last reported of how far it got (``{"done", "total", "info"}``), or None."""
+        return self._client.progress(self.id, timeout)
+
     def revoke(self, timeout: float | None = None) -> str:
         """Revoke the task: queued, it never runs; running, its worker is stopped. Returns the state."""
         return self._client.revoke(self.id, timeout)

@@ -6,8 +6,10 @@ broker sends tasks only against that credit. Everything the node has to say in o
 started, outcomes, tasks handed back, new credit) goes to the broker as one JSON-RPC batch.
 
 The node also keeps its promises when things go wrong: a worker that dies or runs past its time limit
-is replaced and its task reported; a broker that falls silent is reconnected to with backoff; SIGTERM
-hands back what has not started and lets running tasks finish within a grace period.
+is replaced and its task reported; a broker that falls silent is reconnected to with backoff (given
+several brokers, the node moves to the next one: :mod:`zerotask.failover`), and outcomes it may not
+have received are sent again (:mod:`zerotask.node.delivery`); SIGTERM hands back what has not started
+and lets running tasks finish within a grace period.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import zmq
 
-from zerotask import auth, jsonrpc, sockets, wire
+from zerotask import auth, failover, jsonrpc, sockets, wire
 from zerotask.describe import descriptions
 from zerotask.loop import EventLoop, Silence
+from zerotask.node.delivery import Deliveries
 from zerotask.node.metrics import NodeMetrics
 from zerotask.node.pool import ENVELOPE_ROOM, WorkerPool
 from zerotask.task import Dispatcher, default_dispatcher
@@ -37,6 +41,7 @@ DEFAULT_LIVENESS = 3
 DEFAULT_GRACE_S = 30.0
 ROUND_TRIP_S = 0.001  # about one node -> broker -> node exchange here; what adaptive prefetch covers
 MAX_PREFETCH_PER_WORKER = 64
+MAX_RUNNING_LISTED = 10_000  # task ids a connect may list as running: the broker's bound (docs/protocol.md, 1.5)
 
 
 class Node(EventLoop):
@@ -51,11 +56,15 @@ class Node(EventLoop):
     ZEROTASK_BROKER_KEY, connect with CURVE; the broker must list this node's key with its nodes.
     ``metrics`` (``HOST:PORT``) serves Prometheus metrics there (:mod:`zerotask.node.metrics`); an
     address beyond this machine needs ``insecure``.
+
+    ``broker`` may name several brokers (``"tcp://a:5555,tcp://b:5555"``, or a list; ValueError for a
+    bad one): the node uses one at a time, starting at a random one so that nodes given the same list
+    spread over the brokers, and moves to the next when its connection drops or it falls silent.
     """
 
     def __init__(
         self,
-        broker: str = DEFAULT_BROKER,
+        broker: str | Sequence[str] = DEFAULT_BROKER,
         workers: int | None = None,
         dispatcher: Dispatcher | None = None,
         name: str | None = None,
@@ -76,7 +85,7 @@ class Node(EventLoop):
         self.queues = queues  # None: the default queue
         # Prometheus on HOST:PORT (zerotask.node.metrics); beyond this machine only if ``insecure``.
         self.metrics = NodeMetrics(metrics, insecure) if metrics else None
-        self.broker_endpoint = sockets.check_endpoint(broker)
+        self.brokers = failover.Brokers(broker, spread=True, backoff_s=heartbeat_s)
         self.curve = auth.peer_keys(curve_secret, broker_key)  # None: plaintext
         self.dispatcher = dispatcher or default_dispatcher
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
@@ -92,10 +101,17 @@ class Node(EventLoop):
         self._draining = False
         self._announce_drain = False
         self._socket: zmq.Socket[bytes] | None = None
+        self._monitor: zmq.Socket[bytes] | None = None  # with several brokers: tells when the connection drops
+        self._deliveries = Deliveries()  # outcomes sent, not yet known to have arrived
         self._last_sent = 0.0
         self._silence = Silence(heartbeat_s, liveness)
         self._answered = False  # whether the broker ever said anything: if not, the hint is about keys
         self._connects = 0
+
+    @property
+    def broker_endpoint(self) -> str:
+        """The endpoint of the broker the node uses now."""
+        return self.brokers.current
 
     @property
     def worker_count(self) -> int:
@@ -114,6 +130,8 @@ class Node(EventLoop):
             self.metrics.start(self.pool)
         self._connect()
         self.call_every(self.heartbeat_s, self._heartbeat)
+        if self.brokers.several:  # with somewhere to go, notice a silence within a quarter heartbeat
+            self.call_every(self.heartbeat_s / 4, self._check_silence)
 
     def teardown(self) -> None:
         if self._socket is not None:
@@ -123,35 +141,42 @@ class Node(EventLoop):
                 self._socket.send(jsonrpc.dumps(jsonrpc.notification(wire.DISCONNECT, {})), zmq.NOBLOCK)
             except zmq.Again:
                 pass
-            self._socket.close(linger=500)  # give the goodbye a moment to leave
-            self._socket = None
+            sockets.close_watched(self._socket, self._monitor, linger_ms=500)  # give the goodbye a moment to leave
+            self._socket = self._monitor = None
         self.pool.stop()
         if self.metrics is not None:
             self.metrics.stop()
         log.info("node %s stopped (a task took %.6f s on average lately)", self.name, self.pool.service_s)
 
     def _connect(self) -> None:
-        """(Re)connect to the broker and announce ourselves, with the tasks our workers hold so the
-        broker keeps them ours. Tasks waiting here are dropped: a broker that forgot us has queued
-        them again."""
+        """(Re)connect to the broker (the current one, of several) and announce ourselves, with the
+        tasks our workers hold and those whose outcome it may not have (sent again after the connect),
+        so that the broker keeps them ours. Tasks waiting here are dropped: a broker that forgot us has
+        queued them again."""
         assert self.context is not None
         if self._socket is not None:
             self.remove_socket(self._socket)
-            self._socket.close(linger=0)
-        self._socket = sockets.dealer(self.context, self.broker_endpoint, routing_id=self.identity, curve=self.curve)
+            if self._monitor is not None:
+                self.remove_socket(self._monitor)
+            sockets.close_watched(self._socket, self._monitor)
+        self._socket, self._monitor = self.brokers.connect(self.context, routing_id=self.identity, curve=self.curve)
         self._socket.setsockopt(zmq.SNDHWM, 0)  # what the node says is bounded by its credit and workers
         self.add_socket(self._socket, self._on_broker)
+        if self._monitor is not None:
+            self.add_socket(self._monitor, self._on_monitor)
         self.pool.take_pending()
         self._released.clear()
         self._connects += 1
         self._credit_out = self._credit_wanted()
+        self._outcomes[:0] = self._deliveries.unconfirmed()
+        running = dict.fromkeys([*self.pool.running_ids(), *(outcome["task_id"] for outcome in self._outcomes)])
         methods = self.dispatcher.names()
         params = {
             "node": self.name,
             "methods": methods,
             "workers": self.worker_count,
             "credit": self._credit_out,
-            "running": self.pool.running_ids(),
+            "running": list(running)[:MAX_RUNNING_LISTED],
             "descriptions": descriptions(self.dispatcher, methods),  # for rpc.discover; bounded to 1 MiB
             "defaults": self._task_defaults(methods),
         }
@@ -200,12 +225,19 @@ class Node(EventLoop):
             except zmq.Again:
                 return
             self._silence.heard()
+            self.brokers.heard()
             self._answered = True
             for item in jsonrpc.items(payload):
                 self._on_broker_item(item)
 
+    def _on_monitor(self) -> None:
+        if self._monitor is not None and failover.gone(self._monitor) and self.brokers.lost("its connection dropped"):
+            self._connect()
+
     def _on_broker_item(self, item: dict[str, Any]) -> None:
         if jsonrpc.is_response(item):
+            if self._deliveries.answered(item.get("id")):
+                return
             if item.get("error"):
                 log.error("the broker refused us: %s", item["error"])
             elif isinstance(item.get("result"), dict):
@@ -275,6 +307,7 @@ class Node(EventLoop):
             batch.append(jsonrpc.notification(wire.RUNNING_TASKS, {"task_ids": running}))
         if self._outcomes:
             batch.append(jsonrpc.notification(wire.FINISHED_TASKS, {"tasks": self._outcomes}))
+            self._deliveries.sent(self._outcomes)
             self._outcomes = []
         if self._released or self._announce_drain:
             batch.append(jsonrpc.notification(wire.RELEASE, {"task_ids": self._released, "draining": self._draining}))
@@ -304,13 +337,22 @@ class Node(EventLoop):
         self._last_sent = time.monotonic()
 
     def _heartbeat(self) -> None:
+        self._check_silence()  # after a connect, nothing below is due
+        due = time.monotonic() - self._last_sent >= self.heartbeat_s
+        ping_id = self._deliveries.ping_id()
+        if ping_id is not None:  # its answer confirms the outcomes sent before it
+            self._send(jsonrpc.request(wire.PING, {}, ping_id))
+        if due:
+            self._send(jsonrpc.notification(wire.HEARTBEAT, {}))
+
+    def _check_silence(self) -> None:
+        """If the broker has been silent too long, connect again (to the next broker, of several)."""
         silent_s = self._silence.silent_s()
         if self._silence.overdue():
-            hint = "" if self._answered else " (never answered: is it running? If it requires CURVE, check the node's keys)"
-            log.warning("broker silent for %.1f s: reconnecting%s", silent_s, hint)
+            if not self.brokers.lost(f"silent for {silent_s:.1f} s"):
+                hint = "" if self._answered else " (never answered: is it running? If it requires CURVE, check the node's keys)"
+                log.warning("broker silent for %.1f s: reconnecting%s", silent_s, hint)
             self._connect()
-        elif time.monotonic() - self._last_sent >= self.heartbeat_s:
-            self._send(jsonrpc.notification(wire.HEARTBEAT, {}))
 
 
 def _split(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
