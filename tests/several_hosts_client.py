@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=2, help="nodes that must be connected first")
     parser.add_argument("--tasks", type=int, default=3000)
     parser.add_argument("--rate", type=float, default=250.0, help="tasks submitted per second")
-    parser.add_argument("--seconds", type=float, default=0.005, help="how long each task sleeps")
+    parser.add_argument("--seconds", type=float, default=0.002, help="how long each task sleeps")
     parser.add_argument("--dir", type=Path, required=True)
     options = parser.parse_args()
     wait_for_cluster(options.probe, options.nodes)
