@@ -215,3 +215,56 @@ def unique_sleep(seconds: float, label: str = "") -> float:
     """At most one queued or running task per arguments (for 30 s)."""
     time.sleep(seconds)
     return seconds
+
+
+@task
+def count_up(steps: int, pause_s: float) -> int:
+    """Report progress at every step: done of steps, with the step's name."""
+    from zerotask import report_progress
+
+    for step in range(1, steps + 1):
+        time.sleep(pause_s)
+        report_progress(step, steps, {"step": f"s{step}"})
+    return steps
+
+
+@task
+async def count_up_async(steps: int, pause_s: float) -> int:
+    import asyncio
+
+    from zerotask import report_progress
+
+    for step in range(1, steps + 1):
+        await asyncio.sleep(pause_s)
+        report_progress(step, steps)
+    return steps
+
+
+_HELD_MEMORY: list[bytearray] = []
+
+
+@task
+def keep_memory(megabytes: int) -> int:
+    """Grow this worker by ``megabytes`` for good (recycling tests); returns its pid."""
+    _HELD_MEMORY.append(bytearray(megabytes * 1024 * 1024))
+    return os.getpid()
+
+
+# ---- for the workflow (canvas) tests -------------------------------------------------------------
+
+
+@task
+def mul(a: float, b: float) -> float:
+    return a * b
+
+
+@task
+def tsum(values: list[float]) -> float:
+    return sum(values)
+
+
+@task
+def tsum_counted(values: list[float], path: str) -> float:
+    """A chord callback that leaves a line in ``path`` each time it runs: how often it ran."""
+    _count_attempt(path)
+    return sum(values)

@@ -14,6 +14,7 @@ from zerotask.exceptions import (
     UnknownTask,
     ZerotaskError,
 )
+from zerotask.progress import report_progress
 from zerotask.task import task
 
 __version__ = "0.1.0"
@@ -32,5 +33,6 @@ __all__ = [
     "UnknownTask",
     "ZerotaskError",
     "__version__",
+    "report_progress",
     "task",
 ]

@@ -19,6 +19,7 @@ from zerotask.broker.client_protocol import DEFAULT_MAX_WAITING
 from zerotask.broker.core import DEFAULT_MAX_QUEUED
 from zerotask.client.calls import DEFAULT_ENDPOINT
 from zerotask.node import node as node_module
+from zerotask.task import POOLS
 
 LOG_LEVELS = cli_clients.LOG_LEVELS
 _configure_logging = cli_clients.configure_logging
@@ -122,6 +123,13 @@ def _node_arguments(parser: argparse.ArgumentParser) -> None:
     add("modules", nargs="*", metavar="MODULE", help="task modules to import (default: the demo tasks add and subtract)")
     add("--broker", default=node_module.DEFAULT_BROKER, metavar="ENDPOINT", help=cli_clients.BROKER_HELP)
     add("--workers", type=int, default=os.cpu_count() or 1, metavar="N", help="worker processes (default: the CPU count)")
+    add(
+        "--pool",
+        choices=POOLS,
+        default="process",
+        help="process: --workers processes (isolation, hard time limits); thread: --workers threads (I/O, lowest latency)",
+    )
+    add("--concurrency", type=int, default=1, metavar="N", help="async tasks each worker runs at once (%(default)s)")
     add("--name", default=None, help="the name the broker shows for this node (default host-pid)")
     add(
         "--heartbeat",
@@ -149,6 +157,8 @@ def _node_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--time-limit", type=float, default=None, metavar="SECONDS", help="kill tasks that run longer (tasks may set their own)")
     add("--queues", default=None, metavar="NAME,NAME", help="take tasks from these queues only (default: the queue 'default')")
+    add("--max-tasks-per-worker", type=int, default=None, metavar="N", help="replace a worker process after N tasks")
+    add("--max-memory-per-worker", type=float, default=None, metavar="MB", help="replace a worker process above this RSS")
     cli_clients.curve_arguments(parser)
     add("--metrics", default=None, metavar="HOST:PORT", help="serve Prometheus /metrics there, e.g. 127.0.0.1:9809")
     add("--insecure", action="store_true", help="serve --metrics beyond this machine (it has no login)")
@@ -157,8 +167,8 @@ def _node_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_node(options: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _configure_logging(options.log_level)
-    if options.workers < 1:
-        parser.error("--workers must be at least 1")
+    if options.workers < 1 or options.concurrency < 1:
+        parser.error("--workers and --concurrency must be at least 1")
     import_task_modules(options.modules or ["zerotask.demo"])
     try:
         node = node_module.Node(
@@ -171,10 +181,14 @@ def _run_node(options: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             grace_s=options.grace,
             time_limit_s=options.time_limit,
             queues=options.queues.split(",") if options.queues else None,
+            max_tasks_per_worker=options.max_tasks_per_worker,
+            max_memory_per_worker_mb=options.max_memory_per_worker,
             curve_secret=options.curve_secret,
             broker_key=options.broker_key,
             metrics=options.metrics,
             insecure=options.insecure,
+            pool=options.pool,
+            concurrency=options.concurrency,
         )
     except ValueError as problem:
         parser.error(str(problem))
@@ -212,7 +226,7 @@ COMMANDS: dict[str, tuple[str, Arguments, Run]] = {
         _run_broker,
     ),
     "node": (
-        "run a node: worker processes that run the tasks of the given modules",
+        "run a node: worker processes (or threads) that run the tasks of the given modules",
         _node_arguments,
         _run_node,
     ),

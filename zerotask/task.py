@@ -3,11 +3,14 @@
 ``@task`` registers a function under a name, with its delivery options, in a :class:`Dispatcher` (the
 process-wide :data:`default_dispatcher` unless given another). The decorator returns the function
 unchanged, so it can still be called locally and keeps its type. A Dispatcher runs calls against its
-tasks and turns what they raise into JSON-RPC error objects.
+tasks and turns what they raise into JSON-RPC error objects. A task may be an ``async def`` function:
+:meth:`Dispatcher.run_async` awaits it on the caller's event loop (a node's pools do that), and
+:meth:`Dispatcher.run` runs it to completion on an event loop of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import math
 import re
@@ -15,19 +18,22 @@ import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 from zerotask.exceptions import InvalidParams, UnknownMethod, task_error_object
 from zerotask.wire import MAX_PRIORITY, QUEUE_NAME
 
 F = TypeVar("F", bound=Callable[..., Any])
+PoolKind = Literal["process", "thread"]
+POOLS: tuple[PoolKind, ...] = ("process", "thread")
 
 
 @dataclass(frozen=True, slots=True)
 class TaskOptions:
     """How a task is delivered. ``retries`` extra attempts after a failure (only for exceptions in
     ``retry_on``, or any exception when it is empty), waiting ``retry_backoff_s * 2**attempt`` seconds
-    (capped at ``retry_backoff_max_s``); ``time_limit_s`` kills a run that takes longer."""
+    (capped at ``retry_backoff_max_s``); ``time_limit_s`` kills a run that takes longer. ``pool``: the
+    kind of worker a node runs it in ("process" or "thread"; None: the node's own kind)."""
 
     retries: int = 0
     retry_on: tuple[type[BaseException], ...] = ()
@@ -40,6 +46,7 @@ class TaskOptions:
     unique_for_s: float | None = None  # at most one queued-or-running task per arguments, for so long
     every_s: float | None = None  # periodic: the broker runs it every so many seconds
     cron: str | None = None  # periodic: the broker runs it when this cron expression matches (UTC)
+    pool: PoolKind | None = None
 
     def retryable(self, error: BaseException) -> bool:
         """Whether the retry policy covers this exception, attempts aside."""
@@ -59,6 +66,10 @@ class Task:
     name: str
     function: Callable[..., Any]
     options: TaskOptions = field(default_factory=TaskOptions)
+    is_async: bool = field(init=False)  # an ``async def`` function: its call makes a coroutine to await
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.function))
 
 
 class Dispatcher:
@@ -76,12 +87,22 @@ class Dispatcher:
     def names(self) -> list[str]:
         return sorted(self._tasks)
 
+    def tasks(self) -> list[Task]:
+        return list(self._tasks.values())
+
+    def is_async(self, name: str) -> bool:
+        """Whether task ``name`` is an ``async def`` function (False for a name not registered)."""
+        found = self._tasks.get(name)
+        return found is not None and found.is_async
+
     def __contains__(self, name: object) -> bool:
         return name in self._tasks
 
     def call(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         """Run task ``name``; raises UnknownMethod, InvalidParams, or whatever the task raises."""
-        found = self._tasks.get(name)
+        return self._call(self._tasks.get(name), name, args, kwargs)
+
+    def _call(self, found: Task | None, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         if found is None:
             raise UnknownMethod(f"Method not found: {name}")
         try:
@@ -99,12 +120,39 @@ class Dispatcher:
         """Run a task and never raise: ``(result, None)`` on success, ``(None, error object)`` otherwise,
         whatever the task raises (SystemExit, KeyboardInterrupt and other BaseExceptions included: they
         end the task, not the process running it). ``attempt`` (0 on the first run) decides whether the
-        error asks for a retry."""
+        error asks for a retry. An async task runs to completion on a new event loop (as in eager mode);
+        called from a running event loop, that is the task's error: await :meth:`run_async` there."""
+        found = self._tasks.get(name)
+        if found is not None and found.is_async:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return asyncio.run(self.run_async(name, args, kwargs, attempt))
+            error = RuntimeError(f"{name} is async def: inside an event loop, await Dispatcher.run_async")
+            return None, self.failure(name, error, "", attempt)
         try:
-            return self.call(name, args, kwargs), None
+            return self._call(found, name, args, kwargs), None
         except (UnknownMethod, InvalidParams) as error:
             return None, error.to_error_object()
         except BaseException as error:  # the task's own failure travels to the caller
+            return None, self.failure(name, error, traceback.format_exc(), attempt)
+
+    async def run_async(
+        self, name: str, args: list[Any], kwargs: dict[str, Any], attempt: int = 0
+    ) -> tuple[Any, dict[str, Any] | None]:
+        """:meth:`run` for an ``async def`` task, awaited in the caller's task. Raises CancelledError only
+        when the calling asyncio task is being cancelled (revoked, or past a time limit); a CancelledError
+        the task raises of its own accord is its error, like any other."""
+        try:
+            return await self.call(name, args, kwargs), None
+        except (UnknownMethod, InvalidParams) as error:
+            return None, error.to_error_object()
+        except asyncio.CancelledError as error:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            return None, self.failure(name, error, traceback.format_exc(), attempt)
+        except BaseException as error:
             return None, self.failure(name, error, traceback.format_exc(), attempt)
 
     def failure(self, name: str, error: BaseException, traceback_text: str, attempt: int) -> dict[str, Any]:
@@ -142,6 +190,7 @@ def task(
     unique_for: float | None = None,
     every: float | None = None,
     cron: str | None = None,
+    pool: PoolKind | None = None,
     dispatcher: Dispatcher | None = None,
 ) -> Callable[[F], F]: ...
 
@@ -162,6 +211,7 @@ def task(
     unique_for: float | None = None,
     every: float | None = None,
     cron: str | None = None,
+    pool: PoolKind | None = None,
     dispatcher: Dispatcher | None = None,
 ) -> Any:
     """Register ``function`` as a task named ``name`` (default: the function's own name).
@@ -172,9 +222,11 @@ def task(
     periodic: the broker runs it, without arguments, once per period however many nodes serve it.
     ``rate_limit`` (``"100/s"``, ``"10/m"``, ``"5/h"``) caps how many of its tasks the broker hands out, to
     all nodes together. ``unique_for`` (seconds): while a task of this name and these arguments is queued
-    or running (for at most that long), another call with the same arguments gets that task instead. ``timeout`` is the old
-    spelling of ``time_limit`` (deprecated: a timeout is how long a caller waits). Raises ValueError for
-    options no task could use.
+    or running (for at most that long), another call with the same arguments gets that task instead.
+    ``pool`` ("process" or "thread") runs the task in that kind of worker whatever the node's own kind
+    (``zerotask node --pool``): "process" for isolation and hard time limits, "thread" for I/O-bound work
+    with the lowest latency. ``timeout`` is the old spelling of ``time_limit`` (deprecated: a timeout is
+    how long a caller waits). Raises ValueError for options no task could use.
     """
     if timeout is not None:
         warnings.warn("@task(timeout=...) is deprecated: use time_limit=...", DeprecationWarning, stacklevel=2)
@@ -200,6 +252,8 @@ def task(
 
         if not croniter.is_valid(cron):
             raise ValueError(f"not a cron expression: {cron!r}")
+    if pool is not None and pool not in POOLS:
+        raise ValueError(f"pool must be one of {', '.join(POOLS)}")
     options = TaskOptions(
         retries=retries,
         retry_on=tuple(retry_on),
@@ -212,6 +266,7 @@ def task(
         unique_for_s=unique_for,
         every_s=every,
         cron=cron,
+        pool=pool,
     )
     target = dispatcher if dispatcher is not None else default_dispatcher
 

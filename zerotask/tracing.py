@@ -96,27 +96,37 @@ def in_trace(traceparent: str, run: Callable[Concatenate[str, P], R]) -> Callabl
     whose parent is ``traceparent``. An invalid traceparent is ignored."""
 
     def traced_run(name: str, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        if not is_valid(traceparent):  # the broker checks; a node trusts no more than it must
+        with running(traceparent, name):
             return run(name, *args, **kwargs)
-        otel = _otel if _otel is not _UNRESOLVED else _find_otel()
-        if otel is None:
-            token = _CURRENT.set(child(traceparent))
-            try:
-                return run(name, *args, **kwargs)
-            finally:
-                _CURRENT.reset(token)
-        parent = otel.set_span_in_context(otel.NonRecordingSpan(_parse(otel, traceparent)))
-        with otel.get_tracer(__name__).start_as_current_span(
-            f"zerotask.run {name}", context=parent, kind=otel.SpanKind.CONSUMER
-        ) as span:
-            # Without an OpenTelemetry SDK the span is not recording and has its parent's id: make one up.
-            token = _CURRENT.set(_format(span.get_span_context()) if span.is_recording() else child(traceparent))
-            try:
-                return run(name, *args, **kwargs)
-            finally:
-                _CURRENT.reset(token)
 
     return traced_run
+
+
+@contextmanager
+def running(traceparent: str, name: str) -> Iterator[None]:
+    """The block runs task ``name`` under a child of ``traceparent``, as :func:`in_trace` says: the form
+    for an ``async def`` task, whose block spans its ``await`` (in the asyncio task running it)."""
+    if not is_valid(traceparent):  # the broker checks; a node trusts no more than it must
+        yield
+        return
+    otel = _otel if _otel is not _UNRESOLVED else _find_otel()
+    if otel is None:
+        token = _CURRENT.set(child(traceparent))
+        try:
+            yield
+        finally:
+            _CURRENT.reset(token)
+        return
+    parent = otel.set_span_in_context(otel.NonRecordingSpan(_parse(otel, traceparent)))
+    with otel.get_tracer(__name__).start_as_current_span(
+        f"zerotask.run {name}", context=parent, kind=otel.SpanKind.CONSUMER
+    ) as span:
+        # Without an OpenTelemetry SDK the span is not recording and has its parent's id: make one up.
+        token = _CURRENT.set(_format(span.get_span_context()) if span.is_recording() else child(traceparent))
+        try:
+            yield
+        finally:
+            _CURRENT.reset(token)
 
 
 def finished(name: str, traceparent: str, state: str) -> None:

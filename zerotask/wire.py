@@ -20,6 +20,7 @@ NOTIFY = "zerotask.broker.notify"
 PING = "zerotask.broker.ping"
 INFO = "zerotask.broker.info"
 PROGRESS = "zerotask.broker.progress"
+WORKFLOW = "zerotask.broker.workflow"  # start a workflow (zerotask.canvas): 5.15
 DISCOVER = "rpc.discover"  # the OpenRPC convention: JSON-RPC reserves rpc.* for extensions (5.14)
 
 # ---- methods operators call on the broker (section 5; with CURVE, admin keys only) -----------------
@@ -41,6 +42,9 @@ REPORT_PROGRESS = "zerotask.broker.report_progress"
 
 # A control method: never a task name, so a misspelled one is an error rather than a queued task.
 CONTROL_PREFIX = "zerotask."
+# The method of a workflow's own record in the store (it waits there, SCHEDULED, until the workflow ends):
+# reserved, so no caller may submit a task of that name.
+WORKFLOW_TASK = "zerotask.workflow"
 # A task that the broker runs itself, in its own process (@task(name="broker.x"), the seed's example).
 BROKER_TASK_PREFIX = "broker."
 

@@ -6,16 +6,18 @@ the outbox; a caller waiting for an outcome is a callback in the core.
 from __future__ import annotations
 
 import functools
+import uuid
 from typing import Any
 
 from zerotask import jsonrpc, wire
 from zerotask.broker.core import BrokerCore
 from zerotask.broker.node_protocol import NodeProtocol
-from zerotask.broker.params import param, read_task_call
+from zerotask.broker.params import MAX_TASK_ID, param, read_task_call
 from zerotask.broker.placement import read_placement
 from zerotask.broker.progress import Progress
 from zerotask.broker.replies import DEFERRED, Envelope, Handler, Outbox, Respond, Waiter
 from zerotask.broker.security import Security
+from zerotask.broker.workflows import Workflows, shown_state
 from zerotask.exceptions import InvalidParams, NotReady, QueueFull, TaskTimeout, UnknownMethod, ZerotaskError
 from zerotask.loop import Scheduler
 from zerotask.store import TaskRecord
@@ -43,8 +45,10 @@ class ClientProtocol:
         nodes: NodeProtocol,
         max_waiting: int = DEFAULT_MAX_WAITING,
         security: Security | None = None,
+        workflows: Workflows | None = None,
     ) -> None:
         self._core = core
+        self._workflows = workflows
         self._security = security or Security()
         self._outbox = outbox
         self._scheduler = scheduler
@@ -57,7 +61,7 @@ class ClientProtocol:
         self.progress: Progress | None = None  # what running tasks report of how far they got
 
     def methods(self) -> dict[str, Handler]:
-        return {
+        methods: dict[str, Handler] = {
             wire.SUBMIT: self.submit,
             wire.CALL: self.call,
             wire.NOTIFY: self.notify,
@@ -66,6 +70,9 @@ class ClientProtocol:
             wire.REVOKE: self.revoke,
             wire.PROGRESS: self.task_progress,
         }
+        if self._workflows is not None:
+            methods[wire.WORKFLOW] = self.workflow
+        return methods
 
     def by_name(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
         """A request whose method is a task name: queue the task, answer with its outcome."""
@@ -99,6 +106,23 @@ class ClientProtocol:
             self._notify_when_done(record, envelope)
         return record.id
 
+    def workflow(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
+        """Start a workflow (zerotask.canvas); answers with its id, once stored. With ``notify`` its outcome
+        is pushed to the caller when it ends, as a task's."""
+        assert self._workflows is not None
+        definition = param(request.params, "workflow", 0, dict)
+        workflow_id: str | None = param(request.params, "workflow_id", 1, str, None)
+        notify = param(request.params, "notify", 2, bool, False)
+        if workflow_id is not None and not 0 < len(workflow_id) <= MAX_TASK_ID:
+            raise InvalidParams(f"workflow_id must have 1 to {MAX_TASK_ID} characters")
+        if notify:
+            self._room(envelope)
+        created = self._workflows.create(definition, workflow_id or uuid.uuid4().hex, self._security.owner)
+        record = self._security.reusable(created)
+        if notify:
+            self._notify_when_done(record, envelope)
+        return record.id
+
     def call(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
         if respond is not None:
             self._room(envelope)
@@ -126,14 +150,15 @@ class ClientProtocol:
         return {"unknown": unknown}
 
     def status(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
-        return self._core.state(self._find(param(request.params, "task_id", 0, str)))
+        record = self._find(param(request.params, "task_id", 0, str))
+        return shown_state(record, self._core.state(record))
 
     def result(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
         record = self._find(param(request.params, "task_id", 0, str))
         wait = param(request.params, "wait", 1, bool, True)
         timeout_s: float | None = param(request.params, "timeout_s", 2, (int, float), None)
         if record.state not in FINAL_STATES and not wait:
-            state = self._core.state(record)
+            state = shown_state(record, self._core.state(record))
             raise NotReady(f"task {record.id} is {state}", {"task_id": record.id, "state": state})
         if respond is not None:
             self._room(envelope)

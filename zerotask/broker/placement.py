@@ -151,6 +151,10 @@ class DueTimer:
                 return
             if due_at is None:
                 return
+        if not math.isfinite(due_at) or due_at - time.time() > 2 * MAX_DELAY_S:
+            # Never due: a workflow's record waits SCHEDULED for ever (zerotask.broker.workflows). Twice the
+            # furthest a task may be scheduled, so that a clock stepping back hides no real task.
+            return
         if self._at is not None and self._at <= due_at:
             return
         if self._timer is not None:

@@ -34,6 +34,7 @@ from zerotask.broker.progress import Progress
 from zerotask.broker.replies import DEFERRED, Envelope, Handler, Outbox, PeerGone, Reply, Respond, split_frames
 from zerotask.broker.security import Security
 from zerotask.broker.stats import Throughput
+from zerotask.broker.workflows import Workflows
 from zerotask.exceptions import StoreUnavailable, ZerotaskError
 from zerotask.loop import EventLoop
 from zerotask.store import Store, open_store
@@ -134,6 +135,8 @@ class Broker(EventLoop):
         hooks = [Retries(), TimeLimits(), self.events, self.throughput, self.progress, *self.hooks]
         if tracing.available():
             hooks.append(FinishSpans())
+        self.workflows = Workflows(self.max_message_bytes)  # last: the others hear of a member before its workflow
+        hooks.append(self.workflows)
         self.core = BrokerCore(
             self.store, self, hooks, local=self.dispatcher, result_ttl_s=self.result_ttl_s, max_queued=self.max_queued
         )
@@ -143,7 +146,9 @@ class Broker(EventLoop):
         self._backlog_wakeup = False
         self.nodes = NodeProtocol(self.core, self.outbox, self.heartbeat_s, self.liveness, self.max_message_bytes)
         self.nodes.periodic = Periodic(self.store, self, lambda name, task_id: self.core.submit(name, [], {}, task_id))
-        self.clients = ClientProtocol(self.core, self.outbox, self, self.nodes, self.max_waiting, self.security)
+        self.workflows.attach(self.core, self, self.nodes.revoke)
+        self.workflows.resume_all()  # in slices, from the loop: what a broker that died left undone
+        self.clients = ClientProtocol(self.core, self.outbox, self, self.nodes, self.max_waiting, self.security, self.workflows)
         self.nodes.progress = self.clients.progress = self.progress
         self._methods: dict[str, Handler] = {
             **self.clients.methods(),

@@ -9,16 +9,19 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
 from zerotask import auth, failover, jsonrpc, wire
+from zerotask.canvas import Canvas
 from zerotask.client import calls
-from zerotask.client.calls import DEFAULT_ENDPOINT, TaskMethod, async_params, call_params
+from zerotask.client.calls import DEFAULT_ENDPOINT, TaskMethod, apply_request, call_params
 from zerotask.client.connection import BrokerConnection
 from zerotask.client.handle import TaskHandle
-from zerotask.exceptions import TaskTimeout
+from zerotask.exceptions import TaskTimeout, UnknownTask, ZerotaskError
+
+WORKFLOW_SUBMITS = 3  # times a workflow is started again when the broker lost it (a memory store restarted)
 
 
 class AsyncClient:
@@ -77,7 +80,7 @@ class AsyncClient:
 
     def apply_async(
         self,
-        method: str,
+        method: str | Canvas,
         args: Sequence[Any] = (),
         kwargs: dict[str, Any] | None = None,
         *,
@@ -88,12 +91,16 @@ class AsyncClient:
         task_id: str | None = None,
         time_limit: float | None = None,
     ) -> TaskHandle:
-        """Queue task ``method`` with delivery options (:meth:`zerotask.client.ControlAPI.apply_async`);
-        returns its handle at once."""
-        limit = self.time_limit if time_limit is None else time_limit
-        params = async_params(method, args, kwargs, countdown, eta, queue, priority, task_id, limit)
+        """Queue task ``method`` with delivery options (:meth:`zerotask.client.ControlAPI.apply_async`),
+        or start a workflow (:mod:`zerotask.canvas`); returns its handle at once."""
+        limit = self.time_limit
+        request, params = apply_request(method, args, kwargs, countdown, eta, queue, priority, task_id, time_limit, limit)
+        if request == wire.WORKFLOW:
+            handle = TaskHandle(self, params["workflow_id"], "workflow")
+            _WorkflowWait(self._connection, params, handle).submit()
+            return handle
         params["notify"] = True
-        handle = TaskHandle(self, params["task_id"], method)
+        handle = TaskHandle(self, params["task_id"], params["method"])
         self._connection.submit(params, handle)
         return handle
 
@@ -176,3 +183,42 @@ class AsyncClient:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class _WorkflowWait:
+    """Starts a workflow, then waits for its outcome with zerotask.broker.result: two control calls, which
+    the connection sends again after a reconnect (both are idempotent: the workflow is named). A broker
+    that answers the wait with UnknownTask lost the workflow (a memory store restarted): it is started
+    again, as a lost task is submitted again, up to WORKFLOW_SUBMITS times."""
+
+    def __init__(self, connection: BrokerConnection, params: dict[str, Any], handle: TaskHandle) -> None:
+        self._connection = connection
+        self._params = params
+        self._handle = handle
+        self._submits = 0
+
+    def submit(self) -> None:
+        self._submits += 1
+        self._call(wire.WORKFLOW, self._params, self._started)
+
+    def _started(self, answer: concurrent.futures.Future[Any]) -> None:
+        error = answer.exception()
+        if error is not None:
+            self._handle._settle(error=error)
+        else:
+            self._call(wire.RESULT, {"task_id": self._handle.id, "wait": True}, self._ended)
+
+    def _ended(self, answer: concurrent.futures.Future[Any]) -> None:
+        error = answer.exception()
+        if isinstance(error, UnknownTask) and self._submits < WORKFLOW_SUBMITS:
+            self.submit()
+        elif error is not None:
+            self._handle._settle(error=error)
+        else:
+            self._handle._settle(answer.result())
+
+    def _call(self, method: str, params: dict[str, Any], then: Callable[[concurrent.futures.Future[Any]], None]) -> None:
+        try:
+            self._connection.call(method, params).add_done_callback(then)
+        except ZerotaskError as error:  # the client was closed meanwhile
+            self._handle._settle(error=error)

@@ -20,8 +20,9 @@ from typing import Any
 import zmq
 
 from zerotask import auth, failover, jsonrpc, sockets, wire
+from zerotask.canvas import Canvas
 from zerotask.client import calls
-from zerotask.client.calls import DEFAULT_ENDPOINT, TaskMethod, async_params, call_params, reachable
+from zerotask.client.calls import DEFAULT_ENDPOINT, TaskMethod, apply_request, call_params, reachable
 from zerotask.exceptions import ProtocolError, TaskTimeout, from_error_object
 from zerotask.loop import MAX_SILENCE_S, Silence
 
@@ -98,7 +99,7 @@ class Client:
 
     def apply_async(
         self,
-        method: str,
+        method: str | Canvas,
         args: Sequence[Any] = (),
         kwargs: dict[str, Any] | None = None,
         *,
@@ -109,11 +110,10 @@ class Client:
         task_id: str | None = None,
         time_limit: float | None = None,
     ) -> str:
-        """Queue task ``method`` with delivery options (:meth:`zerotask.client.ControlAPI.apply_async`);
-        returns its id once the broker has stored it."""
-        limit = self.time_limit if time_limit is None else time_limit
-        params = async_params(method, args, kwargs, countdown, eta, queue, priority, task_id, limit)
-        queued: str = self.rpc(wire.SUBMIT, params, self.timeout)
+        """Queue task ``method`` with delivery options (:meth:`zerotask.client.ControlAPI.apply_async`),
+        or start a workflow (:mod:`zerotask.canvas`); returns its id once the broker has stored it."""
+        request = apply_request(method, args, kwargs, countdown, eta, queue, priority, task_id, time_limit, self.time_limit)
+        queued: str = self.rpc(*request, self.timeout)
         return queued
 
     def status(self, task_id: str, timeout: float | None = None) -> str:

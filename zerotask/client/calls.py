@@ -1,5 +1,5 @@
 """What the blocking Client and the AsyncClient share: the control API both offer, the task ids they
-choose, the params of a task call, and ``client.a.b.c(...)`` attribute calls."""
+choose, the params of a task call or a workflow, and ``client.a.b.c(...)`` attribute calls."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from zerotask import tracing
+from zerotask import tracing, wire
+from zerotask.canvas import Canvas, Sig
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 
@@ -39,7 +40,7 @@ class ControlAPI(Protocol):
 
     def apply_async(
         self,
-        method: str,
+        method: str | Canvas,
         args: Sequence[Any] = (),
         kwargs: dict[str, Any] | None = None,
         *,
@@ -53,7 +54,11 @@ class ControlAPI(Protocol):
         """Queue task ``method`` with delivery options, as Celery's: run it ``countdown`` seconds from
         now or at ``eta`` (a Unix time or an aware datetime), in ``queue``, with ``priority`` (0 to 9,
         higher first), under ``task_id`` (a task with that id already is returned instead), with a
-        ``time_limit`` in seconds. Its id (Client), or its handle (AsyncClient)."""
+        ``time_limit`` in seconds. Its id (Client), or its handle (AsyncClient).
+
+        ``method`` may be a workflow (:mod:`zerotask.canvas`): a ``sig`` is a task, with its options as
+        defaults; a chain, group or chord starts a workflow, under ``task_id`` if given, and takes no
+        other argument (its delivery options are its sigs')."""
 
     def status(self, task_id: str, timeout: float | None = None) -> str:
         """SCHEDULED, QUEUED, ASSIGNED, RUNNING, RETRY, FINISHED, FAILED or REVOKED; raises UnknownTask."""
@@ -137,6 +142,34 @@ def async_params(
         if value is not None:
             params[name] = value
     return params
+
+
+def apply_request(
+    target: str | Canvas,
+    args: Sequence[Any],
+    kwargs: dict[str, Any] | None,
+    countdown: float | None,
+    eta: float | datetime | None,
+    queue: str | None,
+    priority: int | None,
+    task_id: str | None,
+    time_limit: float | None,
+    default_time_limit: float | None,
+) -> tuple[str, dict[str, Any]]:
+    """The broker method and its params for :meth:`ControlAPI.apply_async`: zerotask.broker.submit for a
+    task (a ``sig`` is one, its options the defaults), zerotask.broker.workflow for a chain, group or chord."""
+    if isinstance(target, Sig):
+        options = target.options
+        queue = options.get("queue") if queue is None else queue
+        priority = options.get("priority") if priority is None else priority
+        time_limit = options.get("time_limit_s") if time_limit is None else time_limit
+        args, kwargs, target = (*target.args, *args), {**target.kwargs, **(kwargs or {})}, target.method
+    if isinstance(target, Canvas):
+        if args or kwargs or any(value is not None for value in (countdown, eta, queue, priority, time_limit)):
+            raise ValueError("a workflow takes no arguments or delivery options: give them to its sigs")
+        return wire.WORKFLOW, {"workflow": target.to_json(), "workflow_id": task_id or new_task_id()}
+    limit = default_time_limit if time_limit is None else time_limit
+    return wire.SUBMIT, async_params(target, args, kwargs, countdown, eta, queue, priority, task_id, limit)
 
 
 def reachable(bound: str, via: str) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from zerotask import metrics
-from zerotask.node.pool import WorkerPool
+from zerotask.node.base import Pool
 from zerotask.wire import FAILED, FINISHED, RETRY
 
 
@@ -22,7 +22,7 @@ class NodeMetrics:
         self.host, self.port = metrics.check_address(address, remote_ok)
         self.outcomes = {FINISHED: 0, FAILED: 0, RETRY: 0}
         self.server: metrics.Server | None = None
-        self._pool: WorkerPool | None = None
+        self._pool: Pool | None = None
 
     def count(self, outcome: dict[str, Any]) -> None:
         """An outcome the node reports: FINISHED, FAILED, or RETRY when the task asks to be retried."""
@@ -34,7 +34,7 @@ class NodeMetrics:
         else:
             self.outcomes[FAILED] += 1
 
-    def start(self, pool: WorkerPool) -> None:
+    def start(self, pool: Pool) -> None:
         """Serve on http://HOST:PORT/metrics. Raises ImportError without prometheus_client, OSError if it cannot bind."""
         self._pool = pool
         self.server = metrics.serve(self.host, self.port, self.collect)
@@ -54,5 +54,5 @@ class NodeMetrics:
         if self._pool is None:
             return
         workers = list(self._pool.workers)
-        yield GaugeMetricFamily("zerotask_node_workers", "Worker processes", self._pool.count)
+        yield GaugeMetricFamily("zerotask_node_workers", "Workers (processes or threads)", self._pool.count)
         yield GaugeMetricFamily("zerotask_node_busy_workers", "Workers running tasks", sum(not w.idle for w in workers))

@@ -27,10 +27,11 @@ import zmq
 from zerotask import auth, failover, jsonrpc, sockets, wire
 from zerotask.describe import descriptions
 from zerotask.loop import EventLoop, Silence
+from zerotask.node.base import ENVELOPE_ROOM
 from zerotask.node.delivery import Deliveries
 from zerotask.node.metrics import NodeMetrics
-from zerotask.node.pool import ENVELOPE_ROOM, WorkerPool
-from zerotask.task import Dispatcher, default_dispatcher
+from zerotask.node.pools import make_pool
+from zerotask.task import Dispatcher, PoolKind, default_dispatcher
 from zerotask.wire import QUEUE_NAME
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,12 @@ class Node(EventLoop):
     certificate) and ``broker_key`` (the broker's public one), by default from ZEROTASK_CURVE_SECRET and
     ZEROTASK_BROKER_KEY, connect with CURVE; the broker must list this node's key with its nodes.
     ``metrics`` (``HOST:PORT``) serves Prometheus metrics there (:mod:`zerotask.node.metrics`); an
-    address beyond this machine needs ``insecure``.
+    address beyond this machine needs ``insecure``. ``pool``: "process" (worker processes: isolation,
+    hard time limits) or "thread" (threads of this process: I/O-bound tasks, the lowest latency), see
+    :mod:`zerotask.node.pools`; ``concurrency``: async tasks each worker runs at once. ``queues``: the named
+    queues it takes tasks from (the default queue if None). ``max_tasks_per_worker`` and
+    ``max_memory_per_worker_mb`` replace a worker process between two tasks once it ran that many or grew
+    past that RSS (as Celery's ``--max-tasks-per-child`` and ``--max-memory-per-child``).
 
     ``broker`` may name several brokers (``"tcp://a:5555,tcp://b:5555"``, or a list; ValueError for a
     bad one): the node uses one at a time, starting at a random one so that nodes given the same list
@@ -78,6 +84,10 @@ class Node(EventLoop):
         metrics: str | None = None,
         insecure: bool = False,
         queues: list[str] | None = None,
+        max_tasks_per_worker: int | None = None,
+        max_memory_per_worker_mb: float | None = None,
+        pool: PoolKind = "process",
+        concurrency: int = 1,
     ) -> None:
         super().__init__()
         if queues is not None and not (queues and all(QUEUE_NAME.fullmatch(queue) for queue in queues)):
@@ -94,7 +104,13 @@ class Node(EventLoop):
         self.liveness = liveness
         self.prefetch = prefetch
         self.grace_s = grace_s
-        self.pool = WorkerPool(self, self.dispatcher, workers or os.cpu_count() or 1, self._outcomes_append, time_limit_s)
+        count = workers or os.cpu_count() or 1
+        self.pool = make_pool(pool, self, self.dispatcher, count, self._outcomes_append, time_limit_s, concurrency)
+        if (max_tasks_per_worker is not None and max_tasks_per_worker < 1) or (max_memory_per_worker_mb or 1) <= 0:
+            raise ValueError("max_tasks_per_worker and max_memory_per_worker_mb must be above 0")
+        if max_tasks_per_worker is not None or max_memory_per_worker_mb is not None:
+            memory = int(max_memory_per_worker_mb * 1024 * 1024) if max_memory_per_worker_mb is not None else None
+            self.pool.recycle(max_tasks_per_worker, memory)
         self._outcomes: list[dict[str, Any]] = []
         self._released: list[str] = []
         self._credit_out = 0  # credit granted to the broker and not yet used by it
@@ -115,7 +131,8 @@ class Node(EventLoop):
 
     @property
     def worker_count(self) -> int:
-        return self.pool.count
+        """Tasks the node runs at once: what it asks the broker for, before the prefetch."""
+        return self.pool.slots
 
     def _outcomes_append(self, outcome: dict[str, Any]) -> None:
         self._outcomes.append(outcome)
@@ -305,6 +322,9 @@ class Node(EventLoop):
         running = self.pool.due_running()
         if running:
             batch.append(jsonrpc.notification(wire.RUNNING_TASKS, {"task_ids": running}))
+        progress = self.pool.take_progress()
+        if progress:
+            batch.append(jsonrpc.notification(wire.REPORT_PROGRESS, {"tasks": progress}))
         if self._outcomes:
             batch.append(jsonrpc.notification(wire.FINISHED_TASKS, {"tasks": self._outcomes}))
             self._deliveries.sent(self._outcomes)
