@@ -246,7 +246,7 @@ def _node() -> None:
     _patch("zerotask.node.pool:WorkerPool.add", _before("pool.add", _payload))
     _patch("multiprocessing.connection:Connection.send_bytes", _before("pipe.send", _payload))
     _patch("multiprocessing.connection:Connection.recv_bytes", _pipe_recv)
-    _patch("zerotask.node.worker:_execute", _around("run", "ran", _payload))
+    _patch("zerotask.node.child:execute", _around("run", "ran", _payload))
     _patch("zerotask.node.worker:Worker.stop", _stop_worker)
 
 

@@ -1,0 +1,386 @@
+"""RedisStore: the queue and outcomes in Redis, shared by several brokers (``shared = True``).
+
+Every operation is one atomic Lua script (:mod:`zerotask.store.redis_scripts`, and
+:mod:`zerotask.store.redis_registry` for periodic slots, unique locks and token buckets), so several
+brokers may call any of them at once. :meth:`add` is deferred: the tasks are written together at the
+next :meth:`flush`, or first thing in the same round trip as any other call (so every read sees them),
+and :meth:`flush` returns the ones refused because their id existed. The queued counts come back with
+every write, so :meth:`queued_counts` costs nothing.
+
+Redis Cluster: every key of a store is under one hash tag, its constructor's ``queue``
+(``<prefix>:{<queue>}:...``), so that a script touches one slot. The named queues of the tasks (their
+``queue`` field, which nodes choose to serve) are not keys: they live inside that tag, in the order of
+the queue's members (method, named queue, priority, submission; see :mod:`zerotask.store.redis_layout`).
+So all of one store's named queues share a slot, and one Redis node; to spread load over a Cluster, run
+stores (and their brokers) with other ``queue`` (or ``prefix``) names, each its own set of tasks.
+
+Durability is Redis': run it with ``appendonly yes`` (``appendfsync everysec`` loses nothing that was
+acknowledged when Redis is killed, up to a second on power loss). The store bounds nothing but its own
+write buffer: give Redis a ``maxmemory`` (with ``maxmemory-policy noeviction``), and a full Redis makes
+calls raise StoreUnavailable until expire makes room.
+
+While Redis cannot be reached every call raises :class:`StoreUnavailable` within about
+``socket_timeout_s``, and service resumes by itself when Redis is back: adds that were not written stay
+buffered for the next flush. A call that timed out may still run once Redis wakes up; the scripts
+recognise a batch of adds sent again, and the next take_many queues again what a lost one took.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import time
+import uuid
+from collections import deque
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any
+
+from zerotask import jsonrpc
+from zerotask.store.base import (
+    MAX_REMEMBERED_METHODS,
+    METHODS_REMEMBERED_S,
+    Changes,
+    Outcome,
+    Store,
+    StoreUnavailable,
+    TaskRecord,
+    Want,
+    want_parts,
+)
+from zerotask.store.redis_buffer import Command, QueuedCounts, WriteBuffer
+from zerotask.store.redis_client import SOCKET_TIMEOUT_S, Redis, check, connect, is_missing_script, reaching_redis
+from zerotask.store.redis_layout import KEY_NAMES, task_from_row
+from zerotask.store.redis_notify import Notifications
+from zerotask.store.redis_registry import RedisRegistry
+from zerotask.store.redis_scripts import SCRIPTS, source
+from zerotask.wire import FINAL_STATES, QUEUED
+
+DEFAULT_MAX_BUFFERED_BYTES = 256 * 1024 * 1024  # adds not yet written (Redis down): beyond, add raises QueueFull
+KNOWN_METHODS_CACHED_S = 1.0  # known_methods asks Redis at most this often
+RECLAIM_LIMIT = 1_000  # tasks one reclaim queues again at most: a script never blocks Redis for long
+EXPIRE_SLICE = 2_000  # tasks one expire script forgets at most
+
+
+class RedisStore(Store):
+    shared = True
+
+    def __init__(
+        self,
+        url: str = "redis://localhost:6379/0",
+        prefix: str = "zt",
+        queue: str = "default",
+        *,
+        client: Redis | None = None,
+        socket_timeout_s: float = SOCKET_TIMEOUT_S,
+        max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
+    ) -> None:
+        """``url``: see :func:`zerotask.store.redis_client.connect` (unused when ``client`` is given; the
+        caller then closes it). Several queues (or deployments) share one Redis under other ``prefix``
+        or ``queue`` names."""
+        if not prefix or not queue or any(brace in queue for brace in "{}"):
+            raise ValueError("prefix and queue must be non-empty, and queue without braces (it is the hash tag)")
+        self.prefix, self.queue = prefix, queue
+        self._owns_client = client is None
+        self._redis = client if client is not None else connect(url, socket_timeout_s)
+        base = f"{prefix}:{{{queue}}}:"
+        self._base = base
+        instance = uuid.uuid4().hex  # this store's replies are its own
+        self._keys = [base + name + (f":{instance}" if name.startswith("reply:") else "") for name in KEY_NAMES]
+        self._methods_key = base + "methods"  # sorted set: task name -> when a node last announced it
+        self._channel = base + "events"
+        self._shas = {name: hashlib.sha1(source(name).encode()).hexdigest() for name in SCRIPTS}
+        self._me = ""  # the broker id, once attached
+        self._lease_ms = 0
+        self._notifications: Notifications | None = None
+        self._buffer = WriteBuffer(max_buffered_bytes)
+        self._refused: list[TaskRecord] = []  # adds the buffer's writes found existing, for the next flush
+        self._known: tuple[float, frozenset[str]] | None = None  # (time.monotonic(), names)
+        self._takes_in_doubt: deque[str] = deque(maxlen=64)  # take_many calls that raised: they may have run
+        self._queued: dict[str, int] = {}  # as the last reply brought them: changed in place (see _counts)
+        self._counts = QueuedCounts(self._queued, self._buffer.counts)
+        self._registry = RedisRegistry(base, self._read)
+        self._closed = False
+        try:
+            self._counted(self._run([("HGETALL", self._key("queued"))])[0])
+        except StoreUnavailable:
+            pass  # Redis is down: the counts come with the first call that works
+
+    # ---- round trips ---------------------------------------------------------------------------------
+
+    def _run(self, commands: list[Command]) -> list[Any]:
+        """Run ``commands`` in one round trip, after writing the buffer; returns their replies (errors
+        raised). A buffer that failed to be written stays buffered: the next flush raises."""
+        flushing = self._buffer.commands(self._script, self._methods_key, MAX_REMEMBERED_METHODS) if self._buffer else []
+        with reaching_redis():
+            replies = self._execute(flushing + commands)
+        if flushing:
+            try:
+                added = [check(reply) for reply in replies[: len(flushing)]][0]
+            except Exception:
+                if not commands:
+                    raise
+            else:
+                refused, queued = self._buffer.written(added)
+                self._refused += refused
+                if queued is not None:
+                    self._counted(queued)
+        return [check(reply) for reply in replies[len(flushing) :]]
+
+    def _execute(self, batch: list[Command]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for command in batch:
+            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        missing = [i for i, reply in enumerate(replies) if is_missing_script(reply)]
+        if missing:  # Redis restarted, or its scripts were flushed: those commands did not run
+            pipe = self._redis.pipeline(transaction=False)
+            for name in SCRIPTS:
+                pipe.script_load(source(name))
+            for i in missing:
+                pipe.execute_command(*batch[i])  # type: ignore[no-untyped-call]
+            again = pipe.execute(raise_on_error=False)[len(SCRIPTS) :]
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
+
+    def _script(self, name: str, *args: Any, keys: Sequence[str] = ()) -> Command:
+        all_keys = [*self._keys, *keys]
+        return ("EVALSHA", self._shas[name], len(all_keys), *all_keys, self._me, repr(time.time()), self._channel, *args)
+
+    def _read(self, name: str, *args: Any, keys: Sequence[str] = ()) -> Any:
+        """Run a script that answers without the queued counts; returns its answer."""
+        return self._run([self._script(name, *args, keys=keys)])[0]
+
+    def _call(self, name: str, *args: Any, keys: Sequence[str] = ()) -> Any:
+        """Run a writing script; returns its answer and keeps the queued counts it sends along."""
+        answer, queued = self._run([self._script(name, *args, keys=keys)])[0]
+        self._counted(queued)
+        return answer
+
+    def _counted(self, reply: dict[bytes, bytes] | list[bytes]) -> None:
+        """Keep the queued counts: a reply of HGETALL (a dict), or of a script (a flat list)."""
+        pairs = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2], strict=True)
+        self._queued.clear()
+        self._queued.update((method.decode(), int(count)) for method, count in pairs)
+
+    def add(self, record: TaskRecord, size_hint: int = 0) -> bool:
+        """Buffers the task; always True (the next :meth:`flush` returns it if its id existed). Raises
+        QueueFull when the buffer holds ``max_buffered_bytes`` (Redis has been unreachable a while)."""
+        self._buffer.add(record)
+        return True
+
+    def flush(self) -> list[TaskRecord]:
+        if self._buffer:
+            self._run([])
+        refused, self._refused = self._refused, []
+        return refused
+
+    # ---- the queue -----------------------------------------------------------------------------------
+
+    def take_many(self, wants: Sequence[Want]) -> list[list[TaskRecord]]:
+        if not wants:
+            return []
+        token = uuid.uuid4().hex
+        args: list[Any] = [token, len(self._takes_in_doubt), *self._takes_in_doubt, len(wants)]
+        for want in wants:
+            methods, limit, queues = want_parts(want)
+            names, lanes = list(dict.fromkeys(methods)), list(dict.fromkeys(queues))
+            args += [limit, len(names), *names, len(lanes), *lanes]
+        try:
+            answer = self._call("take", *args)
+        except StoreUnavailable:
+            self._takes_in_doubt.append(token)  # it may have run: the next take queues again what it took
+            raise
+        self._takes_in_doubt.clear()
+        return [[task_from_row(row) for row in rows] for rows in answer]
+
+    def claim(self, task_ids: Iterable[str]) -> list[TaskRecord]:
+        task_ids = list(task_ids)
+        return [task_from_row(row) for row in self._call("claim", *task_ids)] if task_ids else []
+
+    def requeue(self, task_ids: Iterable[str]) -> None:
+        """Once attached, puts back only the tasks leased to this broker: a node that moved to another
+        broker had its tasks claimed there, and this broker losing it later must not take them back."""
+        task_ids = list(task_ids)
+        if task_ids:
+            self._call("requeue", *task_ids)
+
+    def retry(self, task_id: str, attempts: int) -> None:
+        self._call("retry", task_id, attempts)
+
+    def finish_many(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        if not outcomes:
+            return []
+        args: list[Any] = [uuid.uuid4().hex, len(outcomes)]
+        for outcome in outcomes:
+            if outcome.state not in FINAL_STATES:
+                raise ValueError(f"an outcome is FINISHED, FAILED or REVOKED, not {outcome.state}")
+            value = {"error": outcome.error} if outcome.error is not None else {"result": outcome.result}
+            args += [outcome.task_id, outcome.state, jsonrpc.dumps(value)]
+        return [flag == ord("1") for flag in self._call("finish", *args)]
+
+    def expire(self, before: float, limit: int = 10_000) -> int:
+        forgotten = 0
+        while forgotten < limit:
+            size = min(EXPIRE_SLICE, limit - forgotten)
+            done: int = self._call("expire", _score(before), size)
+            forgotten += done
+            if done < size:
+                break
+        return forgotten
+
+    def reset(self, task_id: str) -> bool:
+        return bool(self._call("reset", task_id))
+
+    # ---- scheduled tasks, periodic slots, unique locks, rate limits ----------------------------------
+
+    def due(self, now: float, limit: int = 10_000) -> int:
+        """Atomic: brokers that call it at once queue each task once."""
+        queued: int = self._call("due", _score(now), limit)
+        return queued
+
+    def next_due(self) -> float | None:
+        """One round trip (any broker may have scheduled the earliest task)."""
+        first = self._read("next_due")
+        return None if first is None else float(first)
+
+    def claim_slot(self, name: str, slot: float) -> bool:
+        return self._registry.claim_slot(name, slot)
+
+    def lock_unique(self, key: str, task_id: str, until: float) -> str | None:
+        return self._registry.lock_unique(key, task_id, until)
+
+    def take_tokens(self, name: str, per_s: float, burst: float, count: int) -> int:
+        """A token bucket in Redis, shared by the brokers (one round trip)."""
+        return self._registry.take_tokens(name, per_s, burst, count)
+
+    # ---- reads ---------------------------------------------------------------------------------------
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        (row,) = self._read("get", task_id)
+        return None if row is None else task_from_row(row)
+
+    def queued_counts(self) -> Mapping[str, int]:
+        """From memory, and live: the counts every write of this store brought back (other brokers'
+        writes show at this store's next write or :meth:`changes`), with the adds not yet written (not
+        the SCHEDULED ones). So the broker takes a task in the round it was added (the take carries the
+        add), and stops taking once the counts say nothing is left."""
+        return self._counts
+
+    def state_counts(self) -> Mapping[str, int]:
+        """Asks Redis (one round trip): other brokers change the counts too."""
+        queued, states = self._run([("HGETALL", self._key("queued")), ("HGETALL", self._key("states"))])
+        self._counted(queued)
+        counts = {key.decode(): int(value) for key, value in states.items()}
+        total = sum(self._queued.values())
+        return {QUEUED: total, **counts} if total else counts
+
+    def oldest_queued(self) -> Mapping[str, float]:
+        methods = list(dict.fromkeys(itertools.chain(self._queued, self._buffer.counts)))
+        if not methods:
+            return {}
+        created = self._read("oldest", *methods)
+        return {method: float(at) for method, at in zip(methods, created, strict=True) if at is not None}
+
+    def list_tasks(
+        self, state: str | None = None, method: str | None = None, limit: int = 100, before: float | None = None
+    ) -> list[TaskRecord]:
+        """Newest first. A filter by method (or by an unfinished state other than QUEUED) looks at the
+        latest 100,000 tasks of each kind at most, so that a listing never blocks Redis for long."""
+        bound = "+inf" if before is None else _score(before)
+        rows = self._read("list", state or "", method or "", max(limit, 0), bound)
+        return [task_from_row(row) for row in rows]
+
+    # ---- several brokers -----------------------------------------------------------------------------
+
+    def attach(self, broker_id: str, lease_s: float) -> None:
+        """Also subscribes to what the other brokers do (see :meth:`fileno`). ``broker_id`` holds no "|"."""
+        if not broker_id or "|" in broker_id:
+            raise ValueError(f"a broker id is non-empty and holds no '|': {broker_id!r}")
+        self._me, self._lease_ms = broker_id, max(1, round(lease_s * 1000))
+        self.heartbeat()
+        self._notifications = Notifications(self._redis, self._channel.encode(), broker_id)
+
+    def heartbeat(self) -> None:
+        """Renews the lease (and reconnects to the other brokers' notifications, if that was lost)."""
+        if not self._me:
+            return
+        brokers_key = self._key("brokers")
+        self._run([("SET", self._broker_key(self._me), b"1", "PX", self._lease_ms), ("SADD", brokers_key, self._me)])
+        if self._notifications is not None and self._notifications.fileno() is None:
+            self._notifications.poll()
+
+    def reclaim(self) -> int:
+        return self._reclaim(mine=False)
+
+    def _reclaim(self, mine: bool) -> int:
+        """``mine``: this broker's own tasks too."""
+        (brokers,) = self._run([("SMEMBERS", self._key("brokers"))])
+        candidates = sorted({"", self._me, *(broker.decode() for broker in brokers)})
+        keys = [self._broker_key(broker) for broker in candidates]
+        reclaimed: int = self._call("reclaim", RECLAIM_LIMIT, "1" if mine else "0", *candidates, keys=keys)
+        return reclaimed
+
+    def recover(self) -> int:
+        """Queues again the tasks of brokers whose lease ran out, and this broker's own from before it
+        started (a broker restarted under the same id), never a live broker's (all of them for a store
+        that never attached). Returns how many tasks are queued."""
+        while self._reclaim(mine=True):
+            pass
+        return sum(self._queued.values())
+
+    def fileno(self) -> int | None:
+        """Readable when another broker published (call :meth:`changes`). It may change, or be None
+        while Redis is unreachable: read it again after every :meth:`changes` and :meth:`heartbeat`."""
+        return None if self._notifications is None else self._notifications.fileno()
+
+    def changes(self) -> Changes:
+        """Raises StoreUnavailable while Redis cannot be reached (then nothing read is lost)."""
+        if self._notifications is None:
+            return Changes()
+        self._notifications.poll()
+        found = self._notifications.take()
+        if found.finished or found.queued or found.lost_track:
+            self._counted(self._run([("HGETALL", self._key("queued"))])[0])
+        return found
+
+    def _key(self, name: str) -> str:
+        return self._keys[KEY_NAMES.index(name)]
+
+    def _broker_key(self, broker_id: str) -> str:
+        return f"{self._base}broker:{broker_id}"
+
+    # ---- task names ----------------------------------------------------------------------------------
+
+    def remember_methods(self, methods: Iterable[str]) -> None:
+        self._buffer.remember(methods)
+        self._known = None
+
+    def known_methods(self) -> Collection[str]:
+        if self._known is not None and time.monotonic() - self._known[0] < KNOWN_METHODS_CACHED_S:
+            return self._known[1]
+        cutoff = repr(time.time() - METHODS_REMEMBERED_S)
+        command = ("ZREVRANGEBYSCORE", self._methods_key, "+inf", cutoff, "LIMIT", 0, MAX_REMEMBERED_METHODS)
+        (names,) = self._run([command])
+        self._known = (time.monotonic(), frozenset(name.decode() for name in names))
+        return self._known[1]
+
+    def close(self) -> None:
+        """Flushes; a broker that attached gives up its lease, so others may reclaim its tasks at once."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+            if self._me:
+                self._run([("DEL", self._broker_key(self._me))])
+        finally:
+            self._closed = True
+            if self._notifications is not None:
+                self._notifications.close()
+            if self._owns_client:
+                self._redis.close()
+
+
+def _score(value: float) -> str:
+    """A time as a sorted-set score Redis parses exactly."""
+    return "+inf" if value == float("inf") else "-inf" if value == float("-inf") else repr(value)

@@ -1,0 +1,113 @@
+"""What a :class:`~zerotask.store.redis.RedisStore` was given but has not written yet: the deferred adds
+(written by one script call, in the same round trip as the store's next call) and announced task names;
+and the queued counts, which count the deferred adds too."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from zerotask import jsonrpc
+from zerotask.exceptions import QueueFull
+from zerotask.store.base import METHODS_REMEMBERED_S, TaskRecord
+from zerotask.wire import MAX_PRIORITY, QUEUED, SCHEDULED
+
+Command = tuple[Any, ...]
+
+
+class WriteBuffer:
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.records: list[TaskRecord] = []  # adds not yet written, in order
+        self.counts: Counter[str] = Counter()  # of those, the QUEUED ones (not SCHEDULED) by method
+        self._args: list[Any] = []  # what the add script gets for them
+        self._bytes = 0
+        # The batch's token stays until the batch is written: a batch sent again after an answer was lost
+        # (with more tasks after it) is answered as the first time, not refused as if others had its ids.
+        self._token = uuid.uuid4().hex
+        self._names: dict[str, float] = {}  # task name -> when it was announced
+
+    def __bool__(self) -> bool:
+        return bool(self.records or self._names)
+
+    def add(self, record: TaskRecord) -> None:
+        """Buffer a task as QUEUED, or SCHEDULED if its ``due_at`` is later than now (the add script
+        decides again when it runs). Raises QueueFull when the buffer holds ``max_bytes`` (Redis has been
+        unreachable a while), ValueError for a priority that is not 0 to 9."""
+        if type(record.priority) is not int or not 0 <= record.priority <= MAX_PRIORITY:
+            raise ValueError(f"a priority is an int from 0 to {MAX_PRIORITY}, not {record.priority!r}")
+        params = jsonrpc.dumps([record.args, record.kwargs, record.options])
+        if self._bytes + len(params) > self.max_bytes:
+            limit = self.max_bytes
+            raise QueueFull(f"the Redis store buffers {limit} bytes of tasks not yet written", {"limit": limit, "bound": "store"})
+        now = time.time()
+        record.state = SCHEDULED if record.due_at is not None and record.due_at > now else QUEUED
+        record.finished_at = None
+        record.created_at = now if record.created_at is None else record.created_at
+        owner = "" if record.owner is None else "+" + record.owner
+        due = "" if record.due_at is None else repr(float(record.due_at))
+        self.records.append(record)
+        self._args += [record.id, record.method, params, owner, repr(record.created_at), record.attempts]
+        self._args += [record.queue, record.priority, due]
+        self._bytes += len(params) + len(record.id) + len(record.method) + len(record.queue)
+        if record.state == QUEUED:
+            self.counts[record.method] += 1
+
+    def remember(self, methods: Iterable[str]) -> None:
+        now = time.time()
+        self._names.update((name, now) for name in methods)
+
+    def commands(self, script: Callable[..., Command], methods_key: str, max_names: int) -> list[Command]:
+        """The commands that write the buffer: the add script's call (made by ``script``) first, if any;
+        then the names, keeping the latest ``max_names`` announced within METHODS_REMEMBERED_S."""
+        commands: list[Command] = []
+        if self.records:
+            commands.append(script("add", self._token, len(self.records), *self._args))
+        if self._names:
+            cutoff = time.time() - METHODS_REMEMBERED_S
+            pairs = [value for name, when in self._names.items() for value in (repr(when), name)]
+            commands.append(("ZADD", methods_key, *pairs))
+            commands.append(("ZREMRANGEBYSCORE", methods_key, "-inf", f"({cutoff!r}"))
+            commands.append(("ZREMRANGEBYRANK", methods_key, 0, -max_names - 1))
+        return commands
+
+    def written(self, added: Any) -> tuple[list[TaskRecord], Any]:
+        """The commands ran; ``added`` is the add script's reply if there were adds. Returns the records
+        refused (their id existed) and the queued counts the script sent, or None; empties the buffer."""
+        refused, queued = [], None
+        if self.records:
+            flags, queued = added
+            refused = [record for record, flag in zip(self.records, flags, strict=True) if flag != ord("1")]
+            self.records, self._args, self._bytes = [], [], 0
+            self.counts.clear()
+            self._token = uuid.uuid4().hex
+        self._names.clear()
+        return refused, queued
+
+
+class QueuedCounts(Mapping[str, int]):
+    """Tasks QUEUED by method (only methods with some): ``written`` (the counts the store's last reply
+    brought) plus ``buffered`` (adds not written yet). A live view of both, as a MemoryStore's counts
+    are: the broker's assigner reads the same mapping again after each take, to decide whether to take
+    more (a copy would make it take once more for nothing)."""
+
+    def __init__(self, written: dict[str, int], buffered: Counter[str]) -> None:
+        self._written = written
+        self._buffered = buffered
+
+    def __getitem__(self, method: str) -> int:
+        count = self._written.get(method, 0) + self._buffered.get(method, 0) if self._buffered else self._written[method]
+        if count <= 0:
+            raise KeyError(method)
+        return count
+
+    def __iter__(self) -> Iterator[str]:
+        if not self._buffered:
+            return iter(list(self._written))
+        return iter([method for method in dict.fromkeys([*self._written, *self._buffered]) if method in self])
+
+    def __len__(self) -> int:
+        return len(self._written) if not self._buffered else sum(1 for _ in self)

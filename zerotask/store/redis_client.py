@@ -1,0 +1,107 @@
+"""Connecting to Redis for :class:`~zerotask.store.redis.RedisStore`, and what its errors mean for the broker.
+
+Only this module and the ones that use it import redis-py (the ``redis`` extra): the package imports
+without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from zerotask.store.base import StoreUnavailable
+
+try:
+    import redis
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+    from redis.sentinel import Sentinel
+except ImportError as error:  # pragma: no cover - depends on what is installed
+    raise ImportError("the Redis store needs redis-py: pip install 'zerotask[redis]'") from error
+
+Redis = redis.Redis  # for the other modules of the store, which import redis-py through this one
+
+# A dead Redis stalls a call for at most about this long: the broker's loop must go on (it refuses work).
+SOCKET_TIMEOUT_S = 1.0
+# Errors that say "Redis cannot take this now", not "this call is wrong": a failover (READONLY, MASTERDOWN),
+# a restart (LOADING), a long script (BUSY), a full memory (OOM: maxmemory is the store's bound).
+_UNAVAILABLE_REPLIES = ("READONLY", "MASTERDOWN", "LOADING", "BUSY", "OOM", "CLUSTERDOWN", "TRYAGAIN", "NOREPLICAS")
+
+
+def connection_options(socket_timeout_s: float = SOCKET_TIMEOUT_S) -> dict[str, Any]:
+    """What every connection of the store is opened with: short timeouts, and one quick retry after a
+    connection error (a pooled connection that Redis closed, as after its restart). A timeout is not
+    retried: the command may have run, and a second wait would double the stall."""
+    return {
+        "socket_timeout": socket_timeout_s,
+        "socket_connect_timeout": socket_timeout_s,
+        "retry": Retry(ExponentialBackoff(cap=0.1, base=0.02), 1, supported_errors=(redis.ConnectionError,)),
+        "health_check_interval": 0,
+    }
+
+
+def connect(spec: str, socket_timeout_s: float = SOCKET_TIMEOUT_S) -> Redis:
+    """A client for ``redis://[user:password@]host:port/db``, ``rediss://...`` (TLS, with redis-py's
+    query options such as ``ssl_cert_reqs``), or ``redis+sentinel://[:password@]host:port,host:port/MASTER/db``
+    (the master named MASTER, found and followed through a failover by the sentinels; the password is the
+    master's). Connects lazily: an unreachable Redis shows at the first call."""
+    options = connection_options(socket_timeout_s)
+    if not spec.startswith("redis+sentinel://"):
+        return redis.Redis.from_url(spec, **options)
+    parts = urlsplit(spec)
+    credentials, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = credentials.partition(":")
+    path = [part for part in parts.path.split("/") if part]
+    if not path or len(path) > 2 or not hosts:
+        raise ValueError(f"expected redis+sentinel://host:port[,host:port...]/MASTER[/db], got {spec!r}")
+    sentinels = []
+    for host in hosts.split(","):
+        name, _, port = host.rpartition(":")
+        sentinels.append((name.strip("[]") or "localhost", int(port or 26379)))
+    query = dict(parse_qsl(parts.query))
+    if len(path) == 2:
+        query["db"] = path[1]
+    db = int(query.pop("db", "0"))
+    sentinel = Sentinel(sentinels, sentinel_kwargs=connection_options(socket_timeout_s), **options)  # type: ignore[no-untyped-call]
+    master: Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        unquote(path[0]), db=db, username=unquote(username) or None, password=unquote(password) or None, **query
+    )
+    return master
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` means Redis cannot serve now (the call may succeed later)."""
+    if isinstance(error, redis.ConnectionError | redis.TimeoutError | redis.ReadOnlyError | redis.OutOfMemoryError):
+        return True
+    return isinstance(error, redis.ResponseError) and str(error).startswith(_UNAVAILABLE_REPLIES)
+
+
+def unavailable_error(error: BaseException) -> StoreUnavailable:
+    return StoreUnavailable(f"Redis is unavailable: {type(error).__name__}: {error}")
+
+
+@contextmanager
+def reaching_redis() -> Iterator[None]:
+    """Turn the errors that mean "Redis cannot serve now" into StoreUnavailable."""
+    try:
+        yield
+    except redis.RedisError as error:
+        if is_unavailable(error):
+            raise unavailable_error(error) from error
+        raise
+
+
+def is_missing_script(reply: Any) -> bool:
+    """Whether a pipeline's reply says the script was not run because Redis does not have it (NOSCRIPT)."""
+    return isinstance(reply, redis.exceptions.NoScriptError)
+
+
+def check(reply: Any) -> Any:
+    """A reply of a pipeline run with ``raise_on_error=False``: itself, or its error raised."""
+    if isinstance(reply, redis.RedisError):
+        if is_unavailable(reply):
+            raise unavailable_error(reply) from reply
+        raise reply
+    return reply

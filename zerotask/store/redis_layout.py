@@ -1,0 +1,224 @@
+"""How the tasks of :class:`~zerotask.store.redis.RedisStore` lie in Redis: the keys every script gets,
+the Lua helpers every script (:mod:`zerotask.store.redis_scripts`) starts with, and how a script's row
+becomes a :class:`~zerotask.store.base.TaskRecord`.
+
+Every script gets the same KEYS (:data:`KEY_NAMES`, in that order, then any per-call keys), all under
+one hash tag, so that a script touches one slot (Redis Cluster). The tasks live in a few hashes keyed
+by task id rather than in a key per task, so that no script touches a key it was not given.
+
+A task's ``meta`` field is ``state|attempts|seq|created_at|finished_at|lease|priority|due_at|names``,
+where ``names`` is the named queue's length (8 hex digits), the queue and the method (last: queue and
+method may hold any character; a broker id holds no "|"; due_at is "" for none). Times stay strings end to end, as Python wrote
+them, so they come back exact. The queue is one sorted set ordered by member (all scores 0): a member
+is the method's length (8 hex digits) and the method, the named queue's length and the queue, 9 minus
+the priority (one digit), the sequence (12 hex digits) and the task id. So one method's tasks in one
+named queue are a range in the order to take them: the highest priority first, then the earliest
+submitted. ``scheduled`` holds the SCHEDULED tasks by ``due_at``, each as its sequence (12 hex digits)
+and id, so that ties go in the order submitted. ``held`` is ordered by member as ``lease|id``: one broker's tasks are a range, for
+:meth:`reclaim`.
+
+Mutating scripts return ``{answer, queued counts as HGETALL}``: the store keeps the counts without
+asking again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zerotask import jsonrpc
+from zerotask.store.base import TaskRecord
+
+# The keys every script gets, as KEYS[1..n]: suffixes after "<prefix>:{<queue>}:".
+KEY_NAMES = (
+    "meta",  # hash: task id -> state|attempts|seq|created_at|finished_at|lease|priority|due_at|names
+    "params",  # hash: task id -> JSON [args, kwargs, options] (gone once FINISHED)
+    "outcome",  # hash: task id -> JSON {"result": ...} or {"error": ...}
+    "owner",  # hash: task id -> the key that submitted it (only when there is one)
+    "queue",  # sorted set by member: the QUEUED tasks, one range per method and named queue, in order
+    "scheduled",  # sorted set: the SCHEDULED tasks' sequence and id -> due_at
+    "live",  # sorted set: unfinished task id -> created_at (for listings)
+    "ended:FINISHED",  # sorted sets: final task id -> finished_at (listings, expire)
+    "ended:FAILED",
+    "ended:REVOKED",
+    "held",  # sorted set by member: lease|id of ASSIGNED and RETRY tasks
+    "queued",  # hash: method -> how many QUEUED
+    "states",  # hash: state -> how many (QUEUED aside)
+    "next",  # the last sequence number given
+    "brokers",  # set: broker ids that attached
+    "reply:add",  # the last add batch of this store: its token and answers (replays are answered alike)
+    "reply:take",  # the last take_many of this store: its token and the ids it took
+    "reply:finish",  # the last finish_many of this store: its token and answers
+)
+
+PRELUDE = r"""
+local META, PARAMS, OUTCOME, OWNER, QUEUE, SCHEDULE, LIVE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local ENDED = {FINISHED = KEYS[8], FAILED = KEYS[9], REVOKED = KEYS[10]}
+local HELD, QUEUED, STATES, NEXT, BROKERS = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
+local REPLY_ADD, REPLY_TAKE, REPLY_FINISH = KEYS[16], KEYS[17], KEYS[18]
+local ME, NOW, CHANNEL = ARGV[1], ARGV[2], ARGV[3]
+local FINAL = {FINISHED = true, FAILED = true, REVOKED = true}
+local LEASED = {ASSIGNED = true, RETRY = true}
+local queued_delta, states_delta, leased = {}, {}, false
+
+-- Writes wait in `writes` (key -> member or field -> score or value, false to remove) and go out in a
+-- few variadic commands at sync(): a command per task per index would cost several times more. Reads
+-- of hashes see them; sync() comes before any read of a sorted set.
+local writes, kinds, cache = {}, {}, {}
+local function put(kind, key, name, value)
+  if not writes[key] then writes[key], kinds[key] = {}, kind end
+  writes[key][name] = value
+end
+
+local function sync()
+  for key, pending in pairs(writes) do
+    local z, set, gone = kinds[key] == 'z', {}, {}
+    if not z then cache[key] = cache[key] or {} end
+    for name, value in pairs(pending) do
+      if not z then cache[key][name] = value end
+      if not value then gone[#gone + 1] = name
+      elseif z then set[#set + 1] = value; set[#set + 1] = name
+      else set[#set + 1] = name; set[#set + 1] = value end
+    end
+    for i = 1, #gone, 1000 do redis.call(z and 'ZREM' or 'HDEL', key, unpack(gone, i, math.min(i + 999, #gone))) end
+    for i = 1, #set, 2000 do redis.call(z and 'ZADD' or 'HSET', key, unpack(set, i, math.min(i + 1999, #set))) end
+  end
+  writes, kinds = {}, {}
+end
+
+local function hget(key, id)
+  local value = writes[key] and writes[key][id]
+  if value == nil then value = cache[key] and cache[key][id] end
+  if value == nil then value = redis.call('HGET', key, id) end
+  return value
+end
+
+-- read the fields `ids` of the hashes `keys` in one HMGET each
+local function preload(ids, keys)
+  if #ids == 0 then return end
+  for _, key in ipairs(keys) do
+    cache[key] = cache[key] or {}
+    for i = 1, #ids, 1000 do
+      local values = redis.call('HMGET', key, unpack(ids, i, math.min(i + 999, #ids)))
+      for j = 1, #values do
+        if cache[key][ids[i + j - 1]] == nil then cache[key][ids[i + j - 1]] = values[j] end
+      end
+    end
+  end
+end
+
+local function args_from(first)
+  local found = {}
+  for i = first, #ARGV do found[#found + 1] = ARGV[i] end
+  return found
+end
+
+local function load(id)
+  local m = hget(META, id)
+  if not m then return nil end
+  local t, names = {id = id}, nil
+  t.state, t.attempts, t.seq, t.created, t.finished, t.lease, t.priority, t.due, names =
+    string.match(m, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  local n = tonumber(string.sub(names, 1, 8), 16)
+  t.queue, t.method = string.sub(names, 9, 8 + n), string.sub(names, 9 + n)
+  return t
+end
+
+local next_seq
+local function new_seq()
+  next_seq = (next_seq or tonumber(redis.call('GET', NEXT) or '0')) + 1
+  return string.format('%d', next_seq)
+end
+
+-- a name with its length first: no name's prefix is a prefix of another name's (kept: a script sees few)
+local prefixes = {}
+local function prefix(name)
+  local p = prefixes[name]
+  if not p then p = string.format('%08x', #name) .. name; prefixes[name] = p end
+  return p
+end
+-- the tasks of one method in one named queue, in QUEUE: a range, in the order to take them; a member is
+-- the lane, 9 - priority (one digit), the sequence (12 hex digits) and the id
+local lanes = {}
+local function lane(method, queue)
+  local by_queue = lanes[queue]
+  if not by_queue then by_queue = {}; lanes[queue] = by_queue end
+  local l = by_queue[method]
+  if not l then l = prefix(method) .. prefix(queue); by_queue[method] = l end
+  return l
+end
+local function member(t)
+  if t.member then return t.member end  -- as read from QUEUE by the script that loaded t
+  return lane(t.method, t.queue) .. string.format('%d%012x', 9 - tonumber(t.priority), tonumber(t.seq)) .. t.id
+end
+local function timed(t) return string.format('%012x', tonumber(t.seq)) .. t.id end
+
+local function count(state, method, n)
+  if state == 'QUEUED' then queued_delta[method] = (queued_delta[method] or 0) + n
+  else states_delta[state] = (states_delta[state] or 0) + n end
+end
+
+-- take a task out of its state (its index and its count)
+local function leave(t)
+  if t.state == 'QUEUED' then put('z', QUEUE, member(t), false)
+  elseif t.state == 'SCHEDULED' then put('z', SCHEDULE, timed(t), false)
+  elseif LEASED[t.state] then put('z', HELD, t.lease .. '|' .. t.id, false)
+  elseif FINAL[t.state] then put('z', ENDED[t.state], t.id, false) end
+  count(t.state, t.method, -1)
+end
+
+-- put a task in a state and write it: a held task is leased to this broker
+local function enter(t, state)
+  t.state, t.lease = state, ''
+  if state == 'QUEUED' then put('z', QUEUE, member(t), 0)
+  elseif state == 'SCHEDULED' then put('z', SCHEDULE, timed(t), t.due)
+  elseif LEASED[state] then t.lease, leased = ME, true; put('z', HELD, ME .. '|' .. t.id, 0)
+  else put('z', ENDED[state], t.id, t.finished); put('z', LIVE, t.id, false) end
+  count(state, t.method, 1)
+  put('h', META, t.id, table.concat({t.state, t.attempts, t.seq, t.created, t.finished, t.lease, t.priority, t.due,
+    prefix(t.queue) .. t.method}, '|'))
+end
+
+-- a task as the store returns it (see task_from_row)
+local function record(t)
+  return {t.id, t.state, t.attempts, t.created, t.finished, t.method,
+    hget(PARAMS, t.id), FINAL[t.state] and hget(OUTCOME, t.id) or false, hget(OWNER, t.id), t.queue, t.priority, t.due}
+end
+
+local function apply(key, delta)
+  for field, n in pairs(delta) do
+    if n ~= 0 and redis.call('HINCRBY', key, field, n) <= 0 then redis.call('HDEL', key, field) end
+  end
+end
+
+-- the answer of a mutating script, with the queued counts after it
+local function done(answer)
+  sync()
+  if next_seq then redis.call('SET', NEXT, string.format('%d', next_seq)) end
+  if leased and ME ~= '' then redis.call('SADD', BROKERS, ME) end  -- so that its tasks are reclaimed if it dies
+  apply(QUEUED, queued_delta)
+  apply(STATES, states_delta)
+  return {answer, redis.call('HGETALL', QUEUED)}
+end
+
+local function publish(kind, ids)
+  redis.call('PUBLISH', CHANNEL, cjson.encode({kind, ME, ids}))
+end
+"""
+
+
+def task_from_row(row: list[Any]) -> TaskRecord:
+    """A task from a script's ``record(t)``: id, state, attempts, created_at, finished_at, method, params,
+    outcome, owner, queue, priority, due_at."""
+    task_id, state, attempts, created, finished, method, params, outcome, owner, queue, priority, due = row
+    record = TaskRecord(task_id.decode(), method.decode(), state=state.decode(), attempts=int(attempts))
+    record.owner = None if owner is None else owner.decode()
+    record.queue, record.priority = queue.decode(), int(priority)
+    record.created_at = float(created) if created else None
+    record.finished_at = float(finished) if finished else None
+    record.due_at = float(due) if due else None
+    if params:
+        record.args, record.kwargs, record.options = jsonrpc.loads(params)
+    if outcome:
+        decoded = jsonrpc.loads(outcome)
+        record.result, record.error = decoded.get("result"), decoded.get("error")
+    return record

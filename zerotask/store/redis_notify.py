@@ -1,0 +1,75 @@
+"""What the brokers sharing a Redis store tell each other: one pub/sub channel, read without blocking.
+
+The store's scripts publish, in the same atomic step as the write, ``["F", broker, [task ids]]`` when
+outcomes are recorded and ``["Q", broker, {}]`` when tasks are queued. Pub/sub is fire-and-forget: a
+broker that was disconnected missed what was published meanwhile. redis-py subscribes again when it
+reconnects, and Redis confirms every subscription; a confirmation after the first one therefore means
+messages may have been missed, which :class:`Notifications` reports as ``lost_track``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from zerotask import jsonrpc
+from zerotask.store.base import Changes
+from zerotask.store.redis_client import SOCKET_TIMEOUT_S, Redis, reaching_redis, unavailable_error
+
+
+class Notifications:
+    """A subscription to ``channel``; ignores what broker ``me`` published itself."""
+
+    def __init__(self, client: Redis, channel: bytes, me: str) -> None:
+        self._pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+        self._me = me.encode()
+        self._subscriptions = 0  # confirmations seen: the first is the subscription, later ones reconnects
+        self._changes = Changes()
+        self._finished: dict[str, None] = {}  # ordered, without repeats
+        with reaching_redis():
+            self._pubsub.subscribe(channel)
+            deadline = time.monotonic() + SOCKET_TIMEOUT_S
+            while not self._subscriptions:  # until Redis confirms, a message published could still be missed
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._pubsub.close()
+                    raise unavailable_error(TimeoutError("Redis did not confirm the subscription"))
+                self._read(self._pubsub.get_message(timeout=left))
+
+    def fileno(self) -> int | None:
+        """The subscription's socket (readable when a message came), or None while it is disconnected.
+        The socket is a new one after a reconnect."""
+        connection = self._pubsub.connection
+        sock = getattr(connection, "_sock", None) if connection is not None else None
+        return None if sock is None else int(sock.fileno())
+
+    def poll(self) -> None:
+        """Read every message that arrived (a reply parser may hold several after one read of the socket).
+        Raises StoreUnavailable while Redis cannot be reached; the next call connects and subscribes again."""
+        with reaching_redis():
+            while (message := self._pubsub.get_message(timeout=0.0)) is not None:
+                self._read(message)
+
+    def take(self) -> Changes:
+        """What was read since the last take."""
+        found, self._changes = self._changes, Changes()
+        found.finished, self._finished = list(self._finished), {}
+        return found
+
+    def _read(self, message: dict[str, Any] | None) -> None:
+        if message is None:
+            return
+        if message["type"] == "subscribe":
+            self._subscriptions += 1
+            self._changes.lost_track |= self._subscriptions > 1
+        elif message["type"] == "message":
+            kind, broker, task_ids = jsonrpc.loads(message["data"])
+            if broker.encode() == self._me:
+                return
+            if kind == "F":
+                self._finished.update(dict.fromkeys(task_ids))
+            elif kind == "Q":
+                self._changes.queued = True
+
+    def close(self) -> None:
+        self._pubsub.close()
