@@ -4,7 +4,6 @@ nodes and a client on hosts of their own, and a broker's host cut off from the n
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +15,7 @@ import pytest
 from tests.netns import Host, Network, network_or_skip
 from tests.several_hosts_client import BLOCKING_OFFSET
 from zerotask.testing import ManagedProcess, scaled, wait_until
+from zerotask.testing_redis import redis_available
 
 REDIS_PORT = 6379
 BROKER_PORT = 5555
@@ -145,9 +145,9 @@ def test_every_task_completes_when_a_node_host_is_cut_off_under_load(network: Ne
 
 @pytest.mark.timeout(600)
 def test_every_task_completes_when_a_broker_host_is_cut_off_under_load(network: Network, tmp_path: Path) -> None:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    pytest.importorskip("zerotask.store.redis", reason="needs the Redis store")
+    if (missing := redis_available()) is not None:
+        pytest.skip(missing)
+    pytest.importorskip("redis", reason="the Redis store needs redis-py (pip install 'zerotask[redis]')")
     r, a, b, c = (network.host(name) for name in ("r", "a", "b", "c"))
     redis = start_redis(r, tmp_path / "redis", probe_from=c)
     store = f"redis://{r.address}:{REDIS_PORT}/0"
