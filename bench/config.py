@@ -53,6 +53,10 @@ class System:
 SYSTEMS: tuple[System, ...] = (
     System("zerotask-memory", "zerotask", store="memory", scale=True),
     System("zerotask-sqlite", "zerotask", store="sqlite", scale=True),
+    # Redis: a database of the benchmark's Redis that it flushes before and after (one broker; then two
+    # brokers on it, a node each, the client at the first). Celery's rows run on that same Redis.
+    System("zerotask-redis", "zerotask", store="{redis}/12", needs_redis=True),
+    System("zerotask-redis-2-brokers", "zerotask", store="{redis}/12", brokers=2, needs_redis=True),
     System("celery-solo", "celery", pool="solo", max_workers=1, scale=True, needs_redis=True),
     System("celery-prefork", "celery", pool="prefork", min_workers=2, scale=True, needs_redis=True),
     System("raw", "raw"),

@@ -1450,3 +1450,11 @@ class TestInspection:
         clock.now += 10
         assert store.expire(clock.now) == 0
         assert state(store, "t1") == QUEUED
+
+
+class TestGetMany:
+    def test_get_many_answers_each_id_in_order(self, store: Store) -> None:
+        queue(store, ("a1", "a"), ("b1", "b"))
+        found = store.get_many(["b1", "unknown", "a1"])
+        assert [record.id if record is not None else None for record in found] == ["b1", None, "a1"]
+        assert store.get_many([]) == []

@@ -103,7 +103,9 @@ class ClientProtocol:
             self._outbox.send(envelope, jsonrpc.notification(wire.CLIENT_FINISHED, refusal))
             return None
         if notify:
-            self._notify_when_done(record, envelope)
+            # Under the id the caller named, which is the one it waits for: a unique task's twin has another.
+            asked = request.params.get("task_id") if isinstance(request.params, dict) else None
+            self._notify_when_done(record, envelope, asked if isinstance(asked, str) else None)
         return record.id
 
     def workflow(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
@@ -192,9 +194,11 @@ class ClientProtocol:
 
     # ---- waiting ---------------------------------------------------------------------------------
 
-    def _notify_when_done(self, record: TaskRecord, envelope: Envelope) -> None:
-        """Push the task's outcome to this peer as a zerotask.client.finished notification."""
-        self._wait(envelope, record, Waiter(None, functools.partial(self._outbox.send, envelope), notify_task_id=record.id))
+    def _notify_when_done(self, record: TaskRecord, envelope: Envelope, as_id: str | None = None) -> None:
+        """Push the task's outcome to this peer as a zerotask.client.finished notification (for ``as_id``,
+        when the peer knows the task by another id)."""
+        send = functools.partial(self._outbox.send, envelope)
+        self._wait(envelope, record, Waiter(None, send, notify_task_id=as_id or record.id))
 
     def _room(self, envelope: Envelope) -> None:
         """Raise QueueFull if the peer is owed ``max_waiting`` answers already, or all peers together

@@ -187,7 +187,10 @@ class Broker(EventLoop):
         if self.metrics is not None:
             self.metrics.stop()
         self.security.stop()
-        self.store.close()
+        try:
+            self.store.close()
+        except StoreUnavailable as error:  # what it still buffered was never acknowledged: nothing is lost
+            log.warning("the store was unreachable as the broker stopped: %s", error)
         log.info("broker stopped")
 
     def _expire(self) -> None:
@@ -196,7 +199,10 @@ class Broker(EventLoop):
         deadline = time.monotonic() + _EXPIRE_BUDGET_S
         expired, batch = 0, 1000
         while time.monotonic() < deadline:
-            forgot = self.core.expire(limit=batch)
+            try:
+                forgot = self.core.expire(limit=batch)
+            except StoreUnavailable:
+                return  # the next round of expiry tries again
             expired += forgot
             if forgot < batch:
                 break

@@ -58,10 +58,8 @@ class Waiters:
             self._recheck = list(self._by_task)
         ended_held = []
         taken, self._recheck = self._recheck[-RECHECK_SLICE:], self._recheck[:-RECHECK_SLICE]
-        for task_id in itertools.chain(changes.finished, taken):
-            if task_id not in self._by_task and not held(task_id):
-                continue
-            record = store.get(task_id)
+        wanted = [task_id for task_id in itertools.chain(changes.finished, taken) if task_id in self._by_task or held(task_id)]
+        for task_id, record in zip(wanted, store.get_many(wanted), strict=True):  # one round trip for them all
             if record is None or record.state not in FINAL_STATES:
                 continue
             if held(task_id):

@@ -2,7 +2,9 @@
 
 JSON carries no functions, so both steps are task names: the map task gets one input and returns a
 list of ``[key, value]`` pairs; the reduce task gets ``(key, values)`` and returns one value. Map and
-reduce tasks are ordinary tasks, so the broker spreads them over every node that serves them.
+reduce tasks are ordinary tasks, so the broker spreads them over every node that serves them. The map step
+streams (at most ``window`` map tasks at a time, over inputs of any length); the reduce step is a
+:func:`zerotask.canvas.group` per thousand keys, which the broker holds and runs as a workflow.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ import threading
 from collections.abc import Callable, Generator, Hashable, Iterable, Iterator
 from typing import Any
 
+from zerotask.canvas import group, sig
 from zerotask.client.aio import AsyncClient
 from zerotask.client.calls import DEFAULT_ENDPOINT
 from zerotask.exceptions import TaskError, TaskTimeout
+
+REDUCE_GROUP = 1000  # reduce tasks in one workflow (the broker takes up to 10,000 members)
 
 
 class AsyncMapReduce:
@@ -91,15 +96,20 @@ class MapReduceJob:
         if not self._groups:
             self._settle({})
             return
-        self._reduces_running = len(self._groups)
-        for key, values in self._groups.items():
-            handle = self._client.call(self._reduce_method, key, values)
-            handle.callback(functools.partial(self._on_reduced, key), self._fail)
+        # The reduce step is workflows the broker runs (zerotask.canvas): a group of reduce tasks per
+        # REDUCE_GROUP keys, whose results come back in key order.
+        items = list(self._groups.items())
         self._groups = {}
+        chunks = [items[start : start + REDUCE_GROUP] for start in range(0, len(items), REDUCE_GROUP)]
+        self._reduces_running = len(chunks)
+        for chunk in chunks:
+            reduces = group(*(sig(self._reduce_method, key, values) for key, values in chunk))
+            handle = self._client.apply_async(reduces)
+            handle.callback(functools.partial(self._on_reduced, [key for key, _ in chunk]), self._fail)
 
-    def _on_reduced(self, key: Hashable, value: Any) -> None:
+    def _on_reduced(self, keys: list[Hashable], values: Any) -> None:
         with self._lock:
-            self._reduced[key] = value
+            self._reduced.update(zip(keys, values, strict=True))
             self._reduces_running -= 1
             if self._reduces_running == 0:
                 self._settle(self._reduced)

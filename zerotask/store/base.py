@@ -201,6 +201,10 @@ class Store(ABC):
     def get(self, task_id: str) -> TaskRecord | None:
         """The task, or None if the id is unknown."""
 
+    def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord | None]:
+        """:meth:`get` of each id, in order (a store across a network answers them in one round trip)."""
+        return [self.get(task_id) for task_id in task_ids]
+
     @abstractmethod
     def queued_counts(self) -> Mapping[str, int]:
         """How many tasks are QUEUED, by method (only methods with some). Cheap: the broker asks every
