@@ -45,7 +45,13 @@ def _broker_arguments(parser: argparse.ArgumentParser) -> None:
     add("modules", nargs="*", metavar="MODULE", help="modules to import first, e.g. with @task(name='broker.x') methods")
     add("--bind", default=transport.DEFAULT_BIND, metavar="ENDPOINT", help="request socket for clients and nodes (%(default)s)")
     add("--publish", default=transport.DEFAULT_PUBLISH, metavar="ENDPOINT", help="event socket (%(default)s)")
-    add("--store", default=transport.DEFAULT_STORE, metavar="memory|PATH", help="'memory', or an SQLite file (%(default)s)")
+    add(
+        "--store",
+        default=transport.DEFAULT_STORE,
+        metavar="memory|PATH|URL",
+        help="'memory', an SQLite file, or Redis shared with other brokers: redis://HOST:PORT/DB, rediss://... (TLS), "
+        "redis+sentinel://HOST:PORT,HOST:PORT/MASTER/DB (%(default)s)",
+    )
     add("--heartbeat", type=float, default=transport.DEFAULT_HEARTBEAT_S, metavar="SECONDS", help="with nodes (%(default)s)")
     add(
         "--liveness",
