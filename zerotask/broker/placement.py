@@ -122,7 +122,10 @@ class TaskDefaults:
         call = orjson.dumps([record.method, record.args, record.kwargs], option=orjson.OPT_SORT_KEYS)  # kwargs in any order
         key = hashlib.blake2b(call, digest_size=16).hexdigest()
         holder = store.lock_unique(key, record.id, time.time() + unique_for)
-        return None if holder is None else store.get(holder)
+        if holder is None:
+            return None
+        # Its add may not have reached the store yet (another broker's, in the same instant): wait for it by id.
+        return store.get(holder) or TaskRecord(holder, record.method, record.args, record.kwargs, owner=record.owner)
 
     def resolve(self, method: str, placement: Placement | None) -> tuple[str, int, float | None]:
         """``(queue, priority, due_at)`` of a new task."""

@@ -61,6 +61,7 @@ MAX_BATCH = 1000  # requests in one JSON-RPC batch: a larger one is refused whol
 _NODE_DEPTH = jsonrpc.MAX_DEPTH + 8
 _EXPIRE_BUDGET_S = 0.01  # the longest one round of result expiry may hold up the loop
 _ANNOUNCE_S = 3600.0  # how often the store is told again which names this broker's nodes serve
+_RESUME_WORKFLOWS_S = 30.0  # with a shared store, how often unfinished workflows are looked at again
 _STORE_PROBE_S = 0.25  # how often a broker whose store is unreachable tries it again
 
 
@@ -170,6 +171,9 @@ class Broker(EventLoop):
         self.call_every(_ANNOUNCE_S, self.core.announce)
         if self.store.shared:
             self.call_every(min(self.heartbeat_s, lease_s / 3), self._keep_lease)
+            # A broker that died between a member's outcome and the next step (a shared store writes them
+            # apart) may have held no task to reclaim: look at the unfinished workflows now and then too.
+            self.call_every(_RESUME_WORKFLOWS_S, self.workflows.resume_all)
         self.core.due_timer.arm(None)
         self._store_fd: int | None = None
         self._watch_store()
@@ -281,6 +285,7 @@ class Broker(EventLoop):
             self._watch_store()  # a store that reconnected listens on another descriptor (or none, while down)
         if reclaimed:
             log.warning("queued %d task(s) again from a broker whose lease ran out", reclaimed)
+            self.workflows.resume_all()  # that broker may have died in the middle of a workflow's step
 
     def _watch_store(self) -> None:
         """Poll the store's notifications (its file descriptor may change when it reconnects)."""

@@ -168,7 +168,11 @@ class Workflows(Hooks):
         queue what is due: what a broker that died between recording an outcome and queueing what it made
         due left undone."""
         self._resume_before, self._resume_seen, self._resumed = math.inf, set(), 0
-        if self.core.store.state_counts().get(SCHEDULED):  # (from memory: a store with none is not listed at all)
+        try:
+            scheduled = self.core.store.state_counts().get(SCHEDULED)  # a store with none is not listed at all
+        except StoreUnavailable:
+            return  # the next look (a shared store's come every _RESUME_WORKFLOWS_S) finds them
+        if scheduled:
             self._later(0.0, self._resume_slice)
 
     def _resume_slice(self) -> None:

@@ -185,7 +185,9 @@ class Store(ABC):
     def lock_unique(self, key: str, task_id: str, until: float) -> str | None:
         """Atomically: if the lock ``key`` is held (until a time later than now) by another task that has
         no outcome yet, return that task's id; otherwise give the lock to ``task_id`` until ``until`` (a
-        time.time() value) and return None. Keeps at most MAX_UNIQUE_LOCKS locks (the oldest go first)."""
+        time.time() value) and return None. (A shared store counts a holder it does not know yet as holding
+        for up to 10 s after it took the lock: another broker's add may not be stored yet.) Keeps at most
+        MAX_UNIQUE_LOCKS locks (the oldest go first)."""
 
     _token_buckets: TokenBuckets | None = None
 

@@ -59,14 +59,18 @@ LOCK_UNIQUE = (
 local key, id = ARGV[4], ARGV[5]
 local held = redis.call('HGET', LOCKS, key)
 if held then
+  -- until|taken|id: a holder not stored yet holds the lock for a while (another broker flushes its add
+  -- within a round of its loop), so two brokers cannot both take it in that window.
   local cut = string.find(held, '|', 1, true)
-  local holder = string.sub(held, cut + 1)
+  local cut2 = string.find(held, '|', cut + 1, true)
+  local holder = string.sub(held, cut2 + 1)
   if holder ~= id and tonumber(string.sub(held, 1, cut - 1)) > tonumber(NOW) then
     local t = load(holder)
     if t and not FINAL[t.state] then return holder end
+    if not t and tonumber(string.sub(held, cut + 1, cut2 - 1)) > tonumber(NOW) - 10 then return holder end
   end
 end
-redis.call('HSET', LOCKS, key, ARGV[6] .. '|' .. id)
+redis.call('HSET', LOCKS, key, ARGV[6] .. '|' .. NOW .. '|' .. id)
 redis.call('ZADD', LOCKS_UNTIL, ARGV[6], key)
 for _, old in ipairs(redis.call('ZRANGEBYSCORE', LOCKS_UNTIL, '-inf', NOW, 'LIMIT', 0, 8)) do
   if old ~= key then redis.call('ZREM', LOCKS_UNTIL, old); redis.call('HDEL', LOCKS, old) end
