@@ -137,6 +137,11 @@ def error_object(code: int, message: str | None = None, data: Any = None) -> dic
     return error
 
 
+def array(encoded: list[bytes]) -> bytes:
+    """A batch of messages encoded one by one: the one message itself when there is only one."""
+    return encoded[0] if len(encoded) == 1 else b"[" + b",".join(encoded) + b"]"
+
+
 def is_error_object(error: Any) -> bool:
     """Whether ``error`` is a JSON-RPC error object: an integer code and a string message."""
     return isinstance(error, dict) and type(error.get("code")) is int and isinstance(error.get("message"), str)

@@ -85,7 +85,6 @@ class Periodic:
         self._submit = submit
         self._schedules: dict[str, Schedule] = {}
         self._timer: Timer | None = None
-        self._at: float | None = None
 
     def announce(self, defaults: Any) -> None:
         """Take the schedules in a node's ``defaults`` (``{name: {"every": ...} | {"cron": ...}}``); run the
@@ -104,15 +103,11 @@ class Periodic:
         if changed:
             self._due()
 
-    @property
-    def schedules(self) -> dict[str, Schedule]:
-        return dict(self._schedules)
-
     def _due(self) -> None:
         """Submit every task whose latest slot has not run, then set the timer for the next slot."""
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self._at = None
+        self._timer = None
         now = time.time()
         for name, schedule in self._schedules.items():
             slot = schedule.latest(now)
@@ -123,7 +118,6 @@ class Periodic:
                 log.warning("periodic task %r due at %.3f not submitted: %s", name, slot, error)
         if self._schedules:
             following = min(schedule.following(now) for schedule in self._schedules.values())
-            self._at = following
             self._timer = self._scheduler.call_later(max(0.0, following - time.time()), self._due)
 
 

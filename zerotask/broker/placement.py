@@ -13,7 +13,6 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,10 +137,9 @@ class TaskDefaults:
 class DueTimer:
     """Queues SCHEDULED tasks when their time comes: one timer, for the earliest of them."""
 
-    def __init__(self, store: Store, scheduler: Scheduler, on_due: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, store: Store, scheduler: Scheduler) -> None:
         self._store = store
         self._scheduler = scheduler
-        self._on_due = on_due
         self._timer: Timer | None = None
         self._at: float | None = None
 
@@ -168,8 +166,7 @@ class DueTimer:
     def _fire(self) -> None:
         self._timer = self._at = None
         try:
-            if self._store.due(time.time()):
-                self._on_due()
+            self._store.due(time.time())  # the loop's round after this timer hands them out
         except StoreUnavailable as error:
             log.warning("could not queue scheduled tasks: %s; trying again", error)
             self._at = time.time() + 1.0

@@ -252,16 +252,12 @@ def _notifications(run: list[dict[str, Any]], limit: int) -> Iterator[bytes]:
     for notification in run:
         item = _encode(notification)
         if batch and size + len(item) + 1 > limit:
-            yield _join(batch)
+            yield jsonrpc.array(batch)
             batch, size = [], 0
         batch.append(item)
         size += len(item) + 1
     if batch:
-        yield _join(batch)
-
-
-def _join(encoded: list[bytes]) -> bytes:
-    return encoded[0] if len(encoded) == 1 else b"[" + b",".join(encoded) + b"]"
+        yield jsonrpc.array(batch)
 
 
 def _encode_responses(responses: list[Any], limit: int) -> bytes:

@@ -37,13 +37,9 @@ def _by_size(chunk: list[dict[str, Any]], max_bytes: int, refuse: Callable[[dict
             refuse(request, len(encoded))
             continue
         if group and size + len(encoded) + 1 > max_bytes:
-            yield _array(group)
+            yield jsonrpc.array(group)
             group, size = [], 1
         group.append(encoded)
         size += len(encoded) + 1
     if group:
-        yield _array(group)
-
-
-def _array(group: list[bytes]) -> bytes:
-    return group[0] if len(group) == 1 else b"[" + b",".join(group) + b"]"
+        yield jsonrpc.array(group)
