@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from zerotask import auth, cli_admin, cli_clients
+from zerotask import auth, cli_admin, cli_clients, loop
 from zerotask.broker import transport
 from zerotask.broker.client_protocol import DEFAULT_MAX_WAITING
 from zerotask.broker.core import DEFAULT_MAX_QUEUED
@@ -117,6 +117,7 @@ def _run_broker(options: argparse.Namespace, parser: argparse.ArgumentParser) ->
         )
     except ValueError as problem:
         parser.error(str(problem))
+    loop.own_process()
     broker.start()
     return 0
 
@@ -198,6 +199,7 @@ def _run_node(options: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         )
     except ValueError as problem:
         parser.error(str(problem))
+    loop.own_process()
     node.start()
     return 0
 

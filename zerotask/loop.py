@@ -7,6 +7,7 @@ or SIGTERM / SIGINT. A second signal while stopping forces the process out.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import logging
 import os
@@ -45,6 +46,22 @@ class Scheduler(Protocol):
     """What runs a callback later: the EventLoop, or a manual clock in tests."""
 
     def call_later(self, delay_s: float, callback: Callback) -> Timer: ...
+
+
+COLLECT_EVERY = 10_000  # allocations between two young-generation collections in a broker or node (Python: 700)
+
+
+def own_process() -> None:
+    """Tune the cyclic garbage collector for a broker or node process run from the command line (never
+    for a loop inside someone else's program: the setting is the process's). Every task allocates a few
+    dozen objects, so at Python's default the collector ran every ~20 tasks, and with many tasks held
+    in memory its older generations' passes took about a fifth of the broker's CPU. Collecting the young
+    generation every COLLECT_EVERY allocations instead keeps the garbage bounded (a few MB at most) at a
+    fraction of the cost; what was imported before the loop starts is frozen, never traversed again (and
+    worker processes forked from a node share those pages instead of copying them)."""
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(COLLECT_EVERY, middle, oldest)
+    gc.freeze()
 
 
 MAX_SILENCE_S = 32.0  # the longest a peer waits for a silent broker before trying again

@@ -95,11 +95,10 @@ class BrokerCore:
         placement: Placement | None = None,
         owner: str | None = None,
     ) -> TaskRecord:
-        """Queue a task, or return the task that has this id already (a caller asking again; whether
-        it may is the caller's to check, by the returned task's ``owner``, stored with a new task). Raises
-        UnknownMethod when nodes are connected and none serves ``method`` (with none connected the task
-        waits for one), QueueFull when the queue holds ``max_queued`` tasks, or whatever a
-        ``before_enqueue`` hook raises."""
+        """Queue a task, or return the task that has this id already (a caller asking again: whether it
+        may is the caller's to check, by the returned task's ``owner``). Raises UnknownMethod when nodes
+        are connected and none serves ``method`` (else the task waits for one), QueueFull when
+        ``max_queued`` tasks wait, or whatever a ``before_enqueue`` hook raises."""
         if not method:
             raise InvalidParams("the method name is empty")
         queue, priority, due_at = self.defaults.resolve(method, placement)
@@ -155,8 +154,7 @@ class BrokerCore:
         return RUNNING if holder is not None and record.id in holder.started else record.state
 
     def wait(self, record: TaskRecord, on_outcome: OnOutcome) -> int | None:
-        """Call ``on_outcome(record)`` once the task ends: now if it has, returning None; otherwise
-        returns a token for :meth:`cancel_wait`."""
+        """Call ``on_outcome(record)`` once the task ends: now if it has (None), else a token to cancel."""
         if record.state in FINAL_STATES:
             on_outcome(record)
             return None
@@ -350,11 +348,10 @@ class BrokerCore:
 
     def _release(self, task_id: str) -> TaskRecord | None:
         """The task is no longer held by any node; returns it as it was assigned, if it was."""
-        node = self._holder.pop(task_id, None)
-        if node is None:
-            return None
-        node.started.discard(task_id)
-        return node.held.pop(task_id, None)
+        if (node := self._holder.pop(task_id, None)) is not None:
+            node.started.discard(task_id)
+            return node.held.pop(task_id, None)
+        return None
 
     def end(self, finals: list[tuple[TaskRecord, Outcome]]) -> None:
         """Store outcomes in one call; then (only then) release their tasks from the nodes that held
@@ -365,13 +362,17 @@ class BrokerCore:
             for _, outcome in finals:
                 outcome.held = False
         recorded = self.store.finish_many([outcome for _, outcome in finals])
+        holders, waiting, after_finish = self._holder, self.waiters.waiting, self._after_finish
         for (record, outcome), now in zip(finals, recorded, strict=True):
-            self._release(record.id)
+            if (node := holders.pop(record.id, None)) is not None:  # self._release(record.id), inline: per task
+                node.started.discard(record.id)
+                node.held.pop(record.id, None)
             if not now:
                 continue
             record.state, record.result, record.error = outcome.state, outcome.result, outcome.error
-            self.waiters.settle(record)
-            for hook in self._after_finish:
+            if record.id in waiting:
+                self.waiters.settle(record)
+            for hook in after_finish:
                 hook(record)
 
     def _retry(self, record: TaskRecord, delay_s: float) -> None:

@@ -41,10 +41,12 @@ class EventPublisher(Hooks):
         self._publish("progress", {"task_id": task_id, **progress})
 
     def after_enqueue(self, record: TaskRecord) -> None:
-        self._publish("queued", {"task_id": record.id, "method": record.method})
+        if self._subscriptions:  # (checked first too: most brokers have no watcher, and this is per task)
+            self._publish("queued", {"task_id": record.id, "method": record.method})
 
     def on_retry(self, record: TaskRecord, attempt: int, delay_s: float) -> None:
         self._publish("retry", {"task_id": record.id, "attempt": attempt, "delay_s": delay_s})
 
     def after_finish(self, record: TaskRecord) -> None:
-        self._publish(record.state.lower(), {"task_id": record.id, "state": record.state})
+        if self._subscriptions:
+            self._publish(record.state.lower(), {"task_id": record.id, "state": record.state})

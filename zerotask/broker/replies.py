@@ -185,7 +185,7 @@ class Waiter:
         """The core's callback (a waiter is its own, to keep a wait small: many may be pending)."""
         if self.settled is not None:
             self.settled(self.identity)
-        self.answer_record(record)
+        self.answer_outcome(record.result, record.error)
 
     def answer(self, response: dict[str, Any]) -> None:
         if self.answered:
@@ -195,17 +195,10 @@ class Waiter:
             self.timer.cancel()
         self.respond(response)
 
-    def answer_record(self, record: TaskRecord) -> None:
-        """Answer with the outcome of a task that ended (the core's callback)."""
-        self.answer_outcome(record.result, record.error)
-
     def answer_outcome(self, result: Any, error: dict[str, Any] | None) -> None:
         if self.notify_task_id is not None:
-            outcome: dict[str, Any] = {"task_id": self.notify_task_id}
-            if error is not None:
-                outcome["error"] = error
-            else:
-                outcome["result"] = result
+            task_id = self.notify_task_id
+            outcome = {"task_id": task_id, "result": result} if error is None else {"task_id": task_id, "error": error}
             self.answer(jsonrpc.notification(wire.CLIENT_FINISHED, outcome))
         elif error is not None:
             self.answer(jsonrpc.error(self.request_id, error))

@@ -9,7 +9,7 @@ every waited-for task is looked up again, a slice per round so that many waiters
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from zerotask.exceptions import UnknownTask
 from zerotask.store import Store, TaskRecord
@@ -30,6 +30,11 @@ class Waiters:
 
     def __contains__(self, task_id: str) -> bool:
         return task_id in self._by_task
+
+    @property
+    def waiting(self) -> Collection[str]:
+        """The ids of the tasks someone waits for (a view: ``in`` it costs no call)."""
+        return self._by_task.keys()
 
     def add(self, task_id: str, on_outcome: OnOutcome, owner: str | None = None) -> int:
         """Wait for the task (submitted by ``owner``); returns a token for :meth:`cancel`."""

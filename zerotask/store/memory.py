@@ -38,6 +38,10 @@ PACK_OVER_BYTES = 1024  # a task whose JSON is larger keeps its arguments packed
 INFLATION = 8
 
 
+def _head(heap: list[tuple[int, int, str]]) -> tuple[int, int, str]:
+    return heap[0]
+
+
 class MemoryStore(Store):
     def __init__(self, max_tasks: int = DEFAULT_MAX_TASKS, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.max_tasks = max_tasks
@@ -154,15 +158,27 @@ class MemoryStore(Store):
 
     def _take(self, methods: Iterable[str], limit: int, queues: Iterable[str]) -> list[TaskRecord]:
         taken: list[TaskRecord] = []
-        lanes = [(queue, method) for method in set(methods) if method in self._queued for queue in set(queues)]
+        queued = self._queued
+        lanes = [(queue, method) for method in set(methods) if method in queued for queue in set(queues)]
         heads = [heap for lane in lanes if (heap := self._queues.get(lane))]
+        records, sequences, states, charged = self._records, self._sequence, self._states, self._charged
         while len(taken) < limit and heads:
-            heap = min(heads, key=lambda head: head[0])
+            heap = min(heads, key=_head) if len(heads) > 1 else heads[0]
             _, sequence, task_id = heapq.heappop(heap)
-            record = self._records.get(task_id)
-            if record is not None and record.state == QUEUED and self._sequence[task_id] == sequence:
-                self._leave_queue(record, ASSIGNED)
-                taken.append(self._unpack(record))
+            record = records.get(task_id)
+            if record is not None and record.state == QUEUED and sequences[task_id] == sequence:
+                # _leave_queue(record, ASSIGNED) and _unpack(record), inline: this runs for every task
+                method = record.method
+                left = queued[method] - 1
+                if left:
+                    queued[method] = left
+                else:
+                    del queued[method]
+                states[ASSIGNED] += 1
+                record.state = ASSIGNED
+                if (charge := charged.pop(task_id, None)) is not None:  # _unpack(record), inline
+                    self._charged_bytes -= charge
+                taken.append(self._unpack(record) if self._packed else record)
             if not heap:
                 heads = [head for head in heads if head]
         return taken
@@ -198,25 +214,37 @@ class MemoryStore(Store):
     def finish_many(self, outcomes: Sequence[Outcome]) -> list[bool]:
         recorded = []
         now = time.time()
+        records, states, finished = self._records, self._states, self._finished
         for outcome in outcomes:
-            record = self._records.get(outcome.task_id)
+            record = records.get(outcome.task_id)
             if record is None or record.state in FINAL_STATES:
                 recorded.append(False)
                 continue
+            state = outcome.state
             if record.state == QUEUED:
-                self._leave_queue(record, outcome.state)
-            self._set(record, outcome.state)
+                self._leave_queue(record, state)
+            elif record.state != state:  # _set(record, state), inline: this runs for every task
+                left = states[record.state] - 1
+                if left:
+                    states[record.state] = left
+                else:
+                    del states[record.state]
+                states[state] += 1
+                record.state = state
             record.result = outcome.result
             record.error = outcome.error
             record.finished_at = now
-            if outcome.state == FINISHED:
+            if state == FINISHED:
                 # The call is no longer needed: drop its arguments so finished tasks cost only their result.
                 # A failed or revoked task keeps them, to be reset (retried by an operator).
                 record.args = []
                 record.kwargs = {}
-                self._drop_packed(record.id)
+                if self._packed:  # _drop_packed(record.id), inline
+                    self._packed.pop(record.id, None)
+                if self._charged and (charge := self._charged.pop(record.id, None)) is not None:
+                    self._charged_bytes -= charge
             del self._sequence[record.id]
-            self._finished.append((now, record.id))
+            finished.append((now, record.id))
             recorded.append(True)
         return recorded
 
