@@ -1301,7 +1301,7 @@ class TestSqliteDurability:
         first.close()
         second = SqliteStore(path)
         try:
-            assert second.add(TaskRecord("ok", "a")) is False  # the ids are remembered too
+            assert not added(second, TaskRecord("ok", "a"))  # the ids are remembered too
             _assert_history(second)
             assert finish(second, "q1", FINISHED, result=1, held=True)
         finally:

@@ -4,6 +4,9 @@
 operating system once ``COMMIT`` returns) without an fsync per commit; pass ``synchronous="FULL"``
 to survive power loss as well, at the cost of one fsync per flush.
 
+Adds are deferred to the next statement or flush, and written together (the ids taken already are
+handed back by flush, as the Store interface allows).
+
 The broker is the file's only writer, so the counts (queued by method, tasks by state) are kept in
 memory, loaded at open and updated by every write, instead of counted with a query every round.
 """
@@ -61,7 +64,12 @@ class SqliteStore(Store):
     def __init__(self, path: str, synchronous: str = "NORMAL") -> None:
         self.path = path
         _create_private(path)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # Adds wait here, in order, until the next use of the connection: one executemany for a round's
+        # tasks instead of an INSERT each (about half the store's time per task). The ids refused (taken
+        # already) wait for flush to hand them back.
+        self._pending: dict[str, tuple[TaskRecord, tuple[Any, ...]]] = {}
+        self._refused: list[TaskRecord] = []
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute("PRAGMA cache_size=-32768")  # 32 MiB of pages: the queue's index stays in memory
@@ -75,14 +83,40 @@ class SqliteStore(Store):
         self._queued: Counter[str] = Counter(
             dict(self._db.execute("SELECT method, count(*) FROM tasks WHERE state = 'QUEUED' GROUP BY method").fetchall())
         )
-        self._registry = SqliteRegistry(self._db, self._begin)
+        self._registry = SqliteRegistry(self._connection, self._begin)
         self._by_state: Counter[str] = Counter(  # QUEUED excepted: that is _queued's
             dict(self._db.execute("SELECT state, count(*) FROM tasks WHERE state != 'QUEUED' GROUP BY state").fetchall())
         )
 
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The connection, once the adds waiting are written: every statement sees them."""
+        if self._pending:
+            self._insert_pending()
+        return self._connection
+
+    def _insert_pending(self) -> None:
+        pending, self._pending = self._pending, {}
+        ids = list(pending)
+        taken: set[str] = set()
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            query = f"SELECT id FROM tasks WHERE id IN ({','.join('?' * len(chunk))})"
+            taken.update(task_id for (task_id,) in self._connection.execute(query, chunk))
+        for task_id in taken:
+            record, row = pending.pop(task_id)
+            self._move(record.method, row[3], None)  # counted (by its state then) when it was added
+            self._refused.append(record)
+        self._begin()
+        self._connection.executemany(
+            "INSERT OR IGNORE INTO tasks (id, method, params, state, attempts, owner, created_at, queue, priority, due_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [row for _, row in pending.values()],
+        )
+
     def _begin(self) -> None:
         if not self._in_transaction:
-            self._db.execute("BEGIN")
+            self._connection.execute("BEGIN")
             self._in_transaction = True
 
     def _write(self, sql: str, parameters: Any = ()) -> sqlite3.Cursor:
@@ -105,18 +139,14 @@ class SqliteStore(Store):
                     del self._by_state[state]
 
     def add(self, record: TaskRecord, size_hint: int = 0) -> bool:
+        if record.id in self._pending:
+            return False
         params = jsonrpc.dumps([record.args, record.kwargs, record.options])
         now = time.time()
         created_at = now if record.created_at is None else record.created_at
         state = SCHEDULED if record.due_at is not None and record.due_at > now else QUEUED
-        cursor = self._write(
-            "INSERT OR IGNORE INTO tasks (id, method, params, state, attempts, owner, created_at, queue, priority, due_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (record.id, record.method, params, state, record.attempts, record.owner, created_at)
-            + (record.queue, record.priority, record.due_at),
-        )
-        if cursor.rowcount != 1:
-            return False
+        row = (record.id, record.method, params, state, record.attempts, record.owner, created_at)
+        self._pending[record.id] = (record, (*row, record.queue, record.priority, record.due_at))
         record.state, record.created_at, record.finished_at = state, created_at, None
         self._move(record.method, None, state)
         return True
@@ -327,17 +357,22 @@ class SqliteStore(Store):
         return self._registry.claim_slot(name, slot)
 
     def lock_unique(self, key: str, task_id: str, until: float) -> str | None:
+        if self._pending:  # the lock's holder may be a task added this round
+            self._insert_pending()
         return self._registry.lock_unique(key, task_id, until)
 
     def flush(self) -> list[TaskRecord]:
+        if self._pending:
+            self._insert_pending()
         if self._in_transaction:
-            self._db.execute("COMMIT")
+            self._connection.execute("COMMIT")
             self._in_transaction = False
-        return []
+        refused, self._refused = self._refused, []
+        return refused
 
     def close(self) -> None:
         self.flush()
-        self._db.close()
+        self._connection.close()
 
 
 def _record(row: tuple[Any, ...]) -> TaskRecord:
