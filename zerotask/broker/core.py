@@ -31,7 +31,7 @@ from zerotask.broker.waiters import OnOutcome, Waiters
 from zerotask.broker.writes import StoreWrites
 from zerotask.exceptions import InvalidParams, QueueFull, StoreUnavailable, TaskRevoked, UnknownMethod, UnknownTask
 from zerotask.loop import Scheduler
-from zerotask.store import DEFAULT_QUEUES, Outcome, Store, TaskRecord
+from zerotask.store import DEFAULT_QUEUES, NO_ENTRIES, Outcome, Store, TaskRecord
 from zerotask.task import Dispatcher
 from zerotask.wire import FAILED, FINAL_STATES, FINISHED, RETRY, REVOKED, RUNNING, SCHEDULED
 
@@ -102,7 +102,7 @@ class BrokerCore:
         if not method:
             raise InvalidParams("the method name is empty")
         queue, priority, due_at = self.defaults.resolve(method, placement)
-        record = TaskRecord(task_id or uuid.uuid4().hex, method, args, kwargs, options=options or {}, owner=owner)
+        record = TaskRecord(task_id or uuid.uuid4().hex, method, args, kwargs, options=options or NO_ENTRIES, owner=owner)
         record.queue, record.priority, record.due_at = queue, priority, due_at
         if self.writes.down:
             raise StoreUnavailable("the broker cannot reach its store now: nothing was queued; try again")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any, TypeVar
 
 from zerotask import jsonrpc, tracing
 from zerotask.exceptions import InvalidParams
+from zerotask.store import NO_ENTRIES
 
 T = TypeVar("T")
 _REQUIRED: Any = object()
@@ -70,10 +72,11 @@ def read_task_call(params: jsonrpc.Params) -> TaskCall:
             and limit is None
             and "traceparent" not in params
         ):
-            return method, args, kwargs, task_id, None
-    method = param(params, "method", 0, str)
+            # One string per task name, not one per queued task; one empty kwargs for all that have none.
+            return sys.intern(method), args, kwargs or NO_ENTRIES, task_id, None
+    method = sys.intern(param(params, "method", 0, str))
     args = param(params, "args", 1, list, [])
-    kwargs = param(params, "kwargs", 2, dict, {})
+    kwargs = param(params, "kwargs", 2, dict, {}) or NO_ENTRIES
     task_id = param(params, "task_id", 3, str, None)
     time_limit_s: float | None = param(params, "time_limit_s", 5, (int, float), None)
     traceparent: str | None = param(params, "traceparent", 6, str, None)

@@ -7,7 +7,7 @@ extra, imported only when used). :func:`open_store` makes one from a command lin
 
 from __future__ import annotations
 
-from zerotask.store.base import DEFAULT_QUEUES, Changes, Outcome, Store, StoreUnavailable, TaskRecord, Want
+from zerotask.store.base import DEFAULT_QUEUES, NO_ENTRIES, Changes, Outcome, Store, StoreUnavailable, TaskRecord, Want
 from zerotask.store.memory import MemoryStore
 from zerotask.store.sqlite import SqliteStore
 
@@ -29,6 +29,7 @@ def open_store(spec: str) -> Store:
 
 
 __all__ = [
+    "NO_ENTRIES",
     "DEFAULT_QUEUES",
     "Changes",
     "MemoryStore",

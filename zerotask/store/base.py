@@ -36,6 +36,20 @@ from zerotask.exceptions import StoreUnavailable
 from zerotask.wire import DEFAULT_QUEUE, QUEUED
 
 
+class _EmptyDict(dict[str, Any]):
+    """A dict that stays empty: one, :data:`NO_ENTRIES`, stands for the kwargs and options of every task
+    that has none, so that a million queued tasks do not hold two million empty dicts (64 bytes each).
+    Changing it raises TypeError, so that nothing can fill every task's kwargs at once."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("NO_ENTRIES is shared by many tasks: replace it with a dict of your own, never change it")
+
+    __setitem__ = __delitem__ = update = setdefault = pop = popitem = clear = __ior__ = _refuse
+
+
+NO_ENTRIES: dict[str, Any] = _EmptyDict()
+
+
 @dataclass(slots=True)
 class TaskRecord:
     """One task: what to call, where it stands, and how it ended (``result`` or ``error``)."""

@@ -22,6 +22,7 @@ from zerotask.store.base import (
     MAX_REMEMBERED_METHODS,
     MAX_UNIQUE_LOCKS,
     METHODS_REMEMBERED_S,
+    NO_ENTRIES,
     Outcome,
     Store,
     TaskRecord,
@@ -238,7 +239,7 @@ class MemoryStore(Store):
                 # The call is no longer needed: drop its arguments so finished tasks cost only their result.
                 # A failed or revoked task keeps them, to be reset (retried by an operator).
                 record.args = []
-                record.kwargs = {}
+                record.kwargs = NO_ENTRIES
                 if self._packed:  # _drop_packed(record.id), inline
                     self._packed.pop(record.id, None)
                 if self._charged and (charge := self._charged.pop(record.id, None)) is not None:
