@@ -36,7 +36,7 @@ class AsyncClient:
     what a restarted broker may have lost, or everything after ``liveness`` silent heartbeats. Given
     several brokers (``"tcp://a:5555,tcp://b:5555"``, or a list), it talks to the first and, when that
     one is gone, moves to the next and submits again there every task still waiting (``liveness`` None:
-    5 with one broker, 3 with several; see :class:`Client`). Each
+    5 with one broker, 2 with several; see :class:`Client`). Each
     message stays under the broker's size limit; a task whose arguments alone exceed it fails at once
     with :class:`~zerotask.client.connection.RequestTooLarge`. ``curve_secret`` and ``broker_key`` (by
     default ZEROTASK_CURVE_SECRET and ZEROTASK_BROKER_KEY) connect with CURVE, as for the Client.

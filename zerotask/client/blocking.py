@@ -44,7 +44,7 @@ class Client:
     ``endpoint`` may name several brokers, separated by commas or as a list (ValueError for a bad one).
     The client uses the first, and moves to the next when its connection drops (at once: a broker killed
     resets it) or it is silent for ``liveness`` heartbeats (a host cut off), and asks the next again.
-    ``liveness`` None means 5 with one broker, 3 with several (somewhere to go is worth going sooner).
+    ``liveness`` None means 5 with one broker, 2 with several (somewhere to go is worth going sooner).
 
     ``curve_secret`` (this client's secret certificate) and ``broker_key`` (the broker's public one), by
     default from ZEROTASK_CURVE_SECRET and ZEROTASK_BROKER_KEY, connect with CURVE (events too); a broker

@@ -18,10 +18,11 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 
 def liveness(given: int | None, brokers: int) -> int:
     """How many silent heartbeats a client waits before it gives up on its broker: ``given``, else 5
-    with one broker and 3 with several (when there is somewhere else to go, it is worth going sooner)."""
+    with one broker and 2 with several (when there is somewhere else to go, it is worth going sooner: a
+    live broker answers a ping within milliseconds, so two silent heartbeats mean it is gone or cut off)."""
     if given is not None:
         return given
-    return 3 if brokers > 1 else 5
+    return 2 if brokers > 1 else 5
 
 
 class ControlAPI(Protocol):
