@@ -34,6 +34,16 @@ def report_progress(done: float, total: float | None = None, info: Any = None) -
     sink({"task_id": task_id, "done": done, "total": total, "info": info})
 
 
+def begin(task_id: str, sink: Sink) -> Token[tuple[str, Sink, list[float]] | None]:
+    """From now on (until :func:`end` with what this returns), report_progress reports for ``task_id``
+    to ``sink``: what :class:`reporting` does, without an object, for the path every task takes."""
+    return _current.set((task_id, sink, [-THROTTLE_S]))
+
+
+def end(token: Token[tuple[str, Sink, list[float]] | None]) -> None:
+    _current.reset(token)
+
+
 class reporting:  # lower case: it is used as a function, ``with reporting(...)``
     """Within, report_progress reports for ``task_id`` to ``sink`` (nowhere, if None). A class, not a
     @contextmanager: it wraps every task a worker runs, and a generator costs several times as much."""

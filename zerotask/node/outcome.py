@@ -14,7 +14,7 @@ from typing import Any
 
 from zerotask import jsonrpc, tracing, wire
 from zerotask.exceptions import ZerotaskError
-from zerotask.progress import Sink, reporting
+from zerotask.progress import Sink, begin, end, reporting
 from zerotask.task import Dispatcher
 
 Task = dict[str, Any]
@@ -29,8 +29,12 @@ def execute(dispatcher: Dispatcher, task: Task, progress: Sink | None = None) ->
     reports with report_progress goes to ``progress``."""
     traceparent = task.get("traceparent")
     run = dispatcher.run if traceparent is None else tracing.in_trace(traceparent, dispatcher.run)
-    with reporting(task["task_id"], progress):
+    token = begin(task["task_id"], progress) if progress is not None else None  # (no `with`: every task runs here)
+    try:
         result, error = run(task["method"], task.get("args", _NO_ARGS), task.get("kwargs", _NO_KWARGS), _attempt(task))
+    finally:
+        if token is not None:
+            end(token)
     return encode(task, result, error)
 
 
