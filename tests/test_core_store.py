@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import orjson
 import pytest
 
 from tests.core_helpers import Recorder, assigned, connect, done, submit
@@ -18,9 +19,10 @@ from tests.core_helpers import core as core
 from tests.core_helpers import recorder as recorder
 from zerotask.broker.core import BrokerCore
 from zerotask.broker.hooks import Retries, TimeLimits
+from zerotask.broker.params import read_task_call
 from zerotask.broker.replies import Outbox
 from zerotask.exceptions import StoreUnavailable, UnknownMethod
-from zerotask.store import MemoryStore, Outcome, TaskRecord, Want
+from zerotask.store import NO_ENTRIES, MemoryStore, Outcome, TaskRecord, Want
 from zerotask.testing import ManualClock
 from zerotask.wire import ASSIGNED, FAILED, FINISHED, QUEUED
 
@@ -212,3 +214,31 @@ def test_while_the_store_is_down_a_commit_tries_it_only_every_so_often(outage: t
     for _ in range(5):
         assert core.commit() is True  # nothing added: these rounds' messages go out, without a try
     assert len(probes) == 1
+
+
+def test_tasks_without_kwargs_or_options_share_one_empty_dict_that_cannot_be_filled() -> None:
+    """A million queued tasks must not hold two million empty dicts (zerotask.store.NO_ENTRIES): the params
+    reader and the core give every task that has none the same one. Shared, it must refuse to change, or one
+    careless hook would give every task its kwargs."""
+    params = read_task_call({"method": "add", "args": [1, 2]})
+    first = TaskRecord("t1", params[0], params[1], params[2], options=NO_ENTRIES)
+    second = read_task_call({"method": "add", "args": [3, 4], "kwargs": {}})
+    assert first.kwargs is second[2] is NO_ENTRIES
+    assert read_task_call({"method": "add", "kwargs": {"x": 1}})[2] == {"x": 1}  # one with kwargs keeps its own
+    assert params[0] is second[0]  # the name too: one string for all
+    for change in (
+        lambda: first.kwargs.update(x=1),
+        lambda: first.kwargs.__setitem__("x", 1),
+        lambda: first.kwargs.setdefault("x", 1),
+        lambda: first.options.pop("x"),
+        lambda: first.options.clear(),
+    ):
+        with pytest.raises(TypeError, match="shared"):
+            change()
+    assert NO_ENTRIES == {} and not NO_ENTRIES
+    assert orjson.dumps(first.to_wire())  # still JSON, as an empty object
+
+
+def test_the_core_stores_one_empty_options_dict_for_all(core: BrokerCore) -> None:
+    records = [core.find(task_id) for task_id in submit(core, 3)]
+    assert all(record.options is NO_ENTRIES for record in records)
