@@ -48,7 +48,7 @@ from zerotask.store.base import (
     want_parts,
 )
 from zerotask.store.redis_buffer import Command, QueuedCounts, WriteBuffer
-from zerotask.store.redis_client import SOCKET_TIMEOUT_S, Redis, check, connect, is_missing_script, reaching_redis
+from zerotask.store.redis_client import SOCKET_TIMEOUT_S, Link, Redis, check, connect, is_missing_script, reaching_redis
 from zerotask.store.redis_layout import KEY_NAMES, task_from_row
 from zerotask.store.redis_notify import Notifications
 from zerotask.store.redis_registry import RedisRegistry
@@ -82,6 +82,7 @@ class RedisStore(Store):
         self.prefix, self.queue = prefix, queue
         self._owns_client = client is None
         self._redis = client if client is not None else connect(url, socket_timeout_s)
+        self._link = Link(self._redis)
         base = f"{prefix}:{{{queue}}}:"
         self._base = base
         instance = uuid.uuid4().hex  # this store's replies are its own
@@ -127,18 +128,11 @@ class RedisStore(Store):
         return [check(reply) for reply in replies[len(flushing) :]]
 
     def _execute(self, batch: list[Command]) -> list[Any]:
-        pipe = self._redis.pipeline(transaction=False)
-        for command in batch:
-            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-        replies: list[Any] = pipe.execute(raise_on_error=False)
+        replies = self._link.run(batch)
         missing = [i for i, reply in enumerate(replies) if is_missing_script(reply)]
         if missing:  # Redis restarted, or its scripts were flushed: those commands did not run
-            pipe = self._redis.pipeline(transaction=False)
-            for name in SCRIPTS:
-                pipe.script_load(source(name))
-            for i in missing:
-                pipe.execute_command(*batch[i])  # type: ignore[no-untyped-call]
-            again = pipe.execute(raise_on_error=False)[len(SCRIPTS) :]
+            loads: list[Command] = [("SCRIPT", "LOAD", source(name)) for name in SCRIPTS]
+            again = self._link.run(loads + [batch[i] for i in missing])[len(SCRIPTS) :]
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         return replies
@@ -158,10 +152,9 @@ class RedisStore(Store):
         return answer
 
     def _counted(self, reply: dict[bytes, bytes] | list[bytes]) -> None:
-        """Keep the queued counts: a reply of HGETALL (a dict), or of a script (a flat list)."""
-        pairs = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2], strict=True)
+        """Keep the queued counts: a reply of HGETALL or of a script."""
         self._queued.clear()
-        self._queued.update((method.decode(), int(count)) for method, count in pairs)
+        self._queued.update((method.decode(), int(count)) for method, count in _pairs(reply))
 
     def add(self, record: TaskRecord, size_hint: int = 0) -> bool:
         """Buffers the task; always True (the next :meth:`flush` returns it if its id existed). Raises
@@ -277,7 +270,7 @@ class RedisStore(Store):
         """Asks Redis (one round trip): other brokers change the counts too."""
         queued, states = self._run([("HGETALL", self._key("queued")), ("HGETALL", self._key("states"))])
         self._counted(queued)
-        counts = {key.decode(): int(value) for key, value in states.items()}
+        counts = {key.decode(): int(value) for key, value in _pairs(states)}
         total = sum(self._queued.values())
         return {QUEUED: total, **counts} if total else counts
 
@@ -383,8 +376,14 @@ class RedisStore(Store):
             self._closed = True
             if self._notifications is not None:
                 self._notifications.close()
+            self._link.close()
             if self._owns_client:
                 self._redis.close()
+
+
+def _pairs(reply: dict[bytes, bytes] | list[bytes]) -> Iterable[tuple[bytes, bytes]]:
+    """The field-value pairs of a HGETALL reply: a flat list (RESP2), or a map (RESP3)."""
+    return reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2], strict=True)
 
 
 def _score(value: float) -> str:

@@ -21,7 +21,7 @@ class Notifications:
     """A subscription to ``channel``; ignores what broker ``me`` published itself."""
 
     def __init__(self, client: Redis, channel: bytes, me: str) -> None:
-        self._pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+        self._pubsub = client.pubsub()
         self._me = me.encode()
         self._subscriptions = 0  # confirmations seen: the first is the subscription, later ones reconnects
         self._changes = Changes()
