@@ -12,10 +12,13 @@ from typing import Any
 
 from zerotask import jsonrpc
 from zerotask.exceptions import QueueFull
+from zerotask.store import redis_layout as layout
 from zerotask.store.base import METHODS_REMEMBERED_S, TaskRecord
 from zerotask.wire import MAX_PRIORITY, QUEUED, SCHEDULED
 
 Command = tuple[Any, ...]
+MAX_LANES = 4096
+RANKS = [str(9 - priority) for priority in range(MAX_PRIORITY + 1)]  # by priority: where it sorts in its lane
 
 
 class WriteBuffer:
@@ -29,6 +32,7 @@ class WriteBuffer:
         # (with more tasks after it) is answered as the first time, not refused as if others had its ids.
         self._token = uuid.uuid4().hex
         self._names: dict[str, float] = {}  # task name -> when it was announced
+        self._lanes: dict[tuple[str, str], tuple[str, str]] = {}  # (method, queue) -> (lane, names), as the rows have them
 
     def __bool__(self) -> bool:
         return bool(self.records or self._names)
@@ -49,12 +53,19 @@ class WriteBuffer:
         record.created_at = now if record.created_at is None else record.created_at
         owner = "" if record.owner is None else "+" + record.owner
         due = "" if record.due_at is None else repr(float(record.due_at))
+        created = repr(record.created_at)
+        method, queue = record.method, record.queue
+        lane = self._lanes.get((method, queue))
+        if lane is None:
+            if len(self._lanes) >= MAX_LANES:  # names come from clients: keep a bounded few
+                self._lanes.clear()
+            lane = self._lanes[(method, queue)] = (layout.lane(method, queue), layout.names(method, queue))
+        rest = f"|{record.attempts}|{created}|{record.priority}|{due}|{lane[1]}"
         self.records.append(record)
-        self._args += [record.id, record.method, params, owner, repr(record.created_at), record.attempts]
-        self._args += [record.queue, record.priority, due]
-        self._bytes += len(params) + len(record.id) + len(record.method) + len(record.queue)
+        self._args += [record.id, params, owner, due, created, rest, lane[0] + RANKS[record.priority]]
+        self._bytes += len(params) + len(record.id) + len(rest)
         if record.state == QUEUED:
-            self.counts[record.method] += 1
+            self.counts[method] += 1
 
     def remember(self, methods: Iterable[str]) -> None:
         now = time.time()
