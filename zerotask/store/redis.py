@@ -97,8 +97,8 @@ class RedisStore(Store):
         self._refused: list[TaskRecord] = []  # adds the buffer's writes found existing, for the next flush
         self._known: tuple[float, frozenset[str]] | None = None  # (time.monotonic(), names)
         self._takes_in_doubt: deque[str] = deque(maxlen=64)  # take_many calls that raised: they may have run
-        self._queued: dict[str, int] = {}  # as the last reply brought them: changed in place (see _counts)
-        self._counts = QueuedCounts(self._queued, self._buffer.counts)
+        self._queued: dict[str, int] = {}  # as the last reply brought them
+        self._counts = QueuedCounts()  # with the adds not written yet
         self._registry = RedisRegistry(base, self._read)
         self._closed = False
         try:
@@ -125,6 +125,8 @@ class RedisStore(Store):
                 self._refused += refused
                 if queued is not None:
                     self._counted(queued)
+                else:
+                    self._counts.merge(self._queued, self._buffer.counts)
         return [check(reply) for reply in replies[len(flushing) :]]
 
     def _execute(self, batch: list[Command]) -> list[Any]:
@@ -153,13 +155,14 @@ class RedisStore(Store):
 
     def _counted(self, reply: dict[bytes, bytes] | list[bytes]) -> None:
         """Keep the queued counts: a reply of HGETALL or of a script."""
-        self._queued.clear()
-        self._queued.update((method.decode(), int(count)) for method, count in _pairs(reply))
+        self._queued = {method.decode(): int(count) for method, count in _pairs(reply)}
+        self._counts.merge(self._queued, self._buffer.counts)
 
     def add(self, record: TaskRecord, size_hint: int = 0) -> bool:
         """Buffers the task; always True (the next :meth:`flush` returns it if its id existed). Raises
         QueueFull when the buffer holds ``max_buffered_bytes`` (Redis has been unreachable a while)."""
-        self._buffer.add(record)
+        if self._buffer.add(record):
+            self._counts.buffered(record.method)
         return True
 
     def flush(self) -> list[TaskRecord]:

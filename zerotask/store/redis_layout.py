@@ -232,19 +232,37 @@ def task_from_row(row: list[Any]) -> TaskRecord:
     """A task from a script's ``record(t)``: id, row, params, outcome (for a final task), owner."""
     task_id, meta, params, outcome, owner = row
     state, _, finished, _, attempts, created, priority, due, names = meta.split(b"|", 8)
-    length = int(names[:8], 16)
-    record = TaskRecord(task_id.decode(), names[8 + length :].decode(), state=state.decode(), attempts=int(attempts))
-    record.queue, record.priority = names[8 : 8 + length].decode(), int(priority)
-    record.owner = None if owner is None else owner.decode()
-    record.created_at = float(created) if created else None
-    record.finished_at = float(finished) if finished else None
-    record.due_at = float(due) if due else None
-    if params:
-        record.args, record.kwargs, record.options = jsonrpc.loads(params)
+    method_queue = _decoded.get(names)
+    if method_queue is None:
+        if len(_decoded) >= 4096:  # names come from clients: keep a bounded few
+            _decoded.clear()
+        length = int(names[:8], 16)
+        method_queue = _decoded[names] = (names[8 + length :].decode(), names[8 : 8 + length].decode())
+    args, kwargs, options = jsonrpc.loads(params) if params else ([], {}, {})
+    result = error = None
     if outcome:
         decoded = jsonrpc.loads(outcome)
-        record.result, record.error = decoded.get("result"), decoded.get("error")
-    return record
+        result, error = decoded.get("result"), decoded.get("error")
+    return TaskRecord(
+        id=task_id.decode(),
+        method=method_queue[0],
+        args=args,
+        kwargs=kwargs,
+        state=state.decode(),
+        result=result,
+        error=error,
+        attempts=int(attempts),
+        options=options,
+        queue=method_queue[1],
+        priority=int(priority),
+        due_at=float(due) if due else None,
+        owner=None if owner is None else owner.decode(),
+        created_at=float(created) if created else None,
+        finished_at=float(finished) if finished else None,
+    )
+
+
+_decoded: dict[bytes, tuple[str, str]] = {}  # the end of a row -> (method, queue)
 
 
 def names(method: str, queue: str) -> str:
