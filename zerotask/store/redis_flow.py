@@ -26,7 +26,9 @@ local first, ids = #flags + 1, {}
 for i = first, n do ids[#ids + 1] = ARGV[5 + (i - 1) * 7 + 1] end
 local existing = mget(TASK, ids)
 local rows, params, owners, queue, scheduled, live = {}, {}, {}, {}, {}, {}
-local seen, by_lane, seq, added, later = {}, {}, tonumber(redis.call('GET', NEXT) or '0'), 0, 0
+-- every task of the batch gets a number (one INCRBY), whether added or not: gaps do no harm
+local seq = #ids > 0 and redis.call('INCRBY', NEXT, #ids) - #ids or 0
+local seen, by_lane, added, later = {}, {}, 0, 0
 for i = first, n do
   local at = 5 + (i - 1) * 7
   local id = ARGV[at + 1]
@@ -61,7 +63,6 @@ for i = first, n do
   end
 end
 if #rows > 0 then
-  next_seq = seq
   bulk('HSET', TASK, rows); bulk('HSET', PARAMS, params); bulk('HSET', OWNER, owners)
   bulk('ZADD', QUEUE, queue); bulk('ZADD', SCHEDULE, scheduled); bulk('ZADD', LIVE, live)
 end
@@ -121,9 +122,9 @@ for w = 1, tonumber(ARGV[6 + tonumber(ARGV[5])]) do
     end
   end
   if #lanes_found == 1 then  -- one method in one named queue: QUEUE has them in the order to take them
-    local skip = #lanes_found[1][1] + 14
+    local skip, method = #lanes_found[1][1] + 14, lanes_found[1][2]
     members = lanes_found[1][3]
-    for i = 1, #members do ids[i], methods[i] = string.sub(members[i], skip), lanes_found[1][2] end
+    for i = 1, #members do ids[i], methods[i] = string.sub(members[i], skip), method end
   elseif #lanes_found > 1 then
     local found = {}
     for _, f in ipairs(lanes_found) do
@@ -137,8 +138,9 @@ for w = 1, tonumber(ARGV[6 + tonumber(ARGV[5])]) do
     table.sort(found, function(a, b) return a[1] < b[1] end)
     for i = 1, math.min(limit, #found) do members[i], ids[i], methods[i] = found[i][2], found[i][3], found[i][4] end
   end
-  local rows, params, owners = mget(TASK, ids), mget(PARAMS, ids), mget(OWNER, ids)
-  local records, taken, new_rows, held = {}, {}, {}, {}
+  local rows, params, owners = mget(TASK, ids), mget(PARAMS, ids), {}
+  if #ids > 0 and redis.call('EXISTS', OWNER) == 1 then owners = mget(OWNER, ids) end  -- (only with CURVE)
+  local records, taken, new_rows, held, by_method = {}, {}, {}, {}, {}
   for i = 1, #ids do
     local id, row = ids[i], rows[i]
     -- QUEUED, with no lease and no finished_at, as every QUEUED task is (else it is dropped from QUEUE)
@@ -146,11 +148,12 @@ for w = 1, tonumber(ARGV[6 + tonumber(ARGV[5])]) do
       local new = 'ASSIGNED|' .. ME .. '||' .. string.sub(row, 10)
       local n = #new_rows
       new_rows[n + 1], new_rows[n + 2], held[n + 1], held[n + 2] = id, new, '0', ME .. '|' .. id
-      records[#records + 1] = {id, new, params[i], false, owners[i]}
+      records[#records + 1] = {id, new, params[i], false, owners[i] or false}
       taken[#taken + 1] = id
-      count('QUEUED', methods[i], -1)
+      by_method[methods[i]] = (by_method[methods[i]] or 0) + 1
     end
   end
+  for method, n in pairs(by_method) do count('QUEUED', method, -n) end
   bulk('ZREM', QUEUE, members)  -- before the next want looks
   bulk('HSET', TASK, new_rows)
   bulk('ZADD', HELD, held)
@@ -173,7 +176,7 @@ if last and string.sub(last, 1, #ARGV[4] + 1) == ARGV[4] .. '\n' then return don
 local n, ids = tonumber(ARGV[5]), {}
 for i = 1, n do ids[i] = ARGV[5 + (i - 1) * 3 + 1] end
 local rows = mget(TASK, ids)
-local flags, recorded, seen = {}, {}, {}
+local flags, recorded, seen, left, entered = {}, {}, {}, {}, {}
 local new_rows, held, ended, outcomes, params, live = {}, {}, {}, {}, {}, {}
 for i = 1, n do
   local at = 5 + (i - 1) * 3
@@ -193,8 +196,7 @@ for i = 1, n do
       k = #ended[state]
       ended[state][k + 1], ended[state][k + 2] = NOW, id
       live[#live + 1] = id
-      count(was, nil, -1)
-      count(state, nil, 1)
+      left[was], entered[state] = (left[was] or 0) + 1, (entered[state] or 0) + 1
     else  -- QUEUED or SCHEDULED: revoked before it ran
       local t = load(id)
       leave(t)
@@ -208,6 +210,8 @@ for i = 1, n do
     recorded[#recorded + 1] = id
   end
 end
+for state, c in pairs(left) do count(state, nil, -c) end
+for state, c in pairs(entered) do count(state, nil, c) end
 bulk('HSET', TASK, new_rows)
 bulk('ZREM', HELD, held)
 for state, values in pairs(ended) do bulk('ZADD', ENDED[state], values) end

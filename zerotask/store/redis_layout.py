@@ -143,11 +143,7 @@ local function load(id)
 end
 
 -- the next sequence number, as 12 hex digits (NEXT holds the last one given, in decimal)
-local next_seq
-local function new_seq()
-  next_seq = (next_seq or tonumber(redis.call('GET', NEXT) or '0')) + 1
-  return string.format('%012x', next_seq)
-end
+local function new_seq() return string.format('%012x', redis.call('INCR', NEXT)) end
 
 -- a name with its length first: no name's prefix is a prefix of another name's (kept: a script sees few)
 local prefixes = {}
@@ -215,7 +211,6 @@ end
 -- the answer of a mutating script, with the queued counts after it
 local function done(answer)
   sync()
-  if next_seq then redis.call('SET', NEXT, string.format('%d', next_seq)) end
   if leased and ME ~= '' then redis.call('SADD', BROKERS, ME) end  -- so that its tasks are reclaimed if it dies
   apply(QUEUED, queued_delta)
   apply(STATES, states_delta)
