@@ -129,6 +129,30 @@ class TestTwoBrokers:
         assert a.changes() == Changes()
         assert b.changes().finished == []  # a broker is not told what it did itself
 
+    def test_a_broker_alone_is_not_woken_by_what_it_does_itself(self, pair: tuple[RedisStore, RedisStore]) -> None:
+        a, _ = pair
+        a.attach("broker-a", 10.0)
+        queue(a, "t1")
+        assert take(a) == ["t1"]
+        assert a.finish_many([Outcome("t1", FINISHED, 1)]) == [True]
+        fileno = a.fileno()
+        assert fileno is not None and select.select([fileno], [], [], 0.2) == ([], [], [])
+
+    def test_a_broker_forgotten_when_its_lease_ran_out_hears_it_lost_track_at_its_next_heartbeat(
+        self, pair: tuple[RedisStore, RedisStore]
+    ) -> None:
+        a, b = pair
+        a.attach("broker-a", 0.2)
+        b.attach("broker-b", 10.0)
+        time.sleep(0.3)  # A's lease runs out (as in a long pause), and B forgets A, which holds nothing
+        assert b.reclaim() == 0
+        queue(b, "t1")  # A is told nothing of it now
+        assert take(b) == ["t1"] and b.finish_many([Outcome("t1", FINISHED, 1)]) == [True]
+        a.heartbeat()
+        assert wait_for_changes(a, lambda found: found.lost_track).finished == []
+        queue(b, "t2")  # and A is told again
+        assert wait_for_changes(a, lambda found: found.queued).lost_track is False
+
     def test_an_expired_lease_is_reclaimed_in_the_old_places_and_not_before(self, pair: tuple[RedisStore, RedisStore]) -> None:
         a, b = pair
         a.attach("broker-a", 0.3)

@@ -88,7 +88,7 @@ class RedisStore(Store):
         instance = uuid.uuid4().hex  # this store's replies are its own
         self._keys = [base + name + (f":{instance}" if name.startswith("reply:") else "") for name in KEY_NAMES]
         self._methods_key = base + "methods"  # sorted set: task name -> when a node last announced it
-        self._channel = base + "events"
+        self._channel = base + "events:"  # and the broker's id: each broker hears on a channel of its own
         self._shas = {name: hashlib.sha1(source(name).encode()).hexdigest() for name in SCRIPTS}
         self._me = ""  # the broker id, once attached
         self._lease_ms = 0
@@ -301,14 +301,18 @@ class RedisStore(Store):
             raise ValueError(f"a broker id is non-empty and holds no '|': {broker_id!r}")
         self._me, self._lease_ms = broker_id, max(1, round(lease_s * 1000))
         self.heartbeat()
-        self._notifications = Notifications(self._redis, self._channel.encode(), broker_id)
+        self._notifications = Notifications(self._redis, (self._channel + broker_id).encode(), broker_id)
 
     def heartbeat(self) -> None:
         """Renews the lease (and reconnects to the other brokers' notifications, if that was lost)."""
         if not self._me:
             return
         brokers_key = self._key("brokers")
-        self._run([("SET", self._broker_key(self._me), b"1", "PX", self._lease_ms), ("SADD", brokers_key, self._me)])
+        _, joined = self._run([("SET", self._broker_key(self._me), b"1", "PX", self._lease_ms), ("SADD", brokers_key, self._me)])
+        if joined and self._notifications is not None:
+            # Another broker found this one's lease run out and forgot it: until now, no one told it
+            # anything. It tells itself so (see Notifications), and looks up what it waits for.
+            self._run([("PUBLISH", self._channel + self._me, jsonrpc.dumps(["L", self._me, []]))])
         if self._notifications is not None and self._notifications.fileno() is None:
             self._notifications.poll()
 

@@ -217,8 +217,16 @@ local function done(answer)
   return {answer, redis.call('HGETALL', QUEUED)}
 end
 
+-- tell the other brokers (each on its channel, CHANNEL .. its id): a broker alone tells no one, and is
+-- not woken up by what it did itself
 local function publish(kind, ids)
-  redis.call('PUBLISH', CHANNEL, cjson.encode({kind, ME, ids}))
+  local message
+  for _, broker in ipairs(redis.call('SMEMBERS', BROKERS)) do
+    if broker ~= ME then
+      message = message or cjson.encode({kind, ME, ids})
+      redis.call('PUBLISH', CHANNEL .. broker, message)
+    end
+  end
 end
 """
 
