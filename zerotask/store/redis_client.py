@@ -136,12 +136,12 @@ def reaching_redis() -> Iterator[None]:
 
 
 def is_missing_script(reply: Any) -> bool:
-    """Whether a pipeline's reply says the script was not run because Redis does not have it (NOSCRIPT)."""
+    """Whether a round trip's reply says the script was not run because Redis does not have it (NOSCRIPT)."""
     return isinstance(reply, redis.exceptions.NoScriptError)
 
 
 def check(reply: Any) -> Any:
-    """A reply of a pipeline run with ``raise_on_error=False``: itself, or its error raised."""
+    """A reply of :meth:`Link.run` (errors as values): itself, or its error raised."""
     if isinstance(reply, redis.RedisError):
         if is_unavailable(reply):
             raise unavailable_error(reply) from reply

@@ -233,8 +233,8 @@ end
 
 def task_from_row(row: list[Any]) -> TaskRecord:
     """A task from a script's ``record(t)``: id, row, params, outcome (for a final task), owner."""
-    task_id, meta, params, outcome, owner = row
-    state, _, finished, _, attempts, created, priority, due, names = meta.split(b"|", 8)
+    task_id, task_row, params, outcome, owner = row
+    state, _, finished, _, attempts, created, priority, due, names = task_row.split(b"|", 8)
     method_queue = _decoded.get(names)
     if method_queue is None:
         if len(_decoded) >= 4096:  # names come from clients: keep a bounded few
