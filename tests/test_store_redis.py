@@ -25,6 +25,7 @@ from zerotask.wire import ASSIGNED, FINISHED, QUEUED, RETRY
 
 redis = pytest.importorskip("redis")
 from zerotask.store.redis import RedisStore  # noqa: E402 - only once redis-py is known to be there
+from zerotask.store.redis_layout import lane, names  # noqa: E402
 
 
 @pytest.fixture
@@ -45,6 +46,11 @@ def queue(store: RedisStore, *task_ids: str, method: str = "a") -> None:
 def take(store: RedisStore, limit: int = 100, methods: tuple[str, ...] = ("a",)) -> list[str]:
     (taken,) = store.take_many([(methods, limit)])
     return [record.id for record in taken]
+
+
+def _add_args(task_id: str, created: str) -> list[Any]:
+    """What the add script gets for a task of method "a", priority 0, in the default queue."""
+    return [task_id, b"[[],{},{}]", "", "", created, f"|0|{created}|0||{names('a', 'default')}", lane("a", "default") + "9"]
 
 
 def state(store: RedisStore, task_id: str) -> str:
@@ -123,6 +129,30 @@ class TestTwoBrokers:
         assert a.changes() == Changes()
         assert b.changes().finished == []  # a broker is not told what it did itself
 
+    def test_a_broker_alone_is_not_woken_by_what_it_does_itself(self, pair: tuple[RedisStore, RedisStore]) -> None:
+        a, _ = pair
+        a.attach("broker-a", 10.0)
+        queue(a, "t1")
+        assert take(a) == ["t1"]
+        assert a.finish_many([Outcome("t1", FINISHED, 1)]) == [True]
+        fileno = a.fileno()
+        assert fileno is not None and select.select([fileno], [], [], 0.2) == ([], [], [])
+
+    def test_a_broker_forgotten_when_its_lease_ran_out_hears_it_lost_track_at_its_next_heartbeat(
+        self, pair: tuple[RedisStore, RedisStore]
+    ) -> None:
+        a, b = pair
+        a.attach("broker-a", 0.2)
+        b.attach("broker-b", 10.0)
+        time.sleep(0.3)  # A's lease runs out (as in a long pause), and B forgets A, which holds nothing
+        assert b.reclaim() == 0
+        queue(b, "t1")  # A is told nothing of it now
+        assert take(b) == ["t1"] and b.finish_many([Outcome("t1", FINISHED, 1)]) == [True]
+        a.heartbeat()
+        assert wait_for_changes(a, lambda found: found.lost_track).finished == []
+        queue(b, "t2")  # and A is told again
+        assert wait_for_changes(a, lambda found: found.queued).lost_track is False
+
     def test_an_expired_lease_is_reclaimed_in_the_old_places_and_not_before(self, pair: tuple[RedisStore, RedisStore]) -> None:
         a, b = pair
         a.attach("broker-a", 0.3)
@@ -187,9 +217,9 @@ class TestTwoBrokers:
         a, _ = pair
         a.attach("broker-a", 60.0)
         token = uuid.uuid4().hex
-        first = ["t1", "a", b"[[],{},{}]", "", "1.5", 0, "default", 0, ""]
+        first = _add_args("t1", "1.5")
         assert a._call("add", token, 1, *first) == b"1"
-        second = ["t2", "a", b"[[],{},{}]", "", "2.5", 0, "default", 0, ""]
+        second = _add_args("t2", "2.5")
         assert a._call("add", token, 2, *first, *second) == b"11"  # the batch grew while in doubt
         assert a._call("add", uuid.uuid4().hex, 1, *first) == b"0"  # another batch: the id exists
         take_args = [token, 0, 1, 5, 1, "a", 1, "default"]
@@ -307,10 +337,10 @@ class TestRedisFailing:
             server.process.send_signal(signal.SIGCONT)
         with redis.Redis.from_url(server.url) as client:  # the calls did run, late
             deadline = time.monotonic() + scaled(5)
-            while not client.hexists("zt-test:{default}:meta", "t3"):
+            while not client.hexists("zt-test:{default}:task", "t3"):
                 assert time.monotonic() < deadline, "the flush sent before the stop never ran"
                 time.sleep(0.02)
-            assert client.hget("zt-test:{default}:meta", "t1").startswith(b"ASSIGNED|")
+            assert client.hget("zt-test:{default}:task", "t1").startswith(b"ASSIGNED|")
         assert adder.flush() == []  # t3 is not refused: the store added it itself
         assert take(taker, 10) == ["t1", "t2", "t0", "t3"]  # t1 and t2 were taken by the lost call
         assert dict(taker.state_counts()) == {ASSIGNED: 4}

@@ -58,7 +58,7 @@ def test_open_store_follows_the_master_a_sentinel_names(server: RedisServer, tmp
         finally:
             store.close()
         with redis.Redis(port=server.port) as direct:
-            assert direct.hexists("zt:{default}:meta", "t1")
+            assert direct.hexists("zt:{default}:task", "t1")
     finally:
         sentinel.kill()
         sentinel.wait(scaled(10))

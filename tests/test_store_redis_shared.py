@@ -47,11 +47,11 @@ def at_once(a: RedisStore, b: RedisStore, work: Callable[[RedisStore], list[Any]
 
 
 def state(store: RedisStore, task_id: str) -> tuple[str, str]:
-    """The task's state, and the broker its meta says it is leased to ("" for none)."""
+    """The task's state, and the broker its row says it is leased to ("" for none)."""
     record = store.get(task_id)
     assert record is not None, f"{task_id} is unknown"
-    meta = store._run([("HGET", store._key("meta"), task_id)])[0].decode()
-    return record.state, meta.split("|")[5]
+    row = store._run([("HGET", store._key("task"), task_id)])[0].decode()
+    return record.state, row.split("|")[1]
 
 
 class TestScheduledAcrossBrokers:

@@ -48,7 +48,7 @@ from zerotask.store.base import (
     want_parts,
 )
 from zerotask.store.redis_buffer import Command, QueuedCounts, WriteBuffer
-from zerotask.store.redis_client import SOCKET_TIMEOUT_S, Redis, check, connect, is_missing_script, reaching_redis
+from zerotask.store.redis_client import SOCKET_TIMEOUT_S, Link, Redis, check, connect, is_missing_script, reaching_redis
 from zerotask.store.redis_layout import KEY_NAMES, task_from_row
 from zerotask.store.redis_notify import Notifications
 from zerotask.store.redis_registry import RedisRegistry
@@ -82,12 +82,13 @@ class RedisStore(Store):
         self.prefix, self.queue = prefix, queue
         self._owns_client = client is None
         self._redis = client if client is not None else connect(url, socket_timeout_s)
+        self._link = Link(self._redis)
         base = f"{prefix}:{{{queue}}}:"
         self._base = base
         instance = uuid.uuid4().hex  # this store's replies are its own
         self._keys = [base + name + (f":{instance}" if name.startswith("reply:") else "") for name in KEY_NAMES]
         self._methods_key = base + "methods"  # sorted set: task name -> when a node last announced it
-        self._channel = base + "events"
+        self._channel = base + "events:"  # and the broker's id: each broker hears on a channel of its own
         self._shas = {name: hashlib.sha1(source(name).encode()).hexdigest() for name in SCRIPTS}
         self._me = ""  # the broker id, once attached
         self._lease_ms = 0
@@ -96,8 +97,8 @@ class RedisStore(Store):
         self._refused: list[TaskRecord] = []  # adds the buffer's writes found existing, for the next flush
         self._known: tuple[float, frozenset[str]] | None = None  # (time.monotonic(), names)
         self._takes_in_doubt: deque[str] = deque(maxlen=64)  # take_many calls that raised: they may have run
-        self._queued: dict[str, int] = {}  # as the last reply brought them: changed in place (see _counts)
-        self._counts = QueuedCounts(self._queued, self._buffer.counts)
+        self._queued: dict[str, int] = {}  # as the last reply brought them
+        self._counts = QueuedCounts()  # with the adds not written yet
         self._registry = RedisRegistry(base, self._read)
         self._closed = False
         try:
@@ -124,21 +125,16 @@ class RedisStore(Store):
                 self._refused += refused
                 if queued is not None:
                     self._counted(queued)
+                else:
+                    self._counts.merge(self._queued, self._buffer.counts)
         return [check(reply) for reply in replies[len(flushing) :]]
 
     def _execute(self, batch: list[Command]) -> list[Any]:
-        pipe = self._redis.pipeline(transaction=False)
-        for command in batch:
-            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-        replies: list[Any] = pipe.execute(raise_on_error=False)
+        replies = self._link.run(batch)
         missing = [i for i, reply in enumerate(replies) if is_missing_script(reply)]
         if missing:  # Redis restarted, or its scripts were flushed: those commands did not run
-            pipe = self._redis.pipeline(transaction=False)
-            for name in SCRIPTS:
-                pipe.script_load(source(name))
-            for i in missing:
-                pipe.execute_command(*batch[i])  # type: ignore[no-untyped-call]
-            again = pipe.execute(raise_on_error=False)[len(SCRIPTS) :]
+            loads: list[Command] = [("SCRIPT", "LOAD", source(name)) for name in SCRIPTS]
+            again = self._link.run(loads + [batch[i] for i in missing])[len(SCRIPTS) :]
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         return replies
@@ -158,15 +154,15 @@ class RedisStore(Store):
         return answer
 
     def _counted(self, reply: dict[bytes, bytes] | list[bytes]) -> None:
-        """Keep the queued counts: a reply of HGETALL (a dict), or of a script (a flat list)."""
-        pairs = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2], strict=True)
-        self._queued.clear()
-        self._queued.update((method.decode(), int(count)) for method, count in pairs)
+        """Keep the queued counts: a reply of HGETALL or of a script."""
+        self._queued = {method.decode(): int(count) for method, count in _pairs(reply)}
+        self._counts.merge(self._queued, self._buffer.counts)
 
     def add(self, record: TaskRecord, size_hint: int = 0) -> bool:
         """Buffers the task; always True (the next :meth:`flush` returns it if its id existed). Raises
         QueueFull when the buffer holds ``max_buffered_bytes`` (Redis has been unreachable a while)."""
-        self._buffer.add(record)
+        if self._buffer.add(record):
+            self._counts.buffered(record.method)
         return True
 
     def flush(self) -> list[TaskRecord]:
@@ -277,7 +273,7 @@ class RedisStore(Store):
         """Asks Redis (one round trip): other brokers change the counts too."""
         queued, states = self._run([("HGETALL", self._key("queued")), ("HGETALL", self._key("states"))])
         self._counted(queued)
-        counts = {key.decode(): int(value) for key, value in states.items()}
+        counts = {key.decode(): int(value) for key, value in _pairs(states)}
         total = sum(self._queued.values())
         return {QUEUED: total, **counts} if total else counts
 
@@ -305,14 +301,18 @@ class RedisStore(Store):
             raise ValueError(f"a broker id is non-empty and holds no '|': {broker_id!r}")
         self._me, self._lease_ms = broker_id, max(1, round(lease_s * 1000))
         self.heartbeat()
-        self._notifications = Notifications(self._redis, self._channel.encode(), broker_id)
+        self._notifications = Notifications(self._redis, (self._channel + broker_id).encode(), broker_id)
 
     def heartbeat(self) -> None:
         """Renews the lease (and reconnects to the other brokers' notifications, if that was lost)."""
         if not self._me:
             return
         brokers_key = self._key("brokers")
-        self._run([("SET", self._broker_key(self._me), b"1", "PX", self._lease_ms), ("SADD", brokers_key, self._me)])
+        _, joined = self._run([("SET", self._broker_key(self._me), b"1", "PX", self._lease_ms), ("SADD", brokers_key, self._me)])
+        if joined and self._notifications is not None:
+            # Another broker found this one's lease run out and forgot it: until now, no one told it
+            # anything. It tells itself so (see Notifications), and looks up what it waits for.
+            self._run([("PUBLISH", self._channel + self._me, jsonrpc.dumps(["L", self._me, []]))])
         if self._notifications is not None and self._notifications.fileno() is None:
             self._notifications.poll()
 
@@ -383,8 +383,14 @@ class RedisStore(Store):
             self._closed = True
             if self._notifications is not None:
                 self._notifications.close()
+            self._link.close()
             if self._owns_client:
                 self._redis.close()
+
+
+def _pairs(reply: dict[bytes, bytes] | list[bytes]) -> Iterable[tuple[bytes, bytes]]:
+    """The field-value pairs of a HGETALL reply: a flat list (RESP2), or a map (RESP3)."""
+    return reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2], strict=True)
 
 
 def _score(value: float) -> str:

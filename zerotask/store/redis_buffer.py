@@ -7,15 +7,18 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from zerotask import jsonrpc
 from zerotask.exceptions import QueueFull
+from zerotask.store import redis_layout as layout
 from zerotask.store.base import METHODS_REMEMBERED_S, TaskRecord
 from zerotask.wire import MAX_PRIORITY, QUEUED, SCHEDULED
 
 Command = tuple[Any, ...]
+MAX_LANES = 4096
+RANKS = [str(9 - priority) for priority in range(MAX_PRIORITY + 1)]  # by priority: where it sorts in its lane
 
 
 class WriteBuffer:
@@ -29,14 +32,16 @@ class WriteBuffer:
         # (with more tasks after it) is answered as the first time, not refused as if others had its ids.
         self._token = uuid.uuid4().hex
         self._names: dict[str, float] = {}  # task name -> when it was announced
+        self._lanes: dict[tuple[str, str], tuple[str, str]] = {}  # (method, queue) -> (lane, names), as the rows have them
 
     def __bool__(self) -> bool:
         return bool(self.records or self._names)
 
-    def add(self, record: TaskRecord) -> None:
+    def add(self, record: TaskRecord) -> bool:
         """Buffer a task as QUEUED, or SCHEDULED if its ``due_at`` is later than now (the add script
-        decides again when it runs). Raises QueueFull when the buffer holds ``max_bytes`` (Redis has been
-        unreachable a while), ValueError for a priority that is not 0 to 9."""
+        decides again when it runs); returns whether it is QUEUED. Raises QueueFull when the buffer
+        holds ``max_bytes`` (Redis has been unreachable a while), ValueError for a priority that is not
+        0 to 9."""
         if type(record.priority) is not int or not 0 <= record.priority <= MAX_PRIORITY:
             raise ValueError(f"a priority is an int from 0 to {MAX_PRIORITY}, not {record.priority!r}")
         params = jsonrpc.dumps([record.args, record.kwargs, record.options])
@@ -49,12 +54,21 @@ class WriteBuffer:
         record.created_at = now if record.created_at is None else record.created_at
         owner = "" if record.owner is None else "+" + record.owner
         due = "" if record.due_at is None else repr(float(record.due_at))
+        created = repr(record.created_at)
+        method, queue = record.method, record.queue
+        lane = self._lanes.get((method, queue))
+        if lane is None:
+            if len(self._lanes) >= MAX_LANES:  # names come from clients: keep a bounded few
+                self._lanes.clear()
+            lane = self._lanes[(method, queue)] = (layout.lane(method, queue), layout.names(method, queue))
+        rest = f"|{record.attempts}|{created}|{record.priority}|{due}|{lane[1]}"
         self.records.append(record)
-        self._args += [record.id, record.method, params, owner, repr(record.created_at), record.attempts]
-        self._args += [record.queue, record.priority, due]
-        self._bytes += len(params) + len(record.id) + len(record.method) + len(record.queue)
-        if record.state == QUEUED:
-            self.counts[record.method] += 1
+        self._args += [record.id, params, owner, due, created, rest, lane[0] + RANKS[record.priority]]
+        self._bytes += len(params) + len(record.id) + len(rest)
+        if record.state != QUEUED:
+            return False
+        self.counts[method] += 1
+        return True
 
     def remember(self, methods: Iterable[str]) -> None:
         now = time.time()
@@ -88,26 +102,22 @@ class WriteBuffer:
         return refused, queued
 
 
-class QueuedCounts(Mapping[str, int]):
-    """Tasks QUEUED by method (only methods with some): ``written`` (the counts the store's last reply
-    brought) plus ``buffered`` (adds not written yet). A live view of both, as a MemoryStore's counts
-    are: the broker's assigner reads the same mapping again after each take, to decide whether to take
-    more (a copy would make it take once more for nothing)."""
+class QueuedCounts(dict[str, int]):
+    """Tasks QUEUED by method (only methods with some): the counts the store's last reply brought plus
+    the adds not written yet, as one dict kept up to date in place, as a MemoryStore's counts are: the
+    broker's assigner reads the same mapping again after each take, to decide whether to take more (a
+    copy would make it take once more for nothing), and every submit sums it (a view over two dicts
+    cost more than the rest of the add)."""
 
-    def __init__(self, written: dict[str, int], buffered: Counter[str]) -> None:
-        self._written = written
-        self._buffered = buffered
+    __slots__ = ()
 
-    def __getitem__(self, method: str) -> int:
-        count = self._written.get(method, 0) + self._buffered.get(method, 0) if self._buffered else self._written[method]
-        if count <= 0:
-            raise KeyError(method)
-        return count
+    def merge(self, written: Mapping[str, int], buffered: Mapping[str, int]) -> None:
+        """The counts are ``written`` plus ``buffered`` now (both positive, by method)."""
+        self.clear()
+        self.update(written)
+        for method, count in buffered.items():
+            self[method] = self.get(method, 0) + count
 
-    def __iter__(self) -> Iterator[str]:
-        if not self._buffered:
-            return iter(list(self._written))
-        return iter([method for method in dict.fromkeys([*self._written, *self._buffered]) if method in self])
-
-    def __len__(self) -> int:
-        return len(self._written) if not self._buffered else sum(1 for _ in self)
+    def buffered(self, method: str) -> None:
+        """One more task of ``method`` QUEUED, not written yet."""
+        self[method] = self.get(method, 0) + 1

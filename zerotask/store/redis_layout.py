@@ -6,16 +6,19 @@ Every script gets the same KEYS (:data:`KEY_NAMES`, in that order, then any per-
 one hash tag, so that a script touches one slot (Redis Cluster). The tasks live in a few hashes keyed
 by task id rather than in a key per task, so that no script touches a key it was not given.
 
-A task's ``meta`` field is ``state|attempts|seq|created_at|finished_at|lease|priority|due_at|names``,
-where ``names`` is the named queue's length (8 hex digits), the queue and the method (last: queue and
-method may hold any character; a broker id holds no "|"; due_at is "" for none). Times stay strings end to end, as Python wrote
-them, so they come back exact. The queue is one sorted set ordered by member (all scores 0): a member
-is the method's length (8 hex digits) and the method, the named queue's length and the queue, 9 minus
-the priority (one digit), the sequence (12 hex digits) and the task id. So one method's tasks in one
-named queue are a range in the order to take them: the highest priority first, then the earliest
-submitted. ``scheduled`` holds the SCHEDULED tasks by ``due_at``, each as its sequence (12 hex digits)
-and id, so that ties go in the order submitted. ``held`` is ordered by member as ``lease|id``: one broker's tasks are a range, for
-:meth:`reclaim`.
+A task's row (its field in ``task``) is ``state|lease|finished_at|seq|attempts|created_at|priority|due_at|names``:
+what a task's way through the queue changes comes first, so that the scripts of add, take and finish
+(:mod:`zerotask.store.redis_flow`) rewrite a row by cutting and joining strings, without parsing it.
+``seq`` is 12 hex digits; ``names`` is the named queue's length in bytes (8 hex digits), the queue and
+the method (last: queue and method may hold any character; a broker id holds no "|"; lease, finished_at
+and due_at are "" for none, and lease and finished_at are "" while the task is QUEUED or SCHEDULED). Times
+stay strings end to end, as Python wrote them, so they come back exact. The queue is one sorted set
+ordered by member (all scores 0): a member is the method's length (8 hex digits) and the method, the
+named queue's length and the queue, 9 minus the priority (one digit), the sequence and the task id. So
+one method's tasks in one named queue are a range in the order to take them: the highest priority first,
+then the earliest submitted. ``scheduled`` holds the SCHEDULED tasks by ``due_at``, each as its sequence
+and id, so that ties go in the order submitted. ``held`` is ordered by member as ``lease|id``: one
+broker's tasks are a range, for :meth:`reclaim`.
 
 Mutating scripts return ``{answer, queued counts as HGETALL}``: the store keeps the counts without
 asking again.
@@ -30,7 +33,7 @@ from zerotask.store.base import TaskRecord
 
 # The keys every script gets, as KEYS[1..n]: suffixes after "<prefix>:{<queue>}:".
 KEY_NAMES = (
-    "meta",  # hash: task id -> state|attempts|seq|created_at|finished_at|lease|priority|due_at|names
+    "task",  # hash: task id -> its row, state|lease|finished_at|seq|attempts|created_at|priority|due_at|names
     "params",  # hash: task id -> JSON [args, kwargs, options] (gone once FINISHED)
     "outcome",  # hash: task id -> JSON {"result": ...} or {"error": ...}
     "owner",  # hash: task id -> the key that submitted it (only when there is one)
@@ -51,7 +54,7 @@ KEY_NAMES = (
 )
 
 PRELUDE = r"""
-local META, PARAMS, OUTCOME, OWNER, QUEUE, SCHEDULE, LIVE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local TASK, PARAMS, OUTCOME, OWNER, QUEUE, SCHEDULE, LIVE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local ENDED = {FINISHED = KEYS[8], FAILED = KEYS[9], REVOKED = KEYS[10]}
 local HELD, QUEUED, STATES, NEXT, BROKERS = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
 local REPLY_ADD, REPLY_TAKE, REPLY_FINISH = KEYS[16], KEYS[17], KEYS[18]
@@ -106,6 +109,22 @@ local function preload(ids, keys)
   end
 end
 
+-- the fields `ids` of the hash `key`, in order (false for none), in one HMGET per 1,000
+local function mget(key, ids)
+  if #ids <= 1000 then return #ids > 0 and redis.call('HMGET', key, unpack(ids)) or {} end
+  local values = {}
+  for i = 1, #ids, 1000 do
+    local r = redis.call('HMGET', key, unpack(ids, i, math.min(i + 999, #ids)))
+    for j = 1, #r do values[i + j - 1] = r[j] end
+  end
+  return values
+end
+
+-- a variadic write of `values` to `key`, in commands of at most 2,000 values (unpack has a limit)
+local function bulk(command, key, values)
+  for i = 1, #values, 2000 do redis.call(command, key, unpack(values, i, math.min(i + 1999, #values))) end
+end
+
 local function args_from(first)
   local found = {}
   for i = first, #ARGV do found[#found + 1] = ARGV[i] end
@@ -113,21 +132,18 @@ local function args_from(first)
 end
 
 local function load(id)
-  local m = hget(META, id)
+  local m = hget(TASK, id)
   if not m then return nil end
-  local t, names = {id = id}, nil
-  t.state, t.attempts, t.seq, t.created, t.finished, t.lease, t.priority, t.due, names =
+  local t, names = {id = id, row = m}, nil
+  t.state, t.lease, t.finished, t.seq, t.attempts, t.created, t.priority, t.due, names =
     string.match(m, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
   local n = tonumber(string.sub(names, 1, 8), 16)
   t.queue, t.method = string.sub(names, 9, 8 + n), string.sub(names, 9 + n)
   return t
 end
 
-local next_seq
-local function new_seq()
-  next_seq = (next_seq or tonumber(redis.call('GET', NEXT) or '0')) + 1
-  return string.format('%d', next_seq)
-end
+-- the next sequence number, as 12 hex digits (NEXT holds the last one given, in decimal)
+local function new_seq() return string.format('%012x', redis.call('INCR', NEXT)) end
 
 -- a name with its length first: no name's prefix is a prefix of another name's (kept: a script sees few)
 local prefixes = {}
@@ -146,11 +162,13 @@ local function lane(method, queue)
   if not l then l = prefix(method) .. prefix(queue); by_queue[method] = l end
   return l
 end
+local RANK = {['0'] = '9', ['1'] = '8', ['2'] = '7', ['3'] = '6', ['4'] = '5', ['5'] = '4', ['6'] = '3', ['7'] = '2',
+  ['8'] = '1', ['9'] = '0'}  -- 9 - priority: the highest priority sorts first
 local function member(t)
   if t.member then return t.member end  -- as read from QUEUE by the script that loaded t
-  return lane(t.method, t.queue) .. string.format('%d%012x', 9 - tonumber(t.priority), tonumber(t.seq)) .. t.id
+  return lane(t.method, t.queue) .. RANK[t.priority] .. t.seq .. t.id
 end
-local function timed(t) return string.format('%012x', tonumber(t.seq)) .. t.id end
+local function timed(t) return t.seq .. t.id end
 
 local function count(state, method, n)
   if state == 'QUEUED' then queued_delta[method] = (queued_delta[method] or 0) + n
@@ -174,14 +192,14 @@ local function enter(t, state)
   elseif LEASED[state] then t.lease, leased = ME, true; put('z', HELD, ME .. '|' .. t.id, 0)
   else put('z', ENDED[state], t.id, t.finished); put('z', LIVE, t.id, false) end
   count(state, t.method, 1)
-  put('h', META, t.id, table.concat({t.state, t.attempts, t.seq, t.created, t.finished, t.lease, t.priority, t.due,
-    prefix(t.queue) .. t.method}, '|'))
+  t.row = table.concat({t.state, t.lease, t.finished, t.seq, t.attempts, t.created, t.priority, t.due,
+    prefix(t.queue) .. t.method}, '|')
+  put('h', TASK, t.id, t.row)
 end
 
 -- a task as the store returns it (see task_from_row)
 local function record(t)
-  return {t.id, t.state, t.attempts, t.created, t.finished, t.method,
-    hget(PARAMS, t.id), FINAL[t.state] and hget(OUTCOME, t.id) or false, hget(OWNER, t.id), t.queue, t.priority, t.due}
+  return {t.id, t.row, hget(PARAMS, t.id), FINAL[t.state] and hget(OUTCOME, t.id) or false, hget(OWNER, t.id)}
 end
 
 local function apply(key, delta)
@@ -193,32 +211,68 @@ end
 -- the answer of a mutating script, with the queued counts after it
 local function done(answer)
   sync()
-  if next_seq then redis.call('SET', NEXT, string.format('%d', next_seq)) end
   if leased and ME ~= '' then redis.call('SADD', BROKERS, ME) end  -- so that its tasks are reclaimed if it dies
   apply(QUEUED, queued_delta)
   apply(STATES, states_delta)
   return {answer, redis.call('HGETALL', QUEUED)}
 end
 
+-- tell the other brokers (each on its channel, CHANNEL .. its id): a broker alone tells no one, and is
+-- not woken up by what it did itself
 local function publish(kind, ids)
-  redis.call('PUBLISH', CHANNEL, cjson.encode({kind, ME, ids}))
+  local message
+  for _, broker in ipairs(redis.call('SMEMBERS', BROKERS)) do
+    if broker ~= ME then
+      message = message or cjson.encode({kind, ME, ids})
+      redis.call('PUBLISH', CHANNEL .. broker, message)
+    end
+  end
 end
 """
 
 
 def task_from_row(row: list[Any]) -> TaskRecord:
-    """A task from a script's ``record(t)``: id, state, attempts, created_at, finished_at, method, params,
-    outcome, owner, queue, priority, due_at."""
-    task_id, state, attempts, created, finished, method, params, outcome, owner, queue, priority, due = row
-    record = TaskRecord(task_id.decode(), method.decode(), state=state.decode(), attempts=int(attempts))
-    record.owner = None if owner is None else owner.decode()
-    record.queue, record.priority = queue.decode(), int(priority)
-    record.created_at = float(created) if created else None
-    record.finished_at = float(finished) if finished else None
-    record.due_at = float(due) if due else None
-    if params:
-        record.args, record.kwargs, record.options = jsonrpc.loads(params)
+    """A task from a script's ``record(t)``: id, row, params, outcome (for a final task), owner."""
+    task_id, task_row, params, outcome, owner = row
+    state, _, finished, _, attempts, created, priority, due, names = task_row.split(b"|", 8)
+    method_queue = _decoded.get(names)
+    if method_queue is None:
+        if len(_decoded) >= 4096:  # names come from clients: keep a bounded few
+            _decoded.clear()
+        length = int(names[:8], 16)
+        method_queue = _decoded[names] = (names[8 + length :].decode(), names[8 : 8 + length].decode())
+    args, kwargs, options = jsonrpc.loads(params) if params else ([], {}, {})
+    result = error = None
     if outcome:
         decoded = jsonrpc.loads(outcome)
-        record.result, record.error = decoded.get("result"), decoded.get("error")
-    return record
+        result, error = decoded.get("result"), decoded.get("error")
+    return TaskRecord(
+        id=task_id.decode(),
+        method=method_queue[0],
+        args=args,
+        kwargs=kwargs,
+        state=state.decode(),
+        result=result,
+        error=error,
+        attempts=int(attempts),
+        options=options,
+        queue=method_queue[1],
+        priority=int(priority),
+        due_at=float(due) if due else None,
+        owner=None if owner is None else owner.decode(),
+        created_at=float(created) if created else None,
+        finished_at=float(finished) if finished else None,
+    )
+
+
+_decoded: dict[bytes, tuple[str, str]] = {}  # the end of a row -> (method, queue)
+
+
+def names(method: str, queue: str) -> str:
+    """The end of a task's row: its named queue's length in bytes (8 hex digits), the queue, the method."""
+    return f"{len(queue.encode()):08x}{queue}{method}"
+
+
+def lane(method: str, queue: str) -> str:
+    """Where one method's tasks in one named queue lie in ``queue`` (the PRELUDE's ``lane``)."""
+    return f"{len(method.encode()):08x}{method}{len(queue.encode()):08x}{queue}"

@@ -1,10 +1,14 @@
-"""What the brokers sharing a Redis store tell each other: one pub/sub channel, read without blocking.
+"""What the brokers sharing a Redis store tell each other: a pub/sub channel per broker, read without
+blocking.
 
 The store's scripts publish, in the same atomic step as the write, ``["F", broker, [task ids]]`` when
-outcomes are recorded and ``["Q", broker, {}]`` when tasks are queued. Pub/sub is fire-and-forget: a
-broker that was disconnected missed what was published meanwhile. redis-py subscribes again when it
-reconnects, and Redis confirms every subscription; a confirmation after the first one therefore means
-messages may have been missed, which :class:`Notifications` reports as ``lost_track``.
+outcomes are recorded and ``["Q", broker, {}]`` when tasks are queued, on the channel of each other
+broker in the store's set of brokers (never to the one that wrote: a broker alone publishes nothing).
+Pub/sub is fire-and-forget: a broker that was disconnected missed what was published meanwhile.
+redis-py subscribes again when it reconnects, and Redis confirms every subscription; a confirmation
+after the first one therefore means messages may have been missed, which :class:`Notifications`
+reports as ``lost_track``. So does ``["L", broker, []]``, which a broker publishes to itself when its
+heartbeat finds it was dropped from the set of brokers (its lease ran out: no one published to it).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ class Notifications:
     """A subscription to ``channel``; ignores what broker ``me`` published itself."""
 
     def __init__(self, client: Redis, channel: bytes, me: str) -> None:
-        self._pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+        self._pubsub = client.pubsub()
         self._me = me.encode()
         self._subscriptions = 0  # confirmations seen: the first is the subscription, later ones reconnects
         self._changes = Changes()
@@ -64,9 +68,11 @@ class Notifications:
             self._changes.lost_track |= self._subscriptions > 1
         elif message["type"] == "message":
             kind, broker, task_ids = jsonrpc.loads(message["data"])
-            if broker.encode() == self._me:
+            if kind == "L":
+                self._changes.lost_track = True
+            elif broker.encode() == self._me:
                 return
-            if kind == "F":
+            elif kind == "F":
                 self._finished.update(dict.fromkeys(task_ids))
             elif kind == "Q":
                 self._changes.queued = True

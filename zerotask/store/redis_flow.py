@@ -1,0 +1,226 @@
+"""The scripts of a task's way through :class:`~zerotask.store.redis.RedisStore`: add, take and finish,
+which every task goes through, so they are written for Redis' CPU (it shares the machine with the
+broker): per task, a few string cuts and joins of its row (see :mod:`zerotask.store.redis_layout`) and
+a few array appends, then one variadic command per key for the whole batch. A task found in an
+unexpected shape (a QUEUED task finished, i.e. revoked) goes the general way of the other scripts
+(``load``, ``leave``, ``enter``).
+
+ARGV starts as every script's does (see :mod:`zerotask.store.redis_scripts`)."""
+
+from __future__ import annotations
+
+# ARGV[4] token, ARGV[5] n, then per task (ADD_FIELDS): id, params, owner ("" or "+" .. owner), due_at ("" for
+# none), created_at, the end of its row after the sequence ("|attempts|created_at|priority|due_at|names"), and
+# its lane with 9 - priority (where it goes in QUEUE, before the sequence). A task due later than now is
+# SCHEDULED, any other QUEUED. Answers one "1" (added) or "0" (refused: the id exists) per task. A batch
+# sent again with the same token (its reply was lost, and more tasks may follow it) gets the answers it had.
+ADD_FIELDS = 7
+ADD = r"""
+local token, n, now = ARGV[4], tonumber(ARGV[5]), tonumber(NOW)
+local flags = {}
+local last = redis.call('GET', REPLY_ADD)
+if last and string.sub(last, 1, #token + 1) == token .. '\n' then
+  for i = #token + 2, #last do flags[#flags + 1] = string.sub(last, i, i) end
+end
+local first, ids = #flags + 1, {}
+for i = first, n do ids[#ids + 1] = ARGV[5 + (i - 1) * 7 + 1] end
+local existing = mget(TASK, ids)
+local rows, params, owners, queue, scheduled, live = {}, {}, {}, {}, {}, {}
+-- every task of the batch gets a number (one INCRBY), whether added or not: gaps do no harm
+local seq = #ids > 0 and redis.call('INCRBY', NEXT, #ids) - #ids or 0
+local seen, by_lane, added, later = {}, {}, 0, 0
+for i = first, n do
+  local at = 5 + (i - 1) * 7
+  local id = ARGV[at + 1]
+  if existing[i - first + 1] or seen[id] then
+    flags[i] = '0'
+  else
+    seen[id] = true
+    seq = seq + 1
+    local hex, due, k = string.format('%012x', seq), ARGV[at + 4], #rows
+    if due ~= '' and tonumber(due) > now then
+      rows[k + 1], rows[k + 2] = id, 'SCHEDULED|||' .. hex .. ARGV[at + 6]
+      scheduled[#scheduled + 1] = due
+      scheduled[#scheduled + 1] = hex .. id
+      later = later + 1
+    else
+      local l = ARGV[at + 7]
+      rows[k + 1], rows[k + 2] = id, 'QUEUED|||' .. hex .. ARGV[at + 6]
+      queue[#queue + 1] = '0'
+      queue[#queue + 1] = l .. hex .. id
+      by_lane[l] = (by_lane[l] or 0) + 1
+      added = added + 1
+    end
+    k = #params
+    params[k + 1], params[k + 2] = id, ARGV[at + 2]
+    if ARGV[at + 3] ~= '' then
+      owners[#owners + 1] = id
+      owners[#owners + 1] = string.sub(ARGV[at + 3], 2)
+    end
+    k = #live
+    live[k + 1], live[k + 2] = ARGV[at + 5], id
+    flags[i] = '1'
+  end
+end
+if #rows > 0 then
+  bulk('HSET', TASK, rows); bulk('HSET', PARAMS, params); bulk('HSET', OWNER, owners)
+  bulk('ZADD', QUEUE, queue); bulk('ZADD', SCHEDULE, scheduled); bulk('ZADD', LIVE, live)
+end
+for l, c in pairs(by_lane) do count('QUEUED', string.sub(l, 9, 8 + tonumber(string.sub(l, 1, 8), 16)), c) end
+count('SCHEDULED', nil, later)
+redis.call('SET', REPLY_ADD, token .. '\n' .. table.concat(flags), 'PX', 3600000)
+if added > 0 then publish('Q', {}) end
+return done(table.concat(flags))
+"""
+
+# ARGV[4] token, ARGV[5] n, then the tokens of n take_many calls that raised (they may have run), then the
+# number of wants, then per want: limit, the number of methods, the methods, the number of named queues, the
+# queues. Answers a list of records per want: the highest priority first, then the earliest submitted.
+TAKE = r"""
+local doubt = {}
+for i = 6, 5 + tonumber(ARGV[5]) do doubt[ARGV[i]] = true end
+local last = redis.call('GET', REPLY_TAKE)
+if last then
+  local cut = string.find(last, '\n', 1, true)
+  local token, groups = string.sub(last, 1, cut - 1), cjson.decode(string.sub(last, cut + 1))
+  if token == ARGV[4] or doubt[token] then
+    local answer, all = {}, {}
+    for _, ids in ipairs(groups) do
+      for _, id in ipairs(ids) do all[#all + 1] = id end
+    end
+    preload(all, {TASK, PARAMS, OWNER})
+    for w, ids in ipairs(groups) do
+      answer[w] = {}
+      for _, id in ipairs(ids) do
+        local t = load(id)
+        if t and t.state == 'ASSIGNED' and t.lease == ME then
+          if token == ARGV[4] then  -- this very call, sent again: the same answer
+            answer[w][#answer[w] + 1] = record(t)
+          else  -- a call whose answer was lost: nobody holds what it took
+            leave(t); enter(t, 'QUEUED')
+          end
+        end
+      end
+    end
+    if token == ARGV[4] then return done(answer) end
+    redis.call('DEL', REPLY_TAKE)
+    sync()  -- what it queued again is in QUEUE before the wants below read it
+  end
+end
+local answer, groups, at, any = {}, {}, 7 + tonumber(ARGV[5]), false
+for w = 1, tonumber(ARGV[6 + tonumber(ARGV[5])]) do
+  local limit, k = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
+  local q = tonumber(ARGV[at + 2 + k])
+  local lanes_found, members, ids, methods = {}, {}, {}, {}
+  if limit > 0 then
+    for j = at + 2, at + 1 + k do
+      for i = at + 3 + k, at + 2 + k + q do
+        local p = lane(ARGV[j], ARGV[i])
+        local r = redis.call('ZRANGEBYLEX', QUEUE, '[' .. p, '(' .. p .. '\255', 'LIMIT', 0, limit)
+        if #r > 0 then lanes_found[#lanes_found + 1] = {p, ARGV[j], r} end
+      end
+    end
+  end
+  if #lanes_found == 1 then  -- one method in one named queue: QUEUE has them in the order to take them
+    local skip, method = #lanes_found[1][1] + 14, lanes_found[1][2]
+    members = lanes_found[1][3]
+    for i = 1, #members do ids[i], methods[i] = string.sub(members[i], skip), method end
+  elseif #lanes_found > 1 then
+    local found = {}
+    for _, f in ipairs(lanes_found) do
+      local p = f[1]
+      for _, m in ipairs(f[3]) do
+        -- 9 - priority, then the sequence, as one number (exact: under 2^53) for a quick sort
+        local order = tonumber(string.sub(m, #p + 1, #p + 1)) * 2^48 + tonumber(string.sub(m, #p + 2, #p + 13), 16)
+        found[#found + 1] = {order, m, string.sub(m, #p + 14), f[2]}
+      end
+    end
+    table.sort(found, function(a, b) return a[1] < b[1] end)
+    for i = 1, math.min(limit, #found) do members[i], ids[i], methods[i] = found[i][2], found[i][3], found[i][4] end
+  end
+  local rows, params, owners = mget(TASK, ids), mget(PARAMS, ids), {}
+  if #ids > 0 and redis.call('EXISTS', OWNER) == 1 then owners = mget(OWNER, ids) end  -- (only with CURVE)
+  local records, taken, new_rows, held, by_method = {}, {}, {}, {}, {}
+  for i = 1, #ids do
+    local id, row = ids[i], rows[i]
+    -- QUEUED, with no lease and no finished_at, as every QUEUED task is (else it is dropped from QUEUE)
+    if row and string.sub(row, 1, 9) == 'QUEUED|||' then
+      local new = 'ASSIGNED|' .. ME .. '||' .. string.sub(row, 10)
+      local n = #new_rows
+      new_rows[n + 1], new_rows[n + 2], held[n + 1], held[n + 2] = id, new, '0', ME .. '|' .. id
+      records[#records + 1] = {id, new, params[i], false, owners[i] or false}
+      taken[#taken + 1] = id
+      by_method[methods[i]] = (by_method[methods[i]] or 0) + 1
+    end
+  end
+  for method, n in pairs(by_method) do count('QUEUED', method, -n) end
+  bulk('ZREM', QUEUE, members)  -- before the next want looks
+  bulk('HSET', TASK, new_rows)
+  bulk('ZADD', HELD, held)
+  count('ASSIGNED', nil, #taken)
+  answer[w], groups[w], any = records, taken, any or #taken > 0
+  at = at + 3 + k + q
+end
+if any then
+  leased = true
+  redis.call('SET', REPLY_TAKE, ARGV[4] .. '\n' .. cjson.encode(groups), 'PX', 3600000)
+end
+return done(answer)
+"""
+
+# ARGV[4] token, ARGV[5] n, then per outcome: task id, state, outcome JSON. Answers "1" or "0" per outcome;
+# the same call sent again (its answer was lost on the way) gets the same answers.
+FINISH = r"""
+local last = redis.call('GET', REPLY_FINISH)
+if last and string.sub(last, 1, #ARGV[4] + 1) == ARGV[4] .. '\n' then return done(string.sub(last, #ARGV[4] + 2)) end
+local n, ids = tonumber(ARGV[5]), {}
+for i = 1, n do ids[i] = ARGV[5 + (i - 1) * 3 + 1] end
+local rows = mget(TASK, ids)
+local flags, recorded, seen, left, entered = {}, {}, {}, {}, {}
+local new_rows, held, ended, outcomes, params, live = {}, {}, {}, {}, {}, {}
+for i = 1, n do
+  local at = 5 + (i - 1) * 3
+  local id, state, row = ids[i], ARGV[at + 2], rows[i]
+  local cut = row and not seen[id] and string.find(row, '|', 1, true)
+  local was = cut and string.sub(row, 1, cut - 1)
+  if not was or FINAL[was] then
+    flags[i] = '0'
+  else
+    seen[id] = true
+    local cut2 = string.find(row, '|', cut + 1, true)
+    if LEASED[was] and string.byte(row, cut2 + 1) == 124 then  -- held, no finished_at: cut and join its row
+      held[#held + 1] = string.sub(row, cut + 1, cut2 - 1) .. '|' .. id
+      local k = #new_rows
+      new_rows[k + 1], new_rows[k + 2] = id, state .. '||' .. NOW .. string.sub(row, cut2 + 1)
+      if not ended[state] then ended[state] = {} end
+      k = #ended[state]
+      ended[state][k + 1], ended[state][k + 2] = NOW, id
+      live[#live + 1] = id
+      left[was], entered[state] = (left[was] or 0) + 1, (entered[state] or 0) + 1
+    else  -- QUEUED or SCHEDULED: revoked before it ran
+      local t = load(id)
+      leave(t)
+      t.finished = NOW
+      enter(t, state)
+    end
+    local k = #outcomes
+    outcomes[k + 1], outcomes[k + 2] = id, ARGV[at + 3]
+    if state == 'FINISHED' then params[#params + 1] = id end
+    flags[i] = '1'
+    recorded[#recorded + 1] = id
+  end
+end
+for state, c in pairs(left) do count(state, nil, -c) end
+for state, c in pairs(entered) do count(state, nil, c) end
+bulk('HSET', TASK, new_rows)
+bulk('ZREM', HELD, held)
+for state, values in pairs(ended) do bulk('ZADD', ENDED[state], values) end
+bulk('ZREM', LIVE, live)
+bulk('HSET', OUTCOME, outcomes)
+bulk('HDEL', PARAMS, params)
+if #recorded > 0 then publish('F', recorded) end
+redis.call('SET', REPLY_FINISH, ARGV[4] .. '\n' .. table.concat(flags), 'PX', 3600000)
+return done(table.concat(flags))
+"""
+
+FLOW_SCRIPTS = {"add": ADD, "take": TAKE, "finish": FINISH}
