@@ -20,6 +20,7 @@ import pytest
 
 from zerotask.store import Store
 from zerotask.testing import free_port, scaled
+from zerotask.testing_redis import RedisCluster, redis_available
 
 if TYPE_CHECKING:
     from zerotask.store.redis import RedisStore
@@ -133,3 +134,24 @@ class RedisServer:
             self.process.send_signal(sig)
             self.process.wait(scaled(10))
         self.process = None
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """One Redis Cluster (3 masters of the test's own) for the whole session; skipped without redis-server."""
+    no_cli = None if shutil.which("redis-cli") else "redis-cli is not installed (apt-get install -y redis-tools)"
+    reason = redis_available() or no_cli
+    if reason is not None:
+        pytest.skip(reason)
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+def cluster_store(cluster: RedisCluster) -> Store:
+    """A RedisStore on ``cluster`` under a fresh test prefix and a queue (hash tag) of its own."""
+    from zerotask.store.redis import RedisStore
+
+    return RedisStore(cluster.url, prefix=f"zt-test-{uuid.uuid4().hex}", queue=uuid.uuid4().hex[:8])

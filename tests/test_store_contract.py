@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from tests.redis_helpers import bounded_modules, forget, redis_store
+from tests.redis_helpers import bounded_modules, cluster_store, forget, redis_store
+from tests.redis_helpers import redis_cluster as redis_cluster
 from zerotask.store import MemoryStore, Outcome, SqliteStore, Store, TaskRecord, Want, sqlite_registry
 from zerotask.store import memory as memory_store
 from zerotask.store.base import METHODS_REMEMBERED_S, want_parts
@@ -38,9 +39,14 @@ STORES: dict[str, Callable[[Path], Store]] = {
 }
 
 
-@pytest.fixture(params=sorted(STORES))
+@pytest.fixture(params=[*sorted(STORES), "redis-cluster"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    made = STORES[request.param](tmp_path)
+    # redis-cluster: a Redis Cluster of the test session's own (3 masters); the store's keys on one of them
+    made = (
+        cluster_store(request.getfixturevalue("redis_cluster"))
+        if request.param == "redis-cluster"
+        else STORES[request.param](tmp_path)
+    )
     yield made
     made.close()
     forget(made)

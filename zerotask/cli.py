@@ -50,7 +50,8 @@ def _broker_arguments(parser: argparse.ArgumentParser) -> None:
         default=transport.DEFAULT_STORE,
         metavar="memory|PATH|URL",
         help="'memory', an SQLite file, or Redis shared with other brokers: redis://HOST:PORT/DB, rediss://... (TLS), "
-        "redis+sentinel://HOST:PORT,HOST:PORT/MASTER/DB (%(default)s)",
+        "redis+sentinel://HOST:PORT,HOST:PORT/MASTER/DB, redis+cluster://HOST:PORT,HOST:PORT (a Redis URL may end in "
+        "?store=NAME: brokers of one name share tasks) (%(default)s)",
     )
     add("--heartbeat", type=float, default=transport.DEFAULT_HEARTBEAT_S, metavar="SECONDS", help="with nodes (%(default)s)")
     add(

@@ -12,6 +12,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 from zerotask.testing import ManagedProcess, free_port, scaled, wait_until
 
@@ -133,3 +134,77 @@ class Sentinel:
 
     def stop(self) -> None:
         self.process.stop()
+
+
+class RedisCluster:
+    """A Redis Cluster of ``masters`` redis-servers (no replicas), every slot assigned, for the
+    ``redis+cluster://`` store; :meth:`move_slot` migrates one slot to another master, as a resharding
+    does, so that a client's next command there gets MOVED."""
+
+    def __init__(self, directory: Path, masters: int = 3) -> None:
+        self.servers = [
+            RedisServer(directory / f"node{index}", appendonly=False, port=_cluster_port()) for index in range(masters)
+        ]
+        for server in self.servers:
+            server._extra = ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{server.port}.conf"]
+            server._extra += ["--cluster-node-timeout", "2000"]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{server.port}" for server in self.servers)
+
+    def start(self) -> RedisCluster:
+        import subprocess
+
+        for server in self.servers:
+            server.start()
+        addresses = [f"127.0.0.1:{server.port}" for server in self.servers]
+        command = ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"]
+        subprocess.run(command, check=True, capture_output=True, timeout=scaled(30))
+        wait_until(lambda: all(self._client(server).cluster("info")["cluster_state"] == "ok" for server in self.servers),
+                   30, "the cluster to be ok")  # fmt: skip
+        return self
+
+    def _client(self, server: RedisServer) -> Any:  # a redis.Redis (the [redis] extra: imported only here)
+        import redis
+
+        return redis.Redis(port=server.port, socket_timeout=scaled(5))
+
+    def master_of(self, slot: int) -> RedisServer:
+        for start, end, master, *_ in self._client(self.servers[0]).execute_command("CLUSTER", "SLOTS"):
+            if start <= slot <= end:
+                return next(server for server in self.servers if server.port == int(master[1]))
+        raise LookupError(f"no master holds slot {slot}")
+
+    def move_slot(self, slot: int, to: RedisServer) -> None:
+        """Migrate ``slot`` and its keys to ``to``, then tell every master (the resharding steps)."""
+        source = self.master_of(slot)
+        if source is to:
+            return
+        ids = {server.port: self._client(server).execute_command("CLUSTER", "MYID").decode() for server in self.servers}
+        self._client(to).execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source.port])
+        self._client(source).execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[to.port])
+        while keys := self._client(source).execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000):
+            self._client(source).execute_command("MIGRATE", "127.0.0.1", to.port, "", 0, 5000, "KEYS", *keys)
+        for server in self.servers:
+            self._client(server).execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[to.port])
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+def _cluster_port() -> int:
+    """A free port a cluster node can have: its cluster bus listens 10,000 higher, which must be free too."""
+    import socket
+
+    for _ in range(100):
+        port = free_port()
+        if port <= 55535:
+            with socket.socket() as bus:
+                try:
+                    bus.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port with a free cluster bus port 10,000 above it")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import operator
 import time
 from collections import Counter, deque
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
@@ -39,8 +40,7 @@ PACK_OVER_BYTES = 1024  # a task whose JSON is larger keeps its arguments packed
 INFLATION = 8
 
 
-def _head(heap: list[tuple[int, int, str]]) -> tuple[int, int, str]:
-    return heap[0]
+_HEAD = operator.itemgetter(0)  # a heap's first entry: the lanes' heads are compared by it
 
 
 class MemoryStore(Store):
@@ -164,17 +164,15 @@ class MemoryStore(Store):
         heads = [heap for lane in lanes if (heap := self._queues.get(lane))]
         records, sequences, states, charged = self._records, self._sequence, self._states, self._charged
         while len(taken) < limit and heads:
-            heap = min(heads, key=_head) if len(heads) > 1 else heads[0]
+            heap = min(heads, key=_HEAD) if len(heads) > 1 else heads[0]
             _, sequence, task_id = heapq.heappop(heap)
             record = records.get(task_id)
             if record is not None and record.state == QUEUED and sequences[task_id] == sequence:
                 # _leave_queue(record, ASSIGNED) and _unpack(record), inline: this runs for every task
-                method = record.method
-                left = queued[method] - 1
-                if left:
-                    queued[method] = left
+                if left := queued[record.method] - 1:
+                    queued[record.method] = left
                 else:
-                    del queued[method]
+                    del queued[record.method]
                 states[ASSIGNED] += 1
                 record.state = ASSIGNED
                 if (charge := charged.pop(task_id, None)) is not None:  # _unpack(record), inline

@@ -12,7 +12,9 @@ Redis Cluster: every key of a store is under one hash tag, its constructor's ``q
 ``queue`` field, which nodes choose to serve) are not keys: they live inside that tag, in the order of
 the queue's members (method, named queue, priority, submission; see :mod:`zerotask.store.redis_layout`).
 So all of one store's named queues share a slot, and one Redis node; to spread load over a Cluster, run
-stores (and their brokers) with other ``queue`` (or ``prefix``) names, each its own set of tasks.
+stores (and their brokers) with other ``queue`` (or ``prefix``) names, each its own set of tasks (``--store
+redis+cluster://...?store=NAME``). :class:`~zerotask.store.redis_client.Route` finds the master of the slot
+and follows it when it moves.
 
 Durability is Redis': run it with ``appendonly yes`` (``appendfsync everysec`` loses nothing that was
 acknowledged when Redis is killed, up to a second on power loss). The store bounds nothing but its own
@@ -48,7 +50,7 @@ from zerotask.store.base import (
     want_parts,
 )
 from zerotask.store.redis_buffer import Command, QueuedCounts, WriteBuffer
-from zerotask.store.redis_client import SOCKET_TIMEOUT_S, Link, Redis, check, connect, is_missing_script, reaching_redis
+from zerotask.store.redis_client import SOCKET_TIMEOUT_S, Redis, Route, check, is_missing_script, reaching_redis
 from zerotask.store.redis_layout import KEY_NAMES, task_from_row
 from zerotask.store.redis_notify import Notifications
 from zerotask.store.redis_registry import RedisRegistry
@@ -80,10 +82,8 @@ class RedisStore(Store):
         if not prefix or not queue or any(brace in queue for brace in "{}"):
             raise ValueError("prefix and queue must be non-empty, and queue without braces (it is the hash tag)")
         self.prefix, self.queue = prefix, queue
-        self._owns_client = client is None
-        self._redis = client if client is not None else connect(url, socket_timeout_s)
-        self._link = Link(self._redis)
         base = f"{prefix}:{{{queue}}}:"
+        self._route = Route(url, base, socket_timeout_s, client)
         self._base = base
         instance = uuid.uuid4().hex  # this store's replies are its own
         self._keys = [base + name + (f":{instance}" if name.startswith("reply:") else "") for name in KEY_NAMES]
@@ -130,11 +130,11 @@ class RedisStore(Store):
         return [check(reply) for reply in replies[len(flushing) :]]
 
     def _execute(self, batch: list[Command]) -> list[Any]:
-        replies = self._link.run(batch)
+        replies = self._route.run(batch)
         missing = [i for i, reply in enumerate(replies) if is_missing_script(reply)]
         if missing:  # Redis restarted, or its scripts were flushed: those commands did not run
             loads: list[Command] = [("SCRIPT", "LOAD", source(name)) for name in SCRIPTS]
-            again = self._link.run(loads + [batch[i] for i in missing])[len(SCRIPTS) :]
+            again = self._route.run(loads + [batch[i] for i in missing])[len(SCRIPTS) :]
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         return replies
@@ -301,7 +301,7 @@ class RedisStore(Store):
             raise ValueError(f"a broker id is non-empty and holds no '|': {broker_id!r}")
         self._me, self._lease_ms = broker_id, max(1, round(lease_s * 1000))
         self.heartbeat()
-        self._notifications = Notifications(self._redis, (self._channel + broker_id).encode(), broker_id)
+        self._notifications = Notifications(self._route, (self._channel + broker_id).encode(), broker_id)
 
     def heartbeat(self) -> None:
         """Renews the lease (and reconnects to the other brokers' notifications, if that was lost)."""
@@ -383,9 +383,7 @@ class RedisStore(Store):
             self._closed = True
             if self._notifications is not None:
                 self._notifications.close()
-            self._link.close()
-            if self._owns_client:
-                self._redis.close()
+            self._route.close()
 
 
 def _pairs(reply: dict[bytes, bytes] | list[bytes]) -> Iterable[tuple[bytes, bytes]]:

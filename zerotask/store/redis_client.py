@@ -6,6 +6,7 @@ without it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,10 +18,13 @@ try:
     import hiredis
     import redis
     from redis.backoff import ExponentialBackoff
+    from redis.crc import key_slot
     from redis.retry import Retry
     from redis.sentinel import Sentinel
 except ImportError as error:  # pragma: no cover - depends on what is installed
     raise ImportError("the Redis store needs redis-py: pip install 'zerotask[redis]'") from error
+
+log = logging.getLogger("zerotask.store")
 
 Redis = redis.Redis  # for the other modules of the store, which import redis-py through this one
 
@@ -29,6 +33,10 @@ SOCKET_TIMEOUT_S = 1.0
 # Errors that say "Redis cannot take this now", not "this call is wrong": a failover (READONLY, MASTERDOWN),
 # a restart (LOADING), a long script (BUSY), a full memory (OOM: maxmemory is the store's bound).
 _UNAVAILABLE_REPLIES = ("READONLY", "MASTERDOWN", "LOADING", "BUSY", "OOM", "CLUSTERDOWN", "TRYAGAIN", "NOREPLICAS")
+# The same from a Redis Cluster, which redis-py raises as classes of their own (the word cut off): MOVED and
+# ASK say the slot is served elsewhere now (find its master again), and a resharding or failover is under way.
+_REDIRECTS = (redis.exceptions.AskError,)  # MovedError is one
+_CLUSTER_BUSY = (*_REDIRECTS, redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
 
 
 def connection_options(socket_timeout_s: float = SOCKET_TIMEOUT_S) -> dict[str, Any]:
@@ -41,6 +49,9 @@ def connection_options(socket_timeout_s: float = SOCKET_TIMEOUT_S) -> dict[str, 
         "retry": Retry(ExponentialBackoff(cap=0.1, base=0.02), 1, supported_errors=(redis.ConnectionError,)),
         "health_check_interval": 0,
     }
+
+
+CLUSTER_SCHEME = "redis+cluster://"
 
 
 def connect(spec: str, socket_timeout_s: float = SOCKET_TIMEOUT_S) -> Redis:
@@ -113,9 +124,88 @@ class Link:
             self._connection = None
 
 
+class Route:
+    """Where a store's commands go: the one Redis of ``spec`` (:func:`connect`), or, for
+    ``redis+cluster://[user:password@]host:port,host:port`` (a Redis Cluster, database 0), the master that
+    holds the slot of ``key``. A store's keys share one hash tag, so that one master serves them all; it is
+    found from the nodes' ``CLUSTER SLOTS`` at the first call, and again after a reply says the slot moved
+    (MOVED, ASK: the commands did not run; the call raises StoreUnavailable and the next one goes to the new
+    master) or the connection to it was lost (its master failed over). :attr:`client` is the Redis it
+    talks to now (the store's notifications follow it)."""
+
+    def __init__(self, spec: str, key: str, socket_timeout_s: float = SOCKET_TIMEOUT_S, client: Redis | None = None) -> None:
+        self._timeout_s = socket_timeout_s
+        self._seeds: list[tuple[str, int]] = []
+        self._slot = key_slot(key.encode())
+        self._auth: dict[str, Any] = {}
+        if client is None and spec.startswith(CLUSTER_SCHEME):
+            parts = urlsplit(spec)
+            credentials, _, hosts = parts.netloc.rpartition("@")
+            username, _, password = credentials.partition(":")
+            if not hosts or parts.path.strip("/") not in ("", "0"):
+                raise ValueError(f"expected redis+cluster://[user:password@]host:port[,host:port...][/0], got {spec!r}")
+            for host in hosts.split(","):
+                name, _, port = host.rpartition(":")
+                self._seeds.append((name.strip("[]") or "localhost", int(port or 6379)))
+            self._auth = {"username": unquote(username) or None, "password": unquote(password) or None}
+        self._owns_client = client is None
+        self._address = self._seeds[0] if self._seeds else None
+        if client is None:
+            client = self._client_for(self._address) if self._address else connect(spec, socket_timeout_s)
+        self.client = client
+        self._link = Link(self.client)
+        self._stale = bool(self._seeds)  # a cluster's master for the slot is asked at the first call
+        self._found = False
+
+    def _client_for(self, address: tuple[str, int]) -> Redis:
+        return redis.Redis(host=address[0], port=address[1], **self._auth, **connection_options(self._timeout_s))
+
+    def run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """:meth:`Link.run` on the current master."""
+        if self._stale:
+            self._find_master()
+        try:
+            replies = self._link.run(commands)
+        except redis.ConnectionError:
+            self._stale = bool(self._seeds)
+            raise
+        if self._seeds and any(isinstance(reply, _REDIRECTS) for reply in replies):
+            self._stale = True
+        return replies
+
+    def _find_master(self) -> None:
+        for host, port in self._seeds:
+            probe = redis.Redis(host=host, port=port, **self._auth, **connection_options(self._timeout_s))
+            try:
+                ranges = probe.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+            except redis.RedisError:
+                continue  # ask the next
+            finally:
+                probe.close()
+            for start, end, master, *_ in ranges:
+                if start <= self._slot <= end:
+                    address = (master[0].decode() or host, int(master[1]))
+                    if address != self._address:
+                        if self._found:  # (the first time, it was only a seed)
+                            log.warning("Redis Cluster: slot %d (the store's keys) is served by %s:%d now", self._slot, *address)
+                        self.close()
+                        self._address, self.client = address, self._client_for(address)
+                        self._link = Link(self.client)
+                    self._stale, self._found = False, True
+                    return
+        raise unavailable_error(redis.ConnectionError(f"no node of the Redis Cluster says which master holds slot {self._slot}"))
+
+    def close(self) -> None:
+        self._link.close()
+        if self._owns_client:
+            self.client.close()
+
+
 def is_unavailable(error: BaseException) -> bool:
     """Whether ``error`` means Redis cannot serve now (the call may succeed later)."""
     if isinstance(error, redis.ConnectionError | redis.TimeoutError | redis.ReadOnlyError | redis.OutOfMemoryError):
+        return True
+    if isinstance(error, _CLUSTER_BUSY):
         return True
     return isinstance(error, redis.ResponseError) and str(error).startswith(_UNAVAILABLE_REPLIES)
 

@@ -18,18 +18,25 @@ from typing import Any
 
 from zerotask import jsonrpc
 from zerotask.store.base import Changes
-from zerotask.store.redis_client import SOCKET_TIMEOUT_S, Redis, reaching_redis, unavailable_error
+from zerotask.store.redis_client import SOCKET_TIMEOUT_S, Route, reaching_redis, unavailable_error
 
 
 class Notifications:
-    """A subscription to ``channel``; ignores what broker ``me`` published itself."""
+    """A subscription to ``channel`` on the Redis ``route`` talks to (on a Redis Cluster, the master it
+    found for the store's slot: when that changes, the subscription moves too, and reports ``lost_track``);
+    ignores what broker ``me`` published itself."""
 
-    def __init__(self, client: Redis, channel: bytes, me: str) -> None:
-        self._pubsub = client.pubsub()
+    def __init__(self, route: Route, channel: bytes, me: str) -> None:
+        self._route, self._client, self._channel = route, route.client, channel
+        self._pubsub = route.client.pubsub()
         self._me = me.encode()
         self._subscriptions = 0  # confirmations seen: the first is the subscription, later ones reconnects
         self._changes = Changes()
         self._finished: dict[str, None] = {}  # ordered, without repeats
+        self._subscribe()
+
+    def _subscribe(self) -> None:
+        channel = self._channel
         with reaching_redis():
             self._pubsub.subscribe(channel)
             deadline = time.monotonic() + SOCKET_TIMEOUT_S
@@ -50,6 +57,11 @@ class Notifications:
     def poll(self) -> None:
         """Read every message that arrived (a reply parser may hold several after one read of the socket).
         Raises StoreUnavailable while Redis cannot be reached; the next call connects and subscribes again."""
+        if self._route.client is not self._client:  # the store's slot has another master now: listen there
+            self._pubsub.close()
+            self._client, self._pubsub, self._subscriptions = self._route.client, self._route.client.pubsub(), 0
+            self._changes.lost_track = True
+            self._subscribe()
         with reaching_redis():
             while (message := self._pubsub.get_message(timeout=0.0)) is not None:
                 self._read(message)
