@@ -18,7 +18,7 @@ from zerotask.broker.core import BrokerCore
 from zerotask.broker.discovery import Discovery
 from zerotask.broker.params import param
 from zerotask.broker.periodic import Periodic
-from zerotask.broker.placement import read_queues
+from zerotask.broker.placement import read_defaults, read_queues
 from zerotask.broker.progress import Progress
 from zerotask.broker.replies import Envelope, Handler, Outbox, Respond
 from zerotask.exceptions import InvalidParams
@@ -130,11 +130,12 @@ class NodeProtocol:
             raise InvalidParams("methods must be an array of task names")
         if len(names) > MAX_METHODS:
             raise InvalidParams(f"a node may serve at most {MAX_METHODS} task names")
+        # Every param is read before anything changes: a refused connect leaves an earlier registration as it was.
+        queues = read_queues(param(params, "queues", 6, list, None))
+        defaults = read_defaults(param(params, "defaults", 7, dict, None))
         identity = envelope[0]
         self._links[identity] = NodeLink(envelope, name, workers)
-        queues = read_queues(param(params, "queues", 6, list, None))
         self._core.connect(identity, names, credit, running, queues)
-        defaults = param(params, "defaults", 7, dict, None)
         self._core.defaults.announce(defaults)
         self._core.rate_limits.announce(defaults)
         if self.periodic is not None:

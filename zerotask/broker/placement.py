@@ -30,6 +30,9 @@ log = logging.getLogger("zerotask.broker")
 MAX_QUEUES = 100  # queues one node may serve
 MAX_DELAY_S = 366 * 86400.0  # how far ahead a task may be scheduled
 MAX_DEFAULTS = 10_000  # task names whose defaults the broker keeps (one node's worth)
+# The longest task name whose defaults are kept: they outlive the node, so without it a node that connects
+# again and again could leave MAX_DEFAULTS names of up to a message's size each (16 MiB) in every table.
+MAX_DEFAULT_NAME_CHARS = 1024
 _PLACEMENT_KEYS = frozenset(("queue", "priority", "countdown_s", "eta"))
 
 
@@ -80,6 +83,15 @@ def read_queues(value: Any) -> frozenset[str]:
     if not isinstance(value, list) or not 0 < len(value) <= MAX_QUEUES:
         raise InvalidParams(f"queues must be an array of 1 to {MAX_QUEUES} queue names")
     return frozenset(check_queue(queue) for queue in value)
+
+
+def read_defaults(value: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The ``defaults`` of zerotask.broker.connect that are worth reading: the first MAX_DEFAULTS names of
+    at most MAX_DEFAULT_NAME_CHARS whose options are an object. What else a node sent is ignored."""
+    if not value:
+        return {}
+    names = (name for name in value if len(name) <= MAX_DEFAULT_NAME_CHARS and isinstance(value[name], dict))
+    return {name: value[name] for name, _ in zip(names, range(MAX_DEFAULTS), strict=False)}
 
 
 class TaskDefaults:
