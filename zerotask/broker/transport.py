@@ -54,6 +54,9 @@ DEFAULT_RESULT_TTL_S = 86400.0
 # out: big enough to share a commit among many tasks, small enough that nodes keep getting work while a
 # client floods us with submits.
 _ROUND_BUDGET = 1000
+# And a round ends after this many bytes of messages, whatever their count: parsing a 10 MB message of
+# pathological JSON takes ~0.4 s, and thirty of them in one round held the loop (heartbeats, timers) 9.5 s.
+_ROUND_BYTES = 8 * 1024 * 1024
 MAX_BATCH = 1000  # requests in one JSON-RPC batch: a larger one is refused whole, before any runs
 # A node's message wraps a result in a few levels (batch, notification, params, outcomes, outcome) that a
 # worker's check of MAX_DEPTH does not count; a client's task arguments get no such allowance, so that
@@ -218,12 +221,13 @@ class Broker(EventLoop):
     # ---- the loop --------------------------------------------------------------------------------
 
     def _on_requests(self) -> None:
-        budget = _ROUND_BUDGET
-        while budget > 0:
+        budget, size = _ROUND_BUDGET, 0
+        while budget > 0 and size < _ROUND_BYTES:
             try:
                 frames = self._receive()  # with CURVE, also who sent it (self.security.sender)
             except zmq.Again:
                 return
+            size += len(frames[-1])
             budget -= self._on_message(frames)
 
     def _on_subscription(self) -> None:
