@@ -64,6 +64,7 @@ def own_process() -> None:
     gc.freeze()
 
 
+_MAX_POLL_MS = 86_400_000
 MAX_SILENCE_S = 32.0  # the longest a peer waits for a silent broker before trying again
 
 
@@ -195,7 +196,8 @@ class EventLoop:
             self._cancelled_timers -= 1
         if not self._timers:
             return None
-        return max(0, int((self._timers[0].when - time.monotonic()) * 1000) + 1)
+        # At most a day: a timer absurdly far off (a rate limit of 1e-30/s) must not overflow the poll.
+        return min(_MAX_POLL_MS, max(0, int((self._timers[0].when - time.monotonic()) * 1000) + 1))
 
     def _run_due_timers(self) -> None:
         now = time.monotonic()

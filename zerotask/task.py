@@ -248,10 +248,7 @@ def task(
     if every is not None and not (_finite(every) and every >= 0.1):
         raise ValueError("every must be at least 0.1 seconds")
     if cron is not None:
-        from croniter import croniter  # only for a task that uses it
-
-        if not croniter.is_valid(cron):
-            raise ValueError(f"not a cron expression: {cron!r}")
+        _check_cron(cron)
     if pool is not None and pool not in POOLS:
         raise ValueError(f"pool must be one of {', '.join(POOLS)}")
     options = TaskOptions(
@@ -300,6 +297,19 @@ def split_params(params: list[Any] | dict[str, Any]) -> tuple[list[Any], dict[st
     if isinstance(params, dict):
         return [], params
     return params, {}
+
+
+def _check_cron(cron: Any) -> None:
+    """Refuse here what the broker would ignore (zerotask.broker.periodic.read_schedule): anything but five
+    fields (no ``@hourly``), and an expression that never matches (``0 0 30 2 *``, which croniter accepts)."""
+    from croniter import croniter  # only for a task that uses it
+
+    if not isinstance(cron, str) or len(cron.split()) != 5 or not croniter.is_valid(cron):
+        raise ValueError(f"not a cron expression of five fields (minute hour day month weekday): {cron!r}")
+    try:
+        croniter(cron).get_next(float)
+    except Exception as error:  # croniter's CroniterBadDateError and kin: it never matches
+        raise ValueError(f"the cron expression {cron!r} never matches: {error}") from None
 
 
 def _finite(*values: float) -> bool:
