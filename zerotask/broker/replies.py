@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +51,7 @@ class Outbox:
     def __init__(self, limit: int = DEFAULT_REPLY_LIMIT) -> None:
         self.limit = limit
         self._messages: dict[Envelope, list[Message]] = {}
-        self._backlog: dict[Envelope, list[bytes]] = {}
+        self._backlog: dict[Envelope, tuple[deque[bytes], int]] = {}  # peer -> (payloads waiting, their bytes)
         self._held: dict[Envelope, list[Message]] = {}
 
     def hold(self) -> None:
@@ -88,27 +89,44 @@ class Outbox:
             if envelope not in messages:
                 messages[envelope] = []
         for envelope, queued in messages.items():
-            payloads = itertools.chain(self._backlog.pop(envelope, []), coalesce(queued, self.limit))
+            fresh = coalesce(queued, self.limit)
             try:
-                for payload in payloads:
+                if envelope in self._backlog and not self._send_waiting(envelope, send):
+                    self._hold(envelope, fresh)  # still no room: the new ones wait behind the old
+                    continue
+                for payload in fresh:
                     if not send(envelope, payload):
-                        self._hold(envelope, payload, payloads)
+                        self._hold(envelope, itertools.chain((payload,), fresh))
                         break
             except PeerGone:
+                self._backlog.pop(envelope, None)
                 gone.append(envelope)
         return gone
 
-    def _hold(self, envelope: Envelope, first: bytes, rest: Iterator[bytes]) -> None:
-        """Keep what the peer has no room for, in order, up to MAX_BACKLOG_BYTES; the rest is dropped
-        (and, since coalesce is lazy, never even encoded)."""
-        kept, size = [first], len(first)
+    def _send_waiting(self, envelope: Envelope, send: Callable[[Envelope, bytes], bool]) -> bool:
+        """Send the peer's waiting replies, oldest first, while it has room; whether all went."""
+        waiting, size = self._backlog[envelope]
+        while waiting:
+            if not send(envelope, waiting[0]):
+                self._backlog[envelope] = (waiting, size)
+                return False
+            size -= len(waiting.popleft())
+        del self._backlog[envelope]
+        return True
+
+    def _hold(self, envelope: Envelope, rest: Iterator[bytes]) -> None:
+        """Keep what the peer has no room for, in order, behind what already waits, up to MAX_BACKLOG_BYTES in
+        all; the rest is dropped (and, since coalesce is lazy, never even encoded). Only the new payloads are
+        looked at: a peer that reads slowly must not make every round walk all it has waiting."""
+        waiting, size = self._backlog.get(envelope) or (deque(), 0)
         for payload in rest:
-            size += len(payload)
-            if size > MAX_BACKLOG_BYTES:
-                log.warning("dropping replies to a peer that does not read them (%d bytes waiting)", size - len(payload))
+            if size + len(payload) > MAX_BACKLOG_BYTES:
+                log.warning("dropping replies to a peer that does not read them (%d bytes waiting)", size)
                 break
-            kept.append(payload)
-        self._backlog[envelope] = kept
+            waiting.append(payload)
+            size += len(payload)
+        if waiting:
+            self._backlog[envelope] = (waiting, size)
 
 
 def split_frames(frames: list[bytes]) -> tuple[Envelope, bytes | None]:
