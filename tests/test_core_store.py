@@ -242,3 +242,31 @@ def test_tasks_without_kwargs_or_options_share_one_empty_dict_that_cannot_be_fil
 def test_the_core_stores_one_empty_options_dict_for_all(core: BrokerCore) -> None:
     records = [core.find(task_id) for task_id in submit(core, 3)]
     assert all(record.options is NO_ENTRIES for record in records)
+
+
+def test_a_slow_readers_replies_wait_in_order_and_none_is_lost() -> None:
+    """A peer whose ZeroMQ queue is full gets its replies later, in order, none lost or sent twice, while new ones
+    keep coming behind them (the waiting ones are a deque now, sent from the front, the new appended)."""
+    outbox = Outbox()
+    peer = (b"peer",)
+    room = 0
+    sent: list[bytes] = []
+    attempts = Counter[bytes]()
+
+    def send(envelope: tuple[bytes, ...], payload: bytes) -> bool:
+        nonlocal room
+        attempts[payload] += 1
+        if room == 0:
+            return False
+        room -= 1
+        sent.append(payload)
+        return True
+
+    for round_number in range(50):
+        for n in range(20):  # responses are sent one by one, as to a client's single requests
+            outbox.send(peer, {"jsonrpc": "2.0", "result": round_number * 20 + n, "id": round_number * 20 + n})
+        room = 5 if round_number < 40 else 1_000
+        outbox.deliver(send)
+    assert not outbox.backlogged
+    assert [orjson.loads(payload)["result"] for payload in sent] == list(range(1000))
+    assert max(attempts.values()) <= 2  # tried when it came or reached the front, and sent at the next try
