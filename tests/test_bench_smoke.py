@@ -118,6 +118,17 @@ def test_trace_times_every_hop_of_a_call() -> None:
     assert "found nothing to wrap" not in done.stdout and "left out" not in done.stdout, done.stdout
 
 
+@pytest.mark.timeout(300)
+def test_roles_gives_each_process_its_cpu_per_task() -> None:
+    args = [sys.executable, "-m", "bench.roles", "--tasks", "2000", "--rounds", "1", "--store", "sqlite"]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=scaled(240))
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
+    row = [cell.strip() for cell in done.stdout.splitlines()[-1].split("|")[1:-1]]
+    assert row[0] == "1" and float(row[1].replace(",", "")) > 0, done.stdout
+    client, broker, node, workers, total = (float(cell) for cell in row[2:])
+    assert broker > 0 and total >= client + broker + node + workers - 0.2, done.stdout  # every role was read
+
+
 def test_trace_matches_stamps_to_their_call() -> None:
     """Stamps are matched by task id, and a stamp naming no task by its place between its neighbours:
     another task's message, or a heartbeat parsed between two hops of the call, is passed over."""
