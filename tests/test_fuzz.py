@@ -322,6 +322,29 @@ def test_replies_a_peer_does_not_read_cannot_pile_up_in_the_broker(cluster: Clus
     assert growth < 200
 
 
+def test_a_peer_sending_faster_than_the_broker_parses_is_pushed_back(cluster: Cluster, zmq_context: Context) -> None:
+    """ZeroMQ buffered without bound what a peer sent before the broker read it (RCVHWM 0): 400 notifications of
+    2 MB of JSON, sent as fast as loopback goes, all sat in the broker (~860 MiB) while it parsed them one round
+    at a time. At most REQUEST_HWM (100) now wait per peer, and TCP pushes back on the sender. Bound on the peak
+    RSS growth: 450 MiB (100 of them waiting, one parsed, the allocator's slack)."""
+    cluster.start_broker()
+    assert cluster.broker is not None
+    before = fuzz.rss_mib(cluster.broker.pid, "VmHWM")
+    flooder = zmq_context.socket(zmq.DEALER)
+    flooder.setsockopt(zmq.LINGER, 0)
+    flooder.setsockopt(zmq.SNDHWM, 0)  # its own queue unbounded: the push back is the broker's
+    flooder.connect(cluster.endpoint)
+    payload = rpc(wire.HEARTBEAT, {"junk": [[0] * 8] * 120_000}, notification=True)  # ~2 MB, slow to parse
+    for _ in range(400):
+        flooder.send(payload, copy=False)
+    time.sleep(scaled(3))
+    growth = fuzz.rss_mib(cluster.broker.pid, "VmHWM") - before
+    print(f"RSS peak growth while a peer pushed 400 messages of {len(payload) / MIB:.1f} MiB: {growth:.0f} MiB")
+    assert ping_s(zmq_context, cluster.endpoint) < scaled(10)  # and the others are still served meanwhile
+    assert cluster.broker.alive()
+    assert growth < 450
+
+
 def test_queued_tasks_cannot_take_the_memory_store_past_a_bound_in_bytes(cluster: Cluster, zmq_context: Context) -> None:
     """The queue is bounded in tasks (10,000,000; the memory store holds 2,000,000), not in bytes, and a task's
     arguments stay as parsed Python objects: 20 tasks of 4 MB of JSON (an array of 800,000 two-letter strings)

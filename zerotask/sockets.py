@@ -21,6 +21,7 @@ Context = zmq.Context[Socket]
 
 _SCHEMES = ("tcp://", "ipc://", "inproc://")
 REPLY_HWM = 32  # messages queued in ZeroMQ for one peer of the broker; the broker holds the rest (bounded)
+REQUEST_HWM = 100  # messages from one peer that ZeroMQ holds before the broker reads them (a round reads 1,000)
 MAX_SUBSCRIPTION_BYTES = 1024  # a subscription message on the event socket; larger ones disconnect the peer
 
 
@@ -117,9 +118,11 @@ def request_router(context: Context, endpoint: str, max_message_bytes: int, curv
     # A peer that never reads may have at most REPLY_HWM messages queued for it in ZeroMQ, which counts
     # messages, not bytes; beyond, a send to it fails at once (ROUTER_MANDATORY, NOBLOCK) and the broker
     # keeps what waits itself, in order and bounded in bytes (replies.Outbox). Incoming messages are
-    # bounded by MAXMSGSIZE and read as fast as they come.
+    # bounded by MAXMSGSIZE each, and by REQUEST_HWM waiting per peer: beyond, ZeroMQ stops reading that
+    # peer's connection, and TCP pushes back on it (nothing is lost). Unbounded, a peer sending faster than
+    # the broker parses had everything it sent buffered here (300 messages of 2 MB: 641 MiB).
     sock.setsockopt(zmq.SNDHWM, REPLY_HWM)
-    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, REQUEST_HWM)
     sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
     sock.setsockopt(zmq.LINGER, 0)
     if curve is not None:
