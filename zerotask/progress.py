@@ -56,8 +56,8 @@ class reporting:  # lower case: it is used as a function, ``with reporting(...)`
 
     def __enter__(self) -> None:
         if self._sink is not None:
-            self._token = _current.set((self._task_id, self._sink, [-THROTTLE_S]))
+            self._token = begin(self._task_id, self._sink)
 
     def __exit__(self, *exc_info: object) -> None:
         if self._token is not None:
-            _current.reset(self._token)
+            end(self._token)

@@ -247,8 +247,8 @@ def task(
         raise ValueError("a periodic task runs every so many seconds or by cron, not both")
     if every is not None and not (_finite(every) and every >= 0.1):
         raise ValueError("every must be at least 0.1 seconds")
-    if cron is not None:
-        _check_cron(cron)
+    if cron is not None and (problem := cron_problem(cron)) is not None:
+        raise ValueError(problem)
     if pool is not None and pool not in POOLS:
         raise ValueError(f"pool must be one of {', '.join(POOLS)}")
     options = TaskOptions(
@@ -299,17 +299,19 @@ def split_params(params: list[Any] | dict[str, Any]) -> tuple[list[Any], dict[st
     return params, {}
 
 
-def _check_cron(cron: Any) -> None:
-    """Refuse here what the broker would ignore (zerotask.broker.periodic.read_schedule): anything but five
-    fields (no ``@hourly``), and an expression that never matches (``0 0 30 2 *``, which croniter accepts)."""
+def cron_problem(cron: Any) -> str | None:
+    """What is wrong with a cron expression, or None: it must be five fields (no ``@hourly``) that croniter
+    reads and that match some day (croniter accepts ``0 0 30 2 *``, then never finds a slot). The decorator
+    refuses such an expression, and the broker ignores it in what a node announces."""
     from croniter import croniter  # only for a task that uses it
 
-    if not isinstance(cron, str) or len(cron.split()) != 5 or not croniter.is_valid(cron):
-        raise ValueError(f"not a cron expression of five fields (minute hour day month weekday): {cron!r}")
+    if not isinstance(cron, str) or len(cron) > 256 or len(cron.split()) != 5 or not croniter.is_valid(cron):
+        return f"not a cron expression of five fields (minute hour day month weekday): {cron!r}"
     try:
         croniter(cron).get_next(float)
     except Exception as error:  # croniter's CroniterBadDateError and kin: it never matches
-        raise ValueError(f"the cron expression {cron!r} never matches: {error}") from None
+        return f"the cron expression {cron!r} never matches: {error}"
+    return None
 
 
 def _finite(*values: float) -> bool:

@@ -22,6 +22,7 @@ from typing import Any
 from zerotask.exceptions import ZerotaskError
 from zerotask.loop import Scheduler, Timer
 from zerotask.store import Store
+from zerotask.task import cron_problem
 
 log = logging.getLogger("zerotask.broker")
 
@@ -68,21 +69,9 @@ def read_schedule(options: Any) -> Schedule | None:
     every, cron = options.get("every"), options.get("cron")
     if isinstance(every, int | float) and type(every) is not bool and MIN_EVERY_S <= every <= MAX_EVERY_S:
         return Schedule(every_s=float(every)) if cron is None else None
-    if isinstance(cron, str) and every is None and len(cron) <= 256 and len(cron.split()) == 5 and valid_cron(cron):
-        schedule = Schedule(cron=cron)
-        try:  # croniter accepts "0 0 30 2 *" (February 30th), then fails to find a slot for it
-            schedule.latest(time.time())
-            schedule.following(time.time())
-        except Exception:  # croniter's own errors (CroniterBadDateError...): the expression is junk
-            return None
-        return schedule
+    if isinstance(cron, str) and every is None and cron_problem(cron) is None:
+        return Schedule(cron=cron)
     return None
-
-
-def valid_cron(expression: str) -> bool:
-    from croniter import croniter  # only when some task is periodic by cron
-
-    return bool(croniter.is_valid(expression))
 
 
 def _croniter(expression: str, now: float) -> Any:

@@ -63,24 +63,28 @@ def connect(spec: str, socket_timeout_s: float = SOCKET_TIMEOUT_S) -> Redis:
     if not spec.startswith("redis+sentinel://"):
         return redis.Redis.from_url(spec, **options)
     parts = urlsplit(spec)
-    credentials, _, hosts = parts.netloc.rpartition("@")
-    username, _, password = credentials.partition(":")
+    sentinels, username, password = _hosts(parts.netloc, 26379)
     path = [part for part in parts.path.split("/") if part]
-    if not path or len(path) > 2 or not hosts:
+    if not path or len(path) > 2 or not sentinels:
         raise ValueError(f"expected redis+sentinel://host:port[,host:port...]/MASTER[/db], got {spec!r}")
-    sentinels = []
-    for host in hosts.split(","):
-        name, _, port = host.rpartition(":")
-        sentinels.append((name.strip("[]") or "localhost", int(port or 26379)))
     query: dict[str, Any] = dict(parse_qsl(parts.query))
     if len(path) == 2:
         query["db"] = path[1]
     db = int(query.pop("db", "0"))
     sentinel = Sentinel(sentinels, sentinel_kwargs=connection_options(socket_timeout_s), **options)
-    master: Redis = sentinel.master_for(
-        unquote(path[0]), db=db, username=unquote(username) or None, password=unquote(password) or None, **query
-    )
+    master: Redis = sentinel.master_for(unquote(path[0]), db=db, username=username, password=password, **query)
     return master
+
+
+def _hosts(netloc: str, default_port: int) -> tuple[list[tuple[str, int]], str | None, str | None]:
+    """``([(host, port), ...], username, password)`` of ``[user:password@]host:port,host:port``."""
+    credentials, _, hosts = netloc.rpartition("@")
+    username, _, password = credentials.partition(":")
+    addresses = []
+    for host in hosts.split(",") if hosts else []:
+        name, _, port = host.rpartition(":")
+        addresses.append((name.strip("[]") or "localhost", int(port or default_port)))
+    return addresses, unquote(username) or None, unquote(password) or None
 
 
 class Link:
@@ -140,14 +144,10 @@ class Route:
         self._auth: dict[str, Any] = {}
         if client is None and spec.startswith(CLUSTER_SCHEME):
             parts = urlsplit(spec)
-            credentials, _, hosts = parts.netloc.rpartition("@")
-            username, _, password = credentials.partition(":")
-            if not hosts or parts.path.strip("/") not in ("", "0"):
+            self._seeds, username, password = _hosts(parts.netloc, 6379)
+            if not self._seeds or parts.path.strip("/") not in ("", "0"):
                 raise ValueError(f"expected redis+cluster://[user:password@]host:port[,host:port...][/0], got {spec!r}")
-            for host in hosts.split(","):
-                name, _, port = host.rpartition(":")
-                self._seeds.append((name.strip("[]") or "localhost", int(port or 6379)))
-            self._auth = {"username": unquote(username) or None, "password": unquote(password) or None}
+            self._auth = {"username": username, "password": password}
         self._owns_client = client is None
         self._address = self._seeds[0] if self._seeds else None
         if client is None:
@@ -175,7 +175,7 @@ class Route:
 
     def _find_master(self) -> None:
         for host, port in self._seeds:
-            probe = redis.Redis(host=host, port=port, **self._auth, **connection_options(self._timeout_s))
+            probe = self._client_for((host, port))
             try:
                 ranges = probe.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
             except redis.RedisError:
