@@ -7,9 +7,8 @@ Features plug in as hooks (:mod:`zerotask.broker.hooks`); time comes from a sche
 core in-process on a MemoryStore with a manual clock.
 
 One fact, one place: what is queued is the store's (:meth:`Store.queued_counts`); which node holds a task,
-and whether it started it (RUNNING), is the core's, in memory only.
-Several brokers may share one store (Redis): what ended at another reaches the waiters here through
-:meth:`BrokerCore.take_changes`. An unreachable store is :mod:`zerotask.broker.writes`'s to handle.
+and whether it started it (RUNNING), is the core's, in memory only. Several brokers may share one store
+(Redis): what ended at another reaches the waiters here through :meth:`BrokerCore.take_changes`.
 """
 
 from __future__ import annotations
@@ -18,13 +17,14 @@ import functools
 import logging
 import time
 import uuid
-from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from zerotask import jsonrpc, wire
 from zerotask.broker.assignment import Assigner, NodeId, NodeSlot
-from zerotask.broker.hooks import Hooks, first_delay, overriding
+from zerotask.broker.hooks import Hooks, overriding
+from zerotask.broker.outcomes import read_report
 from zerotask.broker.placement import DueTimer, Placement, TaskDefaults
 from zerotask.broker.rate_limits import RateLimits
 from zerotask.broker.waiters import OnOutcome, Waiters
@@ -73,6 +73,7 @@ class BrokerCore:
         self.writes = StoreWrites(store)  # what could not be written while the store was unreachable
         self.rate_limits = RateLimits(store, scheduler)  # per task name, for all nodes together
         self._assigner = Assigner(store, self.rate_limits)
+        self._ending: deque[tuple[list[tuple[TaskRecord, Outcome]], Callable[[], list[bool]]]] = deque()
         # Only the hooks that override a point are called there, so an unused point costs nothing.
         self._before_enqueue = overriding(hooks, "before_enqueue")
         self._after_enqueue = overriding(hooks, "after_enqueue")
@@ -166,6 +167,7 @@ class BrokerCore:
     def revoke(self, task_id: str) -> tuple[str, NodeId | None]:
         """Revoke a task: queued, it never runs; held, its node must stop it. Returns the state afterwards
         (REVOKED, or the final state it reached first) and the node to tell, if any. Raises UnknownTask."""
+        self.settle()
         record = self.find(task_id)
         if record.state in FINAL_STATES:
             return record.state, None
@@ -176,8 +178,7 @@ class BrokerCore:
 
     def holder(self, task_id: str) -> NodeId | None:
         """The node that holds the task, if one does."""
-        node = self._holder.get(task_id)
-        return node.id if node is not None else None
+        return node.id if (node := self._holder.get(task_id)) is not None else None
 
     def expire(self, now: float | None = None, limit: int = 10_000) -> int:
         """Forget up to ``limit`` outcomes older than ``result_ttl_s``; returns how many."""
@@ -239,6 +240,7 @@ class BrokerCore:
     def release(self, node: NodeSlot, task_ids: Iterable[Any], draining: bool = False) -> None:
         """The node hands back tasks it will not start (each back in its old place in the queue);
         ``draining``: it is stopping and takes no more."""
+        self.settle()
         released = [task_id for task_id in task_ids if isinstance(task_id, str) and self._holder.get(task_id) is node]
         for task_id in released:
             self._release(task_id)
@@ -249,6 +251,7 @@ class BrokerCore:
 
     def lose(self, node_id: NodeId, reason: str) -> NodeSlot | None:
         """Forget a node; every task it held goes back to the queue. Returns it (with what it held), if it was known."""
+        self.settle()
         node = self._nodes.pop(node_id, None)
         if node is None:
             return None
@@ -267,6 +270,7 @@ class BrokerCore:
     def assign(self) -> list[tuple[NodeSlot, list[TaskRecord]]]:
         """Hand queued tasks to nodes with credit (fairly: see :mod:`zerotask.broker.assignment`);
         returns each node with the tasks to send it."""
+        self.settle()
         handed = self._assigner.assign(self._nodes.values())
         for node, records in handed:
             for record in records:
@@ -276,47 +280,21 @@ class BrokerCore:
         return handed
 
     def report(self, node: NodeSlot | None, outcomes: list[Any]) -> None:
-        """Record the outcomes a node reported (``{"task_id", "result"}`` or ``{"task_id", "error"}``),
-        with one store call. Only the node that holds a task may end it: an outcome for a task it does
-        not hold (ended already, unknown, taken back when it was lost, or another node's) is ignored,
-        and so is a second outcome for one task in the same report. A failure may be retried instead
-        (the hooks decide). Atomic: the store records first, and a task leaves its node only once its
-        outcome is stored. Raises InvalidParams at the first element that is not an outcome, after
-        recording those before it."""
-        finals: list[tuple[TaskRecord, Outcome]] = []
-        retries: list[tuple[TaskRecord, float]] = []
-        problem = None
-        decided: set[str] = set()
-        for outcome in outcomes:
-            task_id = outcome.get("task_id") if isinstance(outcome, dict) else None
-            if not isinstance(task_id, str):
-                problem = InvalidParams("each finished task is an object with a task_id")
-                break
-            if node is None or task_id in decided or self._holder.get(task_id) is not node:
-                continue
-            decided.add(task_id)
-            record = node.held[task_id]
-            error = outcome.get("error")
-            if error is None:
-                finals.append((record, Outcome(task_id, FINISHED, result=outcome.get("result"), held=True)))
-                continue
-            if not jsonrpc.is_error_object(error):  # callers get only valid JSON-RPC error objects, whatever a node says
-                error = jsonrpc.error_object(wire.TASK_FAILED, "the node reported a failure that is not a JSON-RPC error object")
-            delay_s = None if record.state in FINAL_STATES else first_delay(self._retry_delay, record, error)
-            if delay_s is None:
-                finals.append((record, Outcome(task_id, FAILED, error=error, held=True)))
-            else:
-                retries.append((record, delay_s))
+        """Record the outcomes a node reported (sorted by :func:`~zerotask.broker.outcomes.read_report`)
+        with one store call, and retry what the hooks say to. A task leaves its node only once its
+        outcome is stored (see :meth:`end`). Raises InvalidParams at the first element that is not an
+        outcome, after recording those before it."""
+        report = read_report(node, outcomes, self._holder, self._retry_delay)
         if node is not None:
-            node.finished += len(decided)
+            node.finished += report.decided
         try:
-            self.end(finals)
-            for record, delay_s in retries:
+            self.end(report.finals, later=True)
+            for record, delay_s in report.retries:
                 self._retry(record, delay_s)
         except StoreUnavailable:  # again once the store is back: what was recorded is skipped then
             self.writes.keep(functools.partial(self.report, node, outcomes))
-        if problem is not None:
-            raise problem
+        if report.problem is not None:
+            raise report.problem
 
     # ---- the store: commits, other brokers, outages ------------------------------------------------
 
@@ -324,6 +302,7 @@ class BrokerCore:
         """End a round: flush the store (after what failed to be written before). Returns whether this
         round's messages may go out: False if tasks were added and the store could not make them durable
         (it keeps them for the next commit). While the store is down, submits are refused."""
+        self.settle()
         durable, refused = self.writes.flush()
         for record in refused:
             self.waiters.refused(self.store, record)
@@ -333,6 +312,7 @@ class BrokerCore:
         """Settle what other brokers sharing the store did: the waiters of tasks that ended there get
         the stored outcome. Returns ``(node, task id)`` for the tasks a node here holds that ended
         elsewhere (revoked, or run again after a lease ran out): that node should stop them."""
+        self.settle()
         revoke = []
         for task_id in self.waiters.catch_up(self.store, self._holder.__contains__):
             holder = self._holder[task_id]
@@ -353,15 +333,35 @@ class BrokerCore:
             return node.held.pop(task_id, None)
         return None
 
-    def end(self, finals: list[tuple[TaskRecord, Outcome]]) -> None:
+    def end(self, finals: list[tuple[TaskRecord, Outcome]], later: bool = False) -> None:
         """Store outcomes in one call; then (only then) release their tasks from the nodes that held
-        them, and answer the waiters and the hooks of those recorded now."""
+        them, and answer the waiters and the hooks of those recorded now. ``later``, with a store that
+        sends ahead (``pipelined``): only the store's call now, the rest at :meth:`settle`."""
         if not finals:
             return
         if self.store.shared:  # another broker may have queued it again (a lease that ran out): let the store check
             for _, outcome in finals:
                 outcome.held = False
-        recorded = self.store.finish_many([outcome for _, outcome in finals])
+        outcomes = [outcome for _, outcome in finals]
+        if later and self.store.pipelined:
+            self._ending.append((finals, self.store.finish_later(outcomes)))
+        else:
+            self._ended(finals, self.store.finish_many(outcomes))
+
+    def settle(self) -> None:
+        """Finish what :meth:`end` began ``later``: read the store's answers, then release, answer and
+        tell the hooks. The transport calls it at the end of each round, and whatever ends or moves
+        tasks calls it first, so that it sees them as the store does."""
+        while self._ending:
+            finals, answer = self._ending.popleft()
+            try:
+                recorded = answer()
+            except StoreUnavailable:  # once the store is back (one that ran is then recorded already)
+                self.writes.keep(functools.partial(self.end, finals))
+                continue
+            self._ended(finals, recorded)
+
+    def _ended(self, finals: list[tuple[TaskRecord, Outcome]], recorded: list[bool]) -> None:
         holders, waiting, after_finish = self._holder, self.waiters.waiting, self._after_finish
         for (record, outcome), now in zip(finals, recorded, strict=True):
             if (node := holders.pop(record.id, None)) is not None:  # self._release(record.id), inline: per task

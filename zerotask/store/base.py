@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,6 +141,7 @@ class Store(ABC):
     that call wrote nothing (deferred adds stay buffered for the next :meth:`flush`)."""
 
     shared: bool = False  # other brokers may use this store at the same time (see the module docstring)
+    pipelined: bool = False  # finish_later sends ahead: the broker reads its answer at the end of the round
 
     @abstractmethod
     def add(self, record: TaskRecord, size_hint: int = 0) -> bool:
@@ -174,6 +175,14 @@ class Store(ABC):
         """Record outcomes, in order, each unless its task already has one (or is unknown); returns, per
         outcome, whether this call recorded it. A FINISHED task keeps its result, not its arguments; a FAILED
         or REVOKED one keeps its arguments too, so that it can be :meth:`reset`."""
+
+    def finish_later(self, outcomes: Sequence[Outcome]) -> Callable[[], list[bool]]:
+        """:meth:`finish_many`, with its answer read later, by calling what it returns: a store across a
+        network (``pipelined``) sends the write now, and the broker goes on handling messages while the
+        store works. Every later call of the store sees the outcomes recorded (it runs in order). Raises
+        StoreUnavailable now, or when the answer is read."""
+        recorded = self.finish_many(outcomes)
+        return lambda: recorded
 
     @abstractmethod
     def expire(self, before: float, limit: int = 10_000) -> int:

@@ -8,13 +8,10 @@ and :meth:`flush` returns the ones refused because their id existed. The queued 
 every write, so :meth:`queued_counts` costs nothing.
 
 Redis Cluster: every key of a store is under one hash tag, its constructor's ``queue``
-(``<prefix>:{<queue>}:...``), so that a script touches one slot. The named queues of the tasks (their
-``queue`` field, which nodes choose to serve) are not keys: they live inside that tag, in the order of
-the queue's members (method, named queue, priority, submission; see :mod:`zerotask.store.redis_layout`).
-So all of one store's named queues share a slot, and one Redis node; to spread load over a Cluster, run
-stores (and their brokers) with other ``queue`` (or ``prefix``) names, each its own set of tasks (``--store
-redis+cluster://...?store=NAME``). :class:`~zerotask.store.redis_client.Route` finds the master of the slot
-and follows it when it moves.
+(``<prefix>:{<queue>}:...``), so that a script touches one slot, which
+:class:`~zerotask.store.redis_client.Route` finds and follows. The tasks' named queues live inside that
+tag (see :mod:`zerotask.store.redis_layout`): to spread load over a Cluster, run stores (and their
+brokers) with other ``queue`` (or ``prefix``) names (``--store redis+cluster://...?store=NAME``).
 
 Durability is Redis': run it with ``appendonly yes`` (``appendfsync everysec`` loses nothing that was
 acknowledged when Redis is killed, up to a second on power loss). The store bounds nothing but its own
@@ -34,7 +31,7 @@ import itertools
 import time
 import uuid
 from collections import deque
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from zerotask import jsonrpc
@@ -51,11 +48,12 @@ from zerotask.store.base import (
 )
 from zerotask.store.redis_buffer import Command, QueuedCounts, WriteBuffer
 from zerotask.store.redis_client import SOCKET_TIMEOUT_S, Redis, Route, check, is_missing_script, reaching_redis
-from zerotask.store.redis_layout import KEY_NAMES, task_from_row
+from zerotask.store.redis_flow import finish_args, recorded_flags
+from zerotask.store.redis_layout import KEY_NAMES, pairs, score, task_from_row
 from zerotask.store.redis_notify import Notifications
 from zerotask.store.redis_registry import RedisRegistry
 from zerotask.store.redis_scripts import SCRIPTS, source
-from zerotask.wire import FINAL_STATES, QUEUED
+from zerotask.wire import QUEUED
 
 DEFAULT_MAX_BUFFERED_BYTES = 256 * 1024 * 1024  # adds not yet written (Redis down): beyond, add raises QueueFull
 KNOWN_METHODS_CACHED_S = 1.0  # known_methods asks Redis at most this often
@@ -65,6 +63,7 @@ EXPIRE_SLICE = 2_000  # tasks one expire script forgets at most
 
 class RedisStore(Store):
     shared = True
+    pipelined = True
 
     def __init__(
         self,
@@ -155,7 +154,7 @@ class RedisStore(Store):
 
     def _counted(self, reply: dict[bytes, bytes] | list[bytes]) -> None:
         """Keep the queued counts: a reply of HGETALL or of a script."""
-        self._queued = {method.decode(): int(count) for method, count in _pairs(reply)}
+        self._queued = {method.decode(): int(count) for method, count in pairs(reply)}
         self._counts.merge(self._queued, self._buffer.counts)
 
     def add(self, record: TaskRecord, size_hint: int = 0) -> bool:
@@ -207,19 +206,33 @@ class RedisStore(Store):
     def finish_many(self, outcomes: Sequence[Outcome]) -> list[bool]:
         if not outcomes:
             return []
-        args: list[Any] = [uuid.uuid4().hex, len(outcomes)]
-        for outcome in outcomes:
-            if outcome.state not in FINAL_STATES:
-                raise ValueError(f"an outcome is FINISHED, FAILED or REVOKED, not {outcome.state}")
-            value = {"error": outcome.error} if outcome.error is not None else {"result": outcome.result}
-            args += [outcome.task_id, outcome.state, jsonrpc.dumps(value)]
-        return [flag == ord("1") for flag in self._call("finish", *args)]
+        return recorded_flags(self._call("finish", *finish_args(outcomes)))
+
+    def finish_later(self, outcomes: Sequence[Outcome]) -> Callable[[], list[bool]]:
+        """Sends the script now (adds still buffered stay so: no node holds them), reads its reply when
+        the answer is asked for, or first thing in the next call."""
+        if not outcomes:
+            return list
+        command = self._script("finish", *finish_args(outcomes))
+        with reaching_redis():
+            pending = self._route.send([command])
+
+        def answer() -> list[bool]:
+            with reaching_redis():
+                (reply,) = self._route.replies(pending)
+                if is_missing_script(reply):  # Redis restarted: load the scripts, and run it again
+                    (reply,) = self._execute([command])
+            flags, queued = check(reply)
+            self._counted(queued)
+            return recorded_flags(flags)
+
+        return answer
 
     def expire(self, before: float, limit: int = 10_000) -> int:
         forgotten = 0
         while forgotten < limit:
             size = min(EXPIRE_SLICE, limit - forgotten)
-            done: int = self._call("expire", _score(before), size)
+            done: int = self._call("expire", score(before), size)
             forgotten += done
             if done < size:
                 break
@@ -232,7 +245,7 @@ class RedisStore(Store):
 
     def due(self, now: float, limit: int = 10_000) -> int:
         """Atomic: brokers that call it at once queue each task once."""
-        queued: int = self._call("due", _score(now), limit)
+        queued: int = self._call("due", score(now), limit)
         return queued
 
     def next_due(self) -> float | None:
@@ -273,7 +286,7 @@ class RedisStore(Store):
         """Asks Redis (one round trip): other brokers change the counts too."""
         queued, states = self._run([("HGETALL", self._key("queued")), ("HGETALL", self._key("states"))])
         self._counted(queued)
-        counts = {key.decode(): int(value) for key, value in _pairs(states)}
+        counts = {key.decode(): int(value) for key, value in pairs(states)}
         total = sum(self._queued.values())
         return {QUEUED: total, **counts} if total else counts
 
@@ -289,7 +302,7 @@ class RedisStore(Store):
     ) -> list[TaskRecord]:
         """Newest first. A filter by method (or by an unfinished state other than QUEUED) looks at the
         latest 100,000 tasks of each kind at most, so that a listing never blocks Redis for long."""
-        bound = "+inf" if before is None else _score(before)
+        bound = "+inf" if before is None else score(before)
         rows = self._read("list", state or "", method or "", max(limit, 0), bound)
         return [task_from_row(row) for row in rows]
 
@@ -384,13 +397,3 @@ class RedisStore(Store):
             if self._notifications is not None:
                 self._notifications.close()
             self._route.close()
-
-
-def _pairs(reply: dict[bytes, bytes] | list[bytes]) -> Iterable[tuple[bytes, bytes]]:
-    """The field-value pairs of a HGETALL reply: a flat list (RESP2), or a map (RESP3)."""
-    return reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2], strict=True)
-
-
-def _score(value: float) -> str:
-    """A time as a sorted-set score Redis parses exactly."""
-    return "+inf" if value == float("inf") else "-inf" if value == float("-inf") else repr(value)

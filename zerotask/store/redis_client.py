@@ -87,35 +87,102 @@ def _hosts(netloc: str, default_port: int) -> tuple[list[tuple[str, int]], str |
     return addresses, unquote(username) or None, unquote(password) or None
 
 
+class Pending:
+    """The replies of commands sent ahead (:meth:`Link.send`): :meth:`result` reads them, when needed."""
+
+    __slots__ = ("_link", "packed", "replies", "error")
+
+    def __init__(self, link: Link, packed: list[bytes]) -> None:
+        self._link, self.packed = link, packed
+        self.replies: list[Any] | None = None
+        self.error: BaseException | None = None
+
+    def result(self) -> list[Any]:
+        """The replies (errors as values, as :meth:`Link.run`'s); raises redis-py's errors."""
+        if self.replies is None and self.error is None:
+            self._link.collect()
+        if self.error is not None:
+            raise self.error
+        assert self.replies is not None
+        return self.replies
+
+
 class Link:
     """The store's own connection to Redis, taken from ``client``'s pool once and kept: a round trip packs
     its commands with hiredis, sends them in one write and reads the replies in order. This is what a
     redis-py pipeline does, at a fifth of the CPU (no pool, packer or callbacks per call), so replies are
     raw (RESP2: HGETALL answers a flat list). A connection error is retried as the client's ``retry``
     says (on a fresh connection); a timeout is not (the commands may have run). The store calls it from one
-    thread only."""
+    thread only.
+
+    :meth:`send` sends commands without waiting for their replies, so that the broker works while Redis
+    does (one such call outstanding at a time: sending another, or running any call, reads its replies first)."""
 
     def __init__(self, client: Redis) -> None:
         self._pool = client.connection_pool
         self._connection: Any = None
+        self._outstanding: Pending | None = None
 
     def run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """The replies of ``commands``, errors (ResponseError) as values; raises redis-py's errors."""
+        self.collect()
         packed = [hiredis.pack_command(command) for command in commands]
-        if self._connection is None:
-            self._connection = self._pool.get_connection()
-        connection = self._connection
+        connection = self._connected()
         return connection.retry.call_with_retry(  # type: ignore[no-any-return]
             lambda: self._round_trip(connection, packed), lambda error: connection.disconnect()
         )
+
+    def send(self, commands: list[tuple[Any, ...]]) -> Pending:
+        """Send ``commands`` now; their replies are read by the returned Pending's ``result()`` (or first
+        thing in the next call). Raises redis-py's errors if they could not be sent."""
+        self.collect()
+        pending = Pending(self, [hiredis.pack_command(command) for command in commands])
+        connection = self._connected()
+        try:
+            if connection._sock is None:
+                connection.connect()
+            connection.send_packed_command(pending.packed, check_health=False)
+        except redis.ConnectionError:
+            connection.disconnect()  # (a write to a connection Redis closed: the read says so, and sends again)
+        self._outstanding = pending
+        return pending
+
+    def collect(self) -> None:
+        """Read the replies of what :meth:`send` sent, if not yet read: into its Pending, errors too. A
+        connection lost meanwhile sends the commands again on a fresh one, as :meth:`run` would."""
+        pending, self._outstanding = self._outstanding, None
+        if pending is None:
+            return
+        connection, sent = self._connection, [False]
+
+        def attempt() -> list[Any]:
+            if not sent[0] and connection._sock is not None:
+                sent[0] = True
+                return self._read(connection, len(pending.packed))
+            return self._round_trip(connection, pending.packed)
+
+        try:
+            pending.replies = connection.retry.call_with_retry(attempt, lambda error: connection.disconnect())
+        except Exception as error:  # for the Pending's owner to see
+            pending.error = error
+            connection.disconnect()  # what it still owes us must not be read as another call's replies
+
+    def _connected(self) -> Any:
+        if self._connection is None:
+            self._connection = self._pool.get_connection()
+        return self._connection
 
     @staticmethod
     def _round_trip(connection: Any, packed: list[bytes]) -> list[Any]:
         if connection._sock is None:  # connect() as the pool does: through Sentinel, it asks for the master
             connection.connect()
         connection.send_packed_command(packed, check_health=False)
+        return Link._read(connection, len(packed))
+
+    @staticmethod
+    def _read(connection: Any, count: int) -> list[Any]:
         replies: list[Any] = []
-        for _ in packed:
+        for _ in range(count):
             try:
                 replies.append(connection.read_response())
             except redis.ResponseError as error:  # in-band: the next reply follows
@@ -123,6 +190,8 @@ class Link:
         return replies
 
     def close(self) -> None:
+        if self._outstanding is not None:
+            self._outstanding.error, self._outstanding = redis.ConnectionError("the store closed its connection"), None
         if self._connection is not None:
             self._pool.release(self._connection)
             self._connection = None
@@ -166,6 +235,23 @@ class Route:
             self._find_master()
         try:
             replies = self._link.run(commands)
+        except redis.ConnectionError:
+            self._stale = bool(self._seeds)
+            raise
+        if self._seeds and any(isinstance(reply, _REDIRECTS) for reply in replies):
+            self._stale = True
+        return replies
+
+    def send(self, commands: list[tuple[Any, ...]]) -> Pending:
+        """:meth:`Link.send` to the current master; read the replies with :meth:`replies`."""
+        if self._stale:
+            self._find_master()
+        return self._link.send(commands)
+
+    def replies(self, pending: Pending) -> list[Any]:
+        """What :meth:`run` would have answered for the commands of ``pending``."""
+        try:
+            replies = pending.result()
         except redis.ConnectionError:
             self._stale = bool(self._seeds)
             raise

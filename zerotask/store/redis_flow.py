@@ -9,6 +9,14 @@ ARGV starts as every script's does (see :mod:`zerotask.store.redis_scripts`)."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from zerotask import jsonrpc
+from zerotask.store.base import Outcome
+from zerotask.wire import FINAL_STATES
+
 # ARGV[4] token, ARGV[5] n, then per task (ADD_FIELDS): id, params, owner ("" or "+" .. owner), due_at ("" for
 # none), created_at, the end of its row after the sequence ("|attempts|created_at|priority|due_at|names"), and
 # its lane with 9 - priority (where it goes in QUEUE, before the sequence). A task due later than now is
@@ -224,3 +232,19 @@ return done(table.concat(flags))
 """
 
 FLOW_SCRIPTS = {"add": ADD, "take": TAKE, "finish": FINISH}
+
+
+def finish_args(outcomes: Sequence[Outcome]) -> list[Any]:
+    """The finish script's ARGV after the common ones: a token, the count, then id, state, outcome each."""
+    args: list[Any] = [uuid.uuid4().hex, len(outcomes)]
+    for outcome in outcomes:
+        if outcome.state not in FINAL_STATES:
+            raise ValueError(f"an outcome is FINISHED, FAILED or REVOKED, not {outcome.state}")
+        value = {"error": outcome.error} if outcome.error is not None else {"result": outcome.result}
+        args += [outcome.task_id, outcome.state, jsonrpc.dumps(value)]
+    return args
+
+
+def recorded_flags(flags: bytes) -> list[bool]:
+    """Whether each outcome was recorded, from the finish script's answer."""
+    return [flag == ord("1") for flag in flags]

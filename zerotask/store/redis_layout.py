@@ -26,6 +26,7 @@ asking again.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from zerotask import jsonrpc
@@ -276,3 +277,13 @@ def names(method: str, queue: str) -> str:
 def lane(method: str, queue: str) -> str:
     """Where one method's tasks in one named queue lie in ``queue`` (the PRELUDE's ``lane``)."""
     return f"{len(method.encode()):08x}{method}{len(queue.encode()):08x}{queue}"
+
+
+def pairs(reply: dict[bytes, bytes] | list[bytes]) -> Iterable[tuple[bytes, bytes]]:
+    """The field-value pairs of a HGETALL reply: a flat list (RESP2), or a map (RESP3)."""
+    return reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2], strict=True)
+
+
+def score(value: float) -> str:
+    """A time as a sorted-set score Redis parses exactly."""
+    return "+inf" if value == float("inf") else "-inf" if value == float("-inf") else repr(value)
