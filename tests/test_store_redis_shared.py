@@ -220,15 +220,18 @@ class TestOneBroker:
         a, _ = pair
         core = BrokerCore(a, ManualClock())
         node = core.connect(b"n1", ["a"], 10, ())
-        calls: list[int] = []
-        execute = a._execute
-        a._execute = lambda batch: calls.append(len(batch)) or execute(batch)  # type: ignore[method-assign]
+        sends: list[int] = []
+        send = a._route.send
+        a._route.send = lambda commands: sends.append(len(commands)) or send(commands)  # type: ignore[method-assign]
         record = core.submit("a", [1], {})
-        assert calls == []  # buffered
+        assert sends == []  # buffered
         assert dict(a.queued_counts()) == {"a": 1}
-        handed = core.assign()
+        assert core.assign() == [] and core.taking  # sent ahead: the broker goes on while Redis works
+        assert not core.commit()  # the acknowledgement of the add waits for the take's answer, which carries it
+        handed = core.take_answered()
         assert [(slot, [task.id for task in tasks]) for slot, tasks in handed] == [(node, [record.id])]
-        assert len(calls) == 1  # the add (and the names the node announced) and the take, in one round trip
+        assert len(sends) == 1  # the add (and the names the node announced) and the take, in one write
+        assert not core.taking and core.commit()
 
     def test_a_buffered_scheduled_task_is_not_counted_as_queued(self, pair: Pair) -> None:
         a, _ = pair

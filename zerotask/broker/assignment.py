@@ -9,7 +9,7 @@ and asks the store for every node's tasks in one :meth:`~zerotask.store.Store.ta
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from zerotask.broker.rate_limits import RateLimits
@@ -37,44 +37,78 @@ class NodeSlot:
 
 class Assigner:
     """Spreads queued tasks over nodes with credit, fairly; remembers whose turn it is. Tasks of a name
-    with a rate limit go out only as its tokens allow (``limits``)."""
+    with a rate limit go out only as its tokens allow (``limits``).
+
+    With a store that sends ahead (``pipelined``), :meth:`assign` only begins one take (and nothing more
+    until it is answered): :meth:`answered` reads the store's answer and hands out what it took, so that
+    the broker handles messages while the store works."""
 
     def __init__(self, store: Store, limits: RateLimits | None = None) -> None:
         self._store = store
         self._rotation = 0
         self.limits = limits
+        self._taking: tuple[list[Taker], Callable[[], list[list[TaskRecord]]]] | None = None
+
+    @property
+    def taking(self) -> bool:
+        """Whether a take begun by :meth:`assign` waits for :meth:`answered`."""
+        return self._taking is not None
 
     def assign(self, nodes: Iterable[NodeSlot]) -> list[tuple[NodeSlot, list[TaskRecord]]]:
         """Take queued tasks for the nodes with credit; returns each node with the tasks it now holds
-        (its credit is used up accordingly). Loops until no node with credit has anything it serves."""
+        (its credit is used up accordingly). Loops until no node with credit has anything it serves;
+        with a pipelined store, begins one take and returns nothing (see :meth:`answered`)."""
         candidates = [node for node in nodes if node.credit > 0 and not node.draining]
-        handed: dict[int, tuple[NodeSlot, list[TaskRecord]]] = {}
+        handed: Handed = {}
         queued = self._store.queued_counts()
-        while candidates and queued:
+        while candidates and queued and self._taking is None:
             ready = [node for node in candidates if node.queued_for(queued)]
             if not ready:
                 break
             self._rotation = (self._rotation + 1) % len(ready)
             ready = ready[self._rotation :] + ready[: self._rotation]
             wants: list[Want] = []
-            takers: list[tuple[NodeSlot, str | None, int]] = []  # per want: its node, limited name, tokens
+            takers: list[Taker] = []
             for node in ready:
                 self._wants(node, min(node.credit, _share(node, ready, queued)), queued, wants, takers)
-            progress = False
-            for (node, limited, tokens), records in zip(takers, self._store.take_many(wants), strict=True):
-                if limited is not None and self.limits is not None:
-                    self.limits.give_back(limited, tokens - len(records))
-                if not records:
-                    continue
-                progress = True
-                node.credit -= len(records)
-                for record in records:
-                    node.held[record.id] = record
-                handed.setdefault(id(node), (node, []))[1].extend(records)
-            if not progress:
+            if self._store.pipelined:
+                self._taking = (takers, self._store.take_later(wants))
+                break
+            if not self._hand(takers, self._store.take_many(wants), handed):
                 break
             candidates = [node for node in ready if node.credit > 0]
         return list(handed.values())
+
+    def answered(self) -> list[tuple[NodeSlot, list[TaskRecord]]]:
+        """What the take begun by :meth:`assign` took, as assign would have returned it (waiting for the
+        store's answer; nothing if no take is under way). Raises StoreUnavailable (what it took is then
+        queued again by the store's next take)."""
+        if self._taking is None:
+            return []
+        (takers, answer), self._taking = self._taking, None
+        try:
+            taken = answer()
+        except BaseException:
+            self._hand(takers, [[] for _ in takers], {})  # (the rate limits' tokens go back)
+            raise
+        handed: Handed = {}
+        self._hand(takers, taken, handed)
+        return list(handed.values())
+
+    def _hand(self, takers: list[Taker], taken: list[list[TaskRecord]], handed: Handed) -> bool:
+        """Give each taker what its want took; returns whether any took anything."""
+        progress = False
+        for (node, limited, tokens), records in zip(takers, taken, strict=True):
+            if limited is not None and self.limits is not None:
+                self.limits.give_back(limited, tokens - len(records))
+            if not records:
+                continue
+            progress = True
+            node.credit = max(0, node.credit - len(records))
+            for record in records:
+                node.held[record.id] = record
+            handed.setdefault(id(node), (node, []))[1].extend(records)
+        return progress
 
     def _wants(
         self,
@@ -82,7 +116,7 @@ class Assigner:
         share: int,
         queued: Mapping[str, int],
         wants: list[Want],
-        takers: list[tuple[NodeSlot, str | None, int]],
+        takers: list[Taker],
     ) -> None:
         """The node's wants for this round: its names without a rate limit together, and each limited
         name with queued tasks alone, for as many tasks as it has tokens (which come off its share)."""
@@ -100,6 +134,10 @@ class Assigner:
         if free and share > 0:
             wants.append(_want(node, free, share))
             takers.append((node, None, share))
+
+
+Handed = dict[int, tuple[NodeSlot, list[TaskRecord]]]  # id(node) -> the node and the tasks it was handed
+Taker = tuple[NodeSlot, str | None, int]  # per want: its node, the name it is limited to (rate limits), the tokens
 
 
 def _want(node: NodeSlot, methods: frozenset[str], limit: int) -> Want:

@@ -1,10 +1,9 @@
 """BrokerCore: the broker's task logic, with no sockets.
 
 It owns submit, assign, finish, retry, revoke, requeue and result expiry, the nodes' credit and the tasks
-they hold, and the callers waiting for outcomes (as callbacks). It takes and returns plain values; the
-transport (:mod:`zerotask.broker.transport`) turns messages into calls here and results into messages.
-Features plug in as hooks (:mod:`zerotask.broker.hooks`); time comes from a scheduler, so tests run the
-core in-process on a MemoryStore with a manual clock.
+they hold, and the callers waiting for outcomes (as callbacks), in plain values that the transport
+(:mod:`zerotask.broker.transport`) turns messages into. Features plug in as hooks (:mod:`zerotask.broker.hooks`);
+time comes from a scheduler, so tests run the core in-process on a MemoryStore with a manual clock.
 
 One fact, one place: what is queued is the store's (:meth:`Store.queued_counts`); which node holds a task,
 and whether it started it (RUNNING), is the core's, in memory only. Several brokers may share one store
@@ -24,7 +23,7 @@ from typing import Any
 from zerotask import jsonrpc, wire
 from zerotask.broker.assignment import Assigner, NodeId, NodeSlot
 from zerotask.broker.hooks import Hooks, overriding
-from zerotask.broker.outcomes import read_report
+from zerotask.broker.outcomes import Retrying, read_report
 from zerotask.broker.placement import DueTimer, Placement, TaskDefaults
 from zerotask.broker.rate_limits import RateLimits
 from zerotask.broker.waiters import OnOutcome, Waiters
@@ -33,7 +32,7 @@ from zerotask.exceptions import InvalidParams, QueueFull, StoreUnavailable, Task
 from zerotask.loop import Scheduler
 from zerotask.store import DEFAULT_QUEUES, NO_ENTRIES, Outcome, Store, TaskRecord
 from zerotask.task import Dispatcher
-from zerotask.wire import FAILED, FINAL_STATES, FINISHED, RETRY, REVOKED, RUNNING, SCHEDULED
+from zerotask.wire import FAILED, FINAL_STATES, FINISHED, REVOKED, RUNNING, SCHEDULED
 
 log = logging.getLogger("zerotask.broker")
 
@@ -79,8 +78,8 @@ class BrokerCore:
         self._after_enqueue = overriding(hooks, "after_enqueue")
         self._before_assign = overriding(hooks, "before_assign")
         self._retry_delay = overriding(hooks, "retry_delay")
-        self._on_retry = overriding(hooks, "on_retry")
         self._after_finish = overriding(hooks, "after_finish")
+        self._retries = Retrying(store, scheduler, self._release, overriding(hooks, "on_retry"))
         self._on_node_added = overriding(hooks, "on_node_added")
         self._on_node_lost = overriding(hooks, "on_node_lost")
 
@@ -271,13 +270,34 @@ class BrokerCore:
         """Hand queued tasks to nodes with credit (fairly: see :mod:`zerotask.broker.assignment`);
         returns each node with the tasks to send it."""
         self.settle()
-        handed = self._assigner.assign(self._nodes.values())
+        return self._hand(self._assigner.assign(self._nodes.values()))
+
+    @property
+    def taking(self) -> bool:  # assign sent a take ahead (a pipelined store): take_answered reads its answer
+        return self._assigner.taking
+
+    def take_answered(self) -> list[tuple[NodeSlot, list[TaskRecord]]]:
+        """What the take that :meth:`assign` sent ahead took, as assign returns it (waiting for the store's
+        answer). If the store failed, the next commits add again the tasks it carried."""
+        try:
+            return self._hand(self._assigner.answered())
+        except StoreUnavailable:
+            self.writes.lost()
+            return []
+
+    def _hand(self, handed: list[tuple[NodeSlot, list[TaskRecord]]]) -> list[tuple[NodeSlot, list[TaskRecord]]]:
+        sent = []
         for node, records in handed:
+            if self._nodes.get(node.id) is not node or node.draining:  # (lost or draining while a take was under way)
+                ids = [record.id for record in records if node.held.pop(record.id, None)]
+                self.writes.write(functools.partial(self.store.requeue, ids))
+                continue
             for record in records:
                 self._holder[record.id] = node
             for hook in self._before_assign:
                 hook(node, records)
-        return handed
+            sent.append((node, records))
+        return sent
 
     def report(self, node: NodeSlot | None, outcomes: list[Any]) -> None:
         """Record the outcomes a node reported (sorted by :func:`~zerotask.broker.outcomes.read_report`)
@@ -290,7 +310,7 @@ class BrokerCore:
         try:
             self.end(report.finals, later=True)
             for record, delay_s in report.retries:
-                self._retry(record, delay_s)
+                self._retries.retry(record, delay_s)
         except StoreUnavailable:  # again once the store is back: what was recorded is skipped then
             self.writes.keep(functools.partial(self.report, node, outcomes))
         if report.problem is not None:
@@ -301,12 +321,13 @@ class BrokerCore:
     def commit(self) -> bool:
         """End a round: flush the store (after what failed to be written before). Returns whether this
         round's messages may go out: False if tasks were added and the store could not make them durable
-        (it keeps them for the next commit). While the store is down, submits are refused."""
+        (it keeps them for the next commit) or has not answered yet. While the store is down, submits are refused."""
         self.settle()
+        carried = self.writes.added and self.taking  # the round's adds went with a take sent ahead
         durable, refused = self.writes.flush()
         for record in refused:
             self.waiters.refused(self.store, record)
-        return durable
+        return durable and not carried
 
     def take_changes(self) -> list[tuple[NodeId, str]]:
         """Settle what other brokers sharing the store did: the waiters of tasks that ended there get
@@ -374,27 +395,6 @@ class BrokerCore:
                 self.waiters.settle(record)
             for hook in after_finish:
                 hook(record)
-
-    def _retry(self, record: TaskRecord, delay_s: float) -> None:
-        """Put a failed task in RETRY (stored first, then released from its node), to be queued again
-        after ``delay_s``."""
-        attempt = record.attempts + 1
-        self.store.retry(record.id, attempt)
-        self._release(record.id)
-        record.attempts, record.state = attempt, RETRY
-        self._scheduler.call_later(delay_s, functools.partial(self._retry_due, record.id, attempt))
-        for hook in self._on_retry:
-            hook(record, attempt, delay_s)
-        log.info("task %r (%r) failed, attempt %d in %.2f s", record.id, record.method, attempt, delay_s)
-
-    def _retry_due(self, task_id: str, attempt: int) -> None:
-        try:
-            record = self.store.get(task_id)
-            # Not revoked or adopted by a node meanwhile, and this timer is the latest attempt's own.
-            if record is not None and record.state == RETRY and record.attempts == attempt:
-                self.store.requeue([task_id])
-        except StoreUnavailable:
-            self._scheduler.call_later(1.0, functools.partial(self._retry_due, task_id, attempt))
 
 
 __all__ = ["BrokerCore", "NodeSlot", "OnOutcome"]

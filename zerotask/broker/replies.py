@@ -67,6 +67,12 @@ class Outbox:
                 held.setdefault(envelope, []).extend(messages)
             self._messages = held
 
+    def put_back(self, messages: dict[Envelope, list[Message]]) -> None:
+        """Queue again what :meth:`take` took, before what was queued since."""
+        for envelope, queued in self._messages.items():
+            messages.setdefault(envelope, []).extend(queued)
+        self._messages = messages
+
     def send(self, envelope: Envelope, message: Message) -> None:
         self._messages.setdefault(envelope, []).append(message)
 

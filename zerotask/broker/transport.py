@@ -13,7 +13,6 @@ everything is sent. That is how many tasks share one commit.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +33,7 @@ from zerotask.broker.progress import Progress
 from zerotask.broker.replies import DEFERRED, Envelope, Handler, Outbox, PeerGone, Reply, Respond, split_frames
 from zerotask.broker.security import Security
 from zerotask.broker.stats import Throughput
+from zerotask.broker.upkeep import StoreUpkeep
 from zerotask.broker.workflows import Workflows
 from zerotask.exceptions import StoreUnavailable, ZerotaskError
 from zerotask.loop import EventLoop
@@ -62,7 +62,6 @@ MAX_BATCH = 1000  # requests in one JSON-RPC batch: a larger one is refused whol
 # worker's check of MAX_DEPTH does not count; a client's task arguments get no such allowance, so that
 # whatever is queued can be sent on to a node.
 _NODE_DEPTH = jsonrpc.MAX_DEPTH + 8
-_EXPIRE_BUDGET_S = 0.01  # the longest one round of result expiry may hold up the loop
 _ANNOUNCE_S = 3600.0  # how often the store is told again which names this broker's nodes serve
 _RESUME_WORKFLOWS_S = 30.0  # with a shared store, how often unfinished workflows are looked at again
 _STORE_PROBE_S = 0.25  # how often a broker whose store is unreachable tries it again
@@ -148,6 +147,7 @@ class Broker(EventLoop):
             self.metrics.start(self.core, self)
         self.outbox = Outbox(self.max_message_bytes)
         self._backlog_wakeup = False
+        self._answer_fd: int | None = None  # while a take sent ahead waits: where its answer comes
         self.nodes = NodeProtocol(self.core, self.outbox, self.heartbeat_s, self.liveness, self.max_message_bytes)
         self.nodes.periodic = Periodic(self.store, self, lambda name, task_id: self.core.submit(name, [], {}, task_id))
         self.workflows.attach(self.core, self, self.nodes.revoke)
@@ -172,17 +172,17 @@ class Broker(EventLoop):
         self.add_socket(self.publisher, self._on_subscription)
         self.call_every(self.heartbeat_s, self.nodes.check_liveness)
         self.call_every(_ANNOUNCE_S, self.core.announce)
+        self.upkeep = StoreUpkeep(self.core, self, self.nodes.revoke, self.workflows.resume_all, self.result_ttl_s)
         if self.store.shared:
-            self.call_every(min(self.heartbeat_s, lease_s / 3), self._keep_lease)
+            self.call_every(min(self.heartbeat_s, lease_s / 3), self.upkeep.keep_lease)
             # A broker that died between a member's outcome and the next step (a shared store writes them
             # apart) may have held no task to reclaim: look at the unfinished workflows now and then too.
             self.call_every(_RESUME_WORKFLOWS_S, self.workflows.resume_all)
         self.core.due_timer.arm(None)
-        self._store_fd: int | None = None
-        self._watch_store()
+        self.upkeep.watch()
         self._store_probe = False
         if self.result_ttl_s:
-            self.call_every(min(10.0, max(self.result_ttl_s / 10, 0.1)), self._expire)
+            self.call_every(min(10.0, max(self.result_ttl_s / 10, 0.1)), self.upkeep.expire)
         log.info(
             "broker on %s, events on %s, %d task(s) queued",
             sockets.bound_endpoint(self.requests),
@@ -199,24 +199,6 @@ class Broker(EventLoop):
         except StoreUnavailable as error:  # what it still buffered was never acknowledged: nothing is lost
             log.warning("the store was unreachable as the broker stopped: %s", error)
         log.info("broker stopped")
-
-    def _expire(self) -> None:
-        """Forget old outcomes in rounds of at most _EXPIRE_BUDGET_S, coming back at once while any are
-        left: expiry keeps up with any throughput and never stalls the loop."""
-        deadline = time.monotonic() + _EXPIRE_BUDGET_S
-        expired, batch = 0, 1000
-        while time.monotonic() < deadline:
-            try:
-                forgot = self.core.expire(limit=batch)
-            except StoreUnavailable:
-                return  # the next round of expiry tries again
-            expired += forgot
-            if forgot < batch:
-                break
-        else:
-            self.call_later(0, self._expire)
-        if expired:
-            log.debug("forgot %d task outcome(s) older than %.0f s", expired, self.result_ttl_s)
 
     # ---- the loop --------------------------------------------------------------------------------
 
@@ -240,6 +222,8 @@ class Broker(EventLoop):
     def after_events(self) -> None:
         """The end of a round: hand out tasks, commit, then send what the commit made true."""
         self.clients.ids_this_round = 0
+        if self.core.taking:  # the last round's take, sent ahead: one at a time (this round's adds go with the next)
+            self._take_answered()
         try:
             if not self.core.writes.down:  # (while it is, the commit's probe alone tries the store)
                 self.nodes.send_tasks(self.core.assign())
@@ -252,6 +236,28 @@ class Broker(EventLoop):
         elif not self._store_probe:
             self._store_probe = True  # come back to try the store, even if no one sends anything
             self.call_later(_STORE_PROBE_S, self._store_probed)
+        self._deliver()
+        if self.core.taking:  # read its answer as soon as it comes, or at the next round's end
+            self._answer_fd = self.store.answer_fileno()
+            if self._answer_fd is None:
+                self._take_answered()
+            else:
+                self.add_socket(self._answer_fd, self._take_answered)
+
+    def _take_answered(self) -> None:
+        """Send the tasks of the take sent ahead, and what waited for the adds it carried; messages of
+        this round so far wait for its own commit."""
+        if self._answer_fd is not None:
+            self.remove_socket(self._answer_fd)
+            self._answer_fd = None
+        later = self.outbox.take()
+        self.nodes.send_tasks(self.core.take_answered())
+        if not self.core.writes.down:
+            self.outbox.release()
+        self._deliver()
+        self.outbox.put_back(later)
+
+    def _deliver(self) -> None:
         for event in self.events.take():
             self.publisher.send(event, zmq.NOBLOCK)
         for envelope in self.outbox.deliver(self._send_reply):
@@ -272,44 +278,6 @@ class Broker(EventLoop):
 
     def _store_probed(self) -> None:
         self._store_probe = False  # after_events, which follows, commits: that tries the store
-
-    # ---- other brokers on the same store -------------------------------------------------------------
-
-    def _keep_lease(self) -> None:
-        if self.core.writes.down:
-            return  # the commit's probe tries the store; a lease that runs out meanwhile is reclaimed by another
-        self.core.due_timer.arm(None)  # tasks another broker scheduled are due here too
-        try:
-            self.store.heartbeat()
-            reclaimed = self.store.reclaim()
-        except StoreUnavailable as error:
-            log.debug("could not renew the lease: %s", error)
-            return
-        finally:
-            self._watch_store()  # a store that reconnected listens on another descriptor (or none, while down)
-        if reclaimed:
-            log.warning("queued %d task(s) again from a broker whose lease ran out", reclaimed)
-            self.workflows.resume_all()  # that broker may have died in the middle of a workflow's step
-
-    def _watch_store(self) -> None:
-        """Poll the store's notifications (its file descriptor may change when it reconnects)."""
-        fd = self.store.fileno()
-        if fd != self._store_fd:
-            if self._store_fd is not None:
-                self.remove_socket(self._store_fd)
-            if fd is not None:
-                self.add_socket(fd, self._on_store_changes)
-            self._store_fd = fd
-
-    def _on_store_changes(self) -> None:
-        try:
-            for node_id, task_id in self.core.take_changes():
-                self.nodes.revoke(node_id, [task_id])
-        except StoreUnavailable as error:
-            log.debug("could not read the store's changes: %s", error)
-        self._watch_store()
-        if self.core.waiters.rechecking:
-            self.call_later(0, self._on_store_changes)
 
     def _backlog_woken(self) -> None:
         self._backlog_wakeup = False  # after_events, which follows, delivers what waits

@@ -44,6 +44,12 @@ class StoreWrites:
         if len(self._unwritten) < MAX_UNWRITTEN:
             self._unwritten.append(write)
 
+    def lost(self) -> None:
+        """A write sent ahead failed: the store is down (submits refused) until a flush reaches it."""
+        if not self.down:
+            log.error("the store is unreachable: refusing new tasks until it is back")
+        self.down = True
+
     def flush(self) -> tuple[bool, list[TaskRecord]]:
         """Do the kept writes, then flush the store. Returns whether this round's messages may go out
         (False if tasks were added and the store could not make them durable), and the added records

@@ -141,7 +141,7 @@ class Store(ABC):
     that call wrote nothing (deferred adds stay buffered for the next :meth:`flush`)."""
 
     shared: bool = False  # other brokers may use this store at the same time (see the module docstring)
-    pipelined: bool = False  # finish_later sends ahead: the broker reads its answer at the end of the round
+    pipelined: bool = False  # take_later and finish_later send ahead: the broker reads their answers later
 
     @abstractmethod
     def add(self, record: TaskRecord, size_hint: int = 0) -> bool:
@@ -155,6 +155,13 @@ class Store(ABC):
         tasks whose method is in ``methods`` and whose queue is in ``queues`` (the default queue only, when
         not given) to ASSIGNED: the highest priority first, then the earliest submitted. Returns one list per
         want, in that order. No task is returned twice."""
+
+    def take_later(self, wants: Sequence[Want]) -> Callable[[], list[list[TaskRecord]]]:
+        """:meth:`take_many`, with its answer read later, by calling what it returns (see
+        :meth:`finish_later`). Tasks added before are written first: until the answer is read, their
+        acknowledgements must wait (it raises StoreUnavailable if they were not written)."""
+        taken = self.take_many(wants)
+        return lambda: taken
 
     @abstractmethod
     def claim(self, task_ids: Iterable[str]) -> list[TaskRecord]:
@@ -289,6 +296,11 @@ class Store(ABC):
     def fileno(self) -> int | None:
         """A file descriptor that becomes readable when other brokers changed something (then call
         :meth:`changes`), or None for an unshared store."""
+        return None
+
+    def answer_fileno(self) -> int | None:
+        """A file descriptor that becomes readable when the answer of a call sent ahead (``pipelined``)
+        arrives, or None."""
         return None
 
     def changes(self) -> Changes:

@@ -26,13 +26,11 @@ recognise a batch of adds sent again, and the next take_many queues again what a
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any
 
 from zerotask import jsonrpc
 from zerotask.store.base import (
@@ -44,15 +42,13 @@ from zerotask.store.base import (
     StoreUnavailable,
     TaskRecord,
     Want,
-    want_parts,
 )
-from zerotask.store.redis_buffer import Command, QueuedCounts, WriteBuffer
-from zerotask.store.redis_client import SOCKET_TIMEOUT_S, Redis, Route, check, is_missing_script, reaching_redis
-from zerotask.store.redis_flow import finish_args, recorded_flags
-from zerotask.store.redis_layout import KEY_NAMES, pairs, score, task_from_row
+from zerotask.store.redis_calls import RedisCalls
+from zerotask.store.redis_client import SOCKET_TIMEOUT_S, Redis
+from zerotask.store.redis_flow import finish_args, recorded_flags, take_args
+from zerotask.store.redis_layout import pairs, score, task_from_row
 from zerotask.store.redis_notify import Notifications
 from zerotask.store.redis_registry import RedisRegistry
-from zerotask.store.redis_scripts import SCRIPTS, source
 from zerotask.wire import QUEUED
 
 DEFAULT_MAX_BUFFERED_BYTES = 256 * 1024 * 1024  # adds not yet written (Redis down): beyond, add raises QueueFull
@@ -61,7 +57,7 @@ RECLAIM_LIMIT = 1_000  # tasks one reclaim queues again at most: a script never 
 EXPIRE_SLICE = 2_000  # tasks one expire script forgets at most
 
 
-class RedisStore(Store):
+class RedisStore(RedisCalls, Store):
     shared = True
     pipelined = True
 
@@ -78,84 +74,17 @@ class RedisStore(Store):
         """``url``: see :func:`zerotask.store.redis_client.connect` (unused when ``client`` is given; the
         caller then closes it). Several queues (or deployments) share one Redis under other ``prefix``
         or ``queue`` names."""
-        if not prefix or not queue or any(brace in queue for brace in "{}"):
-            raise ValueError("prefix and queue must be non-empty, and queue without braces (it is the hash tag)")
-        self.prefix, self.queue = prefix, queue
-        base = f"{prefix}:{{{queue}}}:"
-        self._route = Route(url, base, socket_timeout_s, client)
-        self._base = base
-        instance = uuid.uuid4().hex  # this store's replies are its own
-        self._keys = [base + name + (f":{instance}" if name.startswith("reply:") else "") for name in KEY_NAMES]
-        self._methods_key = base + "methods"  # sorted set: task name -> when a node last announced it
-        self._channel = base + "events:"  # and the broker's id: each broker hears on a channel of its own
-        self._shas = {name: hashlib.sha1(source(name).encode()).hexdigest() for name in SCRIPTS}
-        self._me = ""  # the broker id, once attached
+        super().__init__(url, prefix, queue, client, socket_timeout_s, max_buffered_bytes)
         self._lease_ms = 0
         self._notifications: Notifications | None = None
-        self._buffer = WriteBuffer(max_buffered_bytes)
-        self._refused: list[TaskRecord] = []  # adds the buffer's writes found existing, for the next flush
         self._known: tuple[float, frozenset[str]] | None = None  # (time.monotonic(), names)
         self._takes_in_doubt: deque[str] = deque(maxlen=64)  # take_many calls that raised: they may have run
-        self._queued: dict[str, int] = {}  # as the last reply brought them
-        self._counts = QueuedCounts()  # with the adds not written yet
-        self._registry = RedisRegistry(base, self._read)
+        self._registry = RedisRegistry(self._base, self._read)
         self._closed = False
         try:
             self._counted(self._run([("HGETALL", self._key("queued"))])[0])
         except StoreUnavailable:
             pass  # Redis is down: the counts come with the first call that works
-
-    # ---- round trips ---------------------------------------------------------------------------------
-
-    def _run(self, commands: list[Command]) -> list[Any]:
-        """Run ``commands`` in one round trip, after writing the buffer; returns their replies (errors
-        raised). A buffer that failed to be written stays buffered: the next flush raises."""
-        flushing = self._buffer.commands(self._script, self._methods_key, MAX_REMEMBERED_METHODS) if self._buffer else []
-        with reaching_redis():
-            replies = self._execute(flushing + commands)
-        if flushing:
-            try:
-                added = [check(reply) for reply in replies[: len(flushing)]][0]
-            except Exception:
-                if not commands:
-                    raise
-            else:
-                refused, queued = self._buffer.written(added)
-                self._refused += refused
-                if queued is not None:
-                    self._counted(queued)
-                else:
-                    self._counts.merge(self._queued, self._buffer.counts)
-        return [check(reply) for reply in replies[len(flushing) :]]
-
-    def _execute(self, batch: list[Command]) -> list[Any]:
-        replies = self._route.run(batch)
-        missing = [i for i, reply in enumerate(replies) if is_missing_script(reply)]
-        if missing:  # Redis restarted, or its scripts were flushed: those commands did not run
-            loads: list[Command] = [("SCRIPT", "LOAD", source(name)) for name in SCRIPTS]
-            again = self._route.run(loads + [batch[i] for i in missing])[len(SCRIPTS) :]
-            for i, reply in zip(missing, again, strict=True):
-                replies[i] = reply
-        return replies
-
-    def _script(self, name: str, *args: Any, keys: Sequence[str] = ()) -> Command:
-        all_keys = [*self._keys, *keys]
-        return ("EVALSHA", self._shas[name], len(all_keys), *all_keys, self._me, repr(time.time()), self._channel, *args)
-
-    def _read(self, name: str, *args: Any, keys: Sequence[str] = ()) -> Any:
-        """Run a script that answers without the queued counts; returns its answer."""
-        return self._run([self._script(name, *args, keys=keys)])[0]
-
-    def _call(self, name: str, *args: Any, keys: Sequence[str] = ()) -> Any:
-        """Run a writing script; returns its answer and keeps the queued counts it sends along."""
-        answer, queued = self._run([self._script(name, *args, keys=keys)])[0]
-        self._counted(queued)
-        return answer
-
-    def _counted(self, reply: dict[bytes, bytes] | list[bytes]) -> None:
-        """Keep the queued counts: a reply of HGETALL or of a script."""
-        self._queued = {method.decode(): int(count) for method, count in pairs(reply)}
-        self._counts.merge(self._queued, self._buffer.counts)
 
     def add(self, record: TaskRecord, size_hint: int = 0) -> bool:
         """Buffers the task; always True (the next :meth:`flush` returns it if its id existed). Raises
@@ -173,21 +102,26 @@ class RedisStore(Store):
     # ---- the queue -----------------------------------------------------------------------------------
 
     def take_many(self, wants: Sequence[Want]) -> list[list[TaskRecord]]:
+        return self.take_later(wants)()
+
+    def take_later(self, wants: Sequence[Want]) -> Callable[[], list[list[TaskRecord]]]:
+        """Sends the take after the buffered adds, in one write; reads the replies when asked."""
         if not wants:
-            return []
+            return list
         token = uuid.uuid4().hex
-        args: list[Any] = [token, len(self._takes_in_doubt), *self._takes_in_doubt, len(wants)]
-        for want in wants:
-            methods, limit, queues = want_parts(want)
-            names, lanes = list(dict.fromkeys(methods)), list(dict.fromkeys(queues))
-            args += [limit, len(names), *names, len(lanes), *lanes]
-        try:
-            answer = self._call("take", *args)
-        except StoreUnavailable:
-            self._takes_in_doubt.append(token)  # it may have run: the next take queues again what it took
-            raise
-        self._takes_in_doubt.clear()
-        return [[task_from_row(row) for row in rows] for rows in answer]
+        replies = self._send([self._script("take", *take_args(token, self._takes_in_doubt, wants))])
+
+        def answer() -> list[list[TaskRecord]]:
+            try:
+                ((rows, queued),) = replies()
+            except StoreUnavailable:
+                self._takes_in_doubt.append(token)  # it may have run: the next take queues again what it took
+                raise
+            self._takes_in_doubt.clear()
+            self._counted(queued)
+            return [[task_from_row(row) for row in group] for group in rows]
+
+        return answer
 
     def claim(self, task_ids: Iterable[str]) -> list[TaskRecord]:
         task_ids = list(task_ids)
@@ -209,20 +143,13 @@ class RedisStore(Store):
         return recorded_flags(self._call("finish", *finish_args(outcomes)))
 
     def finish_later(self, outcomes: Sequence[Outcome]) -> Callable[[], list[bool]]:
-        """Sends the script now (adds still buffered stay so: no node holds them), reads its reply when
-        the answer is asked for, or first thing in the next call."""
+        """Sends the script now (buffered adds stay so: no node holds them); reads its reply when asked."""
         if not outcomes:
             return list
-        command = self._script("finish", *finish_args(outcomes))
-        with reaching_redis():
-            pending = self._route.send([command])
+        replies = self._send([self._script("finish", *finish_args(outcomes))], flush=False)
 
         def answer() -> list[bool]:
-            with reaching_redis():
-                (reply,) = self._route.replies(pending)
-                if is_missing_script(reply):  # Redis restarted: load the scripts, and run it again
-                    (reply,) = self._execute([command])
-            flags, queued = check(reply)
+            ((flags, queued),) = replies()
             self._counted(queued)
             return recorded_flags(flags)
 
@@ -353,6 +280,9 @@ class RedisStore(Store):
         while Redis is unreachable: read it again after every :meth:`changes` and :meth:`heartbeat`."""
         return None if self._notifications is None else self._notifications.fileno()
 
+    def answer_fileno(self) -> int | None:
+        return self._route.answer_fileno()
+
     def changes(self) -> Changes:
         """Raises StoreUnavailable while Redis cannot be reached (then nothing read is lost)."""
         if self._notifications is None:
@@ -362,9 +292,6 @@ class RedisStore(Store):
         if found.finished or found.queued or found.lost_track:
             self._counted(self._run([("HGETALL", self._key("queued"))])[0])
         return found
-
-    def _key(self, name: str) -> str:
-        return self._keys[KEY_NAMES.index(name)]
 
     def _broker_key(self, broker_id: str) -> str:
         return f"{self._base}broker:{broker_id}"

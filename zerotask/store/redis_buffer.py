@@ -70,6 +70,25 @@ class WriteBuffer:
         self.counts[method] += 1
         return True
 
+    def detach(self) -> WriteBuffer:
+        """A buffer holding what this one held (to be written by a call sent ahead); this one starts empty."""
+        batch = WriteBuffer(self.max_bytes)
+        batch.records, batch.counts, batch._args, batch._bytes = self.records, self.counts, self._args, self._bytes
+        batch._token, batch._names = self._token, self._names
+        self.records, self.counts, self._args, self._bytes, self._names = [], Counter(), [], 0, {}
+        self._token = uuid.uuid4().hex
+        return batch
+
+    def restore(self, batch: WriteBuffer) -> None:
+        """Put back a detached batch that may not have been written, before what was buffered since, under
+        the batch's token: if it did run, the add script answers it as the first time."""
+        if batch.records:
+            self.records, self._args = batch.records + self.records, batch._args + self._args
+            self._bytes += batch._bytes
+            self.counts.update(batch.counts)
+            self._token = batch._token
+        self._names = {**batch._names, **self._names}
+
     def remember(self, methods: Iterable[str]) -> None:
         now = time.time()
         self._names.update((name, now) for name in methods)

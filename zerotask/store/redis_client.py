@@ -167,6 +167,13 @@ class Link:
             pending.error = error
             connection.disconnect()  # what it still owes us must not be read as another call's replies
 
+    def answer_fileno(self) -> int | None:
+        """The socket the outstanding answer comes on (None if none is outstanding, or not connected)."""
+        if self._outstanding is None or self._connection is None or self._connection._sock is None:
+            return None
+        fd: int = self._connection._sock.fileno()
+        return fd
+
     def _connected(self) -> Any:
         if self._connection is None:
             self._connection = self._pool.get_connection()
@@ -247,6 +254,10 @@ class Route:
         if self._stale:
             self._find_master()
         return self._link.send(commands)
+
+    def answer_fileno(self) -> int | None:
+        """Readable when the answer of what :meth:`send` sent arrives; None if nothing waits for one."""
+        return self._link.answer_fileno()
 
     def replies(self, pending: Pending) -> list[Any]:
         """What :meth:`run` would have answered for the commands of ``pending``."""

@@ -10,11 +10,11 @@ ARGV starts as every script's does (see :mod:`zerotask.store.redis_scripts`)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from zerotask import jsonrpc
-from zerotask.store.base import Outcome
+from zerotask.store.base import Outcome, Want, want_parts
 from zerotask.wire import FINAL_STATES
 
 # ARGV[4] token, ARGV[5] n, then per task (ADD_FIELDS): id, params, owner ("" or "+" .. owner), due_at ("" for
@@ -248,3 +248,13 @@ def finish_args(outcomes: Sequence[Outcome]) -> list[Any]:
 def recorded_flags(flags: bytes) -> list[bool]:
     """Whether each outcome was recorded, from the finish script's answer."""
     return [flag == ord("1") for flag in flags]
+
+
+def take_args(token: str, in_doubt: Collection[str], wants: Sequence[Want]) -> list[Any]:
+    """The take script's ARGV after the common ones: its token, the takes in doubt, then each want."""
+    args: list[Any] = [token, len(in_doubt), *in_doubt, len(wants)]
+    for want in wants:
+        methods, limit, queues = want_parts(want)
+        names, lanes = list(dict.fromkeys(methods)), list(dict.fromkeys(queues))
+        args += [limit, len(names), *names, len(lanes), *lanes]
+    return args
