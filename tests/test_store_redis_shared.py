@@ -233,6 +233,46 @@ class TestOneBroker:
         assert len(sends) == 1  # the add (and the names the node announced) and the take, in one write
         assert not core.taking and core.commit()
 
+    def test_tasks_taken_for_a_node_lost_while_the_take_was_under_way_are_queued_again(self, pair: Pair) -> None:
+        a, _ = pair
+        core = BrokerCore(a, ManualClock())
+        core.connect(b"n1", ["a"], 10, ())
+        record = core.submit("a", [1], {})
+        assert core.assign() == [] and core.taking
+        core.lose(b"n1", "gone")  # before Redis answered
+        assert core.take_answered() == []
+        assert state(a, record.id)[0] == QUEUED
+        node = core.connect(b"n2", ["a"], 10, ())
+        handed = core.assign() or core.take_answered()
+        assert [(slot, [task.id for task in tasks]) for slot, tasks in handed] == [(node, [record.id])]
+
+    def test_an_outcome_sent_ahead_is_what_a_revoke_in_the_same_round_finds(self, pair: Pair) -> None:
+        a, _ = pair
+        core = BrokerCore(a, ManualClock())
+        node = core.connect(b"n1", ["a"], 10, ())
+        record = core.submit("a", [1], {})
+        core.assign() or core.take_answered()
+        outcomes: list[Any] = []
+        core.wait(record, outcomes.append)
+        core.report(node, [{"task_id": record.id, "result": 2}])  # written, its answer not read yet
+        assert outcomes == [] and core.holder(record.id) == b"n1"
+        assert core.revoke(record.id) == (FINISHED, None)  # it ended before the revoke: the node ran it
+        assert [(done.state, done.result) for done in outcomes] == [(FINISHED, 2)]
+        assert state(a, record.id)[0] == FINISHED
+
+    def test_a_take_sent_ahead_is_answered_alike_when_its_connection_is_lost_before_the_answer(self, pair: Pair) -> None:
+        a, b = pair
+        a.attach("broker-a", 60.0)
+        (connection_id,) = a._run([("CLIENT", "ID")])
+        assert a.add(TaskRecord("t1", "a"))
+        answer = a.take_later([(["a"], 5)])  # the add goes with it
+        time.sleep(scaled(0.1))  # Redis ran both; the answer waits in a socket that is about to close
+        b._run([("CLIENT", "KILL", "ID", connection_id)])
+        assert [[record.id for record in records] for records in answer()] == [["t1"]]  # sent again: the same answer
+        assert a.flush() == []  # the add was not refused as a second one
+        assert state(a, "t1") == (ASSIGNED, "broker-a")
+        assert dict(a.state_counts()) == {ASSIGNED: 1}
+
     def test_a_buffered_scheduled_task_is_not_counted_as_queued(self, pair: Pair) -> None:
         a, _ = pair
         assert a.add(TaskRecord("later", "a", due_at=time.time() + 3600))
