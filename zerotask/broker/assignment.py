@@ -9,11 +9,11 @@ and asks the store for every node's tasks in one :meth:`~zerotask.store.Store.ta
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from zerotask.broker.rate_limits import RateLimits
-from zerotask.store import DEFAULT_QUEUES, Store, TaskRecord, Want
+from zerotask.store import DEFAULT_QUEUES, Outcome, Store, TaskRecord, Want
 
 NodeId = Hashable  # the broker uses the node's routing id; the core never looks inside it
 
@@ -39,61 +39,69 @@ class Assigner:
     """Spreads queued tasks over nodes with credit, fairly; remembers whose turn it is. Tasks of a name
     with a rate limit go out only as its tokens allow (``limits``).
 
-    With a store that sends ahead (``pipelined``), :meth:`assign` only begins one take (and nothing more
-    until it is answered): :meth:`answered` reads the store's answer and hands out what it took, so that
-    the broker handles messages while the store works."""
+    With a store that sends ahead (``pipelined``), :meth:`begin` sends one take, with outcomes to record
+    first, and :meth:`answered` reads the store's answer and hands out what it took: the broker handles
+    messages while the store works."""
 
     def __init__(self, store: Store, limits: RateLimits | None = None) -> None:
         self._store = store
         self._rotation = 0
         self.limits = limits
-        self._taking: tuple[list[Taker], Callable[[], list[list[TaskRecord]]]] | None = None
+        self._taking: tuple[list[Taker], Callable[[], tuple[list[bool], list[list[TaskRecord]]]]] | None = None
 
     @property
     def taking(self) -> bool:
-        """Whether a take begun by :meth:`assign` waits for :meth:`answered`."""
+        """Whether what :meth:`begin` sent waits for :meth:`answered`."""
         return self._taking is not None
 
     def assign(self, nodes: Iterable[NodeSlot]) -> list[tuple[NodeSlot, list[TaskRecord]]]:
         """Take queued tasks for the nodes with credit; returns each node with the tasks it now holds
-        (its credit is used up accordingly). Loops until no node with credit has anything it serves;
-        with a pipelined store, begins one take and returns nothing (see :meth:`answered`)."""
+        (its credit is used up accordingly). Loops until no node with credit has anything it serves."""
         candidates = [node for node in nodes if node.credit > 0 and not node.draining]
         handed: Handed = {}
-        queued = self._store.queued_counts()
-        while candidates and queued and self._taking is None:
-            ready = [node for node in candidates if node.queued_for(queued)]
-            if not ready:
-                break
-            self._rotation = (self._rotation + 1) % len(ready)
-            ready = ready[self._rotation :] + ready[: self._rotation]
-            wants: list[Want] = []
-            takers: list[Taker] = []
-            for node in ready:
-                self._wants(node, min(node.credit, _share(node, ready, queued)), queued, wants, takers)
-            if self._store.pipelined:
-                self._taking = (takers, self._store.take_later(wants))
-                break
-            if not self._hand(takers, self._store.take_many(wants), handed):
+        while candidates:
+            ready, wants, takers = self._round(candidates)
+            if not wants or not self._hand(takers, self._store.take_many(wants), handed):
                 break
             candidates = [node for node in ready if node.credit > 0]
         return list(handed.values())
 
-    def answered(self) -> list[tuple[NodeSlot, list[TaskRecord]]]:
-        """What the take begun by :meth:`assign` took, as assign would have returned it (waiting for the
-        store's answer; nothing if no take is under way). Raises StoreUnavailable (what it took is then
+    def begin(self, nodes: Iterable[NodeSlot], outcomes: Sequence[Outcome]) -> None:
+        """A pipelined store's round: send ``outcomes`` to record and one take for the nodes with credit
+        (if there is either), answered by :meth:`answered`. One at a time."""
+        assert self._taking is None, "the last round's answer was not read"
+        _, wants, takers = self._round([node for node in nodes if node.credit > 0 and not node.draining])
+        if wants or outcomes:
+            self._taking = (takers, self._store.take_later(wants, outcomes))
+
+    def answered(self) -> tuple[list[bool], list[tuple[NodeSlot, list[TaskRecord]]]]:
+        """Per outcome sent, whether it was recorded, and what the take took, as assign would have
+        returned it (waiting for the store's answer). Raises StoreUnavailable (what it took is then
         queued again by the store's next take)."""
-        if self._taking is None:
-            return []
+        assert self._taking is not None, "nothing was sent"
         (takers, answer), self._taking = self._taking, None
         try:
-            taken = answer()
+            recorded, taken = answer()
         except BaseException:
             self._hand(takers, [[] for _ in takers], {})  # (the rate limits' tokens go back)
             raise
         handed: Handed = {}
         self._hand(takers, taken, handed)
-        return list(handed.values())
+        return recorded, list(handed.values())
+
+    def _round(self, candidates: list[NodeSlot]) -> tuple[list[NodeSlot], list[Want], list[Taker]]:
+        """The candidates that have something queued that they serve (in this round's turn), and what to
+        take for them, each its share."""
+        wants: list[Want] = []
+        takers: list[Taker] = []
+        queued = self._store.queued_counts()
+        ready = [node for node in candidates if node.queued_for(queued)] if queued else []
+        if ready:
+            self._rotation = (self._rotation + 1) % len(ready)
+            ready = ready[self._rotation :] + ready[: self._rotation]
+            for node in ready:
+                self._wants(node, min(node.credit, _share(node, ready, queued)), queued, wants, takers)
+        return ready, wants, takers
 
     def _hand(self, takers: list[Taker], taken: list[list[TaskRecord]], handed: Handed) -> bool:
         """Give each taker what its want took; returns whether any took anything."""

@@ -16,11 +16,12 @@ import functools
 import logging
 import time
 import uuid
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from zerotask import jsonrpc, wire
+from zerotask.broker.ahead import RoundAhead
 from zerotask.broker.assignment import Assigner, NodeId, NodeSlot
 from zerotask.broker.hooks import Hooks, overriding
 from zerotask.broker.outcomes import Retrying, read_report
@@ -72,7 +73,6 @@ class BrokerCore:
         self.writes = StoreWrites(store)  # what could not be written while the store was unreachable
         self.rate_limits = RateLimits(store, scheduler)  # per task name, for all nodes together
         self._assigner = Assigner(store, self.rate_limits)
-        self._ending: deque[tuple[list[tuple[TaskRecord, Outcome]], Callable[[], list[bool]]]] = deque()
         # Only the hooks that override a point are called there, so an unused point costs nothing.
         self._before_enqueue = overriding(hooks, "before_enqueue")
         self._after_enqueue = overriding(hooks, "after_enqueue")
@@ -82,6 +82,7 @@ class BrokerCore:
         self._retries = Retrying(store, scheduler, self._release, overriding(hooks, "on_retry"))
         self._on_node_added = overriding(hooks, "on_node_added")
         self._on_node_lost = overriding(hooks, "on_node_lost")
+        self._ahead = RoundAhead(self._assigner, self.writes, self.end, self._ended, self._hand)  # (a pipelined store)
 
     # ---- tasks -----------------------------------------------------------------------------------
 
@@ -268,22 +269,21 @@ class BrokerCore:
 
     def assign(self) -> list[tuple[NodeSlot, list[TaskRecord]]]:
         """Hand queued tasks to nodes with credit (fairly: see :mod:`zerotask.broker.assignment`);
-        returns each node with the tasks to send it."""
-        self.settle()
-        return self._hand(self._assigner.assign(self._nodes.values()))
+        returns each node with the tasks to send it. With a ``pipelined`` store, sends the round's one
+        write instead (its adds, the outcomes reported, the take): :meth:`take_answered` hands out."""
+        if not self.store.pipelined:
+            return self._hand(self._assigner.assign(self._nodes.values()))
+        self._ahead.send(self._nodes.values(), self._outcomes)
+        return []
 
     @property
-    def taking(self) -> bool:  # assign sent a take ahead (a pipelined store): take_answered reads its answer
-        return self._assigner.taking
+    def taking(self) -> bool:  # a round was sent ahead: take_answered must read it, or hand out what it took
+        return self._ahead.taking
 
     def take_answered(self) -> list[tuple[NodeSlot, list[TaskRecord]]]:
-        """What the take that :meth:`assign` sent ahead took, as assign returns it (waiting for the store's
-        answer). If the store failed, the next commits add again the tasks it carried."""
-        try:
-            return self._hand(self._assigner.answered())
-        except StoreUnavailable:
-            self.writes.lost()
-            return []
+        """What the round sent ahead took, as assign returns it, its outcomes recorded (waiting for the
+        store's answer). If the store failed, the next commits write again what it carried."""
+        return [(node, tasks) for node, tasks in self._ahead.answered() if self._nodes.get(node.id) is node]  # (lost: requeued)
 
     def _hand(self, handed: list[tuple[NodeSlot, list[TaskRecord]]]) -> list[tuple[NodeSlot, list[TaskRecord]]]:
         sent = []
@@ -322,8 +322,7 @@ class BrokerCore:
         """End a round: flush the store (after what failed to be written before). Returns whether this
         round's messages may go out: False if tasks were added and the store could not make them durable
         (it keeps them for the next commit) or has not answered yet. While the store is down, submits are refused."""
-        self.settle()
-        carried = self.writes.added and self.taking  # the round's adds went with a take sent ahead
+        carried = self.writes.added and self._assigner.taking  # the round's adds went with its write, sent ahead
         durable, refused = self.writes.flush()
         for record in refused:
             self.waiters.refused(self.store, record)
@@ -357,30 +356,22 @@ class BrokerCore:
     def end(self, finals: list[tuple[TaskRecord, Outcome]], later: bool = False) -> None:
         """Store outcomes in one call; then (only then) release their tasks from the nodes that held
         them, and answer the waiters and the hooks of those recorded now. ``later``, with a store that
-        sends ahead (``pipelined``): only the store's call now, the rest at :meth:`settle`."""
-        if not finals:
-            return
+        sends ahead (``pipelined``): with the round's write (see :meth:`assign`)."""
+        if later and self.store.pipelined:
+            self._ahead.unsent += finals
+        elif finals:
+            self._ended(finals, self.store.finish_many(self._outcomes(finals)))
+
+    def settle(self) -> None:
+        """Record what waits to be (:meth:`end` ``later``, a round sent ahead), so that what follows sees
+        tasks as the store does: whatever ends or moves tasks calls it first."""
+        self._ahead.settle()
+
+    def _outcomes(self, finals: list[tuple[TaskRecord, Outcome]]) -> list[Outcome]:
         if self.store.shared:  # another broker may have queued it again (a lease that ran out): let the store check
             for _, outcome in finals:
                 outcome.held = False
-        outcomes = [outcome for _, outcome in finals]
-        if later and self.store.pipelined:
-            self._ending.append((finals, self.store.finish_later(outcomes)))
-        else:
-            self._ended(finals, self.store.finish_many(outcomes))
-
-    def settle(self) -> None:
-        """Finish what :meth:`end` began ``later``: read the store's answers, then release, answer and
-        tell the hooks. The transport calls it at the end of each round, and whatever ends or moves
-        tasks calls it first, so that it sees them as the store does."""
-        while self._ending:
-            finals, answer = self._ending.popleft()
-            try:
-                recorded = answer()
-            except StoreUnavailable:  # once the store is back (one that ran is then recorded already)
-                self.writes.keep(functools.partial(self.end, finals))
-                continue
-            self._ended(finals, recorded)
+        return [outcome for _, outcome in finals]
 
     def _ended(self, finals: list[tuple[TaskRecord, Outcome]], recorded: list[bool]) -> None:
         holders, waiting, after_finish = self._holder, self.waiters.waiting, self._after_finish

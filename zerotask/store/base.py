@@ -141,7 +141,7 @@ class Store(ABC):
     that call wrote nothing (deferred adds stay buffered for the next :meth:`flush`)."""
 
     shared: bool = False  # other brokers may use this store at the same time (see the module docstring)
-    pipelined: bool = False  # take_later and finish_later send ahead: the broker reads their answers later
+    pipelined: bool = False  # take_later sends ahead: the broker reads its answer later
 
     @abstractmethod
     def add(self, record: TaskRecord, size_hint: int = 0) -> bool:
@@ -156,12 +156,17 @@ class Store(ABC):
         not given) to ASSIGNED: the highest priority first, then the earliest submitted. Returns one list per
         want, in that order. No task is returned twice."""
 
-    def take_later(self, wants: Sequence[Want]) -> Callable[[], list[list[TaskRecord]]]:
-        """:meth:`take_many`, with its answer read later, by calling what it returns (see
-        :meth:`finish_later`). Tasks added before are written first: until the answer is read, their
-        acknowledgements must wait (it raises StoreUnavailable if they were not written)."""
-        taken = self.take_many(wants)
-        return lambda: taken
+    def take_later(
+        self, wants: Sequence[Want], outcomes: Sequence[Outcome] = ()
+    ) -> Callable[[], tuple[list[bool], list[list[TaskRecord]]]]:
+        """:meth:`finish_many` of ``outcomes``, then :meth:`take_many` of ``wants``, with the answers read
+        later, by calling what this returns: a store across a network (``pipelined``) sends them now, after
+        the tasks added so far, and the broker handles other messages while the store works. Until the
+        answer is read, the store's other calls see them done (it runs in order), and the adds carried are
+        not known durable: their acknowledgements wait. Raises StoreUnavailable now, or when read."""
+        recorded = self.finish_many(outcomes) if outcomes else []
+        taken = self.take_many(wants) if wants else []
+        return lambda: (recorded, taken)
 
     @abstractmethod
     def claim(self, task_ids: Iterable[str]) -> list[TaskRecord]:
@@ -182,14 +187,6 @@ class Store(ABC):
         """Record outcomes, in order, each unless its task already has one (or is unknown); returns, per
         outcome, whether this call recorded it. A FINISHED task keeps its result, not its arguments; a FAILED
         or REVOKED one keeps its arguments too, so that it can be :meth:`reset`."""
-
-    def finish_later(self, outcomes: Sequence[Outcome]) -> Callable[[], list[bool]]:
-        """:meth:`finish_many`, with its answer read later, by calling what it returns: a store across a
-        network (``pipelined``) sends the write now, and the broker goes on handling messages while the
-        store works. Every later call of the store sees the outcomes recorded (it runs in order). Raises
-        StoreUnavailable now, or when the answer is read."""
-        recorded = self.finish_many(outcomes)
-        return lambda: recorded
 
     @abstractmethod
     def expire(self, before: float, limit: int = 10_000) -> int:

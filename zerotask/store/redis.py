@@ -102,24 +102,37 @@ class RedisStore(RedisCalls, Store):
     # ---- the queue -----------------------------------------------------------------------------------
 
     def take_many(self, wants: Sequence[Want]) -> list[list[TaskRecord]]:
-        return self.take_later(wants)()
+        return self.take_later(wants)()[1] if wants else []
 
-    def take_later(self, wants: Sequence[Want]) -> Callable[[], list[list[TaskRecord]]]:
-        """Sends the take after the buffered adds, in one write; reads the replies when asked."""
-        if not wants:
-            return list
+    def take_later(
+        self, wants: Sequence[Want], outcomes: Sequence[Outcome] = ()
+    ) -> Callable[[], tuple[list[bool], list[list[TaskRecord]]]]:
+        """The buffered adds, the outcomes and the take in one write; the replies are read when asked."""
+        commands = [self._script("finish", *finish_args(outcomes))] if outcomes else []
         token = uuid.uuid4().hex
-        replies = self._send([self._script("take", *take_args(token, self._takes_in_doubt, wants))])
+        if wants:
+            commands.append(self._script("take", *take_args(token, self._takes_in_doubt, wants)))
+        replies = self._send(commands)
 
-        def answer() -> list[list[TaskRecord]]:
+        def answer() -> tuple[list[bool], list[list[TaskRecord]]]:
             try:
-                ((rows, queued),) = replies()
+                answers = iter(replies())
             except StoreUnavailable:
-                self._takes_in_doubt.append(token)  # it may have run: the next take queues again what it took
+                if wants:
+                    self._takes_in_doubt.append(token)  # it may have run: the next take queues again what it took
                 raise
-            self._takes_in_doubt.clear()
-            self._counted(queued)
-            return [[task_from_row(row) for row in group] for group in rows]
+            recorded: list[bool] = []
+            taken: list[list[TaskRecord]] = []
+            if outcomes:
+                flags, queued = next(answers)
+                recorded = recorded_flags(flags)
+                self._counted(queued)
+            if wants:
+                rows, queued = next(answers)
+                self._takes_in_doubt.clear()
+                taken = [[task_from_row(row) for row in group] for group in rows]
+                self._counted(queued)
+            return recorded, taken
 
         return answer
 
@@ -141,19 +154,6 @@ class RedisStore(RedisCalls, Store):
         if not outcomes:
             return []
         return recorded_flags(self._call("finish", *finish_args(outcomes)))
-
-    def finish_later(self, outcomes: Sequence[Outcome]) -> Callable[[], list[bool]]:
-        """Sends the script now (buffered adds stay so: no node holds them); reads its reply when asked."""
-        if not outcomes:
-            return list
-        replies = self._send([self._script("finish", *finish_args(outcomes))], flush=False)
-
-        def answer() -> list[bool]:
-            ((flags, queued),) = replies()
-            self._counted(queued)
-            return recorded_flags(flags)
-
-        return answer
 
     def expire(self, before: float, limit: int = 10_000) -> int:
         forgotten = 0
