@@ -202,7 +202,7 @@ class WorkerPool(BasePool):
         again = []
         for slot, task in held:
             self._cancel_limit(task)
-            self._handed.pop(task["task_id"], None)
+            self._unhand(task["task_id"])
             if reason == "shutdown" or task["task_id"] in worker.revoked:
                 continue
             if slot not in running or reason == "revoked" or (reason == "timeout" and task is not worker.overdue):
