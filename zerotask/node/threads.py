@@ -216,6 +216,7 @@ class ThreadPool(BasePool):
         return in_threads + [task["task_id"] for task in self._running_async.values()]
 
     def add(self, tasks: list[Task]) -> None:
+        self._signalled = True  # what ends from now on, collect() takes at the end of this round
         if not self._any_async:
             self.pending.extend(tasks)
         else:
@@ -316,12 +317,23 @@ class ThreadPool(BasePool):
             )
             self._fail(task, TimeLimitExceeded(time_limit_message(task, self._time_limit(task))))
 
+    def collect(self) -> None:
+        """Take what ended during this round of the node's loop, to be reported in it: a thread handed a
+        task usually runs it at once, while the loop waits in its write to the thread's inbox, so the
+        outcome is there before the round ends, and needs no wake-up and no round of its own."""
+        self._signalled = False  # before taking the outcomes: one that arrives from now on wakes us again
+        if self._ended or self._async_ended or self._progress_inbox:
+            self._take()
+
     def _on_wake(self) -> None:
         try:
             os.read(self._wake_reader, 4096)
         except BlockingIOError:
             pass
         self._signalled = False  # before taking the outcomes: one that arrives from now on wakes us again
+        self._take()
+
+    def _take(self) -> None:
         while self._progress_inbox:
             self.progress.append(self._progress_inbox.popleft())
         ended, revoked, busy_s, count = self._ended, self._revoked, 0.0, 0
