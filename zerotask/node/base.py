@@ -58,6 +58,7 @@ class Pool(Protocol):
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def add(self, tasks: list[Task]) -> None: ...
+    def collect(self) -> None: ...
     def take_pending(self) -> list[str]: ...
     def revoke(self, task_ids: set[str]) -> None: ...
     def kill_busy(self) -> None: ...
@@ -90,7 +91,7 @@ class BasePool:
         self.max_outcome_bytes = DEFAULT_MAX_OUTCOME_BYTES
         self.pending: deque[Task] = deque()
         self._handed: dict[str, float] = {}  # task id -> when a worker got it; until reported running
-        self._wake_pending = False
+        self._running_check: Timer | None = None  # the wake-up that reports RUNNING the tasks still handed then
         self.service_s = 1.0  # moving average of one task's time, pessimistic until measured
         self.progress: list[dict[str, Any]] = []  # what running tasks reported (report_progress), to send on
         # Worker processes are replaced, between tasks, after this many tasks or above this RSS (bytes).
@@ -115,6 +116,10 @@ class BasePool:
         self.pending.extend(tasks)
         self.dispatch()
 
+    def collect(self) -> None:
+        """Report the outcomes that came in during this round of the node's loop and no callback has
+        taken yet: the node calls it at the end of each round, before it reports to the broker."""
+
     def take_pending(self) -> list[str]:
         """Remove the tasks no worker has started and return their ids (to hand them back)."""
         task_ids = [task["task_id"] for task in self.pending]
@@ -126,7 +131,7 @@ class BasePool:
         if any(task["task_id"] in task_ids for task in self.pending):
             self.pending = deque(task for task in self.pending if task["task_id"] not in task_ids)
         for task_id in task_ids:
-            self._handed.pop(task_id, None)
+            self._unhand(task_id)
 
     def _take_sync(self, share: int) -> tuple[list[Task], float | None]:
         """Up to ``share`` sync tasks from the head of the queue (which is one), and the time limit of
@@ -157,15 +162,21 @@ class BasePool:
     def _note_handed(self, tasks: list[Task], now: float) -> None:
         for task in tasks:
             self._handed[task["task_id"]] = now
-        if not self._wake_pending:  # make sure the node looks again once they are due to be reported
-            self._wake_pending = True
-            self._server.call_later(RUNNING_AFTER_S, self._woken)
+        if self._running_check is None:  # make sure the node looks again once they are due to be reported
+            self._running_check = self._server.call_later(RUNNING_AFTER_S, self._woken)
 
     def _woken(self) -> None:
-        self._wake_pending = False
+        self._running_check = None
         if self._handed:
-            self._wake_pending = True
-            self._server.call_later(RUNNING_AFTER_S, self._woken)
+            self._running_check = self._server.call_later(RUNNING_AFTER_S, self._woken)
+
+    def _unhand(self, task_id: str) -> None:
+        """The task needs no RUNNING report (it ended, or is no longer ours). Once no task does, the
+        wake-up is cancelled: a node whose tasks all ended sooner need not wake (it did once per task)."""
+        self._handed.pop(task_id, None)
+        if not self._handed and self._running_check is not None:
+            self._running_check.cancel()
+            self._running_check = None
 
     def recycle(self, max_tasks: int | None, max_memory_bytes: int | None) -> None:
         """Replace a worker process, between two tasks, once it ran ``max_tasks`` or its RSS is above
@@ -195,7 +206,7 @@ class BasePool:
 
     def _deliver(self, task: Task, outcome: Outcome | None, size: int) -> None:
         """Report a task's outcome (None: revoked, nothing to report); ``size``: at least its encoded size."""
-        self._handed.pop(task["task_id"], None)
+        self._unhand(task["task_id"])
         if self._limits:
             self._cancel_limit(task)
         if outcome is None:
@@ -213,5 +224,5 @@ class BasePool:
 
     def _fail(self, task: Task, error: ZerotaskError) -> None:
         """Report a failure the node saw (the worker died, ran too long...), with the task's retry decision."""
-        self._handed.pop(task["task_id"], None)
+        self._unhand(task["task_id"])
         self._report(failure(self._dispatcher, task, error))

@@ -30,14 +30,15 @@ NOT_STARTED, STARTED, DONE = 0, 1, 2
 
 
 def serve(
-    connection: Connection,
+    from_node: Connection,
+    to_node: Connection,
     inherited: list[Connection],
     shared: mmap.mmap,
     slots: int,
     dispatcher: Dispatcher,
     default_time_limit_s: float | None,
 ) -> None:
-    """The worker process's loop, until the pipe closes."""
+    """The worker process's loop, until the node closes its end of ``from_node``."""
     for node_end in inherited:
         node_end.close()
     # The node owns signals: Ctrl-C reaches the whole process group, and the node decides what a
@@ -45,10 +46,10 @@ def serve(
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    child = _Child(connection, shared, slots, dispatcher, default_time_limit_s)
+    child = _Child(from_node, to_node, shared, slots, dispatcher, default_time_limit_s)
     while True:
         try:
-            message = connection.recv_bytes()
+            message = from_node.recv_bytes()
         except (EOFError, OSError):
             break
         child.handle(message)
@@ -59,9 +60,16 @@ def serve(
 
 class _Child:
     def __init__(
-        self, connection: Connection, shared: mmap.mmap, slots: int, dispatcher: Dispatcher, default_time_limit_s: float | None
+        self,
+        from_node: Connection,
+        to_node: Connection,
+        shared: mmap.mmap,
+        slots: int,
+        dispatcher: Dispatcher,
+        default_time_limit_s: float | None,
     ) -> None:
-        self._connection = connection
+        self._from_node = from_node
+        self._to_node = to_node
         self._shared = shared
         self._states = slots  # where the states start in the shared bytes
         self._dispatcher = dispatcher
@@ -117,23 +125,23 @@ class _Child:
         """Run the event loop until no async task runs, handling what the pipe brings meanwhile."""
         assert self.aio is not None
         loop = self.aio.loop
-        loop.add_reader(self._connection.fileno(), self._readable)
+        loop.add_reader(self._from_node.fileno(), self._readable)
         try:
             # idle() may return with a task running: one the pipe brought after the last ended, before
             # the waiter resumed.
             while len(self.aio):
                 loop.run_until_complete(self.aio.idle())
         finally:
-            loop.remove_reader(self._connection.fileno())
+            loop.remove_reader(self._from_node.fileno())
         if self._outcomes:
             self._flush()
 
     def _readable(self) -> None:
         try:
-            message = self._connection.recv_bytes()
+            message = self._from_node.recv_bytes()
         except (EOFError, OSError):  # the node let go: nobody wants these outcomes
             assert self.aio is not None
-            self.aio.loop.remove_reader(self._connection.fileno())
+            self.aio.loop.remove_reader(self._from_node.fileno())
             self.aio.cancel_all()
             return
         self.handle(message)
@@ -171,6 +179,6 @@ class _Child:
 
     def _send(self, report: bytes) -> None:
         try:
-            self._connection.send_bytes(report)
+            self._to_node.send_bytes(report)
         except OSError:
             pass  # the node let go of the pipe: the process ends at the next read

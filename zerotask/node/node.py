@@ -311,6 +311,7 @@ class Node(EventLoop):
     # ---- messages to the broker ------------------------------------------------------------------
 
     def after_events(self) -> None:
+        self.pool.collect()  # what ended during this round is reported in it
         if self._socket is None:
             return
         if self._draining:

@@ -49,7 +49,9 @@ class WorkerPool(BasePool):
         self.workers = []
 
     def _start_worker(self, index: int) -> Worker:
-        siblings = [other.connection for other in self.workers if other.index != index and not other.connection.closed]
+        siblings = [
+            end for other in self.workers if other.index != index and not other.connection.closed for end in other.node_ends()
+        ]
         worker = Worker(self._dispatcher, index, siblings, self.concurrency, self.default_time_limit_s)
         self._server.add_socket(worker.fileno(), functools.partial(self._on_worker, worker))
         return worker
@@ -200,7 +202,7 @@ class WorkerPool(BasePool):
         again = []
         for slot, task in held:
             self._cancel_limit(task)
-            self._handed.pop(task["task_id"], None)
+            self._unhand(task["task_id"])
             if reason == "shutdown" or task["task_id"] in worker.revoked:
                 continue
             if slot not in running or reason == "revoked" or (reason == "timeout" and task is not worker.overdue):

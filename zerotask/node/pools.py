@@ -127,6 +127,10 @@ class MixedPool:
         if tasks:
             self.own.add(tasks)
 
+    def collect(self) -> None:
+        self.own.collect()
+        self.other.collect()
+
     def take_pending(self) -> list[str]:
         return self.own.take_pending() + self.other.take_pending()
 

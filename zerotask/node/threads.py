@@ -1,8 +1,9 @@
 """ThreadPool: tasks run in threads of the node's own process (``zerotask node --pool thread``).
 
-For I/O-bound tasks and the lowest latency. A hand-off is one queue put to an idle thread; an outcome
-comes back through a deque and an eventfd (a pipe where there is none) that the node's loop polls,
-written only when the loop has not already been woken, so outcomes that end together cost one wake-up.
+For I/O-bound tasks and the lowest latency. A hand-off is a deque and a write to an idle thread's
+eventfd (:class:`Inbox`); an outcome comes back through a deque and an eventfd (a pipe where there is
+none) that the node's loop polls, written only when the loop has not already been woken, so outcomes
+that end together cost one wake-up.
 Sync tasks go to the threads, in batches as for processes; ``async def`` tasks to one event loop in a
 thread of its own, up to ``slots`` (``count`` times ``concurrency``) at once.
 
@@ -32,7 +33,6 @@ import itertools
 import logging
 import math
 import os
-import queue
 import sys
 import threading
 import time
@@ -51,11 +51,46 @@ _ONE = (1).to_bytes(8, sys.byteorder)  # what an eventfd adds to its counter; on
 JOIN_S = 1.0  # how long stop() waits for idle threads to end
 
 
+class Inbox:
+    """What the node's loop hands one pool thread (:meth:`put`), which the thread waits for (:meth:`get`)
+    reading an eventfd of its own. The loop's write (os.write) lets go of the GIL: a thread woken
+    there, on the loop's CPU (the usual case: it preempts the loop), takes the GIL at once and runs
+    its task. Woken by a queue.SimpleQueue, it found the GIL held and had to wait for the loop's next
+    poll, being woken twice more on the way (perf sched: 2.6 wake-ups a task, now 1)."""
+
+    def __init__(self) -> None:
+        self._items: deque[list[Task] | None] = deque()
+        self._reader, self._writer = _wake_pair(blocking=True)
+        self._lock = threading.Lock()  # the thread may close it as the loop puts: never write a closed descriptor
+
+    def put(self, item: list[Task] | None) -> None:
+        """Hand over a batch, or None: the end (nothing after it is read)."""
+        with self._lock:
+            if self._writer >= 0:
+                self._items.append(item)
+                os.write(self._writer, _ONE)
+
+    def get(self) -> list[Task] | None:
+        """The next item, waiting for it."""
+        while not self._items:
+            os.read(self._reader, 8)  # a put after the check has left the count above 0: no wait
+        return self._items.popleft()
+
+    def close(self) -> None:
+        """Release the descriptors, as the thread ends; a put after this does nothing."""
+        with self._lock:
+            if self._reader >= 0:
+                os.close(self._reader)
+                if self._writer != self._reader:
+                    os.close(self._writer)
+                self._reader = self._writer = -1
+
+
 class PoolThread:
     """The pool's handle on one of its threads."""
 
     def __init__(self, name: str, serve: Callable[[PoolThread], None]) -> None:
-        self.inbox: queue.SimpleQueue[list[Task] | None] = queue.SimpleQueue()
+        self.inbox = Inbox()
         self.batch: deque[Task] = deque()  # handed over, no outcome yet (the node's loop alone touches it)
         self.abandoned = False  # past a time limit (or the grace period): its outcomes are discarded
         self.thread = threading.Thread(target=serve, args=(self,), name=name, daemon=True)
@@ -122,6 +157,12 @@ class ThreadPool(BasePool):
     # ---- in a pool thread ------------------------------------------------------------------------
 
     def _serve(self, runner: PoolThread) -> None:
+        try:
+            self._serve_tasks(runner)
+        finally:
+            runner.inbox.close()
+
+    def _serve_tasks(self, runner: PoolThread) -> None:
         dispatcher, revoked, ended, wake, receive = self._dispatcher, self._revoked, self._ended, self._wake, runner.inbox.get
         while not runner.abandoned:
             tasks = receive()
@@ -175,6 +216,7 @@ class ThreadPool(BasePool):
         return in_threads + [task["task_id"] for task in self._running_async.values()]
 
     def add(self, tasks: list[Task]) -> None:
+        self._signalled = True  # what ends from now on, collect() takes at the end of this round
         if not self._any_async:
             self.pending.extend(tasks)
         else:
@@ -275,12 +317,23 @@ class ThreadPool(BasePool):
             )
             self._fail(task, TimeLimitExceeded(time_limit_message(task, self._time_limit(task))))
 
+    def collect(self) -> None:
+        """Take what ended during this round of the node's loop, to be reported in it: a thread handed a
+        task usually runs it at once, while the loop waits in its write to the thread's inbox, so the
+        outcome is there before the round ends, and needs no wake-up and no round of its own."""
+        self._signalled = False  # before taking the outcomes: one that arrives from now on wakes us again
+        if self._ended or self._async_ended or self._progress_inbox:
+            self._take()
+
     def _on_wake(self) -> None:
         try:
             os.read(self._wake_reader, 4096)
         except BlockingIOError:
             pass
         self._signalled = False  # before taking the outcomes: one that arrives from now on wakes us again
+        self._take()
+
+    def _take(self) -> None:
         while self._progress_inbox:
             self.progress.append(self._progress_inbox.popleft())
         ended, revoked, busy_s, count = self._ended, self._revoked, 0.0, 0
@@ -315,12 +368,13 @@ class ThreadPool(BasePool):
         self.dispatch()
 
 
-def _wake_pair() -> tuple[int, int]:
-    """A non-blocking eventfd (reader and writer are the same descriptor), or a pipe where there is none."""
+def _wake_pair(blocking: bool = False) -> tuple[int, int]:
+    """An eventfd (reader and writer are the same descriptor), or a pipe where there is none;
+    non-blocking unless ``blocking``."""
     if hasattr(os, "eventfd"):
-        fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        fd = os.eventfd(0, os.EFD_CLOEXEC | (0 if blocking else os.EFD_NONBLOCK))
         return fd, fd
     reader, writer = os.pipe()
-    os.set_blocking(reader, False)
-    os.set_blocking(writer, False)
+    os.set_blocking(reader, blocking)
+    os.set_blocking(writer, blocking)
     return reader, writer

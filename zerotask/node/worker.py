@@ -1,8 +1,10 @@
 """Worker: the node's handle on one worker process, which runs its tasks (code in :mod:`zerotask.node.child`).
 
-A worker is forked by its node and talks to it over a pipe, not ZeroMQ: a ZeroMQ context must not
-cross a fork, and a pipe is all one process needs to hear from its parent. Forking (rather than
-spawning) keeps the tasks a script registered before ``Node().start()``, as the seed's examples do.
+A worker is forked by its node and talks to it over two pipes, not ZeroMQ: a ZeroMQ context must not
+cross a fork, and a pipe each way is all one process needs to hear from its parent. (Not one socket
+pair either: a read from one end of a socket pair wakes whoever waits to read at the other, so each
+outcome the node read woke the idle worker, for nothing.) Forking (rather than spawning) keeps the
+tasks a script registered before ``Node().start()``, as the seed's examples do.
 
 Every task handed over takes a *slot* (a small number, free again once its outcome is back). The node
 sends a batch of sync tasks ``{"tasks": [...]}`` only to an idle worker, which runs them one after the
@@ -31,6 +33,7 @@ stopped only by killing the worker; a revoked async task is cancelled, and the w
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import mmap
 import multiprocessing
@@ -48,7 +51,20 @@ log = logging.getLogger(__name__)
 
 _fork = multiprocessing.get_context("fork")
 _ZEROS = bytes(MAX_BATCH)
+PIPE_BYTES = 256 * 1024  # what a pipe holds before a write waits for the reader: a socket pair's 208 KiB here
 Task = dict[str, Any]
+_SET_PIPE_SIZE: int | None = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
+
+
+def _pipe() -> tuple[Connection, Connection]:
+    """A one-way pipe, ``(read end, write end)``, holding PIPE_BYTES where the system allows it."""
+    reader, writer = _fork.Pipe(duplex=False)
+    if _SET_PIPE_SIZE is not None:
+        try:
+            fcntl.fcntl(writer.fileno(), _SET_PIPE_SIZE, PIPE_BYTES)
+        except OSError:  # the user's pipes are over their limit: the default size (64 KiB)
+            pass
+    return reader, writer
 
 
 class Worker:
@@ -62,23 +78,26 @@ class Worker:
         concurrency: int = 1,
         default_time_limit_s: float | None = None,
     ) -> None:
-        """Fork the process. ``siblings``: the node's ends of the other workers' pipes, which the child
-        closes so that each pipe reaches end-of-file as soon as the node lets go of it. ``concurrency``:
-        async tasks at once at most. ``default_time_limit_s``: the limit of async tasks with none."""
+        """Fork the process. ``siblings``: the node's ends of the other workers' pipes (their
+        :meth:`node_ends`), which the child closes so that each pipe reaches end-of-file as soon as the
+        node lets go of it. ``concurrency``: async tasks at once at most. ``default_time_limit_s``: the
+        limit of async tasks with none."""
         self.index = index
         self.concurrency = concurrency
-        self.connection, child_end = _fork.Pipe(duplex=True)
+        tasks_reader, self.connection = _pipe()  # node -> worker: closing it lets the process go
+        self._outcomes, outcomes_writer = _pipe()  # worker -> node: what the node polls
         self._slots = max(MAX_BATCH, concurrency)
         self._shared = mmap.mmap(-1, 2 * self._slots)  # anonymous and MAP_SHARED: the child writes to the same bytes
-        inherited = [self.connection, *(siblings or [])]
+        inherited = [*self.node_ends(), *(siblings or [])]
         self.process = _fork.Process(
             target=serve,
-            args=(child_end, inherited, self._shared, self._slots, dispatcher, default_time_limit_s),
+            args=(tasks_reader, outcomes_writer, inherited, self._shared, self._slots, dispatcher, default_time_limit_s),
             name=f"zerotask-worker-{index}",
             daemon=True,
         )
         self.process.start()
-        child_end.close()
+        tasks_reader.close()
+        outcomes_writer.close()
         self.in_flight: dict[int, Task] = {}  # slot -> task handed over, no outcome yet
         self._free = list(range(self._slots - 1, -1, -1))  # for async tasks: a sync batch runs alone in 0, 1...
         self._next = 0  # the slot of the next outcome of a sync batch
@@ -91,7 +110,11 @@ class Worker:
         self.memory_checked_at = 0.0  # time.monotonic() of its last RSS reading
 
     def fileno(self) -> int:
-        return self.connection.fileno()
+        return self._outcomes.fileno()
+
+    def node_ends(self) -> list[Connection]:
+        """The node's ends of the pipes: the tasks' write end, the outcomes' read end."""
+        return [self.connection, self._outcomes]
 
     @property
     def idle(self) -> bool:
@@ -140,7 +163,7 @@ class Worker:
         just ended (outcome None for a revoked task: passed over, cancelled, or run anyway); None if the
         worker died (what it held is left as it was: :meth:`started` says what was running)."""
         try:
-            encoded = self.connection.recv_bytes()
+            encoded = self._outcomes.recv_bytes()
         except (EOFError, OSError):
             return None
         report = jsonrpc.loads(encoded)
@@ -198,11 +221,12 @@ class Worker:
             return 0
 
     def stop(self, timeout_s: float = 2.0) -> None:
-        """Close the pipe and end the process (SIGTERM, then SIGKILL after ``timeout_s``).
+        """Close the pipes and end the process (SIGTERM, then SIGKILL after ``timeout_s``).
 
-        Closing alone is not enough: workers forked later hold copies of this pipe's node end.
+        Closing alone is not enough: workers forked later hold copies of the pipes' node ends.
         """
         self.connection.close()
+        self._outcomes.close()
         if self.process.is_alive():
             self.process.terminate()
             self.process.join(timeout_s)
