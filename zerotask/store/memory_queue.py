@@ -1,0 +1,281 @@
+"""The queue of a MemoryStore: where its waiting tasks wait, in a few bytes each.
+
+Each task queued gets a *place*, a number that grows with every task (a reset gives a new one). Within
+what a node may take, the highest priority goes first, then the lowest place; a task put back (requeued,
+or due after its delay) goes back to its place. There is one *line* per queue, method and priority. A task
+queued at the back takes a slot in its line's list and one in an array of *keys*, 16 bytes in all:
+a heap of (priority, place, id) tuples and a dict of places took 130 bytes per task more, 130 MB for a
+million queued tasks.
+
+A key is a place and, in its low bits, the task's size hint (the bytes of the request it came in, for a
+task whose arguments are not packed): what waiting tasks' arguments count for then leaves the count with
+the entry, with no dict of charges.
+
+A task that leaves its line other than from the front (claimed, retried or ended while QUEUED) leaves its
+entry behind: an *orphan*, dropped when it reaches the front (finding it sooner would take an index, that
+is bytes per task again). A task's orphans come before its own entry, which has a later place. A task
+requeued while its orphan is still in line takes that entry back: it is in the task's place. A task out
+of line otherwise (held by a node, retried, scheduled) has its place kept in a dict until it is back.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from array import array
+from collections import deque
+from collections.abc import Iterable, Sequence
+
+from zerotask.store.base import TaskRecord
+from zerotask.wire import ASSIGNED, QUEUED, RETRY, SCHEDULED
+
+HINT_BITS = 11  # a key's low bits: a size hint up to MAX_HINT (PACK_OVER_BYTES, for a task not packed, fits)
+MAX_HINT = (1 << HINT_BITS) - 1
+# A line keeps its entries in chunks of this many: a list or an array that grows to millions moves to a
+# new buffer each time, leaving the old ones as holes in the heap (30 bytes per task in all, 16 in chunks).
+CHUNK = 4096
+# Orphans are swept out of every line at once when there are more than this many, and more than queued
+# tasks: a line nobody takes from would keep them (and their records) forever.
+SWEEP_OVER = 1024
+
+
+class _Line:
+    """The entries of one (queue, method, priority), lowest key first: the ones queued at the back, in
+    ``chunks`` of records and their keys (the first one's from ``head`` on), and the ones put back in an
+    earlier place, in a heap."""
+
+    __slots__ = ("back", "chunks", "head", "priority", "size")
+
+    def __init__(self, priority: int) -> None:
+        self.priority = priority
+        self.chunks: deque[tuple[list[TaskRecord], array[int]]] = deque()
+        self.head = 0  # entries of the first chunk before it have left the line
+        self.size = 0  # entries in the chunks
+        self.back: list[tuple[int, TaskRecord]] = []  # a min-heap of (key, record)
+
+    def __len__(self) -> int:
+        return self.size + len(self.back)
+
+    def append(self, record: TaskRecord, key: int) -> None:
+        """Add an entry at the back: its key must be above every key in the chunks."""
+        chunks = self.chunks
+        if not chunks or len(chunks[-1][0]) == CHUNK:
+            chunks.append(([], array("q")))
+        records, keys = chunks[-1]
+        records.append(record)
+        keys.append(key)
+        self.size += 1
+
+    def first(self) -> tuple[int, TaskRecord]:
+        """The entry with the lowest key, as (key, record). The line must not be empty."""
+        back = self.back
+        if back and (not self.size or back[0][0] < self.chunks[0][1][self.head]):
+            return back[0]
+        records, keys = self.chunks[0]
+        return keys[self.head], records[self.head]
+
+    def pop(self, most: int, below: int | None = None) -> tuple[Sequence[TaskRecord], Sequence[int]]:
+        """Remove the first entries, at least one and at most ``most``, only ones with keys below ``below``
+        (None: any) after the first: returns their records and their keys. The line must not be empty."""
+        back, start = self.back, self.head
+        if back and (not self.size or back[0][0] < self.chunks[0][1][start]):
+            key, record = heapq.heappop(back)  # one at a time while some are put back
+            return [record], [key]
+        records, keys = self.chunks[0]
+        end = min(len(records), start + max(most, 1)) if not back else start + 1
+        if below is not None and end > start + 1:
+            end = max(start + 1, bisect.bisect_left(keys, below, start, end))
+        popped = records[start:end], keys[start:end]
+        self.size -= end - start
+        if end == len(records):
+            self.chunks.popleft()
+            end = 0
+        self.head = end
+        return popped
+
+
+def _rank(line: _Line) -> tuple[int, int]:
+    """What a line is taken from by: its priority, then the lowest key first."""
+    return line.priority, -line.first()[0]
+
+
+class MemoryQueue:
+    """The QUEUED and SCHEDULED tasks of a MemoryStore, in order, and the places of its held ones. The
+    store keeps the tasks' states, which the queue reads: it makes the tasks :meth:`take` and :meth:`due`
+    return ASSIGNED and QUEUED, and tells the queue (:meth:`leave`) when a QUEUED task left otherwise."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}  # QUEUED tasks by method (only methods with some)
+        self.hints = 0  # the size hints of every entry kept: what waiting arguments count for, over INFLATION
+        self._lanes: dict[tuple[str, str], dict[int, _Line]] = {}  # (queue, method) -> priority -> line
+        self._scheduled: list[tuple[float, int, TaskRecord]] = []  # a min-heap of (due_at, key, record)
+        self._places: dict[str, int] = {}  # task id -> its place, while it is out of line: held, retried, scheduled
+        self._orphans: dict[int, int] = {}  # id(record) -> its entries left behind in its line
+        self._orphaned = 0  # entries left behind, in every line
+        self._last_place = 0
+
+    def append(self, record: TaskRecord, hint: int = 0) -> None:
+        """Queue a task in a new place, at the back of its line. ``hint``: its size hint, 0 to MAX_HINT."""
+        self._last_place += 1
+        self._line(record).append(record, self._last_place << HINT_BITS | hint)
+        self.counts[record.method] = self.counts.get(record.method, 0) + 1
+        self.hints += hint
+
+    def schedule(self, record: TaskRecord, hint: int = 0) -> None:
+        """Keep a task SCHEDULED until its ``due_at``, in a new place. ``hint`` as for :meth:`append`."""
+        self._last_place += 1
+        self._places[record.id] = self._last_place
+        heapq.heappush(self._scheduled, (record.due_at or 0.0, self._last_place << HINT_BITS | hint, record))
+        self.hints += hint
+
+    def requeue(self, record: TaskRecord) -> None:
+        """Queue a held (or retried) task again, in its old place."""
+        self.counts[record.method] = self.counts.get(record.method, 0) + 1
+        place = self._places.pop(record.id, None)
+        if self._orphans.get(id(record)):
+            self._forget_orphan(record)  # the last entry it left is in its place: it is its own again
+            return
+        if place is None:  # cannot be: a task out of line has its place kept
+            self._last_place += 1
+            place = self._last_place
+        heapq.heappush(self._line(record).back, (place << HINT_BITS, record))
+
+    def leave(self, record: TaskRecord) -> None:
+        """A QUEUED task left its line (claimed, retried or ended: call this once its state is the new
+        one): its entry stays behind, an orphan."""
+        self._uncount(record.method, 1)
+        self._orphans[id(record)] = self._orphans.get(id(record), 0) + 1
+        self._orphaned += 1
+        if self._orphaned > SWEEP_OVER and self._orphaned > sum(self.counts.values()):
+            self._sweep()
+
+    def forget(self, task_id: str) -> None:
+        """The task ended: it will not be requeued, nor become due."""
+        self._places.pop(task_id, None)
+
+    def take(self, lanes: Iterable[tuple[str, str]], limit: int) -> list[TaskRecord]:
+        """Up to ``limit`` QUEUED tasks of these (queue, method) lanes, the highest priority first, then the
+        lowest place, out of line (the store makes them ASSIGNED): their places are kept for a requeue."""
+        taken: list[TaskRecord] = []
+        lines = [line for lane in lanes if (by_priority := self._lanes.get(lane)) for line in by_priority.values() if line]
+        while lines and len(taken) < limit:
+            line, below = lines[0], None
+            if len(lines) > 1:  # from the first line, as long as it stays first
+                line = max(lines, key=_rank)
+                same = [other.first()[0] for other in lines if other is not line and other.priority == line.priority]
+                below = min(same, default=None)
+            records, keys = line.pop(limit - len(taken), below)
+            self._keep_queued(records, keys, taken)
+            if not line:
+                lines = [line for line in lines if line]
+        return taken
+
+    def _keep_queued(self, records: Sequence[TaskRecord], keys: Sequence[int], taken: list[TaskRecord]) -> None:
+        """Of entries just out of their line, add to ``taken`` the ones of tasks in line; drop the rest."""
+        places, orphans, hints, count = self._places, self._orphans, 0, 0
+        for record, key in zip(records, keys, strict=True):
+            if (orphans and id(record) in orphans) or record.state != QUEUED:
+                self._drop(record, key)
+                continue
+            hints += key & MAX_HINT
+            places[record.id] = key >> HINT_BITS
+            taken.append(record)
+            count += 1
+        self.hints -= hints
+        if count:
+            self._uncount(records[0].method, count)
+
+    def due(self, now: float, limit: int) -> list[TaskRecord]:
+        """Up to ``limit`` SCHEDULED tasks due at ``now`` or earlier, earliest first, put in line in their
+        places (the store makes them QUEUED)."""
+        due: list[TaskRecord] = []
+        scheduled = self._scheduled
+        while scheduled and scheduled[0][0] <= now and len(due) < limit:
+            _, key, record = heapq.heappop(scheduled)
+            if self._waits_scheduled(record, key):
+                del self._places[record.id]
+                heapq.heappush(self._line(record).back, (key, record))
+                self.counts[record.method] = self.counts.get(record.method, 0) + 1
+                due.append(record)
+            else:
+                self.hints -= key & MAX_HINT
+        return due
+
+    def next_due(self) -> float | None:
+        """The earliest ``due_at`` of a SCHEDULED task, or None."""
+        scheduled = self._scheduled
+        while scheduled:
+            due_at, key, record = scheduled[0]
+            if self._waits_scheduled(record, key):
+                return due_at
+            heapq.heappop(scheduled)  # revoked, or forgotten: dropped lazily
+            self.hints -= key & MAX_HINT
+        return None
+
+    def first_in_line(self) -> dict[str, TaskRecord]:
+        """The QUEUED task in the lowest place, by method (only methods with some)."""
+        firsts: dict[str, tuple[int, TaskRecord]] = {}
+        for (_, method), by_priority in self._lanes.items():
+            for line in by_priority.values():
+                while line:
+                    key, record = line.first()
+                    if self._in_line(record):
+                        if method not in firsts or key < firsts[method][0]:
+                            firsts[method] = (key, record)
+                        break
+                    line.pop(1)
+                    self._drop(record, key)
+        return {method: record for method, (_, record) in firsts.items()}
+
+    def _in_line(self, record: TaskRecord) -> bool:
+        """Whether the first of a task's entries still in line is its own (not an orphan)."""
+        return record.state == QUEUED and not (self._orphans and id(record) in self._orphans)
+
+    def _waits_scheduled(self, record: TaskRecord, key: int) -> bool:
+        """Whether a scheduled entry is its task's: not revoked since, nor left from a forgotten task."""
+        return record.state == SCHEDULED and self._places.get(record.id) == key >> HINT_BITS
+
+    def _line(self, record: TaskRecord) -> _Line:
+        lane = self._lanes.get((record.queue, record.method))
+        if lane is None:
+            lane = self._lanes[(record.queue, record.method)] = {}
+        line = lane.get(record.priority)
+        if line is None:
+            line = lane[record.priority] = _Line(record.priority)
+        return line
+
+    def _uncount(self, method: str, count: int) -> None:
+        left = self.counts[method] - count
+        if left:
+            self.counts[method] = left
+        else:
+            del self.counts[method]
+
+    def _drop(self, record: TaskRecord, key: int) -> None:
+        """An entry out of its line that is not its task's: its hint uncounted, an orphan forgotten."""
+        self.hints -= key & MAX_HINT
+        if self._orphans and id(record) in self._orphans:
+            self._forget_orphan(record)
+            if record.state in (ASSIGNED, RETRY):  # out of line: a requeue puts it back here
+                self._places[record.id] = key >> HINT_BITS
+
+    def _forget_orphan(self, record: TaskRecord) -> None:
+        left = self._orphans[id(record)] - 1
+        if left:
+            self._orphans[id(record)] = left
+        else:
+            del self._orphans[id(record)]
+        self._orphaned -= 1
+
+    def _sweep(self) -> None:
+        """Drop every orphan: take every entry out of its line, in order, and put back the ones in line."""
+        for by_priority in self._lanes.values():
+            for line in by_priority.values():
+                entries: list[tuple[TaskRecord, int]] = []
+                while line:
+                    entries.extend(zip(*line.pop(len(line)), strict=True))
+                for record, key in entries:
+                    if self._in_line(record):
+                        line.append(record, key)
+                    else:
+                        self._drop(record, key)
