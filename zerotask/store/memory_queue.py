@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
+import operator
 from array import array
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -37,6 +39,8 @@ CHUNK = 4096
 # Orphans are swept out of every line at once when there are more than this many, and more than queued
 # tasks: a line nobody takes from would keep them (and their records) forever.
 SWEEP_OVER = 1024
+
+_KEY = operator.itemgetter(0)  # of a (key, record) entry
 
 
 class _Line:
@@ -74,29 +78,47 @@ class _Line:
         records, keys = self.chunks[0]
         return keys[self.head], records[self.head]
 
-    def pop(self, most: int, below: int | None = None) -> tuple[Sequence[TaskRecord], Sequence[int]]:
-        """Remove the first entries, at least one and at most ``most``, only ones with keys below ``below``
-        (None: any) after the first: returns their records and their keys. The line must not be empty."""
-        back, start = self.back, self.head
-        if back and (not self.size or back[0][0] < self.chunks[0][1][start]):
-            key, record = heapq.heappop(back)  # one at a time while some are put back
+    def front(self, most: int) -> tuple[Sequence[TaskRecord], Sequence[int]]:
+        """The first entries, as their records and their keys: at least one (the line must not be empty),
+        at most ``most``, all in the first chunk; only the first while some are put back."""
+        if self.back:
+            key, record = self.first()
             return [record], [key]
         records, keys = self.chunks[0]
-        end = min(len(records), start + max(most, 1)) if not back else start + 1
-        if below is not None and end > start + 1:
-            end = max(start + 1, bisect.bisect_left(keys, below, start, end))
-        popped = records[start:end], keys[start:end]
-        self.size -= end - start
-        if end == len(records):
+        end = min(len(records), self.head + max(most, 1))
+        return records[self.head : end], keys[self.head : end]
+
+    def drop(self, count: int) -> None:
+        """Remove the first ``count`` entries: the ones :meth:`front` gave last, or the first of them."""
+        back = self.back
+        if not count:
+            return
+        if back and (not self.size or back[0][0] < self.chunks[0][1][self.head]):
+            heapq.heappop(back)  # (front gave only this one)
+            return
+        head = self.head + count
+        self.size -= count
+        if head == len(self.chunks[0][0]):
             self.chunks.popleft()
-            end = 0
-        self.head = end
-        return popped
+            head = 0
+        self.head = head
 
 
-def _rank(line: _Line) -> tuple[int, int]:
-    """What a line is taken from by: its priority, then the lowest key first."""
-    return line.priority, -line.first()[0]
+def _merged(lines: list[_Line], most: int) -> tuple[list[TaskRecord], list[int]]:
+    """The first entries of several lines together, lowest key first, out of their lines: at least one,
+    at most ``most``. Sorted in one go, not picked one by one: tasks of several methods interleave."""
+    fronts = [line.front(most) for line in lines]
+    entries = sorted(itertools.chain.from_iterable(zip(keys, records, strict=True) for records, keys in fronts), key=_KEY)
+    # A front that stops short of ``most`` (at the end of a chunk, or before a task put back) may have
+    # lower keys behind it than other fronts have: only entries up to its last one are surely first.
+    short = [keys[-1] for line, (_, keys) in zip(lines, fronts, strict=True) if len(keys) < min(most, len(line))]
+    if short:
+        most = min(most, bisect.bisect_right(entries, min(short), key=_KEY))
+    entries = entries[:most]
+    last = entries[-1][0]
+    for line, (_, keys) in zip(lines, fronts, strict=True):
+        line.drop(bisect.bisect_right(keys, last))
+    return [record for _, record in entries], [key for key, _ in entries]
 
 
 class MemoryQueue:
@@ -159,20 +181,20 @@ class MemoryQueue:
         taken: list[TaskRecord] = []
         lines = [line for lane in lanes if (by_priority := self._lanes.get(lane)) for line in by_priority.values() if line]
         while lines and len(taken) < limit:
-            line, below = lines[0], None
-            if len(lines) > 1:  # from the first line, as long as it stays first
-                line = max(lines, key=_rank)
-                same = [other.first()[0] for other in lines if other is not line and other.priority == line.priority]
-                below = min(same, default=None)
-            records, keys = line.pop(limit - len(taken), below)
+            top = max(line.priority for line in lines) if len(lines) > 1 else lines[0].priority
+            first = [line for line in lines if line.priority == top]
+            if len(first) == 1:
+                records, keys = first[0].front(limit - len(taken))
+                first[0].drop(len(records))
+            else:
+                records, keys = _merged(first, limit - len(taken))
             self._keep_queued(records, keys, taken)
-            if not line:
-                lines = [line for line in lines if line]
+            lines = [line for line in lines if line]
         return taken
 
     def _keep_queued(self, records: Sequence[TaskRecord], keys: Sequence[int], taken: list[TaskRecord]) -> None:
         """Of entries just out of their line, add to ``taken`` the ones of tasks in line; drop the rest."""
-        places, orphans, hints, count = self._places, self._orphans, 0, 0
+        places, orphans, counts, hints = self._places, self._orphans, self.counts, 0
         for record, key in zip(records, keys, strict=True):
             if (orphans and id(record) in orphans) or record.state != QUEUED:
                 self._drop(record, key)
@@ -180,10 +202,11 @@ class MemoryQueue:
             hints += key & MAX_HINT
             places[record.id] = key >> HINT_BITS
             taken.append(record)
-            count += 1
+            if left := counts[record.method] - 1:
+                counts[record.method] = left
+            else:
+                del counts[record.method]
         self.hints -= hints
-        if count:
-            self._uncount(records[0].method, count)
 
     def due(self, now: float, limit: int) -> list[TaskRecord]:
         """Up to ``limit`` SCHEDULED tasks due at ``now`` or earlier, earliest first, put in line in their
@@ -223,7 +246,7 @@ class MemoryQueue:
                         if method not in firsts or key < firsts[method][0]:
                             firsts[method] = (key, record)
                         break
-                    line.pop(1)
+                    line.drop(1)
                     self._drop(record, key)
         return {method: record for method, (_, record) in firsts.items()}
 
@@ -273,7 +296,9 @@ class MemoryQueue:
             for line in by_priority.values():
                 entries: list[tuple[TaskRecord, int]] = []
                 while line:
-                    entries.extend(zip(*line.pop(len(line)), strict=True))
+                    records, keys = line.front(len(line))
+                    line.drop(len(records))
+                    entries.extend(zip(records, keys, strict=True))
                 for record, key in entries:
                     if self._in_line(record):
                         line.append(record, key)
