@@ -179,8 +179,9 @@ class MemoryStore(Store):
 
     def finish_many(self, outcomes: Sequence[Outcome]) -> list[bool]:
         recorded = []
+        ended: list[str] = []
         now = time.time()
-        records, states, finished, queue = self._records, self._states, self._finished, self._queue
+        records, states, finished = self._records, self._states, self._finished
         for outcome in outcomes:
             record = records.get(outcome.task_id)
             if record is None or record.state in FINAL_STATES:
@@ -207,9 +208,10 @@ class MemoryStore(Store):
                 record.kwargs = NO_ENTRIES
                 if self._packed:
                     self._drop_packed(record.id)
-            queue.forget(record.id)
+            ended.append(record.id)
             finished.append((now, record.id))
             recorded.append(True)
+        self._queue.forget(ended)
         return recorded
 
     def expire(self, before: float, limit: int = 10_000) -> int:

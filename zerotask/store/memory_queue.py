@@ -88,6 +88,30 @@ class _Line:
         end = min(len(records), self.head + max(most, 1))
         return records[self.head : end], keys[self.head : end]
 
+    def pop(self, most: int) -> tuple[Sequence[TaskRecord], Sequence[int]]:
+        """Remove the first entries, at least one (the line must not be empty) and at most ``most``, and
+        return them as :meth:`front` does; a run of tasks put back too, all from the heap or all from the
+        first chunk, whichever comes first."""
+        back = self.back
+        if not back:
+            records, keys = self.front(most)
+            self._advance(len(records))
+            return records, keys
+        if not self.size or back[0][0] < self.chunks[0][1][self.head]:
+            below = self.chunks[0][1][self.head] if self.size else None
+            keys, records = [], []
+            while back and len(keys) < most and (below is None or back[0][0] < below):
+                key, record = heapq.heappop(back)
+                keys.append(key)
+                records.append(record)
+            return records, keys
+        chunk_records, chunk_keys = self.chunks[0]
+        end = min(len(chunk_records), self.head + max(most, 1))
+        end = max(self.head + 1, bisect.bisect_left(chunk_keys, back[0][0], self.head, end))
+        records, keys = chunk_records[self.head : end], chunk_keys[self.head : end]
+        self._advance(len(records))
+        return records, keys
+
     def drop(self, count: int) -> None:
         """Remove the first ``count`` entries: the ones :meth:`front` gave last, or the first of them."""
         back = self.back
@@ -95,7 +119,11 @@ class _Line:
             return
         if back and (not self.size or back[0][0] < self.chunks[0][1][self.head]):
             heapq.heappop(back)  # (front gave only this one)
-            return
+        else:
+            self._advance(count)
+
+    def _advance(self, count: int) -> None:
+        """Remove the first ``count`` entries of the chunks."""
         head = self.head + count
         self.size -= count
         if head == len(self.chunks[0][0]):
@@ -171,9 +199,11 @@ class MemoryQueue:
         if self._orphaned > SWEEP_OVER and self._orphaned > sum(self.counts.values()):
             self._sweep()
 
-    def forget(self, task_id: str) -> None:
-        """The task ended: it will not be requeued, nor become due."""
-        self._places.pop(task_id, None)
+    def forget(self, task_ids: Iterable[str]) -> None:
+        """These tasks ended: they will not be requeued, nor become due."""
+        places = self._places
+        for task_id in task_ids:
+            places.pop(task_id, None)
 
     def take(self, lanes: Iterable[tuple[str, str]], limit: int) -> list[TaskRecord]:
         """Up to ``limit`` QUEUED tasks of these (queue, method) lanes, the highest priority first, then the
@@ -184,8 +214,7 @@ class MemoryQueue:
             top = max(line.priority for line in lines) if len(lines) > 1 else lines[0].priority
             first = [line for line in lines if line.priority == top]
             if len(first) == 1:
-                records, keys = first[0].front(limit - len(taken))
-                first[0].drop(len(records))
+                records, keys = first[0].pop(limit - len(taken))
             else:
                 records, keys = _merged(first, limit - len(taken))
             self._keep_queued(records, keys, taken)
