@@ -25,7 +25,6 @@ import heapq
 import itertools
 import operator
 from array import array
-from collections import deque
 from collections.abc import Iterable, Sequence
 
 from zerotask.store.base import TaskRecord
@@ -52,7 +51,8 @@ class _Line:
 
     def __init__(self, priority: int) -> None:
         self.priority = priority
-        self.chunks: deque[tuple[list[TaskRecord], array[int]]] = deque()
+        # (a list, not a deque: an empty deque takes 760 bytes, and there are a few hundred chunks at most)
+        self.chunks: list[tuple[list[TaskRecord], array[int]]] = []
         self.head = 0  # entries of the first chunk before it have left the line
         self.size = 0  # entries in the chunks
         self.back: list[tuple[int, TaskRecord]] = []  # a min-heap of (key, record)
@@ -127,7 +127,7 @@ class _Line:
         head = self.head + count
         self.size -= count
         if head == len(self.chunks[0][0]):
-            self.chunks.popleft()
+            del self.chunks[0]
             head = 0
         self.head = head
 
@@ -157,7 +157,7 @@ class MemoryQueue:
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}  # QUEUED tasks by method (only methods with some)
         self.hints = 0  # the size hints of every entry kept: what waiting arguments count for, over INFLATION
-        self._lanes: dict[tuple[str, str], dict[int, _Line]] = {}  # (queue, method) -> priority -> line
+        self._lanes: dict[tuple[str, str], list[_Line]] = {}  # (queue, method) -> its lines, one per priority
         self._scheduled: list[tuple[float, int, TaskRecord]] = []  # a min-heap of (due_at, key, record)
         self._places: dict[str, int] = {}  # task id -> its place, while it is out of line: held, retried, scheduled
         self._orphans: dict[int, int] = {}  # id(record) -> its entries left behind in its line
@@ -209,7 +209,7 @@ class MemoryQueue:
         """Up to ``limit`` QUEUED tasks of these (queue, method) lanes, the highest priority first, then the
         lowest place, out of line (the store makes them ASSIGNED): their places are kept for a requeue."""
         taken: list[TaskRecord] = []
-        lines = [line for lane in lanes if (by_priority := self._lanes.get(lane)) for line in by_priority.values() if line]
+        lines = [line for lane in lanes for line in self._lanes.get(lane, ()) if line]
         while lines and len(taken) < limit:
             top = max(line.priority for line in lines) if len(lines) > 1 else lines[0].priority
             first = [line for line in lines if line.priority == top]
@@ -267,8 +267,8 @@ class MemoryQueue:
     def first_in_line(self) -> dict[str, TaskRecord]:
         """The QUEUED task in the lowest place, by method (only methods with some)."""
         firsts: dict[str, tuple[int, TaskRecord]] = {}
-        for (_, method), by_priority in self._lanes.items():
-            for line in by_priority.values():
+        for (_, method), lane in self._lanes.items():
+            for line in lane:
                 while line:
                     key, record = line.first()
                     if self._in_line(record):
@@ -290,11 +290,12 @@ class MemoryQueue:
     def _line(self, record: TaskRecord) -> _Line:
         lane = self._lanes.get((record.queue, record.method))
         if lane is None:
-            lane = self._lanes[(record.queue, record.method)] = {}
-        line = lane.get(record.priority)
-        if line is None:
-            line = lane[record.priority] = _Line(record.priority)
-        return line
+            lane = self._lanes[(record.queue, record.method)] = []
+        for line in lane:
+            if line.priority == record.priority:
+                return line
+        lane.append(_Line(record.priority))
+        return lane[-1]
 
     def _uncount(self, method: str, count: int) -> None:
         left = self.counts[method] - count
@@ -321,8 +322,8 @@ class MemoryQueue:
 
     def _sweep(self) -> None:
         """Drop every orphan: take every entry out of its line, in order, and put back the ones in line."""
-        for by_priority in self._lanes.values():
-            for line in by_priority.values():
+        for lane in self._lanes.values():
+            for line in lane:
                 entries: list[tuple[TaskRecord, int]] = []
                 while line:
                     records, keys = line.front(len(line))
