@@ -2,9 +2,14 @@
 
 It holds at most ``max_tasks`` tasks (queued, held and finished together): a day of outcomes at full
 speed does not fit in memory. When full, it forgets the oldest outcomes first, before their time, and
-refuses a new task (QueueFull) only when every task it holds is unfinished. A waiting task's arguments
-are kept as the JSON they came as, not as Python objects (which take up to 14 times the room), at most
-``max_bytes`` of them: so the store's size is bounded in bytes, not only in tasks.
+refuses a new task (QueueFull) only when every task it holds is unfinished. Waiting tasks' arguments
+count for at most ``max_bytes``: so the store's size is bounded in bytes, not only in tasks. Large ones
+are kept as the JSON they came as (Python objects take up to 14 times the room); small ones count for
+INFLATION times the request they came in, until a node takes the task (a task claimed, retried or ended
+while queued: until its entry in the queue reaches the front, see memory_queue).
+
+The order of the waiting tasks is kept by :class:`~zerotask.store.memory_queue.MemoryQueue`, in 16
+bytes per queued task; with the record in ``_records``, a queued task costs the store ~40 bytes.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-import operator
 import time
 from collections import Counter, deque
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
@@ -30,6 +34,7 @@ from zerotask.store.base import (
     Want,
     want_parts,
 )
+from zerotask.store.memory_queue import MemoryQueue
 from zerotask.wire import ASSIGNED, FINAL_STATES, FINISHED, QUEUED, RETRY, SCHEDULED
 
 DEFAULT_MAX_TASKS = 2_000_000  # about 1.5 GB of small tasks
@@ -40,26 +45,17 @@ PACK_OVER_BYTES = 1024  # a task whose JSON is larger keeps its arguments packed
 INFLATION = 8
 
 
-_HEAD = operator.itemgetter(0)  # a heap's first entry: the lanes' heads are compared by it
-
-
 class MemoryStore(Store):
     def __init__(self, max_tasks: int = DEFAULT_MAX_TASKS, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.max_tasks = max_tasks
         self.max_bytes = max_bytes
         self._packed: dict[str, bytes] = {}  # task id -> [args, kwargs] as JSON, until a node takes it
-        self._charged: dict[str, int] = {}  # task id -> the bytes its waiting arguments count for
-        self._charged_bytes = 0  # what the waiting tasks' arguments count for, together
+        self._packed_bytes = 0  # of _packed's JSON, together
         self._records: dict[str, TaskRecord] = {}
-        self._sequence: dict[str, int] = {}  # task id -> its place in the queue, kept until it ends
-        # One min-heap of (-priority, sequence, task id) per (queue, method): by priority, then FIFO, and a
-        # requeued task keeps its place. Entries whose task is no longer QUEUED, or that are left from an
-        # expired task whose id was added again, are dropped lazily when they reach the top.
-        self._queues: dict[tuple[str, str], list[tuple[int, int, str]]] = {}
-        self._scheduled: list[tuple[float, int, str]] = []  # a min-heap of (due_at, sequence, task id), lazy too
-        self._queued: dict[str, int] = {}
-        self._states: Counter[str] = Counter()  # tasks by state, QUEUED excepted (that is _queued's)
-        self._next_sequence = 0
+        # The waiting tasks in order, and the size hints of the ones not packed: what their arguments count
+        # for is INFLATION times that (kept with each task's place, not in a dict of its own).
+        self._queue = MemoryQueue()
+        self._states: Counter[str] = Counter()  # tasks by state, QUEUED excepted (that is the queue's)
         self._finished: deque[tuple[float, str]] = deque()  # (when, task id), in the order they ended
         self._methods: dict[str, float] = {}  # task name -> when a node last announced it, oldest first
         self._slots: dict[str, float] = {}  # periodic task name -> the latest slot taken, least recent first
@@ -77,9 +73,9 @@ class MemoryStore(Store):
         # are packed. Both count against max_bytes: small ones at what Python objects may take.
         packed = jsonrpc.dumps([record.args, record.kwargs]) if size_hint > PACK_OVER_BYTES else None
         charge = len(packed) if packed is not None else size_hint * INFLATION
-        if self._charged_bytes + charge > self.max_bytes:
+        if self._charged_bytes() + charge > self.max_bytes:
             self.expire(float("inf"), limit=max(1, self.max_tasks // 100))
-            if self._charged_bytes + charge > self.max_bytes:
+            if self._charged_bytes() + charge > self.max_bytes:
                 limit = self.max_bytes
                 raise QueueFull(f"the memory store holds {limit} bytes of arguments", {"limit": limit, "bound": "store"})
         now = time.time()
@@ -93,55 +89,35 @@ class MemoryStore(Store):
             stored.owner, stored.created_at = record.owner, record.created_at
             stored.queue, stored.priority, stored.due_at = record.queue, record.priority, record.due_at
             self._packed[record.id] = packed
-        if charge:
-            self._charged[record.id] = charge
-            self._charged_bytes += charge
+            self._packed_bytes += len(packed)
         self._records[record.id] = stored
-        self._next_sequence += 1
-        self._sequence[record.id] = self._next_sequence
+        hint = size_hint if packed is None else 0  # (at most PACK_OVER_BYTES: it fits a place's key)
         if stored.state == SCHEDULED:
             self._states[SCHEDULED] += 1
-            heapq.heappush(self._scheduled, (stored.due_at or 0.0, self._next_sequence, stored.id))
+            self._queue.schedule(stored, hint)
         else:
-            self._push(stored)
+            self._queue.append(stored, hint)
         return True
+
+    def _charged_bytes(self) -> int:
+        """What the waiting tasks' arguments count for, together."""
+        return self._queue.hints * INFLATION + self._packed_bytes
 
     def _unpack(self, record: TaskRecord) -> TaskRecord:
         """Give the record its arguments back (a node is about to get it), freeing their JSON."""
-        if self._charged:
-            self._uncharge(record.id)
-        if self._packed:
-            packed = self._packed.pop(record.id, None)
-            if packed is not None:
-                record.args, record.kwargs = jsonrpc.loads(packed)
+        if self._packed and (packed := self._packed.pop(record.id, None)) is not None:
+            self._packed_bytes -= len(packed)
+            record.args, record.kwargs = jsonrpc.loads(packed)
         return record
 
-    def _uncharge(self, task_id: str) -> None:
-        self._charged_bytes -= self._charged.pop(task_id, 0)
-
     def _drop_packed(self, task_id: str) -> None:
-        if self._charged:
-            self._uncharge(task_id)
-        if self._packed:
-            self._packed.pop(task_id, None)
-
-    def _enqueue(self, record: TaskRecord) -> None:
-        """Put a new (or reset) task at the back of its queue."""
-        self._next_sequence += 1
-        self._sequence[record.id] = self._next_sequence
-        self._push(record)
-
-    def _push(self, record: TaskRecord) -> None:
-        entry = (-record.priority, self._sequence[record.id], record.id)
-        heapq.heappush(self._queues.setdefault((record.queue, record.method), []), entry)
-        self._queued[record.method] = self._queued.get(record.method, 0) + 1
+        if self._packed and (packed := self._packed.pop(task_id, None)) is not None:
+            self._packed_bytes -= len(packed)
 
     def _leave_queue(self, record: TaskRecord, state: str) -> None:
-        """Move a task out of QUEUED; its heap entry is dropped when it surfaces."""
-        self._queued[record.method] -= 1
-        if not self._queued[record.method]:
-            del self._queued[record.method]
+        """Move a task out of QUEUED otherwise than taken from the front of its line."""
         self._set(record, state)
+        self._queue.leave(record)
 
     def _set(self, record: TaskRecord, state: str | None) -> None:
         """Change a task's state (None: it is forgotten), keeping the counts by state."""
@@ -158,28 +134,17 @@ class MemoryStore(Store):
         return [self._take(*want_parts(want)) for want in wants]
 
     def _take(self, methods: Iterable[str], limit: int, queues: Iterable[str]) -> list[TaskRecord]:
-        taken: list[TaskRecord] = []
-        queued = self._queued
+        queued = self._queue.counts
         lanes = [(queue, method) for method in set(methods) if method in queued for queue in set(queues)]
-        heads = [heap for lane in lanes if (heap := self._queues.get(lane))]
-        records, sequences, states, charged = self._records, self._sequence, self._states, self._charged
-        while len(taken) < limit and heads:
-            heap = min(heads, key=_HEAD) if len(heads) > 1 else heads[0]
-            _, sequence, task_id = heapq.heappop(heap)
-            record = records.get(task_id)
-            if record is not None and record.state == QUEUED and sequences[task_id] == sequence:
-                # _leave_queue(record, ASSIGNED) and _unpack(record), inline: this runs for every task
-                if left := queued[record.method] - 1:
-                    queued[record.method] = left
-                else:
-                    del queued[record.method]
-                states[ASSIGNED] += 1
+        if not lanes or limit <= 0:
+            return []
+        taken = self._queue.take(lanes, limit)
+        if taken:
+            for record in taken:
                 record.state = ASSIGNED
-                if (charge := charged.pop(task_id, None)) is not None:  # _unpack(record), inline
-                    self._charged_bytes -= charge
-                taken.append(self._unpack(record) if self._packed else record)
-            if not heap:
-                heads = [head for head in heads if head]
+            self._states[ASSIGNED] += len(taken)
+            if self._packed:
+                taken = [self._unpack(record) for record in taken]
         return taken
 
     def claim(self, task_ids: Iterable[str]) -> list[TaskRecord]:
@@ -190,7 +155,8 @@ class MemoryStore(Store):
                 continue
             if record.state == QUEUED:
                 self._leave_queue(record, ASSIGNED)
-            self._set(record, ASSIGNED)
+            else:
+                self._set(record, ASSIGNED)
             claimed.append(self._unpack(record))
         return claimed
 
@@ -199,7 +165,7 @@ class MemoryStore(Store):
             record = self._records.get(task_id)
             if record is not None and record.state in (ASSIGNED, RETRY):
                 self._set(record, QUEUED)
-                self._push(record)
+                self._queue.requeue(record)
 
     def retry(self, task_id: str, attempts: int) -> None:
         record = self._records.get(task_id)
@@ -207,11 +173,13 @@ class MemoryStore(Store):
             return
         if record.state == QUEUED:
             self._leave_queue(record, RETRY)
-        self._set(record, RETRY)
+        else:
+            self._set(record, RETRY)
         record.attempts = attempts
 
     def finish_many(self, outcomes: Sequence[Outcome]) -> list[bool]:
         recorded = []
+        ended: list[str] = []
         now = time.time()
         records, states, finished = self._records, self._states, self._finished
         for outcome in outcomes:
@@ -238,13 +206,12 @@ class MemoryStore(Store):
                 # A failed or revoked task keeps them, to be reset (retried by an operator).
                 record.args = []
                 record.kwargs = NO_ENTRIES
-                if self._packed:  # _drop_packed(record.id), inline
-                    self._packed.pop(record.id, None)
-                if self._charged and (charge := self._charged.pop(record.id, None)) is not None:
-                    self._charged_bytes -= charge
-            del self._sequence[record.id]
+                if self._packed:
+                    self._drop_packed(record.id)
+            ended.append(record.id)
             finished.append((now, record.id))
             recorded.append(True)
+        self._queue.forget(ended)
         return recorded
 
     def expire(self, before: float, limit: int = 10_000) -> int:
@@ -261,15 +228,10 @@ class MemoryStore(Store):
         return expired
 
     def due(self, now: float, limit: int = 10_000) -> int:
-        queued = 0
-        while self._scheduled and self._scheduled[0][0] <= now and queued < limit:
-            _, sequence, task_id = heapq.heappop(self._scheduled)
-            record = self._records.get(task_id)
-            if record is not None and record.state == SCHEDULED and self._sequence.get(task_id) == sequence:
-                self._set(record, QUEUED)
-                self._push(record)
-                queued += 1
-        return queued
+        due = self._queue.due(now, limit)
+        for record in due:
+            self._set(record, QUEUED)
+        return len(due)
 
     def claim_slot(self, name: str, slot: float) -> bool:
         if self._slots.get(name, -math.inf) >= slot:
@@ -293,13 +255,7 @@ class MemoryStore(Store):
         return None
 
     def next_due(self) -> float | None:
-        while self._scheduled:
-            _, sequence, task_id = self._scheduled[0]
-            record = self._records.get(task_id)
-            if record is not None and record.state == SCHEDULED and self._sequence.get(task_id) == sequence:
-                return record.due_at
-            heapq.heappop(self._scheduled)  # revoked, or forgotten: dropped lazily
-        return None
+        return self._queue.next_due()
 
     def get(self, task_id: str) -> TaskRecord | None:
         record = self._records.get(task_id)
@@ -318,26 +274,15 @@ class MemoryStore(Store):
         return copy
 
     def queued_counts(self) -> Mapping[str, int]:
-        return self._queued
+        return self._queue.counts
 
     def state_counts(self) -> Mapping[str, int]:
-        queued = sum(self._queued.values())
+        queued = sum(self._queue.counts.values())
         return {QUEUED: queued, **self._states} if queued else dict(self._states)
 
     def oldest_queued(self) -> Mapping[str, float]:
-        oldest: dict[str, float] = {}
-        for (_, method), heap in self._queues.items():
-            while heap and not self._in_line(*heap[0]):
-                heapq.heappop(heap)  # dropped lazily anyway: see _queues
-            if heap:
-                created_at = self._records[heap[0][2]].created_at
-                first = created_at if created_at is not None else time.time()
-                oldest[method] = min(first, oldest.get(method, first))
-        return oldest
-
-    def _in_line(self, _: int, sequence: int, task_id: str) -> bool:
-        record = self._records.get(task_id)
-        return record is not None and record.state == QUEUED and self._sequence.get(task_id) == sequence
+        firsts = self._queue.first_in_line().items()
+        return {method: record.created_at if record.created_at is not None else time.time() for method, record in firsts}
 
     def list_tasks(
         self, state: str | None = None, method: str | None = None, limit: int = 100, before: float | None = None
@@ -372,12 +317,12 @@ class MemoryStore(Store):
         record.created_at, record.finished_at, record.due_at = time.time(), None, None
         del self._records[task_id]
         self._records[task_id] = record  # to the end: the records stay in the order they were queued
-        self._enqueue(record)
+        self._queue.append(record)  # in a new place, at the back
         return True
 
     def recover(self) -> int:
         self.requeue([record.id for record in self._records.values() if record.state in (ASSIGNED, RETRY)])
-        return sum(self._queued.values())
+        return sum(self._queue.counts.values())
 
     def remember_methods(self, methods: Iterable[str]) -> None:
         now = time.time()
