@@ -38,12 +38,12 @@ class RedisCalls:
         self._queued: dict[str, int] = {}  # as the last reply brought them
         self._counts = QueuedCounts()  # with the adds not written yet
 
-    def _send(self, commands: list[Command], flush: bool = True) -> Callable[[], list[Any]]:
-        """Send ``commands`` now, after the buffer's writes (``flush``) in the same write; the function
+    def _send(self, commands: list[Command]) -> Callable[[], list[Any]]:
+        """Send ``commands`` now, after the buffer's writes, in the same write; the function
         returned reads their replies (errors raised), waiting for them if need be. Adds that were not
         written go back to the buffer: reading raises then if ``commands`` is empty (a flush), else the
         next flush says why."""
-        batch = self._buffer.detach() if flush and self._buffer else None
+        batch = self._buffer.detach() if self._buffer else None
         flushing = batch.commands(self._script, self._methods_key, MAX_REMEMBERED_METHODS) if batch is not None else []
         sent = flushing + commands
         try:

@@ -125,16 +125,11 @@ class Link:
 
     def run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """The replies of ``commands``, errors (ResponseError) as values; raises redis-py's errors."""
-        self.collect()
-        packed = [hiredis.pack_command(command) for command in commands]
-        connection = self._connected()
-        return connection.retry.call_with_retry(  # type: ignore[no-any-return]
-            lambda: self._round_trip(connection, packed), lambda error: connection.disconnect()
-        )
+        return self.send(commands).result()
 
     def send(self, commands: list[tuple[Any, ...]]) -> Pending:
         """Send ``commands`` now; their replies are read by the returned Pending's ``result()`` (or first
-        thing in the next call). Raises redis-py's errors if they could not be sent."""
+        thing in the next call), which also says if they could not be sent."""
         self.collect()
         pending = Pending(self, [hiredis.pack_command(command) for command in commands])
         connection = self._connected()
@@ -149,7 +144,7 @@ class Link:
 
     def collect(self) -> None:
         """Read the replies of what :meth:`send` sent, if not yet read: into its Pending, errors too. A
-        connection lost meanwhile sends the commands again on a fresh one, as :meth:`run` would."""
+        connection lost meanwhile sends the commands again on a fresh one (once: the client's ``retry``)."""
         pending, self._outstanding = self._outstanding, None
         if pending is None:
             return
@@ -238,16 +233,7 @@ class Route:
 
     def run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """:meth:`Link.run` on the current master."""
-        if self._stale:
-            self._find_master()
-        try:
-            replies = self._link.run(commands)
-        except redis.ConnectionError:
-            self._stale = bool(self._seeds)
-            raise
-        if self._seeds and any(isinstance(reply, _REDIRECTS) for reply in replies):
-            self._stale = True
-        return replies
+        return self.replies(self.send(commands))
 
     def send(self, commands: list[tuple[Any, ...]]) -> Pending:
         """:meth:`Link.send` to the current master; read the replies with :meth:`replies`."""
