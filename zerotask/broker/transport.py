@@ -13,6 +13,7 @@ everything is sent. That is how many tasks share one commit.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -36,7 +37,7 @@ from zerotask.broker.stats import Throughput
 from zerotask.broker.upkeep import StoreUpkeep
 from zerotask.broker.workflows import Workflows
 from zerotask.exceptions import StoreUnavailable, ZerotaskError
-from zerotask.loop import EventLoop
+from zerotask.loop import EventLoop, Timer
 from zerotask.store import Store, open_store
 from zerotask.task import Dispatcher, default_dispatcher
 
@@ -65,6 +66,9 @@ _NODE_DEPTH = jsonrpc.MAX_DEPTH + 8
 _ANNOUNCE_S = 3600.0  # how often the store is told again which names this broker's nodes serve
 _RESUME_WORKFLOWS_S = 30.0  # with a shared store, how often unfinished workflows are looked at again
 _STORE_PROBE_S = 0.25  # how often a broker whose store is unreachable tries it again
+# How long a round's write sent ahead may stay unanswered before the broker stops reading messages and
+# waits for it (a store that hangs is then found by the connection's timeout).
+_ANSWER_WAIT_S = 0.2
 
 
 class Broker(EventLoop):
@@ -148,6 +152,8 @@ class Broker(EventLoop):
         self.outbox = Outbox(self.max_message_bytes)
         self._backlog_wakeup = False
         self._answer_fd: int | None = None  # while a take sent ahead waits: where its answer comes
+        self._answer_due = 0.0  # (time.monotonic) after which the answer is waited for
+        self._answer_timer: Timer | None = None  # wakes the loop then
         self.nodes = NodeProtocol(self.core, self.outbox, self.heartbeat_s, self.liveness, self.max_message_bytes)
         self.nodes.periodic = Periodic(self.store, self, lambda name, task_id: self.core.submit(name, [], {}, task_id))
         self.workflows.attach(self.core, self, self.nodes.revoke)
@@ -220,10 +226,25 @@ class Broker(EventLoop):
                 return
 
     def after_events(self) -> None:
-        """The end of a round: hand out tasks, commit, then send what the commit made true."""
+        """The end of a round: hand out tasks, commit, then send what the commit made true. While the last
+        round's write is still with the store, its answer comes through the poller (or, if it is late, is
+        waited for here): this round's adds, outcomes and messages wait for the write sent after it, so
+        that the broker reads messages while the store works instead of waiting for it."""
         self.clients.ids_this_round = 0
-        if self.core.taking:  # the last round's take, sent ahead: one at a time (this round's adds go with the next)
+        if self.core.taking:
+            if self.core.answer_pending and time.monotonic() < self._answer_due:
+                return
             self._take_answered()
+        self._end_round()
+
+    def _end_round(self) -> None:
+        self._write_round()
+        self._deliver()
+        self._await_answer()
+
+    def _write_round(self) -> None:
+        """Hand out tasks (with a store that sends ahead: send the round's write) and commit; what the
+        commit does not make true yet is held."""
         try:
             if not self.core.writes.down:  # (while it is, the commit's probe alone tries the store)
                 self.nodes.send_tasks(self.core.assign())
@@ -236,26 +257,49 @@ class Broker(EventLoop):
         elif not self._store_probe:
             self._store_probe = True  # come back to try the store, even if no one sends anything
             self.call_later(_STORE_PROBE_S, self._store_probed)
-        self._deliver()
-        if self.core.taking:  # read its answer as soon as it comes, or at the next round's end
+
+    def _await_answer(self) -> None:
+        if self.core.taking:  # read its answer as soon as it comes, or once it is late
             self._answer_fd = self.store.answer_fileno()
             if self._answer_fd is None:
                 self._take_answered()
             else:
-                self.add_socket(self._answer_fd, self._take_answered)
+                self.add_socket(self._answer_fd, self._answered)
+                self._answer_due = time.monotonic() + _ANSWER_WAIT_S
+                self._answer_timer = self.call_later(_ANSWER_WAIT_S, lambda: None)  # (wakes the loop: after_events)
+
+    def _answered(self) -> None:
+        """The store's answer came: send the next write first, so that the store works on it while this
+        one's outcomes are answered and the tasks it took go out."""
+        if not self.store.answer_ready():
+            return  # (its first replies: the poller says when more comes)
+        self._stop_awaiting()
+        self.core.read_answer()
+        durable = {} if self.core.writes.down else self.outbox.take_held()  # (what the write carried is stored)
+        self._write_round()  # (what came since waits for this write)
+        self.nodes.send_tasks(self.core.take_answered())
+        self.outbox.put_back(durable)
+        self._deliver()
+        self._await_answer()
 
     def _take_answered(self) -> None:
         """Send the tasks of the take sent ahead, and what waited for the adds it carried; messages of
-        this round so far wait for its own commit."""
-        if self._answer_fd is not None:
-            self.remove_socket(self._answer_fd)
-            self._answer_fd = None
+        rounds since wait for the next write."""
+        self._stop_awaiting()
         later = self.outbox.take()
         self.nodes.send_tasks(self.core.take_answered())
         if not self.core.writes.down:
             self.outbox.release()
         self._deliver()
         self.outbox.put_back(later)
+
+    def _stop_awaiting(self) -> None:
+        if self._answer_fd is not None:
+            self.remove_socket(self._answer_fd)
+            self._answer_fd = None
+        if self._answer_timer is not None:
+            self._answer_timer.cancel()
+            self._answer_timer = None
 
     def _deliver(self) -> None:
         for event in self.events.take():
