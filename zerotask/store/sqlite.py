@@ -1,8 +1,8 @@
 """SqliteStore: the durable embedded default. One file, WAL journal, one commit per flush.
 
 The broker is the file's only writer, so the store answers from memory and uses the file to make what
-it holds durable: unfinished tasks are kept, in order, by a :class:`~zerotask.store.memory.MemoryStore`
-(bounded alike: QueueFull beyond its max_tasks or max_bytes), recent outcomes in a dict, and each flush
+it holds durable: unfinished tasks and recent outcomes are kept by a :class:`~zerotask.store.memory.MemoryStore`
+(bounded alike: QueueFull beyond its max_tasks or max_bytes of unfinished tasks), and each flush
 appends what changed to the file's journal as one row (:mod:`zerotask.store.sqlite_journal`), read back
 when the file is opened. Outcomes move on to the ``tasks`` table (:mod:`zerotask.store.sqlite_archive`)
 in batches, once more than ARCHIVE_OVER are recent or one is older than ARCHIVE_AFTER_S: there they
@@ -12,15 +12,12 @@ cost disk, not memory, and are found by id and by time until they expire.
 operating system once ``COMMIT`` returns) without an fsync per commit; pass ``synchronous="FULL"``
 to survive power loss as well, at the cost of one fsync per flush.
 
-An add whose id may be archived (the archive is not empty) is looked up there before the store takes,
-or flushes, anything (one query for a round's adds); one that is is refused, handed back by flush, as
-the Store interface allows.
+An add looks its id up in the archive (a query of about 2 µs, while the archive is not empty).
 """
 
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
 import os
 import sqlite3
@@ -32,7 +29,7 @@ import zerotask.store.memory as memory_module
 from zerotask.store.base import Outcome, Store, TaskRecord, Want
 from zerotask.store.memory import MemoryStore
 from zerotask.store.sqlite_archive import SqliteArchive
-from zerotask.store.sqlite_journal import DUE, FORGOT, HELD, PUT, REQUEUED, RETRIED, Op, SqliteJournal, ended, put, snapshot
+from zerotask.store.sqlite_journal import DUE, FORGOT, HELD, REQUEUED, RETRIED, Op, SqliteJournal, ended, put, snapshot
 from zerotask.store.sqlite_registry import SqliteRegistry
 from zerotask.wire import ASSIGNED, FAILED, FINAL_STATES, QUEUED, RETRY, REVOKED, SCHEDULED
 
@@ -56,12 +53,12 @@ class SqliteStore(Store):
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute("PRAGMA cache_size=-32768")  # 32 MiB of pages: the archive's id index stays in memory
         self._in_transaction = False
-        self._memory = MemoryStore()  # the unfinished tasks
-        self._live: dict[str, None] = {}  # their ids, in the order they were queued (for a snapshot)
-        self._done: dict[str, TaskRecord] = {}  # recent outcomes, in the order they were recorded
+        self._memory = MemoryStore()  # the unfinished tasks and the recent outcomes
+        # room for the recent outcomes, so that it never forgets one to make room (they are archived first)
+        self._memory.max_tasks += ARCHIVE_OVER
+        self._live: dict[str, None] = {}  # the unfinished tasks' ids, in the order they were queued (for a snapshot)
+        self._done: dict[str, None] = {}  # the recent outcomes' ids, in the order they were recorded
         self._ops: list[Op] = []  # what changed since the last flush, for the journal
-        self._unchecked: list[TaskRecord] = []  # added since the archive was last asked for their ids
-        self._refused: list[TaskRecord] = []  # adds whose id the archive had, for flush to hand back
         # (Each of these runs a script, which commits first: before the transaction begins.)
         self._archive = SqliteArchive(self._db)
         self._journal = SqliteJournal(self._db)
@@ -69,7 +66,7 @@ class SqliteStore(Store):
         self._begin()
         # A file of the version before the journal kept its unfinished tasks in the archive's table.
         first = snapshot(self._archive.take_unfinished(), ())
-        self._final: Counter[str] = self._archive.counts()  # tasks with an outcome by state, archived or not
+        self._archived: Counter[str] = self._archive.counts()  # archived tasks by state
         live, done = self._journal.replay(first)
         self._load(live, done)
         if first:
@@ -78,9 +75,11 @@ class SqliteStore(Store):
 
     def _load(self, live: list[TaskRecord], done: list[TaskRecord]) -> None:
         memory, held = self._memory, []
-        bound, memory.max_tasks = memory.max_tasks, max(memory.max_tasks, len(live) + 1)  # what was accepted stays
-        # The memory store makes a task SCHEDULED if its due_at is later than time.time(): read back, each
-        # is as the journal left it, whatever the time now (a task whose time came waits for due() still).
+        bound = memory.max_tasks
+        memory.max_tasks = max(bound, len(live) + len(done) + 1)  # what was accepted stays
+        # The memory store makes a task SCHEDULED if its due_at is later than time.time(), and records an
+        # outcome at time.time(): read back, each task is as the journal left it, whatever the time now (a
+        # task whose time came waits for due() still; an outcome keeps its time, and expires by it).
         clock = _Clock()
         setattr(memory_module, "time", clock)  # noqa: B010 - (a module attribute: mypy would refuse the assignment)
         try:
@@ -93,46 +92,31 @@ class SqliteStore(Store):
                     held.append(record.id)
                 elif state == RETRY:
                     memory.retry(record.id, attempts)
+            memory.claim(held)
+            for record in done:  # in the order they were recorded
+                clock.now = record.finished_at or 0.0
+                outcome = Outcome(record.id, record.state, record.result, record.error)
+                if memory.add(record) and memory.finish_many([outcome])[0]:
+                    self._done[record.id] = None
         finally:
             setattr(memory_module, "time", time)  # noqa: B010
             memory.max_tasks = bound
-        memory.claim(held)
-        for record in done:
-            self._done[record.id] = record
-            self._final[record.state] += 1
 
     def _begin(self) -> None:
         if not self._in_transaction:
             self._db.execute("BEGIN")
             self._in_transaction = True
 
-    def _check_added(self) -> None:
-        """Refuse the adds since the last call whose id the archive has (and which are still queued)."""
-        unchecked, self._unchecked = self._unchecked, []
-        archived = self._archive.existing(record.id for record in unchecked) if self._archive.size else ()
-        if not archived:
-            return
-        refused = [record for record in unchecked if record.id in archived and record.id in self._live]
-        for record in refused:  # out of memory again, as if never added: the archive's task stands
-            self._memory.finish_many([Outcome(record.id, REVOKED)])
-            self._memory.expire(math.inf, 1)
-            del self._live[record.id]
-        ids = {record.id for record in refused}
-        self._ops = [op for op in self._ops if op[0] != PUT or op[1] not in ids]  # (only their PUT can be there)
-        self._refused += refused
-
     def add(self, record: TaskRecord, size_hint: int = 0) -> bool:
-        if record.id in self._done or not self._memory.add(record, size_hint):
+        if self._archive.size and self._archive.has(record.id):
+            return False
+        if not self._memory.add(record, size_hint):
             return False
         self._live[record.id] = None
         self._ops.append(put(record))
-        if self._archive.size:
-            self._unchecked.append(record)
         return True
 
     def take_many(self, wants: Sequence[Want]) -> list[list[TaskRecord]]:
-        if self._unchecked:
-            self._check_added()
         taken = self._memory.take_many(wants)
         held = [HELD, *(record.id for records in taken for record in records)]
         if len(held) > 1:
@@ -140,8 +124,6 @@ class SqliteStore(Store):
         return taken
 
     def claim(self, task_ids: Iterable[str]) -> list[TaskRecord]:
-        if self._unchecked:
-            self._check_added()
         claimed = self._memory.claim(task_ids)
         if claimed:
             self._ops.append([HELD, *(record.id for record in claimed)])
@@ -159,42 +141,41 @@ class SqliteStore(Store):
             self._ops.append([RETRIED, task_id, attempts])
 
     def finish_many(self, outcomes: Sequence[Outcome]) -> list[bool]:
-        if self._unchecked:
-            self._check_added()
         memory = self._memory
-        recorded = memory.finish_many(outcomes)
-        ended_ids = [outcome.task_id for outcome, now in zip(outcomes, recorded, strict=True) if now]
-        if ended_ids:
-            records = [memory.get(task_id) for task_id in ended_ids]
-            memory.expire(math.inf, len(ended_ids))  # (it holds no other outcome: each batch moves here)
-            live, done, final, ops = self._live, self._done, self._final, self._ops
-            for record in records:
+        recorded = memory.finish_many(outcomes)  # (the memory store keeps them, until archived or expired)
+        live, done, ops = self._live, self._done, self._ops
+        for outcome, now in zip(outcomes, recorded, strict=True):
+            if now:
+                record = memory.get(outcome.task_id)
                 assert record is not None
                 del live[record.id]
-                done[record.id] = record
-                final[record.state] += 1
+                done[record.id] = None
                 ops.append(ended(record))
         return recorded
 
     def expire(self, before: float, limit: int = 10_000) -> int:
-        if self._unchecked:
-            self._check_added()
         self._begin()
         gone = self._archive.expire(before, limit)  # the oldest outcomes are there
+        self._archived -= gone
+        count = sum(gone.values())
+        if count < limit:
+            count += self._memory.expire(before, limit - count)
+            self._forget_done()
+        return count
+
+    def _forget_done(self) -> None:
+        """Forget the recent outcomes the memory store no longer holds: the first ones (it forgets the
+        oldest first, as the journal must)."""
+        done, memory = self._done, self._memory
         forgot: Op = [FORGOT]
-        done, count = self._done, sum(gone.values())
-        while done and count < limit:
-            record = next(iter(done.values()))
-            if (record.finished_at or 0.0) >= before:
+        for task_id in done:
+            if memory.get(task_id) is not None:
                 break
-            del done[record.id]
-            forgot.append(record.id)
-            gone[record.state] += 1
-            count += 1
+            forgot.append(task_id)
+        for task_id in forgot[1:]:
+            del done[task_id]
         if len(forgot) > 1:
             self._ops.append(forgot)
-        self._final -= gone
-        return count
 
     def due(self, now: float, limit: int = 10_000) -> int:
         count = self._memory.due(now, limit)
@@ -206,13 +187,12 @@ class SqliteStore(Store):
         return self._memory.next_due()
 
     def get(self, task_id: str) -> TaskRecord | None:
-        if self._unchecked:
-            self._check_added()
-        record = self._memory.get(task_id) or self._done.get(task_id)
+        record = self._memory.get(task_id)
         return record if record is not None else self._archive.get(task_id)
 
     def state_counts(self) -> Mapping[str, int]:
-        counts = {**self._memory.state_counts(), **self._final}
+        counts = Counter(self._memory.state_counts())
+        counts.update(self._archived)
         return {state: count for state, count in counts.items() if count}
 
     def oldest_queued(self) -> Mapping[str, float]:
@@ -224,45 +204,30 @@ class SqliteStore(Store):
     def list_tasks(
         self, state: str | None = None, method: str | None = None, limit: int = 100, before: float | None = None
     ) -> list[TaskRecord]:
-        if self._unchecked:
-            self._check_added()
         limit = max(limit, 0)
-        found: list[TaskRecord] = []
-        if state is None or state not in FINAL_STATES:
-            found += self._memory.list_tasks(state, method, limit, before)
+        found = self._memory.list_tasks(state, method, limit, before)
         if state is None or state in FINAL_STATES:
-
-            def wanted(record: TaskRecord) -> bool:
-                at = record.finished_at or 0.0
-                return (
-                    (state is None or record.state == state)
-                    and (method is None or record.method == method)
-                    and (before is None or at < before)
-                )
-
-            found += itertools.islice(filter(wanted, reversed(self._done.values())), limit)
             found += self._archive.list_tasks(state, method, limit, before)
         return heapq.nlargest(limit, found, key=_time)
 
     def reset(self, task_id: str) -> bool:
-        if self._unchecked:
-            self._check_added()
-        record = self._done.get(task_id)
-        archived = record is None
-        if archived:
+        if task_id in self._done:
+            if not self._memory.reset(task_id):
+                return False
+            del self._done[task_id]
+            record = self._memory.get(task_id)
+        else:
             record = self._archive.get(task_id)
-        if record is None or record.state not in (FAILED, REVOKED):
-            return False
-        state = record.state
-        record.state, record.attempts, record.result, record.error = QUEUED, 0, None, None
-        record.created_at, record.finished_at, record.due_at = time.time(), None, None
-        self._memory.add(record)  # (QueueFull, if it is full: then nothing changed)
-        if archived:
+            if record is None or record.state not in (FAILED, REVOKED):
+                return False
+            state = record.state
+            record.state, record.attempts, record.result, record.error = QUEUED, 0, None, None
+            record.created_at, record.finished_at, record.due_at = time.time(), None, None
+            self._memory.add(record)  # (QueueFull, if it is full: then nothing changed)
             self._begin()
             self._archive.remove(task_id)
-        else:
-            del self._done[task_id]
-        self._final[state] -= 1
+            self._archived[state] -= 1
+        assert record is not None
         self._live[task_id] = None
         self._ops.append(put(record))
         return True
@@ -276,8 +241,9 @@ class SqliteStore(Store):
         return queued
 
     def _snapshot(self) -> list[Op]:
-        live = (self._memory.get(task_id) for task_id in self._live)
-        return snapshot((record for record in live if record is not None), self._done.values())
+        live = [self._memory.get(task_id) for task_id in self._live]
+        done = [self._memory.get(task_id) for task_id in self._done]
+        return snapshot((record for record in live if record is not None), (record for record in done if record is not None))
 
     def remember_methods(self, methods: Iterable[str]) -> None:
         self._registry.remember_methods(methods)
@@ -289,13 +255,9 @@ class SqliteStore(Store):
         return self._registry.claim_slot(name, slot)
 
     def lock_unique(self, key: str, task_id: str, until: float) -> str | None:
-        if self._unchecked:
-            self._check_added()
         return self._registry.lock_unique(key, task_id, until)
 
     def flush(self) -> list[TaskRecord]:
-        if self._unchecked:
-            self._check_added()
         self._archive_old()
         if self._journal.ops + len(self._ops) > max(REWRITE_OVER, REWRITE_RATIO * (len(self._live) + len(self._done))):
             self._begin()
@@ -308,28 +270,31 @@ class SqliteStore(Store):
         if self._in_transaction:
             self._db.execute("COMMIT")
             self._in_transaction = False
-        refused, self._refused = self._refused, []
-        return refused
+        return []
 
     def _archive_old(self) -> None:
         """Move the oldest outcomes to the archive, if there are too many or they are old."""
-        done = self._done
+        done, memory = self._done, self._memory
         if not done:
             return
         cutoff = time.time() - ARCHIVE_AFTER_S
-        if len(done) <= ARCHIVE_OVER and (next(iter(done.values())).finished_at or 0.0) >= cutoff:
+        oldest = memory.get(next(iter(done)))
+        if len(done) <= ARCHIVE_OVER and (oldest is None or (oldest.finished_at or 0.0) >= cutoff):
             return
         over = len(done) - ARCHIVE_OVER
         moved: list[TaskRecord] = []
-        for record in done.values():
+        for task_id in done:
+            record = memory.get(task_id)
+            if record is None:
+                continue
             if len(moved) >= ARCHIVE_BATCH or (len(moved) >= over and (record.finished_at or 0.0) >= cutoff):
                 break
             moved.append(record)
-        for record in moved:
-            del done[record.id]
         self._begin()
         self._archive.put(moved)
-        self._ops.append([FORGOT, *(record.id for record in moved)])
+        self._archived.update(record.state for record in moved)
+        memory.expire(math.inf, len(moved))  # those: the oldest outcomes it holds
+        self._forget_done()
 
     def close(self) -> None:
         self.flush()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from zerotask import jsonrpc
@@ -52,7 +52,6 @@ _ADDED_COLUMNS = {
 }
 _COLUMNS = "id, method, params, state, outcome, attempts, owner, created_at, finished_at, queue, priority, due_at"
 _FINAL = "('FINISHED', 'FAILED', 'REVOKED')"
-_CHUNK = 500  # ids per statement, well under SQLite's limit on bound variables
 
 
 class SqliteArchive:
@@ -117,17 +116,8 @@ class SqliteArchive:
         self._db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
         self.size -= 1
 
-    def existing(self, task_ids: Iterable[str]) -> set[str]:
-        """Which of these ids are archived."""
-        if not self.size:
-            return set()
-        ids = list(task_ids)
-        found: set[str] = set()
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start : start + _CHUNK]
-            query = f"SELECT id FROM tasks WHERE id IN ({','.join('?' * len(chunk))})"
-            found.update(task_id for (task_id,) in self._db.execute(query, chunk))
-        return found
+    def has(self, task_id: str) -> bool:
+        return self._db.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone() is not None
 
     def expire(self, before: float, limit: int) -> Counter[str]:
         """Delete up to ``limit`` rows whose outcome was recorded before ``before``, oldest first; returns
