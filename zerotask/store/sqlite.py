@@ -1,351 +1,249 @@
 """SqliteStore: the durable embedded default. One file, WAL journal, one commit per flush.
 
+The broker is the file's only writer, so the store answers from memory and uses the file to make what
+it holds durable: unfinished tasks and recent outcomes are kept by a :class:`~zerotask.store.memory.MemoryStore`
+(bounded alike: QueueFull beyond its max_tasks or max_bytes of unfinished tasks), and each flush
+appends what changed to the file's journal as one row (:mod:`zerotask.store.sqlite_journal`), read back
+when the file is opened. Outcomes move on to the ``tasks`` table (:mod:`zerotask.store.sqlite_archive`)
+in batches, once more than ARCHIVE_OVER are recent or one is older than ARCHIVE_AFTER_S: there they
+cost disk, not memory, and are found by id and by time until they expire.
+
 ``synchronous=NORMAL`` with WAL makes each commit survive the broker being killed (the data is in the
 operating system once ``COMMIT`` returns) without an fsync per commit; pass ``synchronous="FULL"``
 to survive power loss as well, at the cost of one fsync per flush.
 
-Adds are deferred to the next statement or flush, and written together (the ids taken already are
-handed back by flush, as the Store interface allows).
-
-The broker is the file's only writer, so the counts (queued by method, tasks by state) are kept in
-memory, loaded at open and updated by every write, instead of counted with a query every round.
+An add looks its id up in the archive (a query of about 2 µs, while the archive is not empty).
 """
 
 from __future__ import annotations
 
-import itertools
+import heapq
+import math
 import os
 import sqlite3
 import time
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import Any
 
-from zerotask import jsonrpc
-from zerotask.store.base import Outcome, Store, TaskRecord, Want, want_parts
+import zerotask.store.memory as memory_module
+from zerotask.store.base import Outcome, Store, TaskRecord, Want
+from zerotask.store.memory import MemoryStore
+from zerotask.store.sqlite_archive import SqliteArchive
+from zerotask.store.sqlite_journal import DUE, FORGOT, HELD, REQUEUED, RETRIED, Op, SqliteJournal, ended, put, snapshot
 from zerotask.store.sqlite_registry import SqliteRegistry
-from zerotask.wire import ASSIGNED, FAILED, FINAL_STATES, FINISHED, QUEUED, RETRY, REVOKED, SCHEDULED
+from zerotask.wire import ASSIGNED, FAILED, FINAL_STATES, QUEUED, RETRY, REVOKED, SCHEDULED
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
-    seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    method TEXT NOT NULL,
-    params BLOB NOT NULL,
-    state TEXT NOT NULL,
-    outcome BLOB,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    finished_at REAL,
-    owner TEXT,
-    created_at REAL,
-    queue TEXT NOT NULL DEFAULT 'default',
-    priority INTEGER NOT NULL DEFAULT 0,
-    due_at REAL
-);
-DROP INDEX IF EXISTS queued_by_method;
-CREATE INDEX IF NOT EXISTS queued_in_line ON tasks (method, queue, priority DESC, seq) WHERE state = 'QUEUED';
-CREATE INDEX IF NOT EXISTS scheduled_by_time ON tasks (due_at) WHERE state = 'SCHEDULED';
-CREATE INDEX IF NOT EXISTS finished_by_time ON tasks (finished_at) WHERE finished_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS failed_by_time ON tasks (finished_at) WHERE state = 'FAILED';
-CREATE INDEX IF NOT EXISTS revoked_by_time ON tasks (finished_at) WHERE state = 'REVOKED';
-"""
-_NOT_FINAL = "state NOT IN ('FINISHED', 'FAILED', 'REVOKED')"
-_CHUNK = 500  # ids per statement, well under SQLite's limit on bound variables
-_COLUMNS = "id, method, params, state, outcome, attempts, owner, created_at, finished_at, queue, priority, due_at"
-# Columns a file made by an earlier version lacks, added when it is opened.
-_ADDED_COLUMNS = {
-    "queue": "queue TEXT NOT NULL DEFAULT 'default'",
-    "priority": "priority INTEGER NOT NULL DEFAULT 0",
-    "due_at": "due_at REAL",
-}
+# Outcomes kept in memory (a few hundred bytes each for small results): beyond, the oldest are archived.
+ARCHIVE_OVER = 100_000
+ARCHIVE_AFTER_S = 60.0  # and outcomes older than this are, so that an idle broker's memory empties
+ARCHIVE_BATCH = 20_000  # outcomes archived by one flush at most (about 0.2 s of writes)
+# The journal is rewritten as a snapshot once it holds this many ops, and REWRITE_RATIO times as many as
+# tasks held (unfinished, and recent outcomes): it costs as much as writing those tasks once, at most
+# once per REWRITE_RATIO times as many ops.
+REWRITE_OVER = 200_000
+REWRITE_RATIO = 4
 
 
 class SqliteStore(Store):
     def __init__(self, path: str, synchronous: str = "NORMAL") -> None:
         self.path = path
         _create_private(path)
-        self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        # Adds wait here, in order, until the next use of the connection: one executemany for a round's
-        # tasks instead of an INSERT each (about half the store's time per task). The ids refused (taken
-        # already) wait for flush to hand them back.
-        self._pending: dict[str, tuple[TaskRecord, tuple[Any, ...]]] = {}
-        self._refused: list[TaskRecord] = []
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
-        self._db.execute("PRAGMA cache_size=-32768")  # 32 MiB of pages: the queue's index stays in memory
-        present = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}
-        if present:
-            for name, definition in _ADDED_COLUMNS.items():
-                if name not in present:
-                    self._db.execute(f"ALTER TABLE tasks ADD COLUMN {definition}")
-        self._db.executescript(_SCHEMA)
+        self._db.execute("PRAGMA cache_size=-32768")  # 32 MiB of pages: the archive's id index stays in memory
         self._in_transaction = False
-        self._queued: Counter[str] = Counter(
-            dict(self._db.execute("SELECT method, count(*) FROM tasks WHERE state = 'QUEUED' GROUP BY method").fetchall())
-        )
-        self._registry = SqliteRegistry(self._connection, self._begin)
-        self._by_state: Counter[str] = Counter(  # QUEUED excepted: that is _queued's
-            dict(self._db.execute("SELECT state, count(*) FROM tasks WHERE state != 'QUEUED' GROUP BY state").fetchall())
-        )
-
-    @property
-    def _db(self) -> sqlite3.Connection:
-        """The connection, once the adds waiting are written: every statement sees them."""
-        if self._pending:
-            self._insert_pending()
-        return self._connection
-
-    def _insert_pending(self) -> None:
-        pending, self._pending = self._pending, {}
-        ids = list(pending)
-        taken: set[str] = set()
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start : start + _CHUNK]
-            query = f"SELECT id FROM tasks WHERE id IN ({','.join('?' * len(chunk))})"
-            taken.update(task_id for (task_id,) in self._connection.execute(query, chunk))
-        for task_id in taken:
-            record, row = pending.pop(task_id)
-            self._move(record.method, row[3], None)  # counted (by its state then) when it was added
-            self._refused.append(record)
+        self._memory = MemoryStore()  # the unfinished tasks and the recent outcomes
+        # room for the recent outcomes, so that it never forgets one to make room (they are archived first)
+        self._memory.max_tasks += ARCHIVE_OVER
+        self._live: dict[str, None] = {}  # the unfinished tasks' ids, in the order they were queued (for a snapshot)
+        self._done: dict[str, None] = {}  # the recent outcomes' ids, in the order they were recorded
+        self._ops: list[Op] = []  # what changed since the last flush, for the journal
+        # (Each of these runs a script, which commits first: before the transaction begins.)
+        self._archive = SqliteArchive(self._db)
+        self._journal = SqliteJournal(self._db)
+        self._registry = SqliteRegistry(self._db, self._begin, self._live.__contains__)
         self._begin()
-        self._connection.executemany(
-            "INSERT OR IGNORE INTO tasks (id, method, params, state, attempts, owner, created_at, queue, priority, due_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [row for _, row in pending.values()],
-        )
+        # A file of the version before the journal kept its unfinished tasks in the archive's table.
+        first = snapshot(self._archive.take_unfinished(), ())
+        self._archived: Counter[str] = self._archive.counts()  # archived tasks by state
+        live, done = self._journal.replay(first)
+        self._load(live, done)
+        if first:
+            self._journal.rewrite(self._snapshot())
+        self.flush()
+
+    def _load(self, live: list[TaskRecord], done: list[TaskRecord]) -> None:
+        memory, held = self._memory, []
+        bound = memory.max_tasks
+        memory.max_tasks = max(bound, len(live) + len(done) + 1)  # what was accepted stays
+        # The memory store makes a task SCHEDULED if its due_at is later than time.time(), and records an
+        # outcome at time.time(): read back, each task is as the journal left it, whatever the time now (a
+        # task whose time came waits for due() still; an outcome keeps its time, and expires by it).
+        clock = _Clock()
+        setattr(memory_module, "time", clock)  # noqa: B010 - (a module attribute: mypy would refuse the assignment)
+        try:
+            for record in live:
+                state, attempts = record.state, record.attempts
+                clock.now = -math.inf if state == SCHEDULED else math.inf
+                memory.add(record)
+                self._live[record.id] = None
+                if state == ASSIGNED:
+                    held.append(record.id)
+                elif state == RETRY:
+                    memory.retry(record.id, attempts)
+            memory.claim(held)
+            for record in done:  # in the order they were recorded
+                clock.now = record.finished_at or 0.0
+                outcome = Outcome(record.id, record.state, record.result, record.error)
+                if memory.add(record) and memory.finish_many([outcome])[0]:
+                    self._done[record.id] = None
+        finally:
+            setattr(memory_module, "time", time)  # noqa: B010
+            memory.max_tasks = bound
 
     def _begin(self) -> None:
         if not self._in_transaction:
-            self._connection.execute("BEGIN")
+            self._db.execute("BEGIN")
             self._in_transaction = True
 
-    def _write(self, sql: str, parameters: Any = ()) -> sqlite3.Cursor:
-        self._begin()
-        return self._db.execute(sql, parameters)
-
-    def _count(self, method: str, change: int) -> None:
-        self._queued[method] += change
-        if self._queued[method] <= 0:
-            del self._queued[method]
-
-    def _move(self, method: str, old: str | None, new: str | None, count: int = 1) -> None:
-        """``count`` tasks of ``method`` went from state ``old`` to ``new`` (None: not stored)."""
-        for state, change in ((old, -count), (new, count)):
-            if state == QUEUED:
-                self._count(method, change)
-            elif state is not None:
-                self._by_state[state] += change
-                if self._by_state[state] <= 0:
-                    del self._by_state[state]
-
     def add(self, record: TaskRecord, size_hint: int = 0) -> bool:
-        if record.id in self._pending:
+        if self._archive.size and self._archive.has(record.id):
             return False
-        params = jsonrpc.dumps([record.args, record.kwargs, record.options])
-        now = time.time()
-        created_at = now if record.created_at is None else record.created_at
-        state = SCHEDULED if record.due_at is not None and record.due_at > now else QUEUED
-        row = (record.id, record.method, params, state, record.attempts, record.owner, created_at)
-        self._pending[record.id] = (record, (*row, record.queue, record.priority, record.due_at))
-        record.state, record.created_at, record.finished_at = state, created_at, None
-        self._move(record.method, None, state)
+        if not self._memory.add(record, size_hint):
+            return False
+        self._live[record.id] = None
+        self._ops.append(put(record))
         return True
 
     def take_many(self, wants: Sequence[Want]) -> list[list[TaskRecord]]:
-        taken: list[list[TaskRecord]] = []
-        assigned: list[tuple[int]] = []
-        chosen: set[int] = set()  # a want's query cannot see that an earlier one took a row: skip it here
-        for want in wants:
-            methods, limit, queues = want_parts(want)
-            rows: list[tuple[int, int, str, str, bytes, int, str | None, float | None, str]] = []
-            if limit > 0:  # SQLite reads a negative LIMIT as "no limit"
-                # A method or queue named twice would otherwise select its tasks twice.
-                for method, queue in itertools.product(set(methods), set(queues)):
-                    if self._queued.get(method):
-                        rows.extend(
-                            self._db.execute(
-                                "SELECT -priority, seq, id, method, params, attempts, owner, created_at, queue FROM tasks"
-                                " WHERE state = 'QUEUED' AND method = ? AND queue = ? ORDER BY priority DESC, seq LIMIT ?",
-                                (method, queue, limit + len(chosen)),
-                            )
-                        )
-            rows = sorted(row for row in rows if row[1] not in chosen)[:limit]
-            records = []
-            for negative_priority, seq, task_id, method, params, attempts, owner, created_at, queue in rows:
-                chosen.add(seq)
-                assigned.append((seq,))
-                self._move(method, QUEUED, ASSIGNED)
-                args, kwargs, options = jsonrpc.loads(params)
-                record = TaskRecord(task_id, method, args, kwargs, ASSIGNED, attempts=attempts, options=options, owner=owner)
-                record.created_at, record.queue, record.priority = created_at, queue, -negative_priority
-                records.append(record)
-            taken.append(records)
-        if assigned:
-            self._begin()
-            self._db.executemany("UPDATE tasks SET state = 'ASSIGNED' WHERE seq = ?", assigned)
+        taken = self._memory.take_many(wants)
+        held = [HELD, *(record.id for records in taken for record in records)]
+        if len(held) > 1:
+            self._ops.append(held)
         return taken
 
     def claim(self, task_ids: Iterable[str]) -> list[TaskRecord]:
-        claimed = []
-        for task_id in task_ids:
-            record = self.get(task_id)
-            if record is None or record.state in FINAL_STATES or record.state == SCHEDULED:
-                continue
-            self._move(record.method, record.state, ASSIGNED)
-            self._write("UPDATE tasks SET state = 'ASSIGNED' WHERE id = ?", (task_id,))
-            record.state = ASSIGNED
-            claimed.append(record)
+        claimed = self._memory.claim(task_ids)
+        if claimed:
+            self._ops.append([HELD, *(record.id for record in claimed)])
         return claimed
 
     def requeue(self, task_ids: Iterable[str]) -> None:
-        task_ids = list(dict.fromkeys(task_ids))
-        if not task_ids:
-            return
-        found = self._states(task_ids)
-        for task_id in task_ids:
-            if task_id in found and found[task_id][1] in (ASSIGNED, RETRY):
-                method, old = found[task_id]
-                self._write("UPDATE tasks SET state = 'QUEUED' WHERE id = ?", (task_id,))
-                self._move(method, old, QUEUED)
+        task_ids = [task_id for task_id in task_ids if task_id in self._live]
+        if task_ids:
+            self._memory.requeue(task_ids)
+            self._ops.append([REQUEUED, *task_ids])
 
     def retry(self, task_id: str, attempts: int) -> None:
-        row = self._db.execute("SELECT method, state FROM tasks WHERE id = ?", (task_id,)).fetchone()
-        if row is None or row[1] in FINAL_STATES:
-            return
-        self._move(row[0], row[1], RETRY)
-        self._write("UPDATE tasks SET state = ?, attempts = ? WHERE id = ?", (RETRY, attempts, task_id))
+        if task_id in self._live:
+            self._memory.retry(task_id, attempts)
+            self._ops.append([RETRIED, task_id, attempts])
 
     def finish_many(self, outcomes: Sequence[Outcome]) -> list[bool]:
-        now = time.time()
-        recorded = [False] * len(outcomes)
-        writes: list[tuple[str, bytes, float, str, str]] = []
-        seen: set[str] = set()
-        unheld = [outcome.task_id for outcome in outcomes if not outcome.held]
-        states = self._states(unheld) if unheld else {}
-        for index, outcome in enumerate(outcomes):
-            if outcome.task_id in seen:
-                continue  # the first outcome in the batch wins, as it would in separate calls
-            if outcome.held:
-                # Held by a node until now: ASSIGNED in this file, so neither final nor queued. Its method is
-                # not at hand (and not needed to count by state).
-                self._move("", ASSIGNED, outcome.state)
-            else:
-                found = states.get(outcome.task_id)
-                if found is None or found[1] in FINAL_STATES:
-                    continue
-                self._move(found[0], found[1], outcome.state)
-            seen.add(outcome.task_id)
-            value = {"error": outcome.error} if outcome.error is not None else {"result": outcome.result}
-            writes.append((outcome.state, jsonrpc.dumps(value), now, outcome.state, outcome.task_id))
-            recorded[index] = True
-        if writes:
-            self._begin()
-            self._db.executemany(
-                "UPDATE tasks SET state = ?, outcome = ?, finished_at = ?,"
-                f" params = CASE WHEN ? = 'FINISHED' THEN x'' ELSE params END WHERE id = ? AND {_NOT_FINAL}",
-                writes,
-            )
+        memory = self._memory
+        recorded = memory.finish_many(outcomes)  # (the memory store keeps them, until archived or expired)
+        live, done, ops = self._live, self._done, self._ops
+        for outcome, now in zip(outcomes, recorded, strict=True):
+            if now:
+                record = memory.get(outcome.task_id)
+                assert record is not None
+                del live[record.id]
+                done[record.id] = None
+                ops.append(ended(record))
         return recorded
 
-    def _states(self, task_ids: list[str]) -> dict[str, tuple[str, str]]:
-        """task id -> (method, state), for those of ``task_ids`` that exist."""
-        found: dict[str, tuple[str, str]] = {}
-        for start in range(0, len(task_ids), _CHUNK):
-            chunk = task_ids[start : start + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            for task_id, method, state in self._db.execute(f"SELECT id, method, state FROM tasks WHERE id IN ({marks})", chunk):
-                found[task_id] = (method, state)
-        return found
+    def expire(self, before: float, limit: int = 10_000) -> int:
+        self._begin()
+        gone = self._archive.expire(before, limit)  # the oldest outcomes are there
+        self._archived -= gone
+        count = sum(gone.values())
+        if count < limit:
+            count += self._memory.expire(before, limit - count)
+            self._forget_done()
+        return count
+
+    def _forget_done(self) -> None:
+        """Forget the recent outcomes the memory store no longer holds: the first ones (it forgets the
+        oldest first, as the journal must)."""
+        done, memory = self._done, self._memory
+        forgot: Op = [FORGOT]
+        for task_id in done:
+            if memory.get(task_id) is not None:
+                break
+            forgot.append(task_id)
+        for task_id in forgot[1:]:
+            del done[task_id]
+        if len(forgot) > 1:
+            self._ops.append(forgot)
 
     def due(self, now: float, limit: int = 10_000) -> int:
-        cursor = self._write(
-            "UPDATE tasks SET state = 'QUEUED' WHERE seq IN"
-            " (SELECT seq FROM tasks WHERE state = 'SCHEDULED' AND due_at <= ? ORDER BY due_at LIMIT ?) RETURNING method",
-            (now, max(limit, 0)),
-        )
-        methods = [method for (method,) in cursor.fetchall()]
-        for method in methods:
-            self._move(method, SCHEDULED, QUEUED)
-        return len(methods)
+        count = self._memory.due(now, limit)
+        if count:
+            self._ops.append([DUE, now, count])
+        return count
 
     def next_due(self) -> float | None:
-        if not self._by_state.get(SCHEDULED):
-            return None
-        row = self._db.execute("SELECT min(due_at) FROM tasks WHERE state = 'SCHEDULED'").fetchone()
-        return None if row is None else row[0]
+        return self._memory.next_due()
 
     def get(self, task_id: str) -> TaskRecord | None:
-        row = self._db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
-        return None if row is None else _record(row)
+        record = self._memory.get(task_id)
+        return record if record is not None else self._archive.get(task_id)
 
     def state_counts(self) -> Mapping[str, int]:
-        queued = sum(self._queued.values())
-        return {QUEUED: queued, **self._by_state} if queued else dict(self._by_state)
+        counts = Counter(self._memory.state_counts())
+        counts.update(self._archived)
+        return {state: count for state, count in counts.items() if count}
 
     def oldest_queued(self) -> Mapping[str, float]:
-        query = "SELECT created_at FROM tasks WHERE state = 'QUEUED' AND method = ? ORDER BY seq LIMIT 1"
-        oldest = {}
-        for method in self._queued:
-            row = self._db.execute(query, (method,)).fetchone()
-            if row is not None:
-                oldest[method] = row[0] if row[0] is not None else time.time()
-        return oldest
+        return self._memory.oldest_queued()
+
+    def queued_counts(self) -> Mapping[str, int]:
+        return self._memory.queued_counts()
 
     def list_tasks(
         self, state: str | None = None, method: str | None = None, limit: int = 100, before: float | None = None
     ) -> list[TaskRecord]:
-        # The time column each state is listed by, so that an index serves the common listings: failed
-        # and revoked tasks by their own partial index, queued ones by queued_in_line.
-        if state in (FAILED, REVOKED, FINISHED):
-            at, order = "finished_at", "finished_at DESC"
-        elif state is not None:
-            at, order = "created_at", "seq DESC"
-        else:
-            at = "coalesce(finished_at, created_at)"
-            order = f"{at} DESC, seq DESC"
-        where, parameters = [], []
-        for condition, value in (("state = ?", state), ("method = ?", method), (f"{at} < ?", before)):
-            if value is not None:
-                where.append(condition)
-                parameters.append(value)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        query = f"SELECT {_COLUMNS} FROM tasks {clause} ORDER BY {order} LIMIT ?"
-        return [_record(row) for row in self._db.execute(query, (*parameters, max(limit, 0)))]
+        limit = max(limit, 0)
+        found = self._memory.list_tasks(state, method, limit, before)
+        if state is None or state in FINAL_STATES:
+            found += self._archive.list_tasks(state, method, limit, before)
+        return heapq.nlargest(limit, found, key=_time)
 
     def reset(self, task_id: str) -> bool:
-        row = self._db.execute("SELECT method, state FROM tasks WHERE id = ?", (task_id,)).fetchone()
-        if row is None or row[1] not in (FAILED, REVOKED):
-            return False
-        self._write(
-            "UPDATE tasks SET seq = (SELECT max(seq) + 1 FROM tasks), state = 'QUEUED', outcome = NULL, attempts = 0,"
-            " finished_at = NULL, due_at = NULL, created_at = ? WHERE id = ?",
-            (time.time(), task_id),
-        )
-        self._move(row[0], row[1], QUEUED)
+        if task_id in self._done:
+            if not self._memory.reset(task_id):
+                return False
+            del self._done[task_id]
+            record = self._memory.get(task_id)
+        else:
+            record = self._archive.get(task_id)
+            if record is None or record.state not in (FAILED, REVOKED):
+                return False
+            state = record.state
+            record.state, record.attempts, record.result, record.error = QUEUED, 0, None, None
+            record.created_at, record.finished_at, record.due_at = time.time(), None, None
+            self._memory.add(record)  # (QueueFull, if it is full: then nothing changed)
+            self._begin()
+            self._archive.remove(task_id)
+            self._archived[state] -= 1
+        assert record is not None
+        self._live[task_id] = None
+        self._ops.append(put(record))
         return True
 
-    def queued_counts(self) -> Mapping[str, int]:
-        return self._queued
-
-    def expire(self, before: float, limit: int = 10_000) -> int:
-        cursor = self._write(
-            "DELETE FROM tasks WHERE seq IN (SELECT seq FROM tasks WHERE finished_at < ? ORDER BY finished_at LIMIT ?)"
-            " RETURNING state",
-            (before, limit),
-        )
-        gone = Counter(state for (state,) in cursor.fetchall())
-        for state, count in gone.items():
-            self._move("", state, None, count)
-        return sum(gone.values())
-
     def recover(self) -> int:
-        requeued = self._write("UPDATE tasks SET state = 'QUEUED' WHERE state IN ('ASSIGNED', 'RETRY') RETURNING method")
-        for (method,) in requeued.fetchall():
-            self._count(method, 1)
-        for state in (ASSIGNED, RETRY):
-            self._by_state.pop(state, None)
+        queued = self._memory.recover()
+        self._begin()
+        self._journal.rewrite(self._snapshot())  # nothing held, nothing retried; and the journal compacted
+        self._ops = []
         self.flush()
-        return sum(self._queued.values())
+        return queued
+
+    def _snapshot(self) -> list[Op]:
+        live = [self._memory.get(task_id) for task_id in self._live]
+        done = [self._memory.get(task_id) for task_id in self._done]
+        return snapshot((record for record in live if record is not None), (record for record in done if record is not None))
 
     def remember_methods(self, methods: Iterable[str]) -> None:
         self._registry.remember_methods(methods)
@@ -357,36 +255,64 @@ class SqliteStore(Store):
         return self._registry.claim_slot(name, slot)
 
     def lock_unique(self, key: str, task_id: str, until: float) -> str | None:
-        if self._pending:  # the lock's holder may be a task added this round
-            self._insert_pending()
         return self._registry.lock_unique(key, task_id, until)
 
     def flush(self) -> list[TaskRecord]:
-        if self._pending:
-            self._insert_pending()
+        self._archive_old()
+        if self._journal.ops + len(self._ops) > max(REWRITE_OVER, REWRITE_RATIO * (len(self._live) + len(self._done))):
+            self._begin()
+            self._journal.rewrite(self._snapshot())
+            self._ops = []
+        if self._ops:
+            self._begin()
+            self._journal.append(self._ops)
+            self._ops = []
         if self._in_transaction:
-            self._connection.execute("COMMIT")
+            self._db.execute("COMMIT")
             self._in_transaction = False
-        refused, self._refused = self._refused, []
-        return refused
+        return []
+
+    def _archive_old(self) -> None:
+        """Move the oldest outcomes to the archive, if there are too many or they are old."""
+        done, memory = self._done, self._memory
+        if not done:
+            return
+        cutoff = time.time() - ARCHIVE_AFTER_S
+        oldest = memory.get(next(iter(done)))
+        if len(done) <= ARCHIVE_OVER and (oldest is None or (oldest.finished_at or 0.0) >= cutoff):
+            return
+        over = len(done) - ARCHIVE_OVER
+        moved: list[TaskRecord] = []
+        for task_id in done:
+            record = memory.get(task_id)
+            if record is None:
+                continue
+            if len(moved) >= ARCHIVE_BATCH or (len(moved) >= over and (record.finished_at or 0.0) >= cutoff):
+                break
+            moved.append(record)
+        self._begin()
+        self._archive.put(moved)
+        self._archived.update(record.state for record in moved)
+        memory.expire(math.inf, len(moved))  # those: the oldest outcomes it holds
+        self._forget_done()
 
     def close(self) -> None:
         self.flush()
-        self._connection.close()
+        self._db.close()
 
 
-def _record(row: tuple[Any, ...]) -> TaskRecord:
-    """A task from a row of _COLUMNS."""
-    task_id, method, params, state, outcome, attempts, owner, created_at, finished_at, queue, priority, due_at = row
-    record = TaskRecord(task_id, method, state=state, attempts=attempts, owner=owner, queue=queue, priority=priority)
-    record.created_at, record.finished_at, record.due_at = created_at, finished_at, due_at
-    if params:
-        record.args, record.kwargs, record.options = jsonrpc.loads(params)
-    if outcome:
-        decoded = jsonrpc.loads(outcome)
-        record.result = decoded.get("result")
-        record.error = decoded.get("error")
-    return record
+class _Clock:
+    """Stands for the time module in the memory store while the journal is read back."""
+
+    now = 0.0
+
+    def time(self) -> float:
+        return self.now
+
+
+def _time(record: TaskRecord) -> float:
+    """A task's time for listing: when it ended, or else when it was queued."""
+    return record.finished_at or record.created_at or 0.0
 
 
 def _create_private(path: str) -> None:

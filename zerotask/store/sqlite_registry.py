@@ -28,11 +28,13 @@ _PRUNE_EVERY = 1000  # locks given between two looks at how many are kept
 
 
 class SqliteRegistry:
-    """``begin`` opens the store's transaction (if it is not open): every write here joins it."""
+    """``begin`` opens the store's transaction (if it is not open): every write here joins it.
+    ``unfinished(task_id)``: whether the store holds that task without an outcome (a lock's holder)."""
 
-    def __init__(self, db: sqlite3.Connection, begin: Callable[[], None]) -> None:
+    def __init__(self, db: sqlite3.Connection, begin: Callable[[], None], unfinished: Callable[[str], bool]) -> None:
         self._db = db
         self._begin = begin
+        self._unfinished = unfinished
         db.executescript(SCHEMA)
         # Task name -> when a node last announced it, oldest first.
         self._methods: dict[str, float] = dict(db.execute("SELECT name, announced_at FROM methods ORDER BY announced_at"))
@@ -91,11 +93,9 @@ class SqliteRegistry:
     def lock_unique(self, key: str, task_id: str, until: float) -> str | None:
         now = time.time()
         row = self._db.execute(
-            "SELECT l.task_id FROM unique_locks l JOIN tasks t ON t.id = l.task_id WHERE l.key = ? AND l.task_id != ?"
-            " AND l.until > ? AND t.state NOT IN ('FINISHED', 'FAILED', 'REVOKED')",
-            (key, task_id, now),
+            "SELECT task_id FROM unique_locks WHERE key = ? AND task_id != ? AND until > ?", (key, task_id, now)
         ).fetchone()
-        if row is not None:
+        if row is not None and self._unfinished(row[0]):
             return str(row[0])
         self._write("INSERT OR REPLACE INTO unique_locks VALUES (?, ?, ?)", (key, task_id, until))
         # Expired locks go a few at a time; beyond the bound, the soonest to expire go first.

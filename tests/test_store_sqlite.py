@@ -1,0 +1,251 @@
+"""The SQLite store's file: the journal (one row per flush), the archive of outcomes, and files made
+before the journal. The behaviour every store shares is in test_store_contract.py."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from zerotask.store import Outcome, SqliteStore, TaskRecord
+from zerotask.store import sqlite as sqlite_store
+from zerotask.wire import ASSIGNED, FAILED, FINISHED, QUEUED, RETRY, SCHEDULED
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    made = Clock()
+    monkeypatch.setattr(time, "time", made)
+    return made
+
+
+def rows(path: str, table: str) -> int:
+    with sqlite3.connect(path) as db:
+        (count,) = db.execute(f"SELECT count(*) FROM {table}").fetchone()
+    return int(count)
+
+
+def run_tasks(store: SqliteStore, clock: Clock, count: int, prefix: str = "t") -> None:
+    """Queue, take and finish ``count`` tasks one round each (FAILED for every third), a second apart."""
+    for n in range(count):
+        clock.now += 1
+        task_id = f"{prefix}{n}"
+        assert store.add(TaskRecord(task_id, "add", [n, 1]))
+        (taken,) = store.take_many([(["add"], 1)])
+        assert [record.id for record in taken] == [task_id]
+        outcome = Outcome(task_id, FAILED, error={"code": 1, "message": "no"}, held=True) if n % 3 == 0 else None
+        assert store.finish_many([outcome or Outcome(task_id, FINISHED, result=n + 1, held=True)]) == [True]
+        store.flush()
+
+
+def test_outcomes_beyond_the_recent_ones_are_archived_and_read_as_before(
+    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "ARCHIVE_OVER", 5)
+    path = str(tmp_path / "tasks.db")
+    store = SqliteStore(path)
+    run_tasks(store, clock, 20)
+    assert rows(path, "tasks") == 15  # the 5 latest are recent, in memory and the journal
+    for reader in (store, SqliteStore(path)):
+        try:
+            first, last = reader.get("t1"), reader.get("t19")
+            assert first is not None and (first.state, first.result, first.args) == (FINISHED, 2, [])
+            assert last is not None and (last.state, last.result) == (FINISHED, 20)
+            failed = reader.get("t3")
+            assert failed is not None and (failed.state, failed.args, failed.error) == (
+                FAILED,
+                [3, 1],
+                {"code": 1, "message": "no"},
+            )
+            assert dict(reader.state_counts()) == {FINISHED: 13, FAILED: 7}
+            listed = reader.list_tasks(limit=20)
+            assert [record.id for record in listed] == [f"t{n}" for n in reversed(range(20))]
+            assert [record.id for record in reader.list_tasks(FAILED, limit=3)] == ["t18", "t15", "t12"]
+            assert not reader.add(TaskRecord("t1", "add"))  # an archived id is taken
+            assert not reader.add(TaskRecord("t19", "add"))  # and a recent one
+        finally:
+            if reader is not store:
+                reader.close()
+    # Expiry goes oldest first, through the archive and then the recent ones.
+    assert store.expire(clock.now - 2, limit=100) == 17  # t0 to t16: 15 archived, 2 recent
+    assert [store.get(task_id) is None for task_id in ("t0", "t16", "t17", "t19")] == [True, True, False, False]
+    assert store.reset("t18")
+    record = store.get("t18")
+    assert record is not None and (record.state, record.args) == (QUEUED, [18, 1])
+    store.close()
+    reopened = SqliteStore(path)
+    try:
+        assert dict(reopened.state_counts()) == {QUEUED: 1, FINISHED: 2}
+        assert reopened.get("t0") is None
+        (taken,) = reopened.take_many([(["add"], 5)])
+        assert [(record.id, record.args) for record in taken] == [("t18", [18, 1])]
+    finally:
+        reopened.close()
+
+
+def test_an_archived_failed_task_can_be_reset_and_is_queued_after_a_reopen(
+    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "ARCHIVE_OVER", 0)
+    path = str(tmp_path / "tasks.db")
+    store = SqliteStore(path)
+    run_tasks(store, clock, 4)
+    assert rows(path, "tasks") == 4
+    assert store.reset("t0") and not store.reset("t1")  # FAILED, then FINISHED
+    store.close()
+    reopened = SqliteStore(path)
+    try:
+        record = reopened.get("t0")
+        assert record is not None and (record.state, record.args, record.error) == (QUEUED, [0, 1], None)
+        assert dict(reopened.state_counts()) == {QUEUED: 1, FINISHED: 2, FAILED: 1}
+    finally:
+        reopened.close()
+
+
+def test_outcomes_older_than_a_minute_are_archived_however_few(tmp_path: Path, clock: Clock) -> None:
+    path = str(tmp_path / "tasks.db")
+    store = SqliteStore(path)
+    try:
+        run_tasks(store, clock, 3)
+        assert rows(path, "tasks") == 0
+        clock.now += sqlite_store.ARCHIVE_AFTER_S + 1
+        store.flush()
+        assert rows(path, "tasks") == 3
+        assert store.get("t2") is not None
+    finally:
+        store.close()
+
+
+def test_the_journal_is_rewritten_once_it_far_outgrows_the_tasks_held(
+    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "REWRITE_OVER", 50)
+    path = str(tmp_path / "tasks.db")
+    store = SqliteStore(path)
+    for task_id in ("a", "b", "c"):
+        assert store.add(TaskRecord(task_id, "add", [task_id]))
+    store.retry("c", 3)
+    store.flush()
+    for _ in range(200):  # many ops, few tasks
+        store.claim(["a"])
+        store.requeue(["a"])
+        store.flush()
+    assert rows(path, "journal") < 60
+    store.claim(["b"])
+    store.close()
+    reopened = SqliteStore(path)
+    try:
+        assert [reopened.get(task_id).state for task_id in ("a", "b", "c")] == [QUEUED, ASSIGNED, RETRY]  # type: ignore[union-attr]
+        assert reopened.recover() == 3
+        (taken,) = reopened.take_many([(["add"], 5)])
+        assert [(record.id, record.attempts) for record in taken] == [("a", 0), ("b", 0), ("c", 3)]
+    finally:
+        reopened.close()
+
+
+def test_a_scheduled_task_whose_time_came_stays_scheduled_across_a_reopen_until_due(tmp_path: Path, clock: Clock) -> None:
+    path = str(tmp_path / "tasks.db")
+    store = SqliteStore(path)
+    assert store.add(TaskRecord("early", "add"))
+    assert store.add(TaskRecord("later", "add", due_at=clock.now + 5))
+    assert store.add(TaskRecord("last", "add"))
+    store.close()
+    clock.now += 10
+    reopened = SqliteStore(path)
+    try:
+        assert reopened.get("later").state == SCHEDULED  # type: ignore[union-attr]
+        assert reopened.next_due() == clock.now - 5
+        assert reopened.due(clock.now) == 1
+        (taken,) = reopened.take_many([(["add"], 5)])
+        assert [record.id for record in taken] == ["early", "later", "last"]  # in the place of its submission
+    finally:
+        reopened.close()
+
+
+def test_a_file_of_the_version_before_the_journal_opens_with_tasks_in_every_state(tmp_path: Path, clock: Clock) -> None:
+    path = str(tmp_path / "old.db")
+    old = sqlite3.connect(path)
+    old.executescript(
+        """
+        CREATE TABLE tasks (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, method TEXT NOT NULL, params BLOB NOT NULL,
+            state TEXT NOT NULL, outcome BLOB, attempts INTEGER NOT NULL DEFAULT 0, finished_at REAL, owner TEXT,
+            created_at REAL, queue TEXT NOT NULL DEFAULT 'default', priority INTEGER NOT NULL DEFAULT 0, due_at REAL);
+        CREATE INDEX queued_in_line ON tasks (method, queue, priority DESC, seq) WHERE state = 'QUEUED';
+        CREATE INDEX scheduled_by_time ON tasks (due_at) WHERE state = 'SCHEDULED';
+        CREATE INDEX finished_by_time ON tasks (finished_at) WHERE finished_at IS NOT NULL;
+        CREATE TABLE methods (name TEXT PRIMARY KEY, announced_at REAL NOT NULL);
+        """
+    )
+    now = clock.now
+    old.executemany(
+        "INSERT INTO tasks (id, method, params, state, outcome, attempts, finished_at, owner, created_at, queue, priority,"
+        " due_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            ("held", "add", b"[[1],{},{}]", ASSIGNED, None, 0, None, "key", now - 9, "default", 0, None),
+            ("ok", "add", b"", FINISHED, b'{"result":3}', 0, now - 8, None, now - 9, "default", 0, None),
+            ("retried", "add", b'[[2],{"k":1},{}]', RETRY, None, 2, None, None, now - 7, "default", 0, None),
+            (
+                "bad",
+                "add",
+                b"[[3],{},{}]",
+                FAILED,
+                b'{"error":{"code":1,"message":"no"}}',
+                1,
+                now - 6,
+                None,
+                now - 8,
+                "io",
+                0,
+                None,
+            ),
+            ("queued", "add", b"[[4],{},{}]", QUEUED, None, 0, None, None, now - 5, "default", 0, None),
+            ("urgent", "add", b"[[5],{},{}]", QUEUED, None, 0, None, None, now - 4, "default", 9, None),
+            ("soon", "add", b"[[6],{},{}]", SCHEDULED, None, 0, None, None, now - 3, "default", 0, now + 60),
+        ],
+    )
+    old.commit()
+    old.close()
+    store = SqliteStore(path)
+    try:
+        states = {task_id: store.get(task_id).state for task_id in ("held", "ok", "retried", "bad", "queued", "urgent", "soon")}  # type: ignore[union-attr]
+        assert states == {
+            "held": ASSIGNED,
+            "ok": FINISHED,
+            "retried": RETRY,
+            "bad": FAILED,
+            "queued": QUEUED,
+            "urgent": QUEUED,
+            "soon": SCHEDULED,
+        }
+        assert rows(path, "tasks") == 2  # only the outcomes stay there: the rest is the journal's
+        assert dict(store.state_counts()) == {ASSIGNED: 1, FINISHED: 1, RETRY: 1, FAILED: 1, QUEUED: 2, SCHEDULED: 1}
+        assert store.recover() == 4
+        (taken,) = store.take_many([(["add"], 10)])
+        assert [(record.id, record.attempts, record.owner) for record in taken] == [
+            ("urgent", 0, None),
+            ("held", 0, "key"),
+            ("retried", 2, None),
+            ("queued", 0, None),
+        ]
+        retried = store.get("retried")
+        assert retried is not None and (retried.args, retried.kwargs) == ([2], {"k": 1})
+        assert store.next_due() == now + 60
+    finally:
+        store.close()
+    again = SqliteStore(path)
+    try:
+        assert again.get("held").state == ASSIGNED  # type: ignore[union-attr]
+        bad = again.get("bad")
+        assert bad is not None and (bad.queue, bad.args, bad.attempts) == ("io", [3], 1)
+    finally:
+        again.close()
