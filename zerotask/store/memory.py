@@ -19,7 +19,7 @@ import itertools
 import math
 import time
 from collections import Counter, deque
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 
 from zerotask import jsonrpc
 from zerotask.exceptions import QueueFull
@@ -49,6 +49,7 @@ class MemoryStore(Store):
     def __init__(self, max_tasks: int = DEFAULT_MAX_TASKS, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.max_tasks = max_tasks
         self.max_bytes = max_bytes
+        self.clock: Callable[[], float] = _wall_clock  # what "now" is (a store that reads tasks back sets its own)
         self._packed: dict[str, bytes] = {}  # task id -> [args, kwargs] as JSON, until a node takes it
         self._packed_bytes = 0  # of _packed's JSON, together
         self._records: dict[str, TaskRecord] = {}
@@ -78,7 +79,7 @@ class MemoryStore(Store):
             if self._charged_bytes() + charge > self.max_bytes:
                 limit = self.max_bytes
                 raise QueueFull(f"the memory store holds {limit} bytes of arguments", {"limit": limit, "bound": "store"})
-        now = time.time()
+        now = self.clock()
         record.state = SCHEDULED if record.due_at is not None and record.due_at > now else QUEUED
         record.created_at = now if record.created_at is None else record.created_at
         record.finished_at = None
@@ -180,7 +181,7 @@ class MemoryStore(Store):
     def finish_many(self, outcomes: Sequence[Outcome]) -> list[bool]:
         recorded = []
         ended: list[str] = []
-        now = time.time()
+        now = self.clock()
         records, states, finished = self._records, self._states, self._finished
         for outcome in outcomes:
             record = records.get(outcome.task_id)
@@ -244,7 +245,7 @@ class MemoryStore(Store):
 
     def lock_unique(self, key: str, task_id: str, until: float) -> str | None:
         held = self._locks.get(key)
-        if held is not None and held[0] != task_id and held[1] > time.time():
+        if held is not None and held[0] != task_id and held[1] > self.clock():
             holder = self._records.get(held[0])
             if holder is not None and holder.state not in FINAL_STATES:
                 return held[0]
@@ -282,7 +283,7 @@ class MemoryStore(Store):
 
     def oldest_queued(self) -> Mapping[str, float]:
         firsts = self._queue.first_in_line().items()
-        return {method: record.created_at if record.created_at is not None else time.time() for method, record in firsts}
+        return {method: record.created_at if record.created_at is not None else self.clock() for method, record in firsts}
 
     def list_tasks(
         self, state: str | None = None, method: str | None = None, limit: int = 100, before: float | None = None
@@ -314,7 +315,7 @@ class MemoryStore(Store):
             return False
         self._set(record, QUEUED)
         record.attempts, record.result, record.error = 0, None, None
-        record.created_at, record.finished_at, record.due_at = time.time(), None, None
+        record.created_at, record.finished_at, record.due_at = self.clock(), None, None
         del self._records[task_id]
         self._records[task_id] = record  # to the end: the records stay in the order they were queued
         self._queue.append(record)  # in a new place, at the back
@@ -325,7 +326,7 @@ class MemoryStore(Store):
         return sum(self._queue.counts.values())
 
     def remember_methods(self, methods: Iterable[str]) -> None:
-        now = time.time()
+        now = self.clock()
         for method in methods:
             self._methods.pop(method, None)  # to the end: the dict stays ordered by when it was announced
             self._methods[method] = now
@@ -333,7 +334,7 @@ class MemoryStore(Store):
             del self._methods[next(iter(self._methods))]
 
     def known_methods(self) -> Collection[str]:
-        cutoff = time.time() - METHODS_REMEMBERED_S
+        cutoff = self.clock() - METHODS_REMEMBERED_S
         while self._methods and next(iter(self._methods.values())) < cutoff:
             del self._methods[next(iter(self._methods))]
         return self._methods.keys()
@@ -342,3 +343,7 @@ class MemoryStore(Store):
 def _time(record: TaskRecord) -> float:
     """A task's time for listing: when it ended, or else when it was queued."""
     return record.finished_at or record.created_at or 0.0
+
+
+def _wall_clock() -> float:
+    return time.time()  # (looked up at each call: tests move time.time)

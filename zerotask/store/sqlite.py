@@ -25,7 +25,6 @@ import time
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
-import zerotask.store.memory as memory_module
 from zerotask.store.base import Outcome, Store, TaskRecord, Want
 from zerotask.store.memory import MemoryStore
 from zerotask.store.sqlite_archive import SqliteArchive
@@ -81,7 +80,7 @@ class SqliteStore(Store):
         # outcome at time.time(): read back, each task is as the journal left it, whatever the time now (a
         # task whose time came waits for due() still; an outcome keeps its time, and expires by it).
         clock = _Clock()
-        setattr(memory_module, "time", clock)  # noqa: B010 - (a module attribute: mypy would refuse the assignment)
+        memory.clock, wall_clock = clock.time, memory.clock
         try:
             for record in live:
                 state, attempts = record.state, record.attempts
@@ -99,7 +98,7 @@ class SqliteStore(Store):
                 if memory.add(record) and memory.finish_many([outcome])[0]:
                     self._done[record.id] = None
         finally:
-            setattr(memory_module, "time", time)  # noqa: B010
+            memory.clock = wall_clock
             memory.max_tasks = bound
 
     def _begin(self) -> None:
@@ -302,7 +301,7 @@ class SqliteStore(Store):
 
 
 class _Clock:
-    """Stands for the time module in the memory store while the journal is read back."""
+    """The memory store's clock while the journal is read back."""
 
     now = 0.0
 
