@@ -69,6 +69,8 @@ _STORE_PROBE_S = 0.25  # how often a broker whose store is unreachable tries it 
 # How long a round's write sent ahead may stay unanswered before the broker stops reading messages and
 # waits for it (a store that hangs is then found by the connection's timeout).
 _ANSWER_WAIT_S = 0.2
+_NOBLOCK, _MORE_NOBLOCK = int(zmq.NOBLOCK), int(zmq.SNDMORE | zmq.NOBLOCK)  # (plain ints: pyzmq's enums cost a call each use)
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
 class Broker(EventLoop):
@@ -209,7 +211,7 @@ class Broker(EventLoop):
     # ---- the loop --------------------------------------------------------------------------------
 
     def _on_requests(self) -> None:
-        budget, size = _ROUND_BUDGET, 0
+        budget, size, events = _ROUND_BUDGET, 0, self.requests.get
         while budget > 0 and size < _ROUND_BYTES:
             try:
                 frames = self._receive()  # with CURVE, also who sent it (self.security.sender)
@@ -217,6 +219,8 @@ class Broker(EventLoop):
                 return
             size += len(frames[-1])
             budget -= self._on_message(frames)
+            if not int(events(_EVENTS)) & _POLLIN:
+                return  # (asking costs a tenth of the zmq.Again the next receive would raise)
 
     def _on_subscription(self) -> None:
         while True:
@@ -231,11 +235,10 @@ class Broker(EventLoop):
         waited for here): this round's adds, outcomes and messages wait for the write sent after it, so
         that the broker reads messages while the store works instead of waiting for it."""
         self.clients.ids_this_round = 0
-        if self.core.taking:
-            if self.core.answer_pending and time.monotonic() < self._answer_due:
-                return
-            self._take_answered()
-        self._end_round()
+        if not self.core.taking:
+            self._end_round()
+        elif not self.core.answer_pending or time.monotonic() >= self._answer_due:
+            self._answered(wait=True)
 
     def _end_round(self) -> None:
         self._write_round()
@@ -261,17 +264,17 @@ class Broker(EventLoop):
     def _await_answer(self) -> None:
         if self.core.taking:  # read its answer as soon as it comes, or once it is late
             self._answer_fd = self.store.answer_fileno()
-            if self._answer_fd is None:
-                self._take_answered()
+            if self._answer_fd is None:  # (no connection to wait on: it reads the answer, sending again)
+                self._answered(wait=True)
             else:
                 self.add_socket(self._answer_fd, self._answered)
                 self._answer_due = time.monotonic() + _ANSWER_WAIT_S
                 self._answer_timer = self.call_later(_ANSWER_WAIT_S, lambda: None)  # (wakes the loop: after_events)
 
-    def _answered(self) -> None:
+    def _answered(self, wait: bool = False) -> None:
         """The store's answer came: send the next write first, so that the store works on it while this
-        one's outcomes are answered and the tasks it took go out."""
-        if not self.store.answer_ready():
+        one's outcomes are answered and the tasks it took go out. Unless ``wait``, only once it came whole."""
+        if not wait and not self.store.answer_ready():
             return  # (its first replies: the poller says when more comes)
         self._stop_awaiting()
         self.core.read_answer()
@@ -281,17 +284,6 @@ class Broker(EventLoop):
         self.outbox.put_back(durable)
         self._deliver()
         self._await_answer()
-
-    def _take_answered(self) -> None:
-        """Send the tasks of the take sent ahead, and what waited for the adds it carried; messages of
-        rounds since wait for the next write."""
-        self._stop_awaiting()
-        later = self.outbox.take()
-        self.nodes.send_tasks(self.core.take_answered())
-        if not self.core.writes.down:
-            self.outbox.release()
-        self._deliver()
-        self.outbox.put_back(later)
 
     def _stop_awaiting(self) -> None:
         if self._answer_fd is not None:
@@ -312,7 +304,9 @@ class Broker(EventLoop):
 
     def _send_reply(self, envelope: Envelope, payload: bytes) -> bool:
         try:
-            self.requests.send_multipart([*envelope, payload], zmq.NOBLOCK)
+            for frame in envelope:  # send_multipart, without its list and enum operations
+                self.requests.send(frame, _MORE_NOBLOCK)
+            self.requests.send(payload, _NOBLOCK)
         except zmq.Again:  # the peer's queue is full (SNDHWM): it reads slowly, or not at all
             return False
         except zmq.ZMQError as error:  # EHOSTUNREACH: the peer is gone, its own problem
