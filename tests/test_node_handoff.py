@@ -10,7 +10,8 @@ from typing import Any
 
 from zerotask.loop import EventLoop
 from zerotask.node.base import RUNNING_AFTER_S, BasePool
-from zerotask.node.threads import Inbox, ThreadPool
+from zerotask.node.inbox import Inbox
+from zerotask.node.threads import ThreadPool
 from zerotask.task import Dispatcher
 from zerotask.testing import Cluster, ManualClock, wait_until
 

@@ -33,7 +33,6 @@ import itertools
 import logging
 import math
 import os
-import sys
 import threading
 import time
 from collections import deque
@@ -43,47 +42,12 @@ from typing import Any
 from zerotask.exceptions import TimeLimitExceeded
 from zerotask.node.aio import ASYNC_LIMIT_MARGIN_S, AsyncTasks
 from zerotask.node.base import BasePool
+from zerotask.node.inbox import ONE, Inbox, wake_pair
 from zerotask.node.outcome import Outcome, Task, execute, time_limit_message
 
 log = logging.getLogger(__name__)
 
-_ONE = (1).to_bytes(8, sys.byteorder)  # what an eventfd adds to its counter; one byte in a pipe as well
 JOIN_S = 1.0  # how long stop() waits for idle threads to end
-
-
-class Inbox:
-    """What the node's loop hands one pool thread (:meth:`put`), which the thread waits for (:meth:`get`)
-    reading an eventfd of its own. The loop's write (os.write) lets go of the GIL: a thread woken
-    there, on the loop's CPU (the usual case: it preempts the loop), takes the GIL at once and runs
-    its task. Woken by a queue.SimpleQueue, it found the GIL held and had to wait for the loop's next
-    poll, being woken twice more on the way (perf sched: 2.6 wake-ups a task, now 1)."""
-
-    def __init__(self) -> None:
-        self._items: deque[list[Task] | None] = deque()
-        self._reader, self._writer = _wake_pair(blocking=True)
-        self._lock = threading.Lock()  # the thread may close it as the loop puts: never write a closed descriptor
-
-    def put(self, item: list[Task] | None) -> None:
-        """Hand over a batch, or None: the end (nothing after it is read)."""
-        with self._lock:
-            if self._writer >= 0:
-                self._items.append(item)
-                os.write(self._writer, _ONE)
-
-    def get(self) -> list[Task] | None:
-        """The next item, waiting for it."""
-        while not self._items:
-            os.read(self._reader, 8)  # a put after the check has left the count above 0: no wait
-        return self._items.popleft()
-
-    def close(self) -> None:
-        """Release the descriptors, as the thread ends; a put after this does nothing."""
-        with self._lock:
-            if self._reader >= 0:
-                os.close(self._reader)
-                if self._writer != self._reader:
-                    os.close(self._writer)
-                self._reader = self._writer = -1
 
 
 class PoolThread:
@@ -121,7 +85,7 @@ class ThreadPool(BasePool):
         self._loop_thread: threading.Thread | None = None
         self._signalled = False
         self._wake_lock = threading.Lock()
-        self._wake_reader, self._wake_writer = _wake_pair()
+        self._wake_reader, self._wake_writer = wake_pair()
         self._server.add_socket(self._wake_reader, self._on_wake)
         self._top_up()
 
@@ -187,7 +151,7 @@ class ThreadPool(BasePool):
             with self._wake_lock:
                 if self._wake_writer >= 0:
                     try:
-                        os.write(self._wake_writer, _ONE)
+                        os.write(self._wake_writer, ONE)
                     except BlockingIOError:
                         pass  # a full pipe wakes the loop anyway
 
@@ -366,15 +330,3 @@ class ThreadPool(BasePool):
         if count:
             self._measured(busy_s, count)
         self.dispatch()
-
-
-def _wake_pair(blocking: bool = False) -> tuple[int, int]:
-    """An eventfd (reader and writer are the same descriptor), or a pipe where there is none;
-    non-blocking unless ``blocking``."""
-    if hasattr(os, "eventfd"):
-        fd = os.eventfd(0, os.EFD_CLOEXEC | (0 if blocking else os.EFD_NONBLOCK))
-        return fd, fd
-    reader, writer = os.pipe()
-    os.set_blocking(reader, blocking)
-    os.set_blocking(writer, blocking)
-    return reader, writer
