@@ -7,6 +7,12 @@ that end together cost one wake-up.
 Sync tasks go to the threads, in batches as for processes; ``async def`` tasks to one event loop in a
 thread of its own, up to ``slots`` (``count`` times ``concurrency``) at once.
 
+**Short tasks run in the node's loop.** A sync task with no time limit whose last 32 runs in this node
+each took under a millisecond, arriving alone while a thread is idle, runs in the node's loop thread
+itself (``threading.current_thread()`` is then the main thread), sparing the hand-off and its wake-ups.
+A run over the millisecond sends the task's next calls back to the threads. The rule, and what it
+cannot foresee, are in :mod:`zerotask.node.inline`; a task that may block should have a time limit.
+
 What threads cannot do, and what the pool does instead:
 
 - **Time limits**: a thread cannot be killed. At its limit a sync task is reported failed with
@@ -21,6 +27,7 @@ What threads cannot do, and what the pool does instead:
   run again elsewhere. Use the process pool for isolation.
 - **Revoke**: a task that has not started is dropped. A running sync task cannot be stopped: it runs
   on and its outcome is discarded (the broker has recorded REVOKED). A running async task is cancelled.
+  (A task run in the loop ends before the loop reads the next message: a revoke finds it done.)
 - **Drain** (SIGTERM): as for processes. Tasks still running when the grace period ends are left to
   their threads, which die with the process.
 """
@@ -43,6 +50,7 @@ from zerotask.exceptions import TimeLimitExceeded
 from zerotask.node.aio import ASYNC_LIMIT_MARGIN_S, AsyncTasks
 from zerotask.node.base import BasePool
 from zerotask.node.inbox import ONE, Inbox, wake_pair
+from zerotask.node.inline import ShortTasks
 from zerotask.node.outcome import Outcome, Task, execute, time_limit_message
 
 log = logging.getLogger(__name__)
@@ -80,6 +88,7 @@ class ThreadPool(BasePool):
         self._async_ended: deque[tuple[int, Outcome | None, int, float]] = deque()  # by the event loop
         self._progress_inbox: deque[dict[str, Any]] = deque()  # report_progress, from threads and the loop
         self._running_async: dict[int, Task] = {}
+        self._shorts = ShortTasks()  # which sync tasks have been short enough to run in the node's loop
         self._keys = itertools.count()
         self._aio: AsyncTasks | None = None
         self._loop_thread: threading.Thread | None = None
@@ -215,7 +224,9 @@ class ThreadPool(BasePool):
         self._running_async.clear()
 
     def dispatch(self) -> None:
-        if self.pending:
+        if len(self.pending) == 1 and self._runs_inline(self.pending[0]):
+            self._run_inline(self.pending.popleft())
+        elif self.pending:
             idle = [runner for runner in self.workers if runner.idle]
             for position, runner in enumerate(idle):
                 if not self.pending:
@@ -229,6 +240,22 @@ class ThreadPool(BasePool):
                     self._limits[batch[0]["task_id"]] = timer
         if self._waiting_async and len(self._running_async) < self.slots:
             self._hand_async()
+
+    def _runs_inline(self, task: Task) -> bool:
+        """Whether to run ``task``, the only one waiting, here in the node's loop (see zerotask.node.inline)."""
+        return (
+            self._shorts.short(task["method"])
+            and not ((self._any_limit or "time_limit_s" in task) and self._time_limit(task) is not None)
+            and any(runner.idle for runner in self.workers)  # it takes an idle thread's place
+        )
+
+    def _run_inline(self, task: Task) -> None:
+        started = time.monotonic()
+        outcome, encoded = execute(self._dispatcher, task, self._report_progress)
+        seconds = time.monotonic() - started
+        self._shorts.ran(task["method"], seconds)
+        self._measured(seconds, 1)
+        self._deliver(task, outcome, len(encoded))
 
     def _hand_async(self) -> None:
         aio = self._async_tasks()
@@ -304,6 +331,8 @@ class ThreadPool(BasePool):
         while ended:
             runner, outcome, size, seconds = ended.popleft()
             task = runner.batch.popleft()
+            if outcome is not None:  # it ran (a revoked task passed over did not)
+                self._shorts.ran(task["method"], seconds)
             busy_s += seconds
             count += 1
             if runner.abandoned:  # its task was failed at its time limit; the thread ends now
