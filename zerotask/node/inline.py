@@ -2,10 +2,10 @@
 
 Handing a task to a pool thread and taking its outcome back costs two wake-ups, two hand-overs of the GIL
 and an eventfd write: over 4,000 blocking ``add`` calls the node's process used 185-237 µs of CPU a call
-that way, 100-135 µs with the task run in the loop. But the loop must never be blocked for long: it keeps the heartbeats that tell the
-broker the node is alive (miss ``--liveness`` of them and the broker runs the node's tasks again elsewhere),
-and it fires time limits. So a task runs in the loop only when all of this holds (see
-:meth:`zerotask.node.threads.ThreadPool.dispatch`):
+that way, 100-135 µs with the task run in the loop. But the loop must never be blocked for long: it keeps
+the heartbeats that tell the broker the node is alive (miss ``--liveness`` of them and the broker runs the
+node's tasks again elsewhere), and it fires time limits. So a task runs in the loop only when all of this
+holds (see :meth:`zerotask.node.threads.ThreadPool.dispatch`):
 
 - it is a sync task with no time limit at all (its own, its ``@task`` option's or the node's): a limit must
   be answered at the limit, which a loop busy running the task could not do;
