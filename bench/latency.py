@@ -11,13 +11,16 @@ Times the same round trip cut shorter and shorter, on one broker and one node wi
 
 The difference between the lines is what each part adds; the ping is the floor a ZeroMQ hop sets here.
 Every system runs at once and the calls are made in rounds, a block to each in turn, so that what else the
-machine does weighs on all of them alike.
+machine does weighs on all of them alike. CPU per call is what this process (the caller) and the system's
+processes (its broker, node and workers) used during the blocks of that line, read from /proc and
+getrusage around each block; the last column divides p50, p99 and CPU by the raw ceiling's.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import resource
 import shutil
 import sys
 import tempfile
@@ -29,12 +32,14 @@ from pathlib import Path
 import orjson
 import zmq
 
+from bench.cpu import children, cpu_s
 from bench.procs import Process
 from zerotask.client import Client
 from zerotask.testing import Cluster, free_port
 
 POOLS = ("process", "thread")
 ROUNDS = 10
+Row = tuple[str, Callable[[], object], list[int]]  # (name, one call, the pids of the processes it involves)
 
 
 def percentiles(call: Callable[[], object], calls: int) -> tuple[float, float]:
@@ -49,23 +54,34 @@ def percentiles(call: Callable[[], object], calls: int) -> tuple[float, float]:
     return seconds[len(seconds) // 2] * 1000, seconds[int(len(seconds) * 0.99)] * 1000
 
 
-def interleaved(rows: list[tuple[str, Callable[[], object]]], calls: int, rounds: int = ROUNDS) -> list[tuple[str, float, float]]:
-    """``(name, p50 ms, p99 ms)`` per row: ``calls`` calls each, made in ``rounds`` blocks taken in turn."""
-    for _, call in rows:
+def interleaved(rows: list[Row], calls: int, rounds: int = ROUNDS) -> list[tuple[str, float, float, float]]:
+    """``(name, p50 ms, p99 ms, CPU µs per call)`` per row: ``calls`` calls each, made in ``rounds``
+    blocks taken in turn."""
+    for _, call, _ in rows:
         for _ in range(200):  # warm up
             call()
     seconds: list[list[float]] = [[] for _ in rows]
+    cpu = [0.0 for _ in rows]
     for _ in range(rounds):
-        for (_, call), samples in zip(rows, seconds, strict=True):
+        for index, ((_, call, pids), samples) in enumerate(zip(rows, seconds, strict=True)):
+            before = _cpu_s(pids)
             for _ in range(max(1, calls // rounds)):
                 started = time.perf_counter()
                 call()
                 samples.append(time.perf_counter() - started)
+            cpu[index] += _cpu_s(pids) - before
     table = []
-    for (name, _), samples in zip(rows, seconds, strict=True):
+    for (name, _, _), samples, used in zip(rows, seconds, cpu, strict=True):
+        count = len(samples)
         samples.sort()
-        table.append((name, samples[len(samples) // 2] * 1000, samples[int(len(samples) * 0.99)] * 1000))
+        table.append((name, samples[count // 2] * 1000, samples[int(count * 0.99)] * 1000, used / count * 1e6))
     return table
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """CPU seconds used so far by this process (every thread) and the processes ``pids``."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime + sum(cpu_s(pid) or 0.0 for pid in pids)
 
 
 def _pools(text: str) -> list[str]:
@@ -84,27 +100,30 @@ def main() -> None:
     parser.add_argument("--pool", type=_pools, default=["process"], help="the nodes' pools, e.g. process,thread (process)")
     options = parser.parse_args()
     with ExitStack() as stack:
-        rows: list[tuple[str, Callable[[], object]]] = [
-            ("raw pyzmq ceiling (bench.raw, no task system)", stack.enter_context(raw_ceiling()))
-        ]
+        rows: list[Row] = [("raw pyzmq ceiling (bench.raw, no task system)", *stack.enter_context(raw_ceiling()))]
         for pool in options.pool:
             cluster = stack.enter_context(Cluster(store="memory" if options.store == "memory" else "bench.db"))
             cluster.start_broker()
-            cluster.start_node("bench.tasks", workers=1, extra=["--pool", pool])
+            node = cluster.start_node("bench.tasks", workers=1, extra=["--pool", pool])
+            assert cluster.broker is not None
+            pids = [cluster.broker.pid, node.pid, *children(node.pid)]
             client = stack.enter_context(Client(cluster.endpoint, timeout=30))
             label = f", {pool} pool" if len(options.pool) > 1 else ""
             rows += [
-                (f"ping (client -> broker -> client){label}", functools.partial(client.rpc, "zerotask.broker.ping", {})),
-                (f"raw JSON-RPC add (DEALER socket){label}", stack.enter_context(raw_add(cluster.endpoint))),
-                (f"Client.add (the whole path){label}", functools.partial(client.call, "add", 1, 2)),
+                (f"ping (client -> broker -> client){label}", functools.partial(client.rpc, "zerotask.broker.ping", {}), pids),
+                (f"raw JSON-RPC add (DEALER socket){label}", stack.enter_context(raw_add(cluster.endpoint)), pids),
+                (f"Client.add (the whole path){label}", functools.partial(client.call, "add", 1, 2), pids),
             ]
         pools = " and ".join(options.pool)
         print(
             f"{options.calls} sequential calls each in {ROUNDS} rounds, {options.store} store, 1 node x 1 worker, {pools} pool\n"
         )
-        print("| what | p50 ms | p99 ms |\n| --- | ---: | ---: |")
-        for name, p50, p99 in interleaved(rows, options.calls):
-            print(f"| {name} | {p50:.3f} | {p99:.3f} |")
+        print("| what | p50 ms | p99 ms | CPU µs/call | vs raw: p50 · p99 · CPU |\n| --- | ---: | ---: | ---: | ---: |")
+        table = interleaved(rows, options.calls)
+        _, raw_p50, raw_p99, raw_cpu = table[0]
+        for name, p50, p99, cpu in table:
+            ratios = f"{p50 / raw_p50:.2f}x · {p99 / raw_p99:.2f}x · {cpu / raw_cpu:.2f}x"
+            print(f"| {name} | {p50:.3f} | {p99:.3f} | {cpu:.0f} | {ratios} |")
 
 
 @contextmanager
@@ -126,8 +145,9 @@ def raw_add(endpoint: str) -> Iterator[Callable[[], None]]:
 
 
 @contextmanager
-def raw_ceiling() -> Iterator[Callable[[], None]]:
-    """A blocking add(1, 2) through bench.raw's broker and one worker (started here, stopped after)."""
+def raw_ceiling() -> Iterator[tuple[Callable[[], None], list[int]]]:
+    """A blocking add(1, 2) through bench.raw's broker and one worker (started here, stopped after), and
+    their pids."""
     frontend, backend = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     logs = Path(tempfile.mkdtemp(prefix="zerotask-latency-"))
     module = [sys.executable, "-m", "bench.raw"]
@@ -145,7 +165,7 @@ def raw_ceiling() -> Iterator[Callable[[], None]]:
         sock.recv()
 
     try:
-        yield add
+        yield add, [process.pid for process in processes]
     finally:
         sock.close()
         for process in reversed(processes):

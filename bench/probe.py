@@ -241,12 +241,15 @@ def _broker() -> None:
 
 
 def _node() -> None:
-    """The node's socket and pipes, and (inherited by every worker forked later) the worker's side."""
+    """The node's socket and pipes, and (inherited by every worker forked later) the worker's side; or,
+    in a thread pool, the hand-off and the task's run in the node's process."""
     _zmq_send_recv()
     _patch("zerotask.node.pool:WorkerPool.add", _before("pool.add", _payload))
-    _patch("multiprocessing.connection:Connection.send_bytes", _before("pipe.send", _payload))
-    _patch("multiprocessing.connection:Connection.recv_bytes", _pipe_recv)
+    _patch("zerotask.node.frames:write", _before("pipe.send", _payload))  # (descriptor, payload)
+    _patch("zerotask.node.frames:read", _pipe_recv)
     _patch("zerotask.node.child:execute", _around("run", "ran", _payload))
+    _patch("zerotask.node.threads:ThreadPool.add", _before("pool.add", _payload))  # --pool thread:
+    _patch("zerotask.node.threads:execute", _around("run", "ran", _payload))  # in a pool thread or the loop
     _patch("zerotask.node.worker:Worker.stop", _stop_worker)
 
 

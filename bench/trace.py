@@ -1,10 +1,12 @@
-"""Trace blocking calls hop by hop: ``python -m bench.trace [--calls 500] [--store memory|sqlite|SPEC]``.
+"""Trace blocking calls hop by hop: ``python -m bench.trace [--calls 500] [--store memory|sqlite|SPEC]
+[--pool process|thread]``.
 
-Starts a broker, a node (``--workers``, 1 by default) and a client, each a process with the probes of
-:mod:`bench.probe` installed (zerotask's code is not edited: the probes wrap its functions at start-up),
-makes ``--warmup`` calls, then ``--calls`` sequential blocking ``add(1, 2)`` calls, stops everything,
-merges the stamps of every process (one CLOCK_MONOTONIC for all) and prints, per hop of a call, the
-median and 90th percentile in microseconds, then the time by owner. See BENCHMARKS.md, "Tracing one call".
+Starts a broker, a node (``--workers``, 1 by default: worker processes, or threads with ``--pool
+thread``) and a client, each a process with the probes of :mod:`bench.probe` installed (zerotask's code
+is not edited: the probes wrap its functions at start-up), makes ``--warmup`` calls, then ``--calls``
+sequential blocking ``add(1, 2)`` calls, stops everything, merges the stamps of every process (one
+CLOCK_MONOTONIC for all) and prints, per hop of a call, the median and 90th percentile in microseconds,
+then the time by owner. See BENCHMARKS.md, "Tracing one call".
 
 The stamps are matched to calls by task id (in the payloads, the records and the outcomes; the client's
 reply by its JSON-RPC id); a stamp that names no task (a flush, a parse) is the first of its kind after
@@ -72,6 +74,19 @@ POINTS: tuple[tuple[str, str, bool, str], ...] = (
     ("client", "recv", True, "wire: broker send → client recv"),
     ("client", "return", False, "client: recv → Client.call returns (jsonrpc.loads, parse)"),
 )
+# With --pool thread the task runs in the node's process, in a pool thread or in the node's loop itself
+# (zerotask.node.inline): the points from the node's recv to its send are these instead.
+_NODE_THREAD: tuple[tuple[str, str, bool, str], ...] = (
+    ("node", "recv", True, "wire: broker send → node recv"),
+    ("node", "pool.add", True, "node: recv → ThreadPool.add (jsonrpc.items)"),
+    ("node", "run", True, "node: pool.add → task starts (dispatch; the hand-off to a thread, if not run in the loop)"),
+    ("node", "ran", True, "node: the task runs (dispatcher.run, encode the outcome)"),
+    ("node", "send", True, "node: task done → sent to broker (the thread's outcome back, end of round, batch)"),
+)
+_NODE_START = POINTS.index(("node", "recv", True, "wire: broker send → node recv"))
+_NODE_END = POINTS.index(("node", "send", True, "node: pipe recv → sent to broker (outcome, end of round, batch)"))
+THREAD_POINTS = POINTS[:_NODE_START] + _NODE_THREAD + POINTS[_NODE_END + 1 :]
+Points = tuple[tuple[str, str, bool, str], ...]
 OWNERS = ("client", "broker", "node", "worker", "wire", "pipe")
 
 Stamps = dict[tuple[str, str], tuple[list[int], list[set[str]]]]  # (role, name) -> times, keys (by time)
@@ -80,16 +95,16 @@ Stamps = dict[tuple[str, str], tuple[list[int], list[set[str]]]]  # (role, name)
 # ---- the processes -----------------------------------------------------------------------------------
 
 
-def _probed(directory: Path) -> Any:
-    """The command prefix that runs a module for a role with the probes installed."""
-    return lambda role: [sys.executable, "-m", "bench.trace", "_probe", role, str(directory)]
+def _probed(directory: Path, pool: str) -> Any:
+    """The command prefix that runs a module for a role with the probes installed (a node's with ``pool``)."""
+    return lambda role: [sys.executable, "-m", "bench.trace", "_probe", role, str(directory), pool]
 
 
 def trace(options: argparse.Namespace, directory: Path) -> list[dict[str, Any]]:
     """Run the traced cluster and client; returns what every process wrote (see bench.probe.dump)."""
     stamps = directory / "stamps"
     stamps.mkdir()
-    processes = Processes(directory, _probed(stamps))
+    processes = Processes(directory, _probed(stamps, options.pool))
     store = store_spec(System("trace", "zerotask", store=options.store), directory, options.redis)
     flush_store(store)
     try:
@@ -127,11 +142,14 @@ def _client(directory: str, endpoint: str, calls: int, warmup: int) -> None:
                 raise SystemExit("a wrong result")
 
 
-def _probe(role: str, directory: str, module: str, args: list[str]) -> None:
-    """Run ``python -m MODULE ARGS`` in this process with the probes of ``role`` installed."""
+def _probe(role: str, directory: str, pool: str, module: str, args: list[str]) -> None:
+    """Run ``python -m MODULE ARGS`` in this process with the probes of ``role`` installed; a node with
+    ``--pool POOL``."""
     import runpy
 
     probe.install(role, Path(directory))
+    if role == "node":
+        args = [*args, "--pool", pool]
     sys.argv = [module, *args]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
@@ -178,16 +196,16 @@ def _first(stamps: Stamps, key: tuple[str, str], low: int, high: int, task_id: s
     return None
 
 
-def walk(stamps: Stamps, start: int, end: int, task_id: str) -> list[int | None]:
-    """The time of every point of POINTS for one call (None where it was not found): first the points
-    that name the task, in order; then each other point, between its neighbours."""
-    found: list[int | None] = [None] * len(POINTS)
+def walk(stamps: Stamps, start: int, end: int, task_id: str, points: Points = POINTS) -> list[int | None]:
+    """The time of every point of ``points`` for one call (None where it was not found): first the
+    points that name the task, in order; then each other point, between its neighbours."""
+    found: list[int | None] = [None] * len(points)
     found[0], found[-1] = start, end
     previous = start
-    for position, (role, name, keyed, _) in enumerate(POINTS[1:-1], 1):
+    for position, (role, name, keyed, _) in enumerate(points[1:-1], 1):
         if keyed and (index := _first(stamps, (role, name), previous, end, task_id)) is not None:
             found[position] = previous = stamps[(role, name)][0][index]
-    for position, (role, name, keyed, _) in enumerate(POINTS[1:-1], 1):
+    for position, (role, name, keyed, _) in enumerate(points[1:-1], 1):
         if not keyed:
             low = max((t for t in found[:position] if t is not None), default=start)
             high = min((t for t in found[position + 1 :] if t is not None), default=end)
@@ -199,17 +217,19 @@ def walk(stamps: Stamps, start: int, end: int, task_id: str) -> list[int | None]
 # ---- the table -------------------------------------------------------------------------------------
 
 
-def hops(stamps: Stamps, calls: list[tuple[int, int, str]]) -> tuple[list[tuple[str, list[float]]], list[str]]:
+def hops(
+    stamps: Stamps, calls: list[tuple[int, int, str]], points: Points = POINTS
+) -> tuple[list[tuple[str, list[float]]], list[str]]:
     """(label, microseconds per call) for every hop between the points found in most calls, and the
     points left out because they were not."""
-    walks = [walk(stamps, start, end, task_id) for start, end, task_id in calls]
-    kept = [i for i in range(len(POINTS)) if sum(w[i] is not None for w in walks) * 2 > len(walks)]
-    dropped = [f"{POINTS[i][0]} {POINTS[i][1]}" for i in range(len(POINTS)) if i not in kept]
+    walks = [walk(stamps, start, end, task_id, points) for start, end, task_id in calls]
+    kept = [i for i in range(len(points)) if sum(w[i] is not None for w in walks) * 2 > len(walks)]
+    dropped = [f"{points[i][0]} {points[i][1]}" for i in range(len(points)) if i not in kept]
     rows = []
     for before, after in zip(kept, kept[1:], strict=False):
-        label = POINTS[after][3]
+        label = points[after][3]
         if after != before + 1:
-            label += f" (from {POINTS[before][0]} {POINTS[before][1]}: the points between were not seen)"
+            label += f" (from {points[before][0]} {points[before][1]}: the points between were not seen)"
         values = []
         for found in walks:
             start, end = found[before], found[after]
@@ -243,7 +263,7 @@ def table(rows: list[tuple[str, list[float]]], calls: list[tuple[int, int, str]]
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["_probe"]:
-        _probe(argv[1], argv[2], argv[3], argv[4:])
+        _probe(argv[1], argv[2], argv[3], argv[4], argv[5:])
         return 0
     if argv[:1] == ["_client"]:
         _client(argv[1], argv[2], int(argv[3]), int(argv[4]))
@@ -254,7 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=500, help="timed sequential calls (default 500)")
     parser.add_argument("--warmup", type=int, default=200, help="calls before the timed ones (default 200)")
     parser.add_argument("--store", default="memory", help="the broker's --store: memory, sqlite (a fresh file) or a spec")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes of the node (default 1)")
+    parser.add_argument("--workers", type=int, default=1, help="the node's workers, processes or threads (default 1)")
+    parser.add_argument("--pool", choices=["process", "thread"], default="process", help="the node's pool (default process)")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379", help="what {redis} in --store stands for")
     parser.add_argument("--keep", action="store_true", help="keep the logs and the stamps (the directory is printed)")
     parser.add_argument("--write", action="store_true", help="append the table to BENCHMARKS.md too")
@@ -273,15 +294,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not calls:
         print("no timed call was traced: is the client's probe installed?", file=sys.stderr)
         return 1
-    rows, dropped = hops(stamps, calls)
+    points = THREAD_POINTS if options.pool == "thread" else POINTS
+    rows, dropped = hops(stamps, calls, points)
     cost = probe.cost_ns()
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = " ".join(["python -m bench.trace", *argv])
     notes = [
         f"- `{command}`: {len(calls)} sequential blocking add(1, 2) calls after {options.warmup} untimed, "
-        f"{options.store} store, 1 node × {options.workers} worker(s); every process traced.",
-        f"- A probe costs about {cost:.0f} ns here; the {len(POINTS)} points of a call (and a few more stamps "
-        f"off its path) add about {cost * len(POINTS) / 1000:.0f} µs to it.",
+        f"{options.store} store, 1 node × {options.workers} worker(s), {options.pool} pool; every process traced.",
+        f"- A probe costs about {cost:.0f} ns here; the {len(points)} points of a call (and a few more stamps "
+        f"off its path) add about {cost * len(points) / 1000:.0f} µs to it.",
     ]
     if missing:
         notes.append(f"- Probes that found nothing to wrap (the code moved on): {', '.join(missing)}.")

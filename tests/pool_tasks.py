@@ -63,6 +63,24 @@ def limited_twice(path: str) -> str:
 
 
 @task
+def thread_name(seconds: float = 0.0, fail: bool = False) -> str:
+    """The name of the thread that ran it ("MainThread": the node's loop), after sleeping ``seconds``;
+    with ``fail``, raised as a ValueError's message instead."""
+    if seconds:
+        time.sleep(seconds)
+    name = threading.current_thread().name
+    if fail:
+        raise ValueError(name)
+    return name
+
+
+@task(time_limit=30)
+def limited_thread_name() -> str:
+    """Short, but with a time limit: it must always run in a thread."""
+    return threading.current_thread().name
+
+
+@task
 def traceparent_here() -> str | None:
     return tracing.current_traceparent()
 

@@ -8,9 +8,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from zerotask.loop import EventLoop
+from zerotask.node import frames
 from zerotask.node.base import RUNNING_AFTER_S, BasePool
-from zerotask.node.threads import Inbox, ThreadPool
+from zerotask.node.inbox import Inbox
+from zerotask.node.threads import ThreadPool
 from zerotask.task import Dispatcher
 from zerotask.testing import Cluster, ManualClock, wait_until
 
@@ -53,6 +57,23 @@ def test_hand_offs_and_outcomes_larger_than_a_pipe_holds_go_through() -> None:
         assert client.echo(big)["args"] == [big]
         echoed = [client.echo(str(number) * 300_000)["args"] for number in range(4)]
         assert echoed == [[str(number) * 300_000] for number in range(4)]
+
+
+def test_a_pipe_carries_whole_messages_of_any_size_and_ends_with_eof() -> None:
+    reader, writer = os.pipe()
+    sizes = [0, 1, 7, 64 * 1024, 64 * 1024 + 1, 1024 * 1024]  # the last ones larger than the pipe holds
+    messages = [bytes([number]) * size for number, size in enumerate(sizes)]
+    sender = threading.Thread(target=lambda: [frames.write(writer, message) for message in messages])
+    sender.start()
+    assert [frames.read(reader) for _ in messages] == messages
+    sender.join(5)
+    os.write(writer, b"\0\0\0")  # a header cut short by the writer's end
+    os.close(writer)
+    with pytest.raises(EOFError):
+        frames.read(reader)
+    with pytest.raises(EOFError):
+        frames.read(reader)
+    os.close(reader)
 
 
 class _Handing(BasePool):

@@ -17,6 +17,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from zerotask import jsonrpc
+from zerotask.node import frames
 from zerotask.node.aio import AsyncTasks
 from zerotask.node.outcome import Outcome, Task, execute
 from zerotask.task import Dispatcher
@@ -49,7 +50,7 @@ def serve(
     child = _Child(from_node, to_node, shared, slots, dispatcher, default_time_limit_s)
     while True:
         try:
-            message = from_node.recv_bytes()
+            message = frames.read(child.from_fd)
         except (EOFError, OSError):
             break
         child.handle(message)
@@ -68,8 +69,9 @@ class _Child:
         dispatcher: Dispatcher,
         default_time_limit_s: float | None,
     ) -> None:
-        self._from_node = from_node
-        self._to_node = to_node
+        # Held until the process exits (a Connection closes its descriptor when collected): the numbers stay theirs.
+        self._pipes = (from_node, to_node)
+        self.from_fd, self._to_fd = from_node.fileno(), to_node.fileno()
         self._shared = shared
         self._states = slots  # where the states start in the shared bytes
         self._dispatcher = dispatcher
@@ -125,23 +127,23 @@ class _Child:
         """Run the event loop until no async task runs, handling what the pipe brings meanwhile."""
         assert self.aio is not None
         loop = self.aio.loop
-        loop.add_reader(self._from_node.fileno(), self._readable)
+        loop.add_reader(self.from_fd, self._readable)
         try:
             # idle() may return with a task running: one the pipe brought after the last ended, before
             # the waiter resumed.
             while len(self.aio):
                 loop.run_until_complete(self.aio.idle())
         finally:
-            loop.remove_reader(self._from_node.fileno())
+            loop.remove_reader(self.from_fd)
         if self._outcomes:
             self._flush()
 
     def _readable(self) -> None:
         try:
-            message = self._from_node.recv_bytes()
+            message = frames.read(self.from_fd)
         except (EOFError, OSError):  # the node let go: nobody wants these outcomes
             assert self.aio is not None
-            self.aio.loop.remove_reader(self._from_node.fileno())
+            self.aio.loop.remove_reader(self.from_fd)
             self.aio.cancel_all()
             return
         self.handle(message)
@@ -179,6 +181,6 @@ class _Child:
 
     def _send(self, report: bytes) -> None:
         try:
-            self._to_node.send_bytes(report)
+            frames.write(self._to_fd, report)
         except OSError:
             pass  # the node let go of the pipe: the process ends at the next read

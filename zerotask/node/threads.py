@@ -7,6 +7,12 @@ that end together cost one wake-up.
 Sync tasks go to the threads, in batches as for processes; ``async def`` tasks to one event loop in a
 thread of its own, up to ``slots`` (``count`` times ``concurrency``) at once.
 
+**Short tasks run in the node's loop.** A sync task with no time limit whose last 32 runs in this node
+each took under a millisecond, arriving alone while a thread is idle, runs in the node's loop thread
+itself (``threading.current_thread()`` is then the main thread), sparing the hand-off and its wake-ups.
+A run over the millisecond sends the task's next calls back to the threads. The rule, and what it
+cannot foresee, are in :mod:`zerotask.node.inline`; a task that may block should have a time limit.
+
 What threads cannot do, and what the pool does instead:
 
 - **Time limits**: a thread cannot be killed. At its limit a sync task is reported failed with
@@ -21,6 +27,7 @@ What threads cannot do, and what the pool does instead:
   run again elsewhere. Use the process pool for isolation.
 - **Revoke**: a task that has not started is dropped. A running sync task cannot be stopped: it runs
   on and its outcome is discarded (the broker has recorded REVOKED). A running async task is cancelled.
+  (A task run in the loop ends before the loop reads the next message: a revoke finds it done.)
 - **Drain** (SIGTERM): as for processes. Tasks still running when the grace period ends are left to
   their threads, which die with the process.
 """
@@ -33,7 +40,6 @@ import itertools
 import logging
 import math
 import os
-import sys
 import threading
 import time
 from collections import deque
@@ -43,47 +49,13 @@ from typing import Any
 from zerotask.exceptions import TimeLimitExceeded
 from zerotask.node.aio import ASYNC_LIMIT_MARGIN_S, AsyncTasks
 from zerotask.node.base import BasePool
+from zerotask.node.inbox import ONE, Inbox, wake_pair
+from zerotask.node.inline import ShortTasks
 from zerotask.node.outcome import Outcome, Task, execute, time_limit_message
 
 log = logging.getLogger(__name__)
 
-_ONE = (1).to_bytes(8, sys.byteorder)  # what an eventfd adds to its counter; one byte in a pipe as well
 JOIN_S = 1.0  # how long stop() waits for idle threads to end
-
-
-class Inbox:
-    """What the node's loop hands one pool thread (:meth:`put`), which the thread waits for (:meth:`get`)
-    reading an eventfd of its own. The loop's write (os.write) lets go of the GIL: a thread woken
-    there, on the loop's CPU (the usual case: it preempts the loop), takes the GIL at once and runs
-    its task. Woken by a queue.SimpleQueue, it found the GIL held and had to wait for the loop's next
-    poll, being woken twice more on the way (perf sched: 2.6 wake-ups a task, now 1)."""
-
-    def __init__(self) -> None:
-        self._items: deque[list[Task] | None] = deque()
-        self._reader, self._writer = _wake_pair(blocking=True)
-        self._lock = threading.Lock()  # the thread may close it as the loop puts: never write a closed descriptor
-
-    def put(self, item: list[Task] | None) -> None:
-        """Hand over a batch, or None: the end (nothing after it is read)."""
-        with self._lock:
-            if self._writer >= 0:
-                self._items.append(item)
-                os.write(self._writer, _ONE)
-
-    def get(self) -> list[Task] | None:
-        """The next item, waiting for it."""
-        while not self._items:
-            os.read(self._reader, 8)  # a put after the check has left the count above 0: no wait
-        return self._items.popleft()
-
-    def close(self) -> None:
-        """Release the descriptors, as the thread ends; a put after this does nothing."""
-        with self._lock:
-            if self._reader >= 0:
-                os.close(self._reader)
-                if self._writer != self._reader:
-                    os.close(self._writer)
-                self._reader = self._writer = -1
 
 
 class PoolThread:
@@ -116,12 +88,13 @@ class ThreadPool(BasePool):
         self._async_ended: deque[tuple[int, Outcome | None, int, float]] = deque()  # by the event loop
         self._progress_inbox: deque[dict[str, Any]] = deque()  # report_progress, from threads and the loop
         self._running_async: dict[int, Task] = {}
+        self._shorts = ShortTasks()  # which sync tasks have been short enough to run in the node's loop
         self._keys = itertools.count()
         self._aio: AsyncTasks | None = None
         self._loop_thread: threading.Thread | None = None
         self._signalled = False
         self._wake_lock = threading.Lock()
-        self._wake_reader, self._wake_writer = _wake_pair()
+        self._wake_reader, self._wake_writer = wake_pair()
         self._server.add_socket(self._wake_reader, self._on_wake)
         self._top_up()
 
@@ -187,7 +160,7 @@ class ThreadPool(BasePool):
             with self._wake_lock:
                 if self._wake_writer >= 0:
                     try:
-                        os.write(self._wake_writer, _ONE)
+                        os.write(self._wake_writer, ONE)
                     except BlockingIOError:
                         pass  # a full pipe wakes the loop anyway
 
@@ -251,7 +224,9 @@ class ThreadPool(BasePool):
         self._running_async.clear()
 
     def dispatch(self) -> None:
-        if self.pending:
+        if len(self.pending) == 1 and self._runs_inline(self.pending[0]):
+            self._run_inline(self.pending.popleft())
+        elif self.pending:
             idle = [runner for runner in self.workers if runner.idle]
             for position, runner in enumerate(idle):
                 if not self.pending:
@@ -265,6 +240,22 @@ class ThreadPool(BasePool):
                     self._limits[batch[0]["task_id"]] = timer
         if self._waiting_async and len(self._running_async) < self.slots:
             self._hand_async()
+
+    def _runs_inline(self, task: Task) -> bool:
+        """Whether to run ``task``, the only one waiting, here in the node's loop (see zerotask.node.inline)."""
+        return (
+            self._shorts.short(task["method"])
+            and not ((self._any_limit or "time_limit_s" in task) and self._time_limit(task) is not None)
+            and any(runner.idle for runner in self.workers)  # it takes an idle thread's place
+        )
+
+    def _run_inline(self, task: Task) -> None:
+        started = time.monotonic()
+        outcome, encoded = execute(self._dispatcher, task, self._report_progress)
+        seconds = time.monotonic() - started
+        self._shorts.ran(task["method"], seconds)
+        self._measured(seconds, 1)
+        self._deliver(task, outcome, len(encoded))
 
     def _hand_async(self) -> None:
         aio = self._async_tasks()
@@ -340,6 +331,8 @@ class ThreadPool(BasePool):
         while ended:
             runner, outcome, size, seconds = ended.popleft()
             task = runner.batch.popleft()
+            if outcome is not None:  # it ran (a revoked task passed over did not)
+                self._shorts.ran(task["method"], seconds)
             busy_s += seconds
             count += 1
             if runner.abandoned:  # its task was failed at its time limit; the thread ends now
@@ -366,15 +359,3 @@ class ThreadPool(BasePool):
         if count:
             self._measured(busy_s, count)
         self.dispatch()
-
-
-def _wake_pair(blocking: bool = False) -> tuple[int, int]:
-    """An eventfd (reader and writer are the same descriptor), or a pipe where there is none;
-    non-blocking unless ``blocking``."""
-    if hasattr(os, "eventfd"):
-        fd = os.eventfd(0, os.EFD_CLOEXEC | (0 if blocking else os.EFD_NONBLOCK))
-        return fd, fd
-    reader, writer = os.pipe()
-    os.set_blocking(reader, blocking)
-    os.set_blocking(writer, blocking)
-    return reader, writer

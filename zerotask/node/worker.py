@@ -43,6 +43,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from zerotask import jsonrpc
+from zerotask.node import frames
 from zerotask.node.child import MAX_BATCH, STARTED, serve
 from zerotask.task import Dispatcher
 
@@ -154,7 +155,7 @@ class Worker:
 
     def _send(self, message: dict[str, Any]) -> None:
         try:
-            self.connection.send_bytes(jsonrpc.dumps(message))
+            frames.write(self.connection.fileno(), jsonrpc.dumps(message))
         except OSError:
             pass  # it died: its pipe is at end-of-file, which the node hears about next
 
@@ -163,7 +164,7 @@ class Worker:
         just ended (outcome None for a revoked task: passed over, cancelled, or run anyway); None if the
         worker died (what it held is left as it was: :meth:`started` says what was running)."""
         try:
-            encoded = self._outcomes.recv_bytes()
+            encoded = frames.read(self._outcomes.fileno())
         except (EOFError, OSError):
             return None
         report = jsonrpc.loads(encoded)
