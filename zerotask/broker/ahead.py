@@ -39,22 +39,16 @@ class RoundAhead:
         self.unsent: Finals = []  # outcomes that wait for the round's write
         self._sent: Finals = []  # those the write carries
         self._handed: Handed | None = None  # what an answer handed out, not yet taken by the transport
-        self._unfollowed: list[tuple[Finals, list[bool], Handed]] = []  # answers read, not yet acted on
 
     @property
     def taking(self) -> bool:
         """Whether a write was sent whose answer the transport has not taken yet."""
-        return self._assigner.taking or self._handed is not None or bool(self._unfollowed)
-
-    @property
-    def answer_pending(self) -> bool:
-        """Whether a write was sent whose answer is not read yet."""
-        return self._assigner.taking
+        return self._assigner.taking or self._handed is not None
 
     def send(self, nodes: Iterable[NodeSlot], outcomes: Callable[[Finals], Sequence[Outcome]]) -> None:
         self._sent, self.unsent = self.unsent, []
         try:
-            self._assigner.begin(nodes, outcomes(self._sent), bool(self._writes.added))
+            self._assigner.begin(nodes, outcomes(self._sent))
         except StoreUnavailable:
             self._writes.keep(functools.partial(self._end, self._sent))
             self._sent = []
@@ -75,9 +69,7 @@ class RoundAhead:
             except StoreUnavailable:  # once the store is back (one that ran is then recorded already)
                 self._writes.keep(functools.partial(self._end, finals))
 
-    def read_answer(self) -> None:
-        """Read the write's answer (the nodes' credit is then used up by what it took), but leave what
-        follows to :meth:`answered`: the next write can go first, and the store work on it meanwhile."""
+    def _read(self) -> None:
         if not self._assigner.taking:
             return
         finals, self._sent = self._sent, []
@@ -88,11 +80,5 @@ class RoundAhead:
             self._writes.keep(functools.partial(self._end, finals))
             self._handed = self._handed or []
             return
-        self._unfollowed.append((finals, recorded, handed))
-
-    def _read(self) -> None:
-        self.read_answer()
-        while self._unfollowed:
-            finals, recorded, handed = self._unfollowed.pop(0)
-            self._ended(finals, recorded)
-            self._handed = (self._handed or []) + self._hand(handed)
+        self._ended(finals, recorded)
+        self._handed = (self._handed or []) + self._hand(handed)

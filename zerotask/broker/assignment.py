@@ -66,13 +66,12 @@ class Assigner:
             candidates = [node for node in ready if node.credit > 0]
         return list(handed.values())
 
-    def begin(self, nodes: Iterable[NodeSlot], outcomes: Sequence[Outcome], added: bool = False) -> None:
+    def begin(self, nodes: Iterable[NodeSlot], outcomes: Sequence[Outcome]) -> None:
         """A pipelined store's round: send ``outcomes`` to record and one take for the nodes with credit
-        (if there is either, or tasks were ``added``: they go with it), answered by :meth:`answered`. One
-        at a time."""
+        (if there is either), answered by :meth:`answered`. One at a time."""
         assert self._taking is None, "the last round's answer was not read"
         _, wants, takers = self._round([node for node in nodes if node.credit > 0 and not node.draining])
-        if wants or outcomes or added:
+        if wants or outcomes:
             self._taking = (takers, self._store.take_later(wants, outcomes))
 
     def answered(self) -> tuple[list[bool], list[tuple[NodeSlot, list[TaskRecord]]]]:

@@ -280,15 +280,6 @@ class BrokerCore:
     def taking(self) -> bool:  # a round was sent ahead: take_answered must read it, or hand out what it took
         return self._ahead.taking
 
-    @property
-    def answer_pending(self) -> bool:  # a round was sent ahead and its answer is not read yet
-        return self._ahead.answer_pending
-
-    def read_answer(self) -> None:
-        """Read the answer of the round sent ahead; :meth:`take_answered` does what follows (the next
-        round's write may be sent in between)."""
-        self._ahead.read_answer()
-
     def take_answered(self) -> list[tuple[NodeSlot, list[TaskRecord]]]:
         """What the round sent ahead took, as assign returns it, its outcomes recorded (waiting for the
         store's answer). If the store failed, the next commits write again what it carried."""

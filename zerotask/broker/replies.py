@@ -67,11 +67,6 @@ class Outbox:
                 held.setdefault(envelope, []).extend(messages)
             self._messages = held
 
-    def take_held(self) -> dict[Envelope, list[Message]]:
-        """What :meth:`hold` kept (for :meth:`put_back`); nothing is held afterwards."""
-        held, self._held = self._held, {}
-        return held
-
     def put_back(self, messages: dict[Envelope, list[Message]]) -> None:
         """Queue again what :meth:`take` took, before what was queued since."""
         for envelope, queued in self._messages.items():

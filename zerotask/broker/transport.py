@@ -13,7 +13,6 @@ everything is sent. That is how many tasks share one commit.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -37,7 +36,7 @@ from zerotask.broker.stats import Throughput
 from zerotask.broker.upkeep import StoreUpkeep
 from zerotask.broker.workflows import Workflows
 from zerotask.exceptions import StoreUnavailable, ZerotaskError
-from zerotask.loop import EventLoop, Timer
+from zerotask.loop import EventLoop
 from zerotask.store import Store, open_store
 from zerotask.task import Dispatcher, default_dispatcher
 
@@ -66,9 +65,6 @@ _NODE_DEPTH = jsonrpc.MAX_DEPTH + 8
 _ANNOUNCE_S = 3600.0  # how often the store is told again which names this broker's nodes serve
 _RESUME_WORKFLOWS_S = 30.0  # with a shared store, how often unfinished workflows are looked at again
 _STORE_PROBE_S = 0.25  # how often a broker whose store is unreachable tries it again
-# How long a round's write sent ahead may stay unanswered before the broker stops reading messages and
-# waits for it (a store that hangs is then found by the connection's timeout).
-_ANSWER_WAIT_S = 0.2
 _NOBLOCK, _MORE_NOBLOCK = int(zmq.NOBLOCK), int(zmq.SNDMORE | zmq.NOBLOCK)  # (plain ints: pyzmq's enums cost a call each use)
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
@@ -154,8 +150,6 @@ class Broker(EventLoop):
         self.outbox = Outbox(self.max_message_bytes)
         self._backlog_wakeup = False
         self._answer_fd: int | None = None  # while a take sent ahead waits: where its answer comes
-        self._answer_due = 0.0  # (time.monotonic) after which the answer is waited for
-        self._answer_timer: Timer | None = None  # wakes the loop then
         self.nodes = NodeProtocol(self.core, self.outbox, self.heartbeat_s, self.liveness, self.max_message_bytes)
         self.nodes.periodic = Periodic(self.store, self, lambda name, task_id: self.core.submit(name, [], {}, task_id))
         self.workflows.attach(self.core, self, self.nodes.revoke)
@@ -230,24 +224,10 @@ class Broker(EventLoop):
                 return
 
     def after_events(self) -> None:
-        """The end of a round: hand out tasks, commit, then send what the commit made true. While the last
-        round's write is still with the store, its answer comes through the poller (or, if it is late, is
-        waited for here): this round's adds, outcomes and messages wait for the write sent after it, so
-        that the broker reads messages while the store works instead of waiting for it."""
+        """The end of a round: hand out tasks, commit, then send what the commit made true."""
         self.clients.ids_this_round = 0
-        if not self.core.taking:
-            self._end_round()
-        elif not self.core.answer_pending or time.monotonic() >= self._answer_due:
-            self._answered(wait=True)
-
-    def _end_round(self) -> None:
-        self._write_round()
-        self._deliver()
-        self._await_answer()
-
-    def _write_round(self) -> None:
-        """Hand out tasks (with a store that sends ahead: send the round's write) and commit; what the
-        commit does not make true yet is held."""
+        if self.core.taking:  # the last round's take, sent ahead: one at a time (this round's adds go with the next)
+            self._take_answered()
         try:
             if not self.core.writes.down:  # (while it is, the commit's probe alone tries the store)
                 self.nodes.send_tasks(self.core.assign())
@@ -260,38 +240,26 @@ class Broker(EventLoop):
         elif not self._store_probe:
             self._store_probe = True  # come back to try the store, even if no one sends anything
             self.call_later(_STORE_PROBE_S, self._store_probed)
-
-    def _await_answer(self) -> None:
-        if self.core.taking:  # read its answer as soon as it comes, or once it is late
-            self._answer_fd = self.store.answer_fileno()
-            if self._answer_fd is None:  # (no connection to wait on: it reads the answer, sending again)
-                self._answered(wait=True)
-            else:
-                self.add_socket(self._answer_fd, self._answered)
-                self._answer_due = time.monotonic() + _ANSWER_WAIT_S
-                self._answer_timer = self.call_later(_ANSWER_WAIT_S, lambda: None)  # (wakes the loop: after_events)
-
-    def _answered(self, wait: bool = False) -> None:
-        """The store's answer came: send the next write first, so that the store works on it while this
-        one's outcomes are answered and the tasks it took go out. Unless ``wait``, only once it came whole."""
-        if not wait and not self.store.answer_ready():
-            return  # (its first replies: the poller says when more comes)
-        self._stop_awaiting()
-        self.core.read_answer()
-        durable = {} if self.core.writes.down else self.outbox.take_held()  # (what the write carried is stored)
-        self._write_round()  # (what came since waits for this write)
-        self.nodes.send_tasks(self.core.take_answered())
-        self.outbox.put_back(durable)
         self._deliver()
-        self._await_answer()
+        if self.core.taking:  # read its answer as soon as it comes, or at the next round's end
+            self._answer_fd = self.store.answer_fileno()
+            if self._answer_fd is None:
+                self._take_answered()
+            else:
+                self.add_socket(self._answer_fd, self._take_answered)
 
-    def _stop_awaiting(self) -> None:
+    def _take_answered(self) -> None:
+        """Send the tasks of the take sent ahead, and what waited for the adds it carried; messages of
+        this round so far wait for its own commit."""
         if self._answer_fd is not None:
             self.remove_socket(self._answer_fd)
             self._answer_fd = None
-        if self._answer_timer is not None:
-            self._answer_timer.cancel()
-            self._answer_timer = None
+        later = self.outbox.take()
+        self.nodes.send_tasks(self.core.take_answered())
+        if not self.core.writes.down:
+            self.outbox.release()
+        self._deliver()
+        self.outbox.put_back(later)
 
     def _deliver(self) -> None:
         for event in self.events.take():

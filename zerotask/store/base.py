@@ -300,11 +300,6 @@ class Store(ABC):
         arrives, or None."""
         return None
 
-    def answer_ready(self) -> bool:
-        """Whether the answer of a call sent ahead has come whole (reading what came, never waiting); True
-        if none is outstanding."""
-        return True
-
     def changes(self) -> Changes:
         """What other brokers did since the last call (reading every notification that arrived). Cheap."""
         return Changes()

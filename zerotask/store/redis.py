@@ -283,9 +283,6 @@ class RedisStore(RedisCalls, Store):
     def answer_fileno(self) -> int | None:
         return self._route.answer_fileno()
 
-    def answer_ready(self) -> bool:
-        return self._route.answer_ready()
-
     def changes(self) -> Changes:
         """Raises StoreUnavailable while Redis cannot be reached (then nothing read is lost)."""
         if self._notifications is None:

@@ -17,7 +17,6 @@ from zerotask.store.base import StoreUnavailable
 try:
     import hiredis
     import redis
-    from redis._parsers.hiredis import NOT_ENOUGH_DATA  # what its hiredis reader answers for "not yet"
     from redis.backoff import ExponentialBackoff
     from redis.crc import key_slot
     from redis.retry import Retry
@@ -91,11 +90,10 @@ def _hosts(netloc: str, default_port: int) -> tuple[list[tuple[str, int]], str |
 class Pending:
     """The replies of commands sent ahead (:meth:`Link.send`): :meth:`result` reads them, when needed."""
 
-    __slots__ = ("_link", "packed", "read", "replies", "error")
+    __slots__ = ("_link", "packed", "replies", "error")
 
     def __init__(self, link: Link, packed: list[bytes]) -> None:
         self._link, self.packed = link, packed
-        self.read: list[Any] = []  # the replies read so far (by Link.answer_ready)
         self.replies: list[Any] | None = None
         self.error: BaseException | None = None
 
@@ -155,7 +153,7 @@ class Link:
         def attempt() -> list[Any]:
             if not sent[0] and connection._sock is not None:
                 sent[0] = True
-                return pending.read + self._read(connection, len(pending.packed) - len(pending.read))
+                return self._read(connection, len(pending.packed))
             return self._round_trip(connection, pending.packed)
 
         try:
@@ -163,28 +161,6 @@ class Link:
         except Exception as error:  # for the Pending's owner to see
             pending.error = error
             connection.disconnect()  # what it still owes us must not be read as another call's replies
-
-    def answer_ready(self) -> bool:
-        """Whether the outstanding answer has come whole (reading what has come, without waiting): Redis
-        answers a long write's first commands before it has run the rest. True if none is outstanding, or
-        the connection failed (:meth:`collect` then sends it again)."""
-        pending, connection = self._outstanding, self._connection
-        if pending is None or connection is None or connection._sock is None:
-            return True
-        parser = connection._parser
-        try:
-            while len(pending.read) < len(pending.packed):
-                reply = parser._reader.gets()
-                if reply is NOT_ENOUGH_DATA:
-                    if not parser.read_from_socket(timeout=0, raise_on_timeout=False):
-                        return False
-                elif isinstance(reply, redis.ConnectionError):
-                    raise reply
-                else:
-                    pending.read.append(reply)  # (an error reply is a ResponseError, as _read keeps it)
-        except Exception:
-            connection.disconnect()
-        return True
 
     def answer_fileno(self) -> int | None:
         """The socket the outstanding answer comes on (None if none is outstanding, or not connected)."""
@@ -268,10 +244,6 @@ class Route:
     def answer_fileno(self) -> int | None:
         """Readable when the answer of what :meth:`send` sent arrives; None if nothing waits for one."""
         return self._link.answer_fileno()
-
-    def answer_ready(self) -> bool:
-        """:meth:`Link.answer_ready`."""
-        return self._link.answer_ready()
 
     def replies(self, pending: Pending) -> list[Any]:
         """What :meth:`run` would have answered for the commands of ``pending``."""
