@@ -219,8 +219,10 @@ def _client() -> None:
 
 
 def _broker() -> None:
-    _patch("zmq:Socket.recv_multipart", _after("recv", _received))
-    _patch("zmq:Socket.send_multipart", _before("send", _payload))
+    # The broker reads and writes its ROUTER frame by frame (and publishes events with the same send):
+    # stamped where a message has been read whole, and where a reply starts going out.
+    _patch("zerotask.broker.transport:Broker._on_message", _before("recv", lambda args: args[1]))  # (broker, frames)
+    _patch("zerotask.broker.transport:Broker._send_reply", _before("send", lambda args: args[2]))  # (broker, envelope, payload)
     _patch("zerotask.jsonrpc:loads", _after("loads"))
     _patch("zerotask.broker.core:BrokerCore.submit", _before("submit"))
     _patch("zerotask.broker.core:BrokerCore.submit", _after("submitted", _received))
