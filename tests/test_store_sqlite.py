@@ -4,29 +4,15 @@ before the journal. The behaviour every store shares is in test_store_contract.p
 from __future__ import annotations
 
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.test_store_contract import Clock
+from tests.test_store_contract import clock as clock  # (the fixture, by name)
 from zerotask.store import Outcome, SqliteStore, TaskRecord
 from zerotask.store import sqlite as sqlite_store
 from zerotask.wire import ASSIGNED, FAILED, FINISHED, QUEUED, RETRY, SCHEDULED
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    made = Clock()
-    monkeypatch.setattr(time, "time", made)
-    return made
 
 
 def rows(path: str, table: str) -> int:

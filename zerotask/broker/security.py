@@ -26,7 +26,6 @@ from zerotask import auth, sockets, wire
 from zerotask.exceptions import Forbidden, UnknownTask
 from zerotask.store import TaskRecord
 
-_NOBLOCK, _RCVMORE = int(zmq.NOBLOCK), int(zmq.RCVMORE)  # (plain ints: pyzmq's enums cost a call each use)
 log = logging.getLogger("zerotask.broker")
 
 NODE_METHODS = frozenset(
@@ -119,9 +118,9 @@ class Security:
             recv, more = sock.recv, sock.get
 
             def receive_frames() -> list[bytes]:  # recv_multipart, without its enum conversions per frame
-                frames = [recv(_NOBLOCK)]
-                while more(_RCVMORE):
-                    frames.append(recv(_NOBLOCK))
+                frames = [recv(sockets.NOBLOCK)]
+                while more(sockets.RCVMORE):
+                    frames.append(recv(sockets.NOBLOCK))
                 return frames
 
             return receive_frames

@@ -65,8 +65,6 @@ _NODE_DEPTH = jsonrpc.MAX_DEPTH + 8
 _ANNOUNCE_S = 3600.0  # how often the store is told again which names this broker's nodes serve
 _RESUME_WORKFLOWS_S = 30.0  # with a shared store, how often unfinished workflows are looked at again
 _STORE_PROBE_S = 0.25  # how often a broker whose store is unreachable tries it again
-_NOBLOCK, _MORE_NOBLOCK = int(zmq.NOBLOCK), int(zmq.SNDMORE | zmq.NOBLOCK)  # (plain ints: pyzmq's enums cost a call each use)
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
 class Broker(EventLoop):
@@ -205,7 +203,7 @@ class Broker(EventLoop):
     # ---- the loop --------------------------------------------------------------------------------
 
     def _on_requests(self) -> None:
-        budget, size, events = _ROUND_BUDGET, 0, self.requests.get
+        budget, size = _ROUND_BUDGET, 0
         while budget > 0 and size < _ROUND_BYTES:
             try:
                 frames = self._receive()  # with CURVE, also who sent it (self.security.sender)
@@ -213,8 +211,8 @@ class Broker(EventLoop):
                 return
             size += len(frames[-1])
             budget -= self._on_message(frames)
-            if not int(events(_EVENTS)) & _POLLIN:
-                return  # (asking costs a tenth of the zmq.Again the next receive would raise)
+            if not sockets.waiting(self.requests):
+                return
 
     def _on_subscription(self) -> None:
         while True:
@@ -273,8 +271,8 @@ class Broker(EventLoop):
     def _send_reply(self, envelope: Envelope, payload: bytes) -> bool:
         try:
             for frame in envelope:  # send_multipart, without its list and enum operations
-                self.requests.send(frame, _MORE_NOBLOCK)
-            self.requests.send(payload, _NOBLOCK)
+                self.requests.send(frame, sockets.MORE_NOBLOCK)
+            self.requests.send(payload, sockets.NOBLOCK)
         except zmq.Again:  # the peer's queue is full (SNDHWM): it reads slowly, or not at all
             return False
         except zmq.ZMQError as error:  # EHOSTUNREACH: the peer is gone, its own problem
