@@ -115,15 +115,7 @@ class Security:
         """What reads one message from ``sock`` (NOBLOCK: raises zmq.Again when none is waiting). With CURVE
         it also sets :attr:`sender` from the message's User-Id; without, it skips that cost."""
         if not self.enabled:
-            recv, more = sock.recv, sock.get
-
-            def receive_frames() -> list[bytes]:  # recv_multipart, without its enum conversions per frame
-                frames = [recv(sockets.NOBLOCK)]
-                while more(sockets.RCVMORE):
-                    frames.append(recv(sockets.NOBLOCK))
-                return frames
-
-            return receive_frames
+            return sockets.router_receiver(sock)
 
         def receive() -> list[bytes]:
             frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)

@@ -166,6 +166,7 @@ class Broker(EventLoop):
         self.requests = sockets.request_router(self.context, self.bind_endpoint, self.max_message_bytes, self.security.keys)
         self.publisher = sockets.event_publisher(self.context, self.publish_endpoint, self.security.keys)
         self._receive = self.security.receiver(self.requests)
+        self._send = sockets.sender(self.requests)
         self.security.watch(self.requests, self.add_socket)
         self.security.watch(self.publisher, self.add_socket)
         self.add_socket(self.requests, self._on_requests)
@@ -269,10 +270,11 @@ class Broker(EventLoop):
             self.call_later(0.001, self._backlog_woken)
 
     def _send_reply(self, envelope: Envelope, payload: bytes) -> bool:
+        send = self._send
         try:
             for frame in envelope:  # send_multipart, without its list and enum operations
-                self.requests.send(frame, sockets.MORE_NOBLOCK)
-            self.requests.send(payload, sockets.NOBLOCK)
+                send(frame, sockets.MORE_NOBLOCK)
+            send(payload, sockets.NOBLOCK)
         except zmq.Again:  # the peer's queue is full (SNDHWM): it reads slowly, or not at all
             return False
         except zmq.ZMQError as error:  # EHOSTUNREACH: the peer is gone, its own problem

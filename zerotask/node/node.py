@@ -178,6 +178,7 @@ class Node(EventLoop):
             sockets.close_watched(self._socket, self._monitor)
         self._socket, self._monitor = self.brokers.connect(self.context, routing_id=self.identity, curve=self.curve)
         self._socket.setsockopt(zmq.SNDHWM, 0)  # what the node says is bounded by its credit and workers
+        self._send_frame = sockets.sender(self._socket)
         self.add_socket(self._socket, self._on_broker)
         if self._monitor is not None:
             self.add_socket(self._monitor, self._on_monitor)
@@ -239,7 +240,7 @@ class Node(EventLoop):
         broker = self._socket
         while broker is not None:
             try:
-                payload = broker.recv(zmq.NOBLOCK)
+                payload = broker.recv(sockets.NOBLOCK)
             except zmq.Again:
                 return
             self._silence.heard()
@@ -356,7 +357,7 @@ class Node(EventLoop):
     def _send_bytes(self, payload: bytes) -> None:
         assert self._socket is not None
         try:
-            self._socket.send(payload, zmq.NOBLOCK)
+            self._send_frame(payload, sockets.NOBLOCK)
         except zmq.Again:  # no connection: a refused CURVE handshake leaves none (libzmq does not retry it)
             log.debug("no connection to the broker: a message dropped; the heartbeat reconnects")
         self._last_sent = time.monotonic()
