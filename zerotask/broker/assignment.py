@@ -57,6 +57,8 @@ class Assigner:
     def assign(self, nodes: Iterable[NodeSlot]) -> list[tuple[NodeSlot, list[TaskRecord]]]:
         """Take queued tasks for the nodes with credit; returns each node with the tasks it now holds
         (its credit is used up accordingly). Loops until no node with credit has anything it serves."""
+        if not self._store.queued_counts():  # a round that only answered: nothing to look at
+            return []
         candidates = [node for node in nodes if node.credit > 0 and not node.draining]
         handed: Handed = {}
         while candidates:

@@ -278,7 +278,7 @@ class BrokerCore:
 
     @property
     def taking(self) -> bool:  # a round was sent ahead: take_answered must read it, or hand out what it took
-        return self._ahead.taking
+        return self.store.pipelined and self._ahead.taking
 
     def take_answered(self) -> list[tuple[NodeSlot, list[TaskRecord]]]:
         """What the round sent ahead took, as assign returns it, its outcomes recorded (waiting for the

@@ -136,7 +136,10 @@ class MemoryStore(Store):
 
     def _take(self, methods: Iterable[str], limit: int, queues: Iterable[str]) -> list[TaskRecord]:
         queued = self._queue.counts
-        lanes = [(queue, method) for method in set(methods) if method in queued for queue in set(queues)]
+        # (each lane once: a want's names and queues are sets, from the broker; anything else is made one)
+        names = methods if isinstance(methods, frozenset | set) else set(methods)
+        queues = queues if isinstance(queues, frozenset | set) else set(queues)
+        lanes = [(queue, method) for method in names if method in queued for queue in queues]
         if not lanes or limit <= 0:
             return []
         taken = self._queue.take(lanes, limit)
