@@ -161,7 +161,8 @@ def test_the_heartbeats_go_on_through_tasks_in_the_loop_and_a_long_one_after_it_
     promoted(client)
     until = time.monotonic() + 1.5
     while time.monotonic() < until:
-        assert client.thread_name() == LOOP
+        # (each ran in the loop, or a run over 1 ms on a busy machine sent it to the threads: back it comes)
+        calls_until_in_loop(client.thread_name)
     assert client.thread_name(0.05) == LOOP  # slow: the next calls go to the threads
     assert client.thread_name(1.5).startswith("zerotask-thread-")
     assert client.thread_name().startswith("zerotask-thread-")
