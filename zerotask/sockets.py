@@ -30,9 +30,11 @@ _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 # The Cython methods under pyzmq's Socket, for the hot path: its Python send adds options zerotask never
 # uses (routing_id, group) for about 1,500 instructions a frame, and every attribute read on its Socket
 # goes through AttributeSetter.__getattr__'s hook (about 800 more). Counted with callgrind.
-_send: Callable[..., Any] = zmq.backend.Socket.send
-_recv: Callable[..., Any] = zmq.backend.Socket.recv
+# ``send_frame(sock, frame, flags)`` and ``recv_frame(sock, flags)`` are sock.send and sock.recv, for less.
+send_frame: Callable[..., Any] = zmq.backend.Socket.send
+recv_frame: Callable[..., Any] = zmq.backend.Socket.recv
 _get: Callable[..., Any] = zmq.backend.Socket.get
+_zmq_poll: Callable[..., list[tuple[Any, int]]] = zmq.zmq_poll
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,9 +246,17 @@ def waiting(sock: Socket) -> bool:
     return bool(_get(sock, _EVENTS) & _POLLIN)
 
 
+def readable(sock: Socket, timeout_ms: int) -> bool:
+    """Whether a message waits on ``sock``, waiting up to ``timeout_ms`` (-1: for ever) for one:
+    ``sock.poll``, without the Poller it builds and the dict it makes of its answer each time."""
+    if sock.closed:
+        raise zmq.ZMQError(zmq.ENOTSUP)  # (as sock.poll: a closed socket's handle would poll descriptor 0)
+    return bool(_zmq_poll([(sock, _POLLIN)], timeout_ms))
+
+
 def sender(sock: Socket) -> Callable[[bytes, int], None]:
     """``send(frame, flags)`` on ``sock``: what ``sock.send`` does for bytes, for a fraction of its cost."""
-    return functools.partial(_send, sock)
+    return functools.partial(send_frame, sock)
 
 
 def router_receiver(sock: Socket) -> Callable[[], list[bytes]]:
@@ -254,7 +264,7 @@ def router_receiver(sock: Socket) -> Callable[[], list[bytes]]:
     waits). A ROUTER puts the sender's routing id first, always followed by the message's own frames, so
     only the frames after it are asked whether more follow, and that by the frame itself: asking the
     socket (RCVMORE, as recv_multipart does) costs an enum conversion, about 8,000 instructions a frame."""
-    recv = functools.partial(_recv, sock)
+    recv = functools.partial(recv_frame, sock)
 
     def receive_frames() -> list[bytes]:
         frames = [recv(NOBLOCK)]

@@ -167,8 +167,8 @@ class Client:
             wait_s = min(last_ping + self.heartbeat_s, silence.last_heard + silence.limit_s) - now
             if deadline is not None:
                 wait_s = min(wait_s, deadline - now)
-            if sock.poll(max(0, math.ceil(wait_s * 1000))) if self._monitor is None else self._poll(sock, wait_s):
-                response = self._parse(sock.recv())
+            if sockets.readable(sock, max(0, math.ceil(wait_s * 1000))) if self._monitor is None else self._poll(sock, wait_s):
+                response = self._parse(sockets.recv_frame(sock))
                 silence.heard()
                 self.brokers.heard()
                 self._answered = True
@@ -208,7 +208,7 @@ class Client:
         to the next broker (``self._socket`` is then a new socket) and this returns False."""
         wait_ms = max(0, math.ceil(wait_s * 1000))
         quick_ms = min(wait_ms, int(QUICK_ANSWER_S * 1000))
-        if sock.poll(quick_ms):
+        if sockets.readable(sock, quick_ms):
             return True
         ready = dict(self._poller.poll(wait_ms - quick_ms))
         assert self._monitor is not None
@@ -301,6 +301,6 @@ def _send(sock: zmq.Socket[bytes], payload: bytes) -> None:
     libzmq does not retry it: a blocking send would wait for ever. The message is dropped instead; the
     caller's silence check opens a fresh socket and sends again."""
     try:
-        sock.send(payload, zmq.NOBLOCK)
+        sockets.send_frame(sock, payload, sockets.NOBLOCK)
     except zmq.Again:
         pass
