@@ -21,7 +21,7 @@ import os
 import select
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,9 +209,10 @@ class Latency:
 class ClientProcess:
     """The benchmark's handle on a ``python -m bench.client`` process; :meth:`stop` ends it."""
 
-    def __init__(self, kind: str, target: str, directory: Path, name: str) -> None:
-        """The client's log goes to ``directory``."""
-        args = [sys.executable, "-m", "bench.client", kind, target]
+    def __init__(self, kind: str, target: str, directory: Path, name: str, prefix: Sequence[str] = ()) -> None:
+        """The client's log goes to ``directory``; ``prefix``: the command that runs ``-m bench.client``
+        (``python -m`` by default; bench.instructions puts valgrind before it)."""
+        args = [*(prefix or [sys.executable, "-m"]), "bench.client", kind, target]
         self.process = Process(args, log_path(directory, f"client-{name}"), pipes=True)
         self._pending = b""
 

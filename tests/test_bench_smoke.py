@@ -132,6 +132,19 @@ def test_roles_gives_each_process_its_cpu_per_task() -> None:
     assert broker > 0 and total >= client + broker + node + workers - 0.2, done.stdout  # every role was read
 
 
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed (.ci/run installs it)")
+def test_instructions_counts_every_process_of_a_call() -> None:
+    args = [sys.executable, "-m", "bench.instructions", "--calls", "60", "--pool", "process"]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=scaled(540))
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in done.stdout.splitlines() if line.startswith("| ")}
+    counts = [cell.strip().split(" ")[0].replace(",", "") for role in ("client", "broker", "worker") for cell in rows[role]]
+    # A call costs each process thousands of instructions at least (a pyzmq send alone is more than 1,000).
+    assert len(counts) == 6 and all(int(count) > 1_000 for count in counts), done.stdout
+    assert "× raw" in rows["all"][0], done.stdout
+
+
 def test_trace_matches_stamps_to_their_call() -> None:
     """Stamps are matched by task id, and a stamp naming no task by its place between its neighbours:
     another task's message, or a heartbeat parsed between two hops of the call, is passed over."""
