@@ -95,7 +95,7 @@ class Outbox:
             if envelope not in messages:
                 messages[envelope] = []
         for envelope, queued in messages.items():
-            fresh = coalesce(queued, self.limit)
+            fresh = _one(queued[0], self.limit) if len(queued) == 1 else coalesce(queued, self.limit)
             try:
                 if envelope in self._backlog and not self._send_waiting(envelope, send):
                     self._hold(envelope, fresh)  # still no room: the new ones wait behind the old
@@ -254,6 +254,13 @@ def coalesce(messages: list[Message], limit: int = DEFAULT_REPLY_LIMIT) -> Itera
             yield _bounded(_encode(message), message, limit)
     if run:
         yield from _notifications(run, limit)
+
+
+def _one(message: Message, limit: int) -> Iterator[bytes]:
+    """:func:`coalesce` of one message (a blocking call's reply, a node's tasks), without its generator."""
+    if isinstance(message, list):
+        return iter((_encode_responses(message, limit),))
+    return iter((_bounded(_encode(message), message, limit),))
 
 
 def _notifications(run: list[dict[str, Any]], limit: int) -> Iterator[bytes]:
