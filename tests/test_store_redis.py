@@ -50,7 +50,7 @@ def take(store: RedisStore, limit: int = 100, methods: tuple[str, ...] = ("a",))
 
 def _add_args(task_id: str, created: str) -> list[Any]:
     """What the add script gets for a task of method "a", priority 0, in the default queue."""
-    return [task_id, b"[[],{},{}]", "", "", created, f"|0|{created}|0||{names('a', 'default')}", lane("a", "default") + "9"]
+    return [task_id, b"[[],{},{}]", f"|0|{created}|0||{names('a', 'default')}", lane("a", "default") + "9"]
 
 
 def state(store: RedisStore, task_id: str) -> str:
@@ -218,10 +218,10 @@ class TestTwoBrokers:
         a.attach("broker-a", 60.0)
         token = uuid.uuid4().hex
         first = _add_args("t1", "1.5")
-        assert a._call("add", token, 1, *first) == b"1"
+        assert a._call("add", token, 1, 0, *first) == b"1"
         second = _add_args("t2", "2.5")
-        assert a._call("add", token, 2, *first, *second) == b"11"  # the batch grew while in doubt
-        assert a._call("add", uuid.uuid4().hex, 1, *first) == b"0"  # another batch: the id exists
+        assert a._call("add", token, 2, 0, *first, *second) == b"11"  # the batch grew while in doubt
+        assert a._call("add", uuid.uuid4().hex, 1, 0, *first) == b"0"  # another batch: the id exists
         take_args = [token, 0, 1, 5, 1, "a", 1, "default"]
         taken = a._call("take", *take_args)
         assert [row[0] for row in taken[0]] == [b"t1", b"t2"]

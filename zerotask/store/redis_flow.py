@@ -17,62 +17,63 @@ from zerotask import jsonrpc
 from zerotask.store.base import Outcome, Want, want_parts
 from zerotask.wire import FINAL_STATES
 
-# ARGV[4] token, ARGV[5] n, then per task (ADD_FIELDS): id, params, owner ("" or "+" .. owner), due_at ("" for
-# none), created_at, the end of its row after the sequence ("|attempts|created_at|priority|due_at|names"), and
-# its lane with 9 - priority (where it goes in QUEUE, before the sequence). A task due later than now is
-# SCHEDULED, any other QUEUED. Answers one "1" (added) or "0" (refused: the id exists) per task. A batch
-# sent again with the same token (its reply was lost, and more tasks may follow it) gets the answers it had.
-ADD_FIELDS = 7
+# ARGV[4] token, ARGV[5] n, ARGV[6] m, then per task (ADD_FIELDS): id, params, the end of its row after the
+# sequence ("|attempts|created_at|priority|due_at|names") and its lane with 9 - priority (where it goes in
+# QUEUE, before the sequence); then m triples for the tasks that have a due_at or an owner: the task's place
+# in the batch (from 1), due_at ("" for none), owner ("" or "+" .. owner). Most tasks have neither: they cost
+# no arguments for them. A task due later than now is SCHEDULED, any other QUEUED. Answers one "1" (added)
+# or "0" (refused: the id exists) per task. A batch sent again with the same token (its reply was lost, and
+# more tasks may follow it) gets the answers it had.
+ADD_FIELDS = 4
 ADD = r"""
-local token, n, now = ARGV[4], tonumber(ARGV[5]), tonumber(NOW)
+local token, n, m, now = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(NOW)
 local flags = {}
 local last = redis.call('GET', REPLY_ADD)
 if last and string.sub(last, 1, #token + 1) == token .. '\n' then
   for i = #token + 2, #last do flags[#flags + 1] = string.sub(last, i, i) end
 end
+local dues, owned = {}, {}
+for at = 7 + n * 4, 4 + n * 4 + m * 3, 3 do
+  local i = tonumber(ARGV[at])
+  if ARGV[at + 1] ~= '' then dues[i] = ARGV[at + 1] end
+  if ARGV[at + 2] ~= '' then owned[i] = string.sub(ARGV[at + 2], 2) end
+end
 local first, ids = #flags + 1, {}
-for i = first, n do ids[#ids + 1] = ARGV[5 + (i - 1) * 7 + 1] end
+for i = first, n do ids[i - first + 1] = ARGV[3 + i * 4] end
 local existing = mget(TASK, ids)
-local rows, params, owners, queue, scheduled, live = {}, {}, {}, {}, {}, {}
+local rows, params, owners, queue, scheduled = {}, {}, {}, {}, {}
+local k, kq, ks, ko = 0, 0, 0, 0
 -- every task of the batch gets a number (one INCRBY), whether added or not: gaps do no harm
 local seq = #ids > 0 and redis.call('INCRBY', NEXT, #ids) - #ids or 0
 local seen, by_lane, added, later = {}, {}, 0, 0
 for i = first, n do
-  local at = 5 + (i - 1) * 7
+  local at = 2 + i * 4
   local id = ARGV[at + 1]
   if existing[i - first + 1] or seen[id] then
     flags[i] = '0'
   else
     seen[id] = true
     seq = seq + 1
-    local hex, due, k = string.format('%012x', seq), ARGV[at + 4], #rows
-    if due ~= '' and tonumber(due) > now then
-      rows[k + 1], rows[k + 2] = id, 'SCHEDULED|||' .. hex .. ARGV[at + 6]
-      scheduled[#scheduled + 1] = due
-      scheduled[#scheduled + 1] = hex .. id
+    local hex, due = string.format('%012x', seq), dues[i]
+    if due and tonumber(due) > now then
+      rows[k + 1], rows[k + 2] = id, 'SCHEDULED|||' .. hex .. ARGV[at + 3]
+      scheduled[ks + 1], scheduled[ks + 2], ks = due, hex .. id, ks + 2
       later = later + 1
     else
-      local l = ARGV[at + 7]
-      rows[k + 1], rows[k + 2] = id, 'QUEUED|||' .. hex .. ARGV[at + 6]
-      queue[#queue + 1] = '0'
-      queue[#queue + 1] = l .. hex .. id
+      local l = ARGV[at + 4]
+      rows[k + 1], rows[k + 2] = id, 'QUEUED|||' .. hex .. ARGV[at + 3]
+      queue[kq + 1], queue[kq + 2], kq = '0', l .. hex .. id, kq + 2
       by_lane[l] = (by_lane[l] or 0) + 1
       added = added + 1
     end
-    k = #params
-    params[k + 1], params[k + 2] = id, ARGV[at + 2]
-    if ARGV[at + 3] ~= '' then
-      owners[#owners + 1] = id
-      owners[#owners + 1] = string.sub(ARGV[at + 3], 2)
-    end
-    k = #live
-    live[k + 1], live[k + 2] = ARGV[at + 5], id
+    params[k + 1], params[k + 2], k = id, ARGV[at + 2], k + 2
+    if owned[i] then owners[ko + 1], owners[ko + 2], ko = id, owned[i], ko + 2 end
     flags[i] = '1'
   end
 end
-if #rows > 0 then
+if k > 0 then
   bulk('HSET', TASK, rows); bulk('HSET', PARAMS, params); bulk('HSET', OWNER, owners)
-  bulk('ZADD', QUEUE, queue); bulk('ZADD', SCHEDULE, scheduled); bulk('ZADD', LIVE, live)
+  bulk('ZADD', QUEUE, queue); bulk('ZADD', SCHEDULE, scheduled)
 end
 for l, c in pairs(by_lane) do count('QUEUED', string.sub(l, 9, 8 + tonumber(string.sub(l, 1, 8), 16)), c) end
 count('SCHEDULED', nil, later)
@@ -185,7 +186,7 @@ local n, ids = tonumber(ARGV[5]), {}
 for i = 1, n do ids[i] = ARGV[5 + (i - 1) * 3 + 1] end
 local rows = mget(TASK, ids)
 local flags, recorded, seen, left, entered = {}, {}, {}, {}, {}
-local new_rows, held, ended, outcomes, params, live = {}, {}, {}, {}, {}, {}
+local new_rows, held, ended, outcomes, params = {}, {}, {}, {}, {}
 for i = 1, n do
   local at = 5 + (i - 1) * 3
   local id, state, row = ids[i], ARGV[at + 2], rows[i]
@@ -203,7 +204,6 @@ for i = 1, n do
       if not ended[state] then ended[state] = {} end
       k = #ended[state]
       ended[state][k + 1], ended[state][k + 2] = NOW, id
-      live[#live + 1] = id
       left[was], entered[state] = (left[was] or 0) + 1, (entered[state] or 0) + 1
     else  -- QUEUED or SCHEDULED: revoked before it ran
       local t = load(id)
@@ -223,7 +223,6 @@ for state, c in pairs(entered) do count(state, nil, c) end
 bulk('HSET', TASK, new_rows)
 bulk('ZREM', HELD, held)
 for state, values in pairs(ended) do bulk('ZADD', ENDED[state], values) end
-bulk('ZREM', LIVE, live)
 bulk('HSET', OUTCOME, outcomes)
 bulk('HDEL', PARAMS, params)
 if #recorded > 0 then publish('F', recorded) end

@@ -40,7 +40,6 @@ KEY_NAMES = (
     "owner",  # hash: task id -> the key that submitted it (only when there is one)
     "queue",  # sorted set by member: the QUEUED tasks, one range per method and named queue, in order
     "scheduled",  # sorted set: the SCHEDULED tasks' sequence and id -> due_at
-    "live",  # sorted set: unfinished task id -> created_at (for listings)
     "ended:FINISHED",  # sorted sets: final task id -> finished_at (listings, expire)
     "ended:FAILED",
     "ended:REVOKED",
@@ -55,10 +54,10 @@ KEY_NAMES = (
 )
 
 PRELUDE = r"""
-local TASK, PARAMS, OUTCOME, OWNER, QUEUE, SCHEDULE, LIVE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local ENDED = {FINISHED = KEYS[8], FAILED = KEYS[9], REVOKED = KEYS[10]}
-local HELD, QUEUED, STATES, NEXT, BROKERS = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
-local REPLY_ADD, REPLY_TAKE, REPLY_FINISH = KEYS[16], KEYS[17], KEYS[18]
+local TASK, PARAMS, OUTCOME, OWNER, QUEUE, SCHEDULE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local ENDED = {FINISHED = KEYS[7], FAILED = KEYS[8], REVOKED = KEYS[9]}
+local HELD, QUEUED, STATES, NEXT, BROKERS = KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14]
+local REPLY_ADD, REPLY_TAKE, REPLY_FINISH = KEYS[15], KEYS[16], KEYS[17]
 local ME, NOW, CHANNEL = ARGV[1], ARGV[2], ARGV[3]
 local FINAL = {FINISHED = true, FAILED = true, REVOKED = true}
 local LEASED = {ASSIGNED = true, RETRY = true}
@@ -191,7 +190,7 @@ local function enter(t, state)
   if state == 'QUEUED' then put('z', QUEUE, member(t), 0)
   elseif state == 'SCHEDULED' then put('z', SCHEDULE, timed(t), t.due)
   elseif LEASED[state] then t.lease, leased = ME, true; put('z', HELD, ME .. '|' .. t.id, 0)
-  else put('z', ENDED[state], t.id, t.finished); put('z', LIVE, t.id, false) end
+  else put('z', ENDED[state], t.id, t.finished) end
   count(state, t.method, 1)
   t.row = table.concat({t.state, t.lease, t.finished, t.seq, t.attempts, t.created, t.priority, t.due,
     prefix(t.queue) .. t.method}, '|')
