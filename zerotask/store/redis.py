@@ -45,7 +45,7 @@ from zerotask.store.base import (
 )
 from zerotask.store.redis_calls import RedisCalls
 from zerotask.store.redis_client import SOCKET_TIMEOUT_S, Redis
-from zerotask.store.redis_flow import finish_args, recorded_flags, take_args
+from zerotask.store.redis_flow import finish_args, recorded_flags, take_args, taken_tasks
 from zerotask.store.redis_layout import pairs, score, task_from_row
 from zerotask.store.redis_notify import Notifications
 from zerotask.store.redis_registry import RedisRegistry
@@ -133,7 +133,7 @@ class RedisStore(RedisCalls, Store):
             if wants:
                 rows, queued = next(answers)
                 self._takes_in_doubt.clear()
-                taken = [[task_from_row(row) for row in group] for group in rows]
+                taken = [taken_tasks(flat) for flat in rows]
                 self._counted(queued)
             return recorded, taken
 

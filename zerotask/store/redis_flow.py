@@ -14,8 +14,9 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from zerotask import jsonrpc
-from zerotask.store.base import Outcome, Want, want_parts
-from zerotask.wire import FINAL_STATES
+from zerotask.store.base import Outcome, TaskRecord, Want, want_parts
+from zerotask.store.redis_layout import task_from_parts
+from zerotask.wire import FAILED, FINISHED, REVOKED
 
 # ARGV[4] token, ARGV[5] n, ARGV[6] m, then per task (ADD_FIELDS): id, params, the end of its row after the
 # sequence ("|attempts|created_at|priority|due_at|names") and its lane with 9 - priority (where it goes in
@@ -84,7 +85,10 @@ return done(table.concat(flags))
 
 # ARGV[4] token, ARGV[5] n, then the tokens of n take_many calls that raised (they may have run), then the
 # number of wants, then per want: limit, the number of methods, the methods, the number of named queues, the
-# queues. Answers a list of records per want: the highest priority first, then the earliest submitted.
+# queues. Answers a list per want of the tasks taken, the highest priority first, then the earliest
+# submitted: TAKE_FIELDS values each, flat (id, row, params, owner or false), as a table per task costs
+# Redis more to send (it looks up a few names in each table of a reply).
+TAKE_FIELDS = 4
 TAKE = r"""
 local doubt = {}
 for i = 6, 5 + tonumber(ARGV[5]) do doubt[ARGV[i]] = true end
@@ -104,7 +108,8 @@ if last then
         local t = load(id)
         if t and t.state == 'ASSIGNED' and t.lease == ME then
           if token == ARGV[4] then  -- this very call, sent again: the same answer
-            answer[w][#answer[w] + 1] = record(t)
+            local r, k = record(t), #answer[w]
+            answer[w][k + 1], answer[w][k + 2], answer[w][k + 3], answer[w][k + 4] = r[1], r[2], r[3], r[5]
           else  -- a call whose answer was lost: nobody holds what it took
             leave(t); enter(t, 'QUEUED')
           end
@@ -149,7 +154,7 @@ for w = 1, tonumber(ARGV[6 + tonumber(ARGV[5])]) do
   end
   local rows, params, owners = mget(TASK, ids), mget(PARAMS, ids), {}
   if #ids > 0 and redis.call('EXISTS', OWNER) == 1 then owners = mget(OWNER, ids) end  -- (only with CURVE)
-  local records, taken, new_rows, held, by_method = {}, {}, {}, {}, {}
+  local records, taken, new_rows, held, by_method, kr = {}, {}, {}, {}, {}, 0
   for i = 1, #ids do
     local id, row = ids[i], rows[i]
     -- QUEUED, with no lease and no finished_at, as every QUEUED task is (else it is dropped from QUEUE)
@@ -157,7 +162,7 @@ for w = 1, tonumber(ARGV[6 + tonumber(ARGV[5])]) do
       local new = 'ASSIGNED|' .. ME .. '||' .. string.sub(row, 10)
       local n = #new_rows
       new_rows[n + 1], new_rows[n + 2], held[n + 1], held[n + 2] = id, new, '0', ME .. '|' .. id
-      records[#records + 1] = {id, new, params[i], false, owners[i] or false}
+      records[kr + 1], records[kr + 2], records[kr + 3], records[kr + 4], kr = id, new, params[i], owners[i] or false, kr + 4
       taken[#taken + 1] = id
       by_method[methods[i]] = (by_method[methods[i]] or 0) + 1
     end
@@ -177,19 +182,22 @@ end
 return done(answer)
 """
 
-# ARGV[4] token, ARGV[5] n, then per outcome: task id, state, outcome JSON. Answers "1" or "0" per outcome;
-# the same call sent again (its answer was lost on the way) gets the same answers.
+# ARGV[4] token, ARGV[5] n, ARGV[6] the outcomes' states, a letter each (STATE_LETTERS), then per outcome:
+# task id, outcome JSON. Answers "1" or "0" per outcome; the same call sent again (its answer was lost on
+# the way) gets the same answers.
+STATE_LETTERS = {FINISHED: "F", FAILED: "E", REVOKED: "R"}  # a final state in the finish script's ARGV[6]
 FINISH = r"""
 local last = redis.call('GET', REPLY_FINISH)
 if last and string.sub(last, 1, #ARGV[4] + 1) == ARGV[4] .. '\n' then return done(string.sub(last, #ARGV[4] + 2)) end
-local n, ids = tonumber(ARGV[5]), {}
-for i = 1, n do ids[i] = ARGV[5 + (i - 1) * 3 + 1] end
+local n, ids, letters = tonumber(ARGV[5]), {}, ARGV[6]
+local STATE_OF = {[string.byte('F')] = 'FINISHED', [string.byte('E')] = 'FAILED', [string.byte('R')] = 'REVOKED'}
+for i = 1, n do ids[i] = ARGV[5 + i * 2] end
 local rows = mget(TASK, ids)
 local flags, recorded, seen, left, entered = {}, {}, {}, {}, {}
 local new_rows, held, ended, outcomes, params = {}, {}, {}, {}, {}
 for i = 1, n do
-  local at = 5 + (i - 1) * 3
-  local id, state, row = ids[i], ARGV[at + 2], rows[i]
+  local at = 5 + i * 2
+  local id, state, row = ids[i], STATE_OF[string.byte(letters, i)], rows[i]
   local cut = row and not seen[id] and string.find(row, '|', 1, true)
   local was = cut and string.sub(row, 1, cut - 1)
   if not was or FINAL[was] then
@@ -212,7 +220,7 @@ for i = 1, n do
       enter(t, state)
     end
     local k = #outcomes
-    outcomes[k + 1], outcomes[k + 2] = id, ARGV[at + 3]
+    outcomes[k + 1], outcomes[k + 2] = id, ARGV[at + 1]
     if state == 'FINISHED' then params[#params + 1] = id end
     flags[i] = '1'
     recorded[#recorded + 1] = id
@@ -234,13 +242,17 @@ FLOW_SCRIPTS = {"add": ADD, "take": TAKE, "finish": FINISH}
 
 
 def finish_args(outcomes: Sequence[Outcome]) -> list[Any]:
-    """The finish script's ARGV after the common ones: a token, the count, then id, state, outcome each."""
-    args: list[Any] = [uuid.uuid4().hex, len(outcomes)]
+    """The finish script's ARGV after the common ones: a token, the count, the states, then id and outcome each."""
+    args: list[Any] = [uuid.uuid4().hex, len(outcomes), ""]
+    letters = []
     for outcome in outcomes:
-        if outcome.state not in FINAL_STATES:
+        letter = STATE_LETTERS.get(outcome.state)
+        if letter is None:
             raise ValueError(f"an outcome is FINISHED, FAILED or REVOKED, not {outcome.state}")
+        letters.append(letter)
         value = {"error": outcome.error} if outcome.error is not None else {"result": outcome.result}
-        args += [outcome.task_id, outcome.state, jsonrpc.dumps(value)]
+        args += [outcome.task_id, jsonrpc.dumps(value)]
+    args[2] = "".join(letters)
     return args
 
 
@@ -257,3 +269,8 @@ def take_args(token: str, in_doubt: Collection[str], wants: Sequence[Want]) -> l
         names, lanes = list(dict.fromkeys(methods)), list(dict.fromkeys(queues))
         args += [limit, len(names), *names, len(lanes), *lanes]
     return args
+
+
+def taken_tasks(flat: list[Any]) -> list[TaskRecord]:
+    """The tasks of one want from the take script's answer (TAKE_FIELDS values each)."""
+    return [task_from_parts(flat[i], flat[i + 1], flat[i + 2], None, flat[i + 3]) for i in range(0, len(flat), TAKE_FIELDS)]

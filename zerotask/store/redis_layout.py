@@ -233,7 +233,13 @@ end
 
 def task_from_row(row: list[Any]) -> TaskRecord:
     """A task from a script's ``record(t)``: id, row, params, outcome (for a final task), owner."""
-    task_id, task_row, params, outcome, owner = row
+    return task_from_parts(*row)
+
+
+def task_from_parts(
+    task_id: bytes, task_row: bytes, params: bytes | None, outcome: bytes | None, owner: bytes | None
+) -> TaskRecord:
+    """A task from the parts of a script's ``record(t)``."""
     state, _, finished, _, attempts, created, priority, due, names = task_row.split(b"|", 8)
     method_queue = _decoded.get(names)
     if method_queue is None:
