@@ -31,6 +31,7 @@ from typing import Any
 
 from zerotask import jsonrpc
 from zerotask.store.base import TaskRecord
+from zerotask.wire import ASSIGNED, FAILED, FINISHED, QUEUED, RETRY, REVOKED, SCHEDULED
 
 # The keys every script gets, as KEYS[1..n]: suffixes after "<prefix>:{<queue>}:".
 KEY_NAMES = (
@@ -239,7 +240,8 @@ def task_from_row(row: list[Any]) -> TaskRecord:
 def task_from_parts(
     task_id: bytes, task_row: bytes, params: bytes | None, outcome: bytes | None, owner: bytes | None
 ) -> TaskRecord:
-    """A task from the parts of a script's ``record(t)``."""
+    """A task from the parts of a script's ``record(t)``. (Every task a broker takes comes through here:
+    TaskRecord is made with positional arguments, in the order of its fields, at a third of the cost.)"""
     state, _, finished, _, attempts, created, priority, due, names = task_row.split(b"|", 8)
     method_queue = _decoded.get(names)
     if method_queue is None:
@@ -253,24 +255,25 @@ def task_from_parts(
         decoded = jsonrpc.loads(outcome)
         result, error = decoded.get("result"), decoded.get("error")
     return TaskRecord(
-        id=task_id.decode(),
-        method=method_queue[0],
-        args=args,
-        kwargs=kwargs,
-        state=state.decode(),
-        result=result,
-        error=error,
-        attempts=int(attempts),
-        options=options,
-        queue=method_queue[1],
-        priority=int(priority),
-        due_at=float(due) if due else None,
-        owner=None if owner is None else owner.decode(),
-        created_at=float(created) if created else None,
-        finished_at=float(finished) if finished else None,
+        task_id.decode(),
+        method_queue[0],
+        args,
+        kwargs,
+        _STATES.get(state) or state.decode(),
+        result,
+        error,
+        int(attempts),
+        options,
+        method_queue[1],
+        int(priority),
+        float(due) if due else None,
+        None if owner is None else owner.decode(),
+        float(created) if created else None,
+        float(finished) if finished else None,
     )
 
 
+_STATES = {state.encode(): state for state in (SCHEDULED, QUEUED, ASSIGNED, RETRY, FINISHED, FAILED, REVOKED)}
 _decoded: dict[bytes, tuple[str, str]] = {}  # the end of a row -> (method, queue)
 
 
