@@ -1,7 +1,7 @@
 """Listings of the Redis store where the contract suite does not reach: unfinished tasks are found where
 they wait (each lane and priority of the queue, the scheduled tasks, the held ones), so a listing must
-merge them newest first, page them and filter them; and a store written before that (with the "live"
-index) is cleaned up when opened."""
+merge them newest first, page them and filter them; and a store written when "live" held every
+unfinished task lists each once."""
 
 from __future__ import annotations
 
@@ -85,14 +85,24 @@ def test_a_listing_pages_by_created_at_across_lanes(store: RedisStore) -> None:
     assert all(record.args == [] for record in store.list_tasks(state=QUEUED))  # unfinished: with their arguments
 
 
-def test_opening_a_store_written_with_the_live_index_drops_it(store: RedisStore) -> None:
+def test_a_store_written_when_live_held_every_unfinished_task_lists_each_task_once(store: RedisStore) -> None:
+    """A version before listed every unfinished task from "live": what it left there is skipped, and
+    expire drains it."""
     fill(store)
     live = f"{store.prefix}:{{{store.queue}}}:live"
     with redis.Redis.from_url(REDIS_URL) as direct:
-        direct.zadd(live, {"a4": 1007.0, "b1": 1005.0, "gone": 1.0})  # as a version before kept it
-        reopened = RedisStore(REDIS_URL, prefix=store.prefix)
-        try:
-            assert direct.exists(live) == 0
-            assert ids(reopened.list_tasks(state=QUEUED)) == ["a4", "b1", "a2", "b0"]
-        finally:
-            reopened.close()
+        direct.zadd(live, {"a4": 1007.0, "b1": 1005.0, "a0": 1000.0, "a1": 1002.0})  # as that version kept them
+        assert ids(store.list_tasks()) == ["a0", "a4", "a3", "b1", "a2", "s0", "a1", "b0"]
+        assert ids(store.list_tasks(state=QUEUED)) == ["a4", "b1", "a2", "b0"]
+        assert store.expire(before=1e9) == 1  # a0, failed
+        assert direct.zrange(live, 0, -1) == [b"a1", b"s0", b"b1", b"a4"]
+
+
+def test_a_scheduled_task_leaves_the_listing_index_when_it_is_due(store: RedisStore) -> None:
+    assert store.add(TaskRecord("s1", "a", due_at=2000.0)) and store.add(TaskRecord("s2", "a", due_at=1e9))
+    assert store.flush() == []
+    assert ids(store.list_tasks(state=SCHEDULED)) == ["s2", "s1"]
+    assert store.due(now=3000.0) == 1
+    with redis.Redis.from_url(REDIS_URL) as direct:
+        assert direct.zrange(f"{store.prefix}:{{{store.queue}}}:live", 0, -1) == [b"s2"]
+    assert ids(store.list_tasks()) == ["s2", "s1"]

@@ -82,10 +82,7 @@ class RedisStore(RedisCalls, Store):
         self._registry = RedisRegistry(self._base, self._read)
         self._closed = False
         try:
-            # "live" indexed the unfinished tasks for listings until they were found where they wait: a
-            # store written by a version before that has one, which nothing updates any more
-            queued, _ = self._run([("HGETALL", self._key("queued")), ("UNLINK", self._base + "live")])
-            self._counted(queued)
+            self._counted(self._run([("HGETALL", self._key("queued"))])[0])
         except StoreUnavailable:
             pass  # Redis is down: the counts come with the first call that works
 
@@ -230,11 +227,11 @@ class RedisStore(RedisCalls, Store):
     def list_tasks(
         self, state: str | None = None, method: str | None = None, limit: int = 100, before: float | None = None
     ) -> list[TaskRecord]:
-        """Newest first. Unfinished tasks are found where they wait (no index costs each task a write
-        for listings): the latest of each method, named queue and priority, and every SCHEDULED and held
-        task. A filter that matches few looks at 100,000 tasks of each kind at most (SCHEDULED, held,
-        each method's named queue and priority, each final state), so that a listing never blocks Redis
-        for long."""
+        """Newest first. QUEUED and held tasks are found where they wait (no index costs each task a
+        write for listings): the latest of each method, named queue and priority, and every held task.
+        A filter that matches few looks at 100,000 tasks of each kind at most (SCHEDULED, held, each
+        method's named queue and priority, each final state), so that a listing never blocks Redis for
+        long."""
         bound = "+inf" if before is None else score(before)
         rows = self._read("list", state or "", method or "", max(limit, 0), bound)
         return [task_from_row(row) for row in rows]

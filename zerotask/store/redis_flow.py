@@ -42,7 +42,7 @@ end
 local first, ids = #flags + 1, {}
 for i = first, n do ids[i - first + 1] = ARGV[3 + i * 4] end
 local existing = mget(TASK, ids)
-local rows, params, owners, queue, scheduled = {}, {}, {}, {}, {}
+local rows, params, owners, queue, scheduled, live = {}, {}, {}, {}, {}, {}
 local k, kq, ks, ko = 0, 0, 0, 0
 -- every task of the batch gets a number (one INCRBY), whether added or not: gaps do no harm
 local seq = #ids > 0 and redis.call('INCRBY', NEXT, #ids) - #ids or 0
@@ -59,6 +59,8 @@ for i = first, n do
     if due and tonumber(due) > now then
       rows[k + 1], rows[k + 2] = id, 'SCHEDULED|||' .. hex .. ARGV[at + 3]
       scheduled[ks + 1], scheduled[ks + 2], ks = due, hex .. id, ks + 2
+      local kl = #live
+      live[kl + 1], live[kl + 2] = string.match(ARGV[at + 3], '^|[^|]*|([^|]*)'), id  -- created_at
       later = later + 1
     else
       local l = ARGV[at + 4]
@@ -74,7 +76,7 @@ for i = first, n do
 end
 if k > 0 then
   bulk('HSET', TASK, rows); bulk('HSET', PARAMS, params); bulk('HSET', OWNER, owners)
-  bulk('ZADD', QUEUE, queue); bulk('ZADD', SCHEDULE, scheduled)
+  bulk('ZADD', QUEUE, queue); bulk('ZADD', SCHEDULE, scheduled); bulk('ZADD', LIVE, live)
 end
 for l, c in pairs(by_lane) do count('QUEUED', string.sub(l, 9, 8 + tonumber(string.sub(l, 1, 8), 16)), c) end
 count('SCHEDULED', nil, later)

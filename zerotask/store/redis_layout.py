@@ -20,6 +20,10 @@ then the earliest submitted. ``scheduled`` holds the SCHEDULED tasks by ``due_at
 and id, so that ties go in the order submitted. ``held`` is ordered by member as ``lease|id``: one
 broker's tasks are a range, for :meth:`reclaim`.
 
+``live`` holds the SCHEDULED tasks by created_at, for listings (the QUEUED and held ones are listed from
+where they wait). A store written by a version before this one holds there every task that was unfinished
+then: listings skip those that are not SCHEDULED, and expire drains them as it forgets their tasks.
+
 Mutating scripts return ``{answer, queued counts as HGETALL}``: the store keeps the counts without
 asking again.
 """
@@ -41,6 +45,7 @@ KEY_NAMES = (
     "owner",  # hash: task id -> the key that submitted it (only when there is one)
     "queue",  # sorted set by member: the QUEUED tasks, one range per method and named queue, in order
     "scheduled",  # sorted set: the SCHEDULED tasks' sequence and id -> due_at
+    "live",  # sorted set: SCHEDULED task id -> created_at, for listings (see LIVE below)
     "ended:FINISHED",  # sorted sets: final task id -> finished_at (listings, expire)
     "ended:FAILED",
     "ended:REVOKED",
@@ -55,10 +60,10 @@ KEY_NAMES = (
 )
 
 PRELUDE = r"""
-local TASK, PARAMS, OUTCOME, OWNER, QUEUE, SCHEDULE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local ENDED = {FINISHED = KEYS[7], FAILED = KEYS[8], REVOKED = KEYS[9]}
-local HELD, QUEUED, STATES, NEXT, BROKERS = KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14]
-local REPLY_ADD, REPLY_TAKE, REPLY_FINISH = KEYS[15], KEYS[16], KEYS[17]
+local TASK, PARAMS, OUTCOME, OWNER, QUEUE, SCHEDULE, LIVE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local ENDED = {FINISHED = KEYS[8], FAILED = KEYS[9], REVOKED = KEYS[10]}
+local HELD, QUEUED, STATES, NEXT, BROKERS = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
+local REPLY_ADD, REPLY_TAKE, REPLY_FINISH = KEYS[16], KEYS[17], KEYS[18]
 local ME, NOW, CHANNEL = ARGV[1], ARGV[2], ARGV[3]
 local FINAL = {FINISHED = true, FAILED = true, REVOKED = true}
 local LEASED = {ASSIGNED = true, RETRY = true}
@@ -179,7 +184,7 @@ end
 -- take a task out of its state (its index and its count)
 local function leave(t)
   if t.state == 'QUEUED' then put('z', QUEUE, member(t), false)
-  elseif t.state == 'SCHEDULED' then put('z', SCHEDULE, timed(t), false)
+  elseif t.state == 'SCHEDULED' then put('z', SCHEDULE, timed(t), false); put('z', LIVE, t.id, false)
   elseif LEASED[t.state] then put('z', HELD, t.lease .. '|' .. t.id, false)
   elseif FINAL[t.state] then put('z', ENDED[t.state], t.id, false) end
   count(t.state, t.method, -1)
@@ -189,7 +194,7 @@ end
 local function enter(t, state)
   t.state, t.lease = state, ''
   if state == 'QUEUED' then put('z', QUEUE, member(t), 0)
-  elseif state == 'SCHEDULED' then put('z', SCHEDULE, timed(t), t.due)
+  elseif state == 'SCHEDULED' then put('z', SCHEDULE, timed(t), t.due); put('z', LIVE, t.id, t.created)
   elseif LEASED[state] then t.lease, leased = ME, true; put('z', HELD, ME .. '|' .. t.id, 0)
   else put('z', ENDED[state], t.id, t.finished) end
   count(state, t.method, 1)

@@ -68,6 +68,7 @@ for i = 1, n do
   local t = load(ids[i])
   leave(t)
   for _, key in ipairs({TASK, PARAMS, OUTCOME, OWNER}) do put('h', key, t.id, false) end
+  put('z', LIVE, t.id, false)  -- (an id a version before left there)
 end
 return done(n)
 """
@@ -174,11 +175,12 @@ return answer
 """
 
 # ARGV[4] state or "", ARGV[5] method or "", ARGV[6] limit, ARGV[7] before (exclusive) or "+inf".
-# Newest first: a final task by finished_at (from its ENDED set), an unfinished one by created_at, found
-# where it waits: in QUEUE, where each lane and priority is read from its end (the latest sequence, so the
-# latest created_at, as one broker's clock goes) until it gave limit tasks; in SCHEDULE and HELD, read
-# whole. Looks at no more than SCAN tasks of each set (of each lane and priority in QUEUE): a filter that
-# matches few tasks among many lists fewer than it could rather than block Redis.
+# Newest first: a final task by finished_at (from its ENDED set), an unfinished one by created_at: the
+# SCHEDULED ones from LIVE, the QUEUED ones where they wait, each lane and priority of QUEUE read from its
+# end (the latest sequence, so the latest created_at, as one broker's clock goes) until it gave limit tasks,
+# the held ones (few: what nodes hold) from HELD, read whole. Looks at no more than SCAN tasks of each set
+# (of each lane and priority in QUEUE): a filter that matches few tasks among many lists fewer than it
+# could rather than block Redis.
 LIST = r"""
 local state, method, limit, before = ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local SCAN, CHUNK = 100000, 500
@@ -204,7 +206,7 @@ end
 local function read(range, skip, where, room)
   local seen = 0
   while room > 0 and seen < SCAN do
-    local members, ids = range(seen, seen + CHUNK - 1), {}
+    local members, ids = range(seen, seen + math.min(CHUNK, room) - 1), {}
     if #members == 0 then break end
     for i, m in ipairs(members) do ids[i] = string.sub(m, skip or string.find(m, '|', 1, true) + 1) end
     room = room - unfinished(ids, where, room)
@@ -226,7 +228,8 @@ local function queued()
     from = top
   end
 end
-local function ended(key)
+-- the newest tasks of `key` (by score) in a state of `where` (any, if nil) and the filters
+local function newest(key, where)
   local start = before == '+inf' and 0 or redis.call('ZCOUNT', key, before, '+inf')
   local mine, seen = 0, 0
   while mine < limit and seen < SCAN do
@@ -237,7 +240,8 @@ local function ended(key)
     preload(ids, {TASK})
     for i = 1, #r, 2 do
       local t = load(r[i])
-      if t and (state == '' or t.state == state) and (method == '' or t.method == method) and mine < limit then
+      local wanted = t and (not where or where[t.state]) and (state == '' or t.state == state)
+      if wanted and (method == '' or t.method == method) and mine < limit then
         found[#found + 1] = {tonumber(r[i + 1]), t.id, t}
         mine = mine + 1
       end
@@ -245,12 +249,13 @@ local function ended(key)
     seen = seen + #r / 2
   end
 end
-local function whole(key) return function(start, stop) return redis.call('ZRANGE', key, start, stop) end end
 if limit <= 0 then return {} end
 if state == '' or state == 'QUEUED' then queued() end
-if state == '' or state == 'SCHEDULED' then read(whole(SCHEDULE), 13, {SCHEDULED = true}, SCAN) end
-if state == '' or LEASED[state] then read(whole(HELD), nil, LEASED, SCAN) end
-if state == '' then for _, key in pairs(ENDED) do ended(key) end elseif FINAL[state] then ended(ENDED[state]) end
+if state == '' or state == 'SCHEDULED' then newest(LIVE, {SCHEDULED = true}) end
+if state == '' or LEASED[state] then
+  read(function(start, stop) return redis.call('ZRANGE', HELD, start, stop) end, nil, LEASED, SCAN)
+end
+if state == '' then for _, key in pairs(ENDED) do newest(key) end elseif FINAL[state] then newest(ENDED[state]) end
 table.sort(found, function(a, b) return a[1] > b[1] or (a[1] == b[1] and a[2] > b[2]) end)
 local answer, ids = {}, {}
 for i = 1, math.min(limit, #found) do ids[i] = found[i][2] end
