@@ -25,6 +25,7 @@ from zerotask.wire import ASSIGNED, FINISHED, QUEUED, RETRY
 
 redis = pytest.importorskip("redis")
 from zerotask.store.redis import RedisStore  # noqa: E402 - only once redis-py is known to be there
+from zerotask.store.redis_flow import TAKE_FIELDS  # noqa: E402
 from zerotask.store.redis_layout import lane, names  # noqa: E402
 
 
@@ -50,7 +51,7 @@ def take(store: RedisStore, limit: int = 100, methods: tuple[str, ...] = ("a",))
 
 def _add_args(task_id: str, created: str) -> list[Any]:
     """What the add script gets for a task of method "a", priority 0, in the default queue."""
-    return [task_id, b"[[],{},{}]", "", "", created, f"|0|{created}|0||{names('a', 'default')}", lane("a", "default") + "9"]
+    return [task_id, b"[[],{},{}]", f"|0|{created}|0||{names('a', 'default')}", lane("a", "default") + "9"]
 
 
 def state(store: RedisStore, task_id: str) -> str:
@@ -218,15 +219,15 @@ class TestTwoBrokers:
         a.attach("broker-a", 60.0)
         token = uuid.uuid4().hex
         first = _add_args("t1", "1.5")
-        assert a._call("add", token, 1, *first) == b"1"
+        assert a._call("add", token, 1, 0, *first) == b"1"
         second = _add_args("t2", "2.5")
-        assert a._call("add", token, 2, *first, *second) == b"11"  # the batch grew while in doubt
-        assert a._call("add", uuid.uuid4().hex, 1, *first) == b"0"  # another batch: the id exists
+        assert a._call("add", token, 2, 0, *first, *second) == b"11"  # the batch grew while in doubt
+        assert a._call("add", uuid.uuid4().hex, 1, 0, *first) == b"0"  # another batch: the id exists
         take_args = [token, 0, 1, 5, 1, "a", 1, "default"]
         taken = a._call("take", *take_args)
-        assert [row[0] for row in taken[0]] == [b"t1", b"t2"]
-        assert [row[0] for row in a._call("take", *take_args)[0]] == [b"t1", b"t2"]
-        finish_args = [token, 2, "t1", FINISHED, b'{"result":1}', "t1", FINISHED, b'{"result":2}']
+        assert taken[0][::TAKE_FIELDS] == [b"t1", b"t2"]
+        assert a._call("take", *take_args)[0][::TAKE_FIELDS] == [b"t1", b"t2"]
+        finish_args = [token, 2, "FF", "t1", b'{"result":1}', "t1", b'{"result":2}']
         assert a._call("finish", *finish_args) == b"10"
         assert a._call("finish", *finish_args) == b"10"
         assert a.finish_many([Outcome("t1", FINISHED, 3)]) == [False]

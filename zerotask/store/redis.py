@@ -45,7 +45,7 @@ from zerotask.store.base import (
 )
 from zerotask.store.redis_calls import RedisCalls
 from zerotask.store.redis_client import SOCKET_TIMEOUT_S, Redis
-from zerotask.store.redis_flow import finish_args, recorded_flags, take_args
+from zerotask.store.redis_flow import finish_args, recorded_flags, take_args, taken_tasks
 from zerotask.store.redis_layout import pairs, score, task_from_row
 from zerotask.store.redis_notify import Notifications
 from zerotask.store.redis_registry import RedisRegistry
@@ -130,7 +130,7 @@ class RedisStore(RedisCalls, Store):
             if wants:
                 rows, queued = next(answers)
                 self._takes_in_doubt.clear()
-                taken = [[task_from_row(row) for row in group] for group in rows]
+                taken = [taken_tasks(flat) for flat in rows]
                 self._counted(queued)
             return recorded, taken
 
@@ -227,8 +227,11 @@ class RedisStore(RedisCalls, Store):
     def list_tasks(
         self, state: str | None = None, method: str | None = None, limit: int = 100, before: float | None = None
     ) -> list[TaskRecord]:
-        """Newest first. A filter by method (or by an unfinished state other than QUEUED) looks at the
-        latest 100,000 tasks of each kind at most, so that a listing never blocks Redis for long."""
+        """Newest first. QUEUED and held tasks are found where they wait (no index costs each task a
+        write for listings): the latest of each method, named queue and priority, and every held task.
+        A filter that matches few looks at 100,000 tasks of each kind at most (SCHEDULED, held, each
+        method's named queue and priority, each final state), so that a listing never blocks Redis for
+        long."""
         bound = "+inf" if before is None else score(before)
         rows = self._read("list", state or "", method or "", max(limit, 0), bound)
         return [task_from_row(row) for row in rows]

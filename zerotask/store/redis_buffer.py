@@ -26,7 +26,8 @@ class WriteBuffer:
         self.max_bytes = max_bytes
         self.records: list[TaskRecord] = []  # adds not yet written, in order
         self.counts: Counter[str] = Counter()  # of those, the QUEUED ones (not SCHEDULED) by method
-        self._args: list[Any] = []  # what the add script gets for them
+        self._args: list[Any] = []  # what the add script gets for them (redis_flow.ADD_FIELDS each)
+        self._specials: list[Any] = []  # and for those with a due_at or an owner: place (from 1), due_at, owner
         self._bytes = 0
         # The batch's token stays until the batch is written: a batch sent again after an answer was lost
         # (with more tasks after it) is answered as the first time, not refused as if others had its ids.
@@ -52,7 +53,6 @@ class WriteBuffer:
         record.state = SCHEDULED if record.due_at is not None and record.due_at > now else QUEUED
         record.finished_at = None
         record.created_at = now if record.created_at is None else record.created_at
-        owner = "" if record.owner is None else "+" + record.owner
         due = "" if record.due_at is None else repr(float(record.due_at))
         created = repr(record.created_at)
         method, queue = record.method, record.queue
@@ -63,7 +63,9 @@ class WriteBuffer:
             lane = self._lanes[(method, queue)] = (layout.lane(method, queue), layout.names(method, queue))
         rest = f"|{record.attempts}|{created}|{record.priority}|{due}|{lane[1]}"
         self.records.append(record)
-        self._args += [record.id, params, owner, due, created, rest, lane[0] + RANKS[record.priority]]
+        self._args += [record.id, params, rest, lane[0] + RANKS[record.priority]]
+        if due or record.owner is not None:
+            self._specials += [len(self.records), due, "" if record.owner is None else "+" + record.owner]
         self._bytes += len(params) + len(record.id) + len(rest)
         if record.state != QUEUED:
             return False
@@ -74,8 +76,9 @@ class WriteBuffer:
         """A buffer holding what this one held (to be written by a call sent ahead); this one starts empty."""
         batch = WriteBuffer(self.max_bytes)
         batch.records, batch.counts, batch._args, batch._bytes = self.records, self.counts, self._args, self._bytes
-        batch._token, batch._names = self._token, self._names
+        batch._specials, batch._token, batch._names = self._specials, self._token, self._names
         self.records, self.counts, self._args, self._bytes, self._names = [], Counter(), [], 0, {}
+        self._specials = []
         self._token = uuid.uuid4().hex
         return batch
 
@@ -83,6 +86,9 @@ class WriteBuffer:
         """Put back a detached batch that may not have been written, before what was buffered since, under
         the batch's token: if it did run, the add script answers it as the first time."""
         if batch.records:
+            shifted = list(self._specials)
+            shifted[::3] = [place + len(batch.records) for place in self._specials[::3]]  # after the batch's
+            self._specials = batch._specials + shifted
             self.records, self._args = batch.records + self.records, batch._args + self._args
             self._bytes += batch._bytes
             self.counts.update(batch.counts)
@@ -98,7 +104,8 @@ class WriteBuffer:
         then the names, keeping the latest ``max_names`` announced within METHODS_REMEMBERED_S."""
         commands: list[Command] = []
         if self.records:
-            commands.append(script("add", self._token, len(self.records), *self._args))
+            specials = self._specials
+            commands.append(script("add", self._token, len(self.records), len(specials) // 3, *self._args, *specials))
         if self._names:
             cutoff = time.time() - METHODS_REMEMBERED_S
             pairs = [value for name, when in self._names.items() for value in (repr(when), name)]
@@ -114,7 +121,7 @@ class WriteBuffer:
         if self.records:
             flags, queued = added
             refused = [record for record, flag in zip(self.records, flags, strict=True) if flag != ord("1")]
-            self.records, self._args, self._bytes = [], [], 0
+            self.records, self._args, self._specials, self._bytes = [], [], [], 0
             self.counts.clear()
             self._token = uuid.uuid4().hex
         self._names.clear()

@@ -90,10 +90,10 @@ def _hosts(netloc: str, default_port: int) -> tuple[list[tuple[str, int]], str |
 class Pending:
     """The replies of commands sent ahead (:meth:`Link.send`): :meth:`result` reads them, when needed."""
 
-    __slots__ = ("_link", "packed", "replies", "error")
+    __slots__ = ("_link", "packed", "count", "replies", "error")
 
-    def __init__(self, link: Link, packed: list[bytes]) -> None:
-        self._link, self.packed = link, packed
+    def __init__(self, link: Link, packed: list[bytes], count: int) -> None:
+        self._link, self.packed, self.count = link, packed, count
         self.replies: list[Any] | None = None
         self.error: BaseException | None = None
 
@@ -131,7 +131,9 @@ class Link:
         """Send ``commands`` now; their replies are read by the returned Pending's ``result()`` (or first
         thing in the next call), which also says if they could not be sent."""
         self.collect()
-        pending = Pending(self, [hiredis.pack_command(command) for command in commands])
+        # one write for all: redis-py writes each item of a list with a syscall of its own, and Redis may
+        # wake up for each (with TCP_NODELAY, each is a segment of its own)
+        pending = Pending(self, [b"".join([hiredis.pack_command(command) for command in commands])], len(commands))
         connection = self._connected()
         try:
             if connection._sock is None:
@@ -153,8 +155,8 @@ class Link:
         def attempt() -> list[Any]:
             if not sent[0] and connection._sock is not None:
                 sent[0] = True
-                return self._read(connection, len(pending.packed))
-            return self._round_trip(connection, pending.packed)
+                return self._read(connection, pending.count)
+            return self._round_trip(connection, pending.packed, pending.count)
 
         try:
             pending.replies = connection.retry.call_with_retry(attempt, lambda error: connection.disconnect())
@@ -175,11 +177,11 @@ class Link:
         return self._connection
 
     @staticmethod
-    def _round_trip(connection: Any, packed: list[bytes]) -> list[Any]:
+    def _round_trip(connection: Any, packed: list[bytes], count: int) -> list[Any]:
         if connection._sock is None:  # connect() as the pool does: through Sentinel, it asks for the master
             connection.connect()
         connection.send_packed_command(packed, check_health=False)
-        return Link._read(connection, len(packed))
+        return Link._read(connection, count)
 
     @staticmethod
     def _read(connection: Any, count: int) -> list[Any]:

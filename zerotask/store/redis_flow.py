@@ -14,63 +14,67 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from zerotask import jsonrpc
-from zerotask.store.base import Outcome, Want, want_parts
-from zerotask.wire import FINAL_STATES
+from zerotask.store.base import Outcome, TaskRecord, Want, want_parts
+from zerotask.store.redis_layout import task_from_parts
+from zerotask.wire import FAILED, FINISHED, REVOKED
 
-# ARGV[4] token, ARGV[5] n, then per task (ADD_FIELDS): id, params, owner ("" or "+" .. owner), due_at ("" for
-# none), created_at, the end of its row after the sequence ("|attempts|created_at|priority|due_at|names"), and
-# its lane with 9 - priority (where it goes in QUEUE, before the sequence). A task due later than now is
-# SCHEDULED, any other QUEUED. Answers one "1" (added) or "0" (refused: the id exists) per task. A batch
-# sent again with the same token (its reply was lost, and more tasks may follow it) gets the answers it had.
-ADD_FIELDS = 7
+# ARGV[4] token, ARGV[5] n, ARGV[6] m, then per task (ADD_FIELDS): id, params, the end of its row after the
+# sequence ("|attempts|created_at|priority|due_at|names") and its lane with 9 - priority (where it goes in
+# QUEUE, before the sequence); then m triples for the tasks that have a due_at or an owner: the task's place
+# in the batch (from 1), due_at ("" for none), owner ("" or "+" .. owner). Most tasks have neither: they cost
+# no arguments for them. A task due later than now is SCHEDULED, any other QUEUED. Answers one "1" (added)
+# or "0" (refused: the id exists) per task. A batch sent again with the same token (its reply was lost, and
+# more tasks may follow it) gets the answers it had.
+ADD_FIELDS = 4
 ADD = r"""
-local token, n, now = ARGV[4], tonumber(ARGV[5]), tonumber(NOW)
+local token, n, m, now = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(NOW)
 local flags = {}
 local last = redis.call('GET', REPLY_ADD)
 if last and string.sub(last, 1, #token + 1) == token .. '\n' then
   for i = #token + 2, #last do flags[#flags + 1] = string.sub(last, i, i) end
 end
+local dues, owned = {}, {}
+for at = 7 + n * 4, 4 + n * 4 + m * 3, 3 do
+  local i = tonumber(ARGV[at])
+  if ARGV[at + 1] ~= '' then dues[i] = ARGV[at + 1] end
+  if ARGV[at + 2] ~= '' then owned[i] = string.sub(ARGV[at + 2], 2) end
+end
 local first, ids = #flags + 1, {}
-for i = first, n do ids[#ids + 1] = ARGV[5 + (i - 1) * 7 + 1] end
+for i = first, n do ids[i - first + 1] = ARGV[3 + i * 4] end
 local existing = mget(TASK, ids)
 local rows, params, owners, queue, scheduled, live = {}, {}, {}, {}, {}, {}
+local k, kq, ks, ko = 0, 0, 0, 0
 -- every task of the batch gets a number (one INCRBY), whether added or not: gaps do no harm
 local seq = #ids > 0 and redis.call('INCRBY', NEXT, #ids) - #ids or 0
 local seen, by_lane, added, later = {}, {}, 0, 0
 for i = first, n do
-  local at = 5 + (i - 1) * 7
+  local at = 2 + i * 4
   local id = ARGV[at + 1]
   if existing[i - first + 1] or seen[id] then
     flags[i] = '0'
   else
     seen[id] = true
     seq = seq + 1
-    local hex, due, k = string.format('%012x', seq), ARGV[at + 4], #rows
-    if due ~= '' and tonumber(due) > now then
-      rows[k + 1], rows[k + 2] = id, 'SCHEDULED|||' .. hex .. ARGV[at + 6]
-      scheduled[#scheduled + 1] = due
-      scheduled[#scheduled + 1] = hex .. id
+    local hex, due = string.format('%012x', seq), dues[i]
+    if due and tonumber(due) > now then
+      rows[k + 1], rows[k + 2] = id, 'SCHEDULED|||' .. hex .. ARGV[at + 3]
+      scheduled[ks + 1], scheduled[ks + 2], ks = due, hex .. id, ks + 2
+      local kl = #live
+      live[kl + 1], live[kl + 2] = string.match(ARGV[at + 3], '^|[^|]*|([^|]*)'), id  -- created_at
       later = later + 1
     else
-      local l = ARGV[at + 7]
-      rows[k + 1], rows[k + 2] = id, 'QUEUED|||' .. hex .. ARGV[at + 6]
-      queue[#queue + 1] = '0'
-      queue[#queue + 1] = l .. hex .. id
+      local l = ARGV[at + 4]
+      rows[k + 1], rows[k + 2] = id, 'QUEUED|||' .. hex .. ARGV[at + 3]
+      queue[kq + 1], queue[kq + 2], kq = '0', l .. hex .. id, kq + 2
       by_lane[l] = (by_lane[l] or 0) + 1
       added = added + 1
     end
-    k = #params
-    params[k + 1], params[k + 2] = id, ARGV[at + 2]
-    if ARGV[at + 3] ~= '' then
-      owners[#owners + 1] = id
-      owners[#owners + 1] = string.sub(ARGV[at + 3], 2)
-    end
-    k = #live
-    live[k + 1], live[k + 2] = ARGV[at + 5], id
+    params[k + 1], params[k + 2], k = id, ARGV[at + 2], k + 2
+    if owned[i] then owners[ko + 1], owners[ko + 2], ko = id, owned[i], ko + 2 end
     flags[i] = '1'
   end
 end
-if #rows > 0 then
+if k > 0 then
   bulk('HSET', TASK, rows); bulk('HSET', PARAMS, params); bulk('HSET', OWNER, owners)
   bulk('ZADD', QUEUE, queue); bulk('ZADD', SCHEDULE, scheduled); bulk('ZADD', LIVE, live)
 end
@@ -83,7 +87,10 @@ return done(table.concat(flags))
 
 # ARGV[4] token, ARGV[5] n, then the tokens of n take_many calls that raised (they may have run), then the
 # number of wants, then per want: limit, the number of methods, the methods, the number of named queues, the
-# queues. Answers a list of records per want: the highest priority first, then the earliest submitted.
+# queues. Answers a list per want of the tasks taken, the highest priority first, then the earliest
+# submitted: TAKE_FIELDS values each, flat (id, row, params, owner or false), as a table per task costs
+# Redis more to send (it looks up a few names in each table of a reply).
+TAKE_FIELDS = 4
 TAKE = r"""
 local doubt = {}
 for i = 6, 5 + tonumber(ARGV[5]) do doubt[ARGV[i]] = true end
@@ -103,7 +110,8 @@ if last then
         local t = load(id)
         if t and t.state == 'ASSIGNED' and t.lease == ME then
           if token == ARGV[4] then  -- this very call, sent again: the same answer
-            answer[w][#answer[w] + 1] = record(t)
+            local r, k = record(t), #answer[w]
+            answer[w][k + 1], answer[w][k + 2], answer[w][k + 3], answer[w][k + 4] = r[1], r[2], r[3], r[5]
           else  -- a call whose answer was lost: nobody holds what it took
             leave(t); enter(t, 'QUEUED')
           end
@@ -148,7 +156,7 @@ for w = 1, tonumber(ARGV[6 + tonumber(ARGV[5])]) do
   end
   local rows, params, owners = mget(TASK, ids), mget(PARAMS, ids), {}
   if #ids > 0 and redis.call('EXISTS', OWNER) == 1 then owners = mget(OWNER, ids) end  -- (only with CURVE)
-  local records, taken, new_rows, held, by_method = {}, {}, {}, {}, {}
+  local records, taken, new_rows, held, by_method, kr = {}, {}, {}, {}, {}, 0
   for i = 1, #ids do
     local id, row = ids[i], rows[i]
     -- QUEUED, with no lease and no finished_at, as every QUEUED task is (else it is dropped from QUEUE)
@@ -156,7 +164,7 @@ for w = 1, tonumber(ARGV[6 + tonumber(ARGV[5])]) do
       local new = 'ASSIGNED|' .. ME .. '||' .. string.sub(row, 10)
       local n = #new_rows
       new_rows[n + 1], new_rows[n + 2], held[n + 1], held[n + 2] = id, new, '0', ME .. '|' .. id
-      records[#records + 1] = {id, new, params[i], false, owners[i] or false}
+      records[kr + 1], records[kr + 2], records[kr + 3], records[kr + 4], kr = id, new, params[i], owners[i] or false, kr + 4
       taken[#taken + 1] = id
       by_method[methods[i]] = (by_method[methods[i]] or 0) + 1
     end
@@ -176,19 +184,22 @@ end
 return done(answer)
 """
 
-# ARGV[4] token, ARGV[5] n, then per outcome: task id, state, outcome JSON. Answers "1" or "0" per outcome;
-# the same call sent again (its answer was lost on the way) gets the same answers.
+# ARGV[4] token, ARGV[5] n, ARGV[6] the outcomes' states, a letter each (STATE_LETTERS), then per outcome:
+# task id, outcome JSON. Answers "1" or "0" per outcome; the same call sent again (its answer was lost on
+# the way) gets the same answers.
+STATE_LETTERS = {FINISHED: "F", FAILED: "E", REVOKED: "R"}  # a final state in the finish script's ARGV[6]
 FINISH = r"""
 local last = redis.call('GET', REPLY_FINISH)
 if last and string.sub(last, 1, #ARGV[4] + 1) == ARGV[4] .. '\n' then return done(string.sub(last, #ARGV[4] + 2)) end
-local n, ids = tonumber(ARGV[5]), {}
-for i = 1, n do ids[i] = ARGV[5 + (i - 1) * 3 + 1] end
+local n, ids, letters = tonumber(ARGV[5]), {}, ARGV[6]
+local STATE_OF = {[string.byte('F')] = 'FINISHED', [string.byte('E')] = 'FAILED', [string.byte('R')] = 'REVOKED'}
+for i = 1, n do ids[i] = ARGV[5 + i * 2] end
 local rows = mget(TASK, ids)
 local flags, recorded, seen, left, entered = {}, {}, {}, {}, {}
-local new_rows, held, ended, outcomes, params, live = {}, {}, {}, {}, {}, {}
+local new_rows, held, ended, outcomes, params = {}, {}, {}, {}, {}
 for i = 1, n do
-  local at = 5 + (i - 1) * 3
-  local id, state, row = ids[i], ARGV[at + 2], rows[i]
+  local at = 5 + i * 2
+  local id, state, row = ids[i], STATE_OF[string.byte(letters, i)], rows[i]
   local cut = row and not seen[id] and string.find(row, '|', 1, true)
   local was = cut and string.sub(row, 1, cut - 1)
   if not was or FINAL[was] then
@@ -203,7 +214,6 @@ for i = 1, n do
       if not ended[state] then ended[state] = {} end
       k = #ended[state]
       ended[state][k + 1], ended[state][k + 2] = NOW, id
-      live[#live + 1] = id
       left[was], entered[state] = (left[was] or 0) + 1, (entered[state] or 0) + 1
     else  -- QUEUED or SCHEDULED: revoked before it ran
       local t = load(id)
@@ -212,7 +222,7 @@ for i = 1, n do
       enter(t, state)
     end
     local k = #outcomes
-    outcomes[k + 1], outcomes[k + 2] = id, ARGV[at + 3]
+    outcomes[k + 1], outcomes[k + 2] = id, ARGV[at + 1]
     if state == 'FINISHED' then params[#params + 1] = id end
     flags[i] = '1'
     recorded[#recorded + 1] = id
@@ -223,7 +233,6 @@ for state, c in pairs(entered) do count(state, nil, c) end
 bulk('HSET', TASK, new_rows)
 bulk('ZREM', HELD, held)
 for state, values in pairs(ended) do bulk('ZADD', ENDED[state], values) end
-bulk('ZREM', LIVE, live)
 bulk('HSET', OUTCOME, outcomes)
 bulk('HDEL', PARAMS, params)
 if #recorded > 0 then publish('F', recorded) end
@@ -235,13 +244,17 @@ FLOW_SCRIPTS = {"add": ADD, "take": TAKE, "finish": FINISH}
 
 
 def finish_args(outcomes: Sequence[Outcome]) -> list[Any]:
-    """The finish script's ARGV after the common ones: a token, the count, then id, state, outcome each."""
-    args: list[Any] = [uuid.uuid4().hex, len(outcomes)]
+    """The finish script's ARGV after the common ones: a token, the count, the states, then id and outcome each."""
+    args: list[Any] = [uuid.uuid4().hex, len(outcomes), ""]
+    letters = []
     for outcome in outcomes:
-        if outcome.state not in FINAL_STATES:
+        letter = STATE_LETTERS.get(outcome.state)
+        if letter is None:
             raise ValueError(f"an outcome is FINISHED, FAILED or REVOKED, not {outcome.state}")
+        letters.append(letter)
         value = {"error": outcome.error} if outcome.error is not None else {"result": outcome.result}
-        args += [outcome.task_id, outcome.state, jsonrpc.dumps(value)]
+        args += [outcome.task_id, jsonrpc.dumps(value)]
+    args[2] = "".join(letters)
     return args
 
 
@@ -258,3 +271,8 @@ def take_args(token: str, in_doubt: Collection[str], wants: Sequence[Want]) -> l
         names, lanes = list(dict.fromkeys(methods)), list(dict.fromkeys(queues))
         args += [limit, len(names), *names, len(lanes), *lanes]
     return args
+
+
+def taken_tasks(flat: list[Any]) -> list[TaskRecord]:
+    """The tasks of one want from the take script's answer (TAKE_FIELDS values each)."""
+    return [task_from_parts(flat[i], flat[i + 1], flat[i + 2], None, flat[i + 3]) for i in range(0, len(flat), TAKE_FIELDS)]

@@ -68,6 +68,7 @@ for i = 1, n do
   local t = load(ids[i])
   leave(t)
   for _, key in ipairs({TASK, PARAMS, OUTCOME, OWNER}) do put('h', key, t.id, false) end
+  put('z', LIVE, t.id, false)  -- (an id a version before left there)
 end
 return done(n)
 """
@@ -79,7 +80,6 @@ if not t or (t.state ~= 'FAILED' and t.state ~= 'REVOKED') then return done(0) e
 leave(t)
 put('h', OUTCOME, t.id, false)
 t.seq, t.attempts, t.created, t.finished, t.due = new_seq(), '0', NOW, '', ''
-put('z', LIVE, t.id, t.created)
 enter(t, 'QUEUED')
 publish('Q', {})
 return done(1)
@@ -175,13 +175,61 @@ return answer
 """
 
 # ARGV[4] state or "", ARGV[5] method or "", ARGV[6] limit, ARGV[7] before (exclusive) or "+inf".
-# Newest first. Looks at no more than SCAN tasks of each sorted set it reads (a filter that matches
-# few tasks among many lists fewer than it could rather than block Redis).
+# Newest first: a final task by finished_at (from its ENDED set), an unfinished one by created_at: the
+# SCHEDULED ones from LIVE, the QUEUED ones where they wait, each lane and priority of QUEUE read from its
+# end (the latest sequence, so the latest created_at, as one broker's clock goes) until it gave limit tasks,
+# the held ones (few: what nodes hold) from HELD, read whole. Looks at no more than SCAN tasks of each set
+# (of each lane and priority in QUEUE): a filter that matches few tasks among many lists fewer than it
+# could rather than block Redis.
 LIST = r"""
 local state, method, limit, before = ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local SCAN, CHUNK = 100000, 500
+local cutoff = before == '+inf' and math.huge or tonumber(before)
 local found = {}
-local function scan(key)
+-- the tasks `ids` in the state `where` (a set of states) and the filters, created before the cutoff, up to
+-- `room` of them (newest first if `ids` are); answers how many
+local function unfinished(ids, where, room)
+  preload(ids, {TASK})
+  local mine = 0
+  for _, id in ipairs(ids) do
+    local t = load(id)
+    if mine >= room then break end
+    if t and where[t.state] and (state == '' or t.state == state) and (method == '' or t.method == method) then
+      local created = tonumber(t.created)
+      if created < cutoff then found[#found + 1] = {created, id, t}; mine = mine + 1 end
+    end
+  end
+  return mine
+end
+-- read `key` by `range(start, stop)` in chunks, handing the ids (after `skip` bytes of a member, or after
+-- its first "|") to unfinished(), until it gave `room` tasks or SCAN were seen
+local function read(range, skip, where, room)
+  local seen = 0
+  while room > 0 and seen < SCAN do
+    local members, ids = range(seen, seen + math.min(CHUNK, room) - 1), {}
+    if #members == 0 then break end
+    for i, m in ipairs(members) do ids[i] = string.sub(m, skip or string.find(m, '|', 1, true) + 1) end
+    room = room - unfinished(ids, where, room)
+    seen = seen + #members
+  end
+end
+local function queued()
+  local p = method == '' and '' or prefix(method)
+  local from, to = p == '' and '-' or '[' .. p, p == '' and '+' or '(' .. p .. '\255'
+  while true do
+    local first = redis.call('ZRANGEBYLEX', QUEUE, from, to, 'LIMIT', 0, 1)[1]
+    if not first then break end
+    local n = tonumber(string.sub(first, 1, 8), 16)
+    local head = 17 + n + tonumber(string.sub(first, 9 + n, 16 + n), 16)  -- the lane and the priority
+    local lane_rank = string.sub(first, 1, head)
+    local top, bottom = '(' .. lane_rank .. '\255', '[' .. lane_rank
+    read(function(start, stop) return redis.call('ZREVRANGEBYLEX', QUEUE, top, bottom, 'LIMIT', start, stop - start + 1) end,
+      head + 13, {QUEUED = true}, limit)
+    from = top
+  end
+end
+-- the newest tasks of `key` (by score) in a state of `where` (any, if nil) and the filters
+local function newest(key, where)
   local start = before == '+inf' and 0 or redis.call('ZCOUNT', key, before, '+inf')
   local mine, seen = 0, 0
   while mine < limit and seen < SCAN do
@@ -192,7 +240,8 @@ local function scan(key)
     preload(ids, {TASK})
     for i = 1, #r, 2 do
       local t = load(r[i])
-      if t and (state == '' or t.state == state) and (method == '' or t.method == method) and mine < limit then
+      local wanted = t and (not where or where[t.state]) and (state == '' or t.state == state)
+      if wanted and (method == '' or t.method == method) and mine < limit then
         found[#found + 1] = {tonumber(r[i + 1]), t.id, t}
         mine = mine + 1
       end
@@ -201,10 +250,12 @@ local function scan(key)
   end
 end
 if limit <= 0 then return {} end
-if state == '' then
-  scan(LIVE); for _, key in pairs(ENDED) do scan(key) end
-elseif FINAL[state] then scan(ENDED[state])
-elseif state == 'QUEUED' or state == 'SCHEDULED' or LEASED[state] then scan(LIVE) end
+if state == '' or state == 'QUEUED' then queued() end
+if state == '' or state == 'SCHEDULED' then newest(LIVE, {SCHEDULED = true}) end
+if state == '' or LEASED[state] then
+  read(function(start, stop) return redis.call('ZRANGE', HELD, start, stop) end, nil, LEASED, SCAN)
+end
+if state == '' then for _, key in pairs(ENDED) do newest(key) end elseif FINAL[state] then newest(ENDED[state]) end
 table.sort(found, function(a, b) return a[1] > b[1] or (a[1] == b[1] and a[2] > b[2]) end)
 local answer, ids = {}, {}
 for i = 1, math.min(limit, #found) do ids[i] = found[i][2] end
