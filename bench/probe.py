@@ -183,9 +183,13 @@ def _received(result: Any, args: tuple[Any, ...]) -> Any:
 
 
 def _zmq_send_recv() -> None:
-    """A DEALER's send and recv (the client's and the node's socket)."""
+    """A DEALER's send and recv (the client's and the node's socket): pyzmq's Socket methods, and the
+    Cython methods under them that zerotask.sockets calls on the hot path (``send_frame(sock, payload,
+    flags)``, ``recv_frame(sock)``; ``sockets.sender`` binds send_frame when a socket is made, after this)."""
     _patch("zmq:Socket.send", _before("send", _payload))
     _patch("zmq:Socket.recv", _after("recv", _received))
+    _patch("zerotask.sockets:send_frame", _before("send", _payload))
+    _patch("zerotask.sockets:recv_frame", _after("recv", _received))
 
 
 def _stores(methods: dict[str, Wrap]) -> None:
