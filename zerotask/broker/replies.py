@@ -95,7 +95,8 @@ class Outbox:
             if envelope not in messages:
                 messages[envelope] = []
         for envelope, queued in messages.items():
-            fresh = _one(queued[0], self.limit) if len(queued) == 1 else coalesce(queued, self.limit)
+            # (one message, the common case of a blocking call's reply, without coalesce's generator)
+            fresh = iter((_single(queued[0], self.limit),)) if len(queued) == 1 else coalesce(queued, self.limit)
             try:
                 if envelope in self._backlog and not self._send_waiting(envelope, send):
                     self._hold(envelope, fresh)  # still no room: the new ones wait behind the old
@@ -248,19 +249,17 @@ def coalesce(messages: list[Message], limit: int = DEFAULT_REPLY_LIMIT) -> Itera
         if run:
             yield from _notifications(run, limit)
             run = []
-        if isinstance(message, list):
-            yield _encode_responses(message, limit)
-        else:
-            yield _bounded(_encode(message), message, limit)
+        yield _single(message, limit)
     if run:
         yield from _notifications(run, limit)
 
 
-def _one(message: Message, limit: int) -> Iterator[bytes]:
-    """:func:`coalesce` of one message (a blocking call's reply, a node's tasks), without its generator."""
+def _single(message: Message, limit: int) -> bytes:
+    """A message encoded alone (a response, a batch's responses, or a notification with no run to join),
+    bounded by ``limit`` as :func:`coalesce` says."""
     if isinstance(message, list):
-        return iter((_encode_responses(message, limit),))
-    return iter((_bounded(_encode(message), message, limit),))
+        return _encode_responses(message, limit)
+    return _bounded(_encode(message), message, limit)
 
 
 def _notifications(run: list[dict[str, Any]], limit: int) -> Iterator[bytes]:

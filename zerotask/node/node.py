@@ -240,7 +240,7 @@ class Node(EventLoop):
         broker = self._socket
         while broker is not None:
             try:
-                payload = broker.recv(sockets.NOBLOCK)
+                payload = sockets.recv_frame(broker, sockets.NOBLOCK)
             except zmq.Again:
                 return
             self._silence.heard()
