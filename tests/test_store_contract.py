@@ -380,6 +380,66 @@ class TestClaim:
         assert take(store, ["a"], 10) == []
 
 
+HOLDING_STORES = ["memory", "sqlite"]  # holds_at_add: the broker's direct path adds tasks as held (add_held)
+
+
+@pytest.fixture(params=HOLDING_STORES)
+def holding(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    made = STORES[request.param](tmp_path)
+    yield made
+    made.close()
+
+
+def test_only_the_stores_that_write_adds_at_once_hold_tasks_at_add(store: Store) -> None:
+    holds = type(store).__name__ in ("MemoryStore", "SqliteStore")
+    assert store.holds_at_add is holds
+    if not holds:  # (Redis defers its adds to the round's write: a claim could not find the task yet)
+        with pytest.raises(NotImplementedError):
+            store.add_held(TaskRecord("h1", "a", []))
+
+
+class TestAddHeld:
+    """The direct path's add: as an add then a claim, in one step."""
+
+    def test_a_task_added_held_is_assigned_with_its_arguments_and_never_taken(self, holding: Store) -> None:
+        assert holding.add_held(TaskRecord("h1", "a", [1, 2], {"k": 3}, owner="alice"), 40)
+        holding.flush()
+        record = holding.get("h1")
+        assert record is not None and (record.state, record.args, record.kwargs) == (ASSIGNED, [1, 2], {"k": 3})
+        assert record.owner == "alice"
+        assert record.created_at is not None
+        assert counts(holding) == {} and holding.state_counts() == {ASSIGNED: 1}
+        assert take(holding, ["a"], 10) == []
+
+    def test_an_id_that_exists_is_refused_and_left_as_it_was(self, holding: Store) -> None:
+        queue(holding, ("t1", "a"))
+        assert not holding.add_held(TaskRecord("t1", "b", ["other"]))
+        assert state(holding, "t1") == QUEUED and counts(holding) == {"a": 1}
+        assert holding.add_held(TaskRecord("h1", "a", []))
+        assert not holding.add_held(TaskRecord("h1", "a", []))
+        assert holding.state_counts() == {QUEUED: 1, ASSIGNED: 1}
+
+    def test_requeued_it_takes_its_place_before_tasks_queued_after_it(self, holding: Store) -> None:
+        queue(holding, ("t1", "a"))
+        assert take(holding, ["a"], 1) == ["t1"]
+        assert holding.add_held(TaskRecord("h1", "a", ["h1"]))
+        queue(holding, ("t2", "a"))
+        holding.requeue(["h1", "t1"])
+        assert counts(holding) == {"a": 3}
+        assert take(holding, ["a"], 10) == ["t1", "h1", "t2"]
+        record = holding.get("h1")
+        assert record is not None and record.args == ["h1"]
+
+    def test_it_ends_and_retries_as_a_taken_task(self, holding: Store) -> None:
+        assert holding.add_held(TaskRecord("h1", "a", []))
+        assert holding.add_held(TaskRecord("h2", "a", []))
+        assert holding.finish_many([Outcome("h1", FINISHED, 3, held=True)]) == [True]
+        holding.retry("h2", 1)
+        holding.requeue(["h2"])
+        assert (state(holding, "h1"), state(holding, "h2")) == (FINISHED, QUEUED)
+        assert take(holding, ["a"], 10) == ["h2"] and attempts(holding, "h2") == 1
+
+
 class TestRequeue:
     def test_requeue_puts_assigned_and_retry_tasks_back_in_their_places(self, store: Store) -> None:
         queue(store, ("t1", "a"), ("t2", "a"), ("t3", "a"), ("t4", "a"))
@@ -1280,6 +1340,21 @@ class TestSqliteDurability:
             _assert_history(reopened)
         finally:
             reopened.close()
+
+    def test_a_task_added_held_survives_as_assigned_and_is_queued_again_by_recover(self, tmp_path: Path) -> None:
+        path = str(tmp_path / "tasks.db")
+        store = SqliteStore(path)
+        assert store.add_held(TaskRecord("h1", "add", [1, 2]))
+        store.flush()
+        store.close()
+        second = SqliteStore(path)
+        try:
+            record = second.get("h1")
+            assert record is not None and (record.state, record.args) == (ASSIGNED, [1, 2])
+            second.recover()
+            assert take(second, ["add"], 10) == ["h1"]
+        finally:
+            second.close()
 
     def test_close_makes_unflushed_writes_durable(self, tmp_path: Path) -> None:
         path = str(tmp_path / "tasks.db")

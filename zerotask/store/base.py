@@ -142,12 +142,20 @@ class Store(ABC):
 
     shared: bool = False  # other brokers may use this store at the same time (see the module docstring)
     pipelined: bool = False  # take_later sends ahead: the broker reads its answer later
+    holds_at_add: bool = False  # add_held works: the store writes its adds at once, not deferred to flush
 
     @abstractmethod
     def add(self, record: TaskRecord, size_hint: int = 0) -> bool:
         """Queue a new task: QUEUED, or SCHEDULED if its ``due_at`` is later than now. Returns False, and
         changes nothing, if the id exists.
         ``size_hint``: about how many bytes of JSON the task came as, for a store that bounds its memory."""
+
+    def add_held(self, record: TaskRecord, size_hint: int = 0) -> bool:
+        """Only where ``holds_at_add``: add a new task that goes to a node at once (the broker's direct
+        path: nothing was queued and a node was free), as :meth:`add` then :meth:`claim` would: ASSIGNED,
+        with a place in the queue kept for a requeue. Returns False, and changes nothing, if the id
+        exists. Never asked for a task due later."""
+        raise NotImplementedError(f"{type(self).__name__} does not hold tasks at add")
 
     @abstractmethod
     def take_many(self, wants: Sequence[Want]) -> list[list[TaskRecord]]:

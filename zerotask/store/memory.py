@@ -46,6 +46,8 @@ INFLATION = 8
 
 
 class MemoryStore(Store):
+    holds_at_add = True
+
     def __init__(self, max_tasks: int = DEFAULT_MAX_TASKS, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.max_tasks = max_tasks
         self.max_bytes = max_bytes
@@ -65,11 +67,7 @@ class MemoryStore(Store):
     def add(self, record: TaskRecord, size_hint: int = 0) -> bool:
         if record.id in self._records:
             return False
-        if len(self._records) >= self.max_tasks:
-            self.expire(float("inf"), limit=max(1, self.max_tasks // 100))  # the oldest outcomes go first
-            if len(self._records) >= self.max_tasks:
-                limit = self.max_tasks
-                raise QueueFull(f"the memory store holds {limit} unfinished tasks", {"limit": limit, "bound": "store"})
+        self._room_for_one()
         # Small arguments stay as they are (packing costs an encode and a decode per task); large ones
         # are packed. Both count against max_bytes: small ones at what Python objects may take.
         packed = jsonrpc.dumps([record.args, record.kwargs]) if size_hint > PACK_OVER_BYTES else None
@@ -99,6 +97,28 @@ class MemoryStore(Store):
         else:
             self._queue.append(stored, hint)
         return True
+
+    def add_held(self, record: TaskRecord, size_hint: int = 0) -> bool:
+        # Not queued at all, so nothing to take later: no line entry, no packing (a node gets its arguments
+        # now), no charge (a held task's arguments count for nothing, as a taken one's).
+        if record.id in self._records:
+            return False
+        self._room_for_one()
+        record.state = ASSIGNED
+        record.created_at = self.clock() if record.created_at is None else record.created_at
+        record.finished_at = None
+        self._records[record.id] = record
+        self._states[ASSIGNED] += 1
+        self._queue.hold(record)
+        return True
+
+    def _room_for_one(self) -> None:
+        """Raise QueueFull if the store holds ``max_tasks`` tasks, after forgetting the oldest outcomes."""
+        if len(self._records) >= self.max_tasks:
+            self.expire(float("inf"), limit=max(1, self.max_tasks // 100))  # the oldest outcomes go first
+            if len(self._records) >= self.max_tasks:
+                limit = self.max_tasks
+                raise QueueFull(f"the memory store holds {limit} unfinished tasks", {"limit": limit, "bound": "store"})
 
     def _charged_bytes(self) -> int:
         """What the waiting tasks' arguments count for, together."""

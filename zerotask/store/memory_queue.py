@@ -178,6 +178,11 @@ class MemoryQueue:
         heapq.heappush(self._scheduled, (record.due_at or 0.0, self._last_place << HINT_BITS | hint, record))
         self.hints += hint
 
+    def hold(self, record: TaskRecord) -> None:
+        """A new task went to a node without waiting in line: it gets a new place, kept for a requeue."""
+        self._last_place += 1
+        self._places[record.id] = self._last_place
+
     def requeue(self, record: TaskRecord) -> None:
         """Queue a held (or retried) task again, in its old place."""
         self.counts[record.method] = self.counts.get(record.method, 0) + 1

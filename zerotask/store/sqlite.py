@@ -44,6 +44,8 @@ REWRITE_RATIO = 4
 
 
 class SqliteStore(Store):
+    holds_at_add = True
+
     def __init__(self, path: str, synchronous: str = "NORMAL") -> None:
         self.path = path
         _create_private(path)
@@ -113,6 +115,16 @@ class SqliteStore(Store):
             return False
         self._live[record.id] = None
         self._ops.append(put(record))
+        return True
+
+    def add_held(self, record: TaskRecord, size_hint: int = 0) -> bool:
+        if self._archive.size and self._archive.has(record.id):
+            return False
+        if not self._memory.add_held(record, size_hint):
+            return False
+        self._live[record.id] = None
+        self._ops.append(put(record))  # (as QUEUED: the journal's next op says it is held)
+        self._ops.append([HELD, record.id])
         return True
 
     def take_many(self, wants: Sequence[Want]) -> list[list[TaskRecord]]:
