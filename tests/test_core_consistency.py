@@ -36,7 +36,7 @@ def test_hooks_see_a_task_life_in_order(core: BrokerCore, clock: ManualClock, re
     assert recorder.calls == [
         ("on_node_added", b"n1"),
         ("before_enqueue", "t1"),
-        ("after_enqueue", "t1", QUEUED),
+        ("after_enqueue", "t1", ASSIGNED),  # (the node was free and nothing queued: the direct path)
         ("before_assign", b"n1", ["t1"]),
         ("on_retry", "t1", 1, 1.0),
         ("before_assign", b"n1", ["t1"]),

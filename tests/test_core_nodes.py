@@ -267,10 +267,10 @@ def test_nodes_serving_different_names_are_served_in_one_store_call(clock: Manua
     store = CountingStore()
     core = BrokerCore(store, clock, [Retries(), TimeLimits(), recorder])
     names = [f"m{n}" for n in range(20)]
+    for name in names:  # (queued before the nodes come, so that nothing takes the direct path)
+        submit(core, 50, name, prefix=f"{name}-")  # the "-" keeps ids apart: "m1" + "11" and "m11" + "1" would both be "m111"
     for name in names:
         connect(core, name.encode(), name, credit=50)
-    for name in names:
-        submit(core, 50, name, prefix=f"{name}-")  # the "-" keeps ids apart: "m1" + "11" and "m11" + "1" would both be "m111"
     handed = {node.id: records for node, records in core.assign()}
     assert store.take_many_calls == 1
     assert set(handed) == {name.encode() for name in names}

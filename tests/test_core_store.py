@@ -30,6 +30,8 @@ from zerotask.wire import ASSIGNED, FAILED, FINISHED, QUEUED
 class OutageStore(MemoryStore):
     """A MemoryStore that fails every write, and flush, while ``down``; adds are deferred to flush."""
 
+    holds_at_add = False  # (its adds wait for flush)
+
     def __init__(self) -> None:
         super().__init__()
         self.down = False

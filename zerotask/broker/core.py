@@ -23,6 +23,7 @@ from typing import Any
 from zerotask import jsonrpc, wire
 from zerotask.broker.ahead import RoundAhead
 from zerotask.broker.assignment import Assigner, NodeId, NodeSlot
+from zerotask.broker.direct import DirectPath
 from zerotask.broker.hooks import Hooks, overriding
 from zerotask.broker.outcomes import Retrying, read_report
 from zerotask.broker.placement import DueTimer, Placement, TaskDefaults
@@ -65,6 +66,7 @@ class BrokerCore:
         self._scheduler = scheduler
         self._local = local
         self._nodes: dict[NodeId, NodeSlot] = {}
+        self._slots: list[NodeSlot] = []  # the nodes, as a list for the direct path to take turns in
         self._served: Counter[str] = Counter()  # task name -> how many connected nodes serve it
         self._holder: dict[str, NodeSlot] = {}  # task id -> the node that holds it
         self.waiters = Waiters()
@@ -73,6 +75,7 @@ class BrokerCore:
         self.writes = StoreWrites(store)  # what could not be written while the store was unreachable
         self.rate_limits = RateLimits(store, scheduler)  # per task name, for all nodes together
         self._assigner = Assigner(store, self.rate_limits)
+        self._direct = DirectPath(store, self.rate_limits)
         # Only the hooks that override a point are called there, so an unused point costs nothing.
         self._before_enqueue = overriding(hooks, "before_enqueue")
         self._after_enqueue = overriding(hooks, "after_enqueue")
@@ -121,9 +124,12 @@ class BrokerCore:
             raise QueueFull(f"the queue is full ({self.max_queued} tasks)", {"limit": self.max_queued, "bound": "queue"})
         if (holder := self.defaults.unique_holder(self.store, record)) is not None:
             return holder  # @task(unique_for=...): this call's twin is queued or running
-        if not self.store.add(record, self.size_hint):
+        node = self._direct.node_for(record, self._slots) if self._slots else None
+        if not (self.store.add(record, self.size_hint) if node is None else self.store.add_held(record, self.size_hint)):
             return self.store.get(record.id) or record  # (the store refused it: it has it)
         self.writes.added += 1
+        if node is not None:  # (the node holds it from now on: a revoke before the round's end tells it)
+            self._holder[record.id] = self._direct.hand(node, record)
         if record.state == SCHEDULED:
             self.due_timer.arm(record.due_at)
         self.enqueued(record)
@@ -208,6 +214,7 @@ class BrokerCore:
         node = NodeSlot(node_id, frozenset(methods), min(max(credit, 0), MAX_CREDIT), queues=queues)
         self.store.remember_methods(node.methods)  # tasks of these names wait while the node restarts
         self._nodes[node_id] = node
+        self._slots = list(self._nodes.values())
         self._served.update(node.methods)
         candidates = [task_id for task_id in running if isinstance(task_id, str) and task_id not in self._holder]
         adopt = [task_id for task_id in candidates if (found := self.store.get(task_id)) and found.method in node.methods]
@@ -255,6 +262,7 @@ class BrokerCore:
         node = self._nodes.pop(node_id, None)
         if node is None:
             return None
+        self._slots = list(self._nodes.values())
         self._served.subtract(node.methods)
         for method in node.methods:  # names no node serves any more are forgotten, not kept at zero
             if self._served[method] <= 0:
@@ -272,7 +280,8 @@ class BrokerCore:
         returns each node with the tasks to send it. With a ``pipelined`` store, sends the round's one
         write instead (its adds, the outcomes reported, the take): :meth:`take_answered` hands out."""
         if not self.store.pipelined:
-            return self._hand(self._assigner.assign(self._nodes.values()))
+            direct = self._direct.take(self._holder) if self._direct.handed else []
+            return self._hand(direct + self._assigner.assign(self._nodes.values()))
         self._ahead.send(self._nodes.values(), self._outcomes)
         return []
 
