@@ -237,13 +237,12 @@ def _broker() -> None:
     )  # (core, node, outcomes)
     _stores(
         {
-            "add": _around("store.add", "store.added", _payload),
-            "take_many": _before("store.take_many"),
+            "add": _around("store.add", "store.added", _payload),  # a task queued, or (the direct path) held:
+            "add_held": _around("store.add", "store.added", _payload),
             "finish_many": _around("store.finish_many", "store.finished_many", _payload),
             "flush": _around("store.flush", "store.flushed"),
         }
     )
-    _stores({"take_many": _after("store.took", _received)})
 
 
 def _node() -> None:

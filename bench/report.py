@@ -59,8 +59,8 @@ python -m bench.trace --write                    # append the table to this file
 It starts a broker, a node and a client as processes of its own and, in each, installs probes
 (`bench/probe.py`) by wrapping zerotask's functions before `python -m zerotask.broker` or
 `python -m zerotask.node` starts: the ZeroMQ sends and receives, the worker pipe's send_bytes and
-recv_bytes, `jsonrpc.loads`, `BrokerCore.submit`, `assign` and `report`, the store's `add`,
-`take_many`, `finish_many` and `flush`, `WorkerPool.add`, the worker's task run, `Client.call`.
+recv_bytes, `jsonrpc.loads`, `BrokerCore.submit`, `assign` and `report`, the store's `add`
+and `add_held`, `finish_many` and `flush`, `WorkerPool.add`, the worker's task run, `Client.call`.
 zerotask/ is not changed, and nothing is installed outside a trace: off, it costs nothing. A probe appends
 a `perf_counter_ns()` stamp (CLOCK_MONOTONIC, one clock for every process on the machine) and a
 reference to what it saw; each process writes its stamps at exit, and the trace matches them to calls
