@@ -36,7 +36,7 @@ from zerotask.broker.stats import Throughput
 from zerotask.broker.upkeep import StoreUpkeep
 from zerotask.broker.workflows import Workflows
 from zerotask.exceptions import StoreUnavailable, ZerotaskError
-from zerotask.loop import EventLoop
+from zerotask.loop import EventLoop, give_back_memory
 from zerotask.store import Store, open_store
 from zerotask.task import Dispatcher, default_dispatcher
 
@@ -57,6 +57,7 @@ _ROUND_BUDGET = 1000
 # And a round ends after this many bytes of messages, whatever their count: parsing a 10 MB message of
 # pathological JSON takes ~0.4 s, and thirty of them in one round held the loop (heartbeats, timers) 9.5 s.
 _ROUND_BYTES = 8 * 1024 * 1024
+_LARGE_MESSAGE_BYTES = 1024 * 1024  # after a round that read a message this large, the C heap's free memory goes back
 MAX_BATCH = 1000  # requests in one JSON-RPC batch: a larger one is refused whole, before any runs
 # A node's message wraps a result in a few levels (batch, notification, params, outcomes, outcome) that a
 # worker's check of MAX_DEPTH does not count; a client's task arguments get no such allowance, so that
@@ -147,6 +148,7 @@ class Broker(EventLoop):
             self.metrics.start(self.core, self)
         self.outbox = Outbox(self.max_message_bytes)
         self._backlog_wakeup = False
+        self._read_large = False  # this round read a message over _LARGE_MESSAGE_BYTES
         self._answer_fd: int | None = None  # while a take sent ahead waits: where its answer comes
         self.nodes = NodeProtocol(self.core, self.outbox, self.heartbeat_s, self.liveness, self.max_message_bytes)
         self.nodes.periodic = Periodic(self.store, self, lambda name, task_id: self.core.submit(name, [], {}, task_id))
@@ -211,6 +213,7 @@ class Broker(EventLoop):
             except zmq.Again:
                 return
             size += len(frames[-1])
+            self._read_large = self._read_large or len(frames[-1]) > _LARGE_MESSAGE_BYTES
             budget -= self._on_message(frames)
             if not sockets.waiting(self.requests):
                 return
@@ -240,6 +243,9 @@ class Broker(EventLoop):
             self._store_probe = True  # come back to try the store, even if no one sends anything
             self.call_later(_STORE_PROBE_S, self._store_probed)
         self._deliver()
+        if self._read_large:  # (after the replies: they need not wait for it)
+            self._read_large = False
+            give_back_memory()
         if self.core.taking:  # read its answer as soon as it comes, or at the next round's end
             self._answer_fd = self.store.answer_fileno()
             if self._answer_fd is None:
