@@ -18,8 +18,8 @@ from zerotask.store.base import Outcome, TaskRecord, Want, want_parts
 from zerotask.store.redis_layout import task_from_parts
 from zerotask.wire import FAILED, FINISHED, REVOKED
 
-# ARGV[4] token, ARGV[5] n, ARGV[6] m, then per task (ADD_FIELDS): id, params, the end of its row after the
-# sequence ("|attempts|created_at|priority|due_at|names") and its lane with 9 - priority (where it goes in
+# ARGV[4] token, ARGV[5] n, ARGV[6] m, then per task (ADD_FIELDS): id, its row's payload and the "|" after it
+# (see redis_layout: its params, no outcome), the end of its row after the sequence ("|attempts|created_at|priority|due_at|names") and its lane with 9 - priority (where it goes in
 # QUEUE, before the sequence); then m triples for the tasks that have a due_at or an owner: the task's place
 # in the batch (from 1), due_at ("" for none), owner ("" or "+" .. owner). Most tasks have neither: they cost
 # no arguments for them. A task due later than now is SCHEDULED, any other QUEUED. Answers one "1" (added)
@@ -42,7 +42,7 @@ end
 local first, ids = #flags + 1, {}
 for i = first, n do ids[i - first + 1] = ARGV[3 + i * 4] end
 local existing = mget(TASK, ids)
-local rows, params, owners, queue, scheduled, live = {}, {}, {}, {}, {}, {}
+local rows, owners, queue, scheduled, live = {}, {}, {}, {}, {}
 local k, kq, ks, ko = 0, 0, 0, 0
 -- every task of the batch gets a number (one INCRBY), whether added or not: gaps do no harm
 local seq = #ids > 0 and redis.call('INCRBY', NEXT, #ids) - #ids or 0
@@ -57,25 +57,25 @@ for i = first, n do
     seq = seq + 1
     local hex, due = string.format('%012x', seq), dues[i]
     if due and tonumber(due) > now then
-      rows[k + 1], rows[k + 2] = id, 'SCHEDULED|||' .. hex .. ARGV[at + 3]
+      rows[k + 1], rows[k + 2] = id, 'SCHEDULED|||' .. ARGV[at + 2] .. hex .. ARGV[at + 3]
       scheduled[ks + 1], scheduled[ks + 2], ks = due, hex .. id, ks + 2
       local kl = #live
       live[kl + 1], live[kl + 2] = string.match(ARGV[at + 3], '^|[^|]*|([^|]*)'), id  -- created_at
       later = later + 1
     else
       local l = ARGV[at + 4]
-      rows[k + 1], rows[k + 2] = id, 'QUEUED|||' .. hex .. ARGV[at + 3]
+      rows[k + 1], rows[k + 2] = id, 'QUEUED|||' .. ARGV[at + 2] .. hex .. ARGV[at + 3]
       queue[kq + 1], queue[kq + 2], kq = '0', l .. hex .. id, kq + 2
       by_lane[l] = (by_lane[l] or 0) + 1
       added = added + 1
     end
-    params[k + 1], params[k + 2], k = id, ARGV[at + 2], k + 2
+    k = k + 2
     if owned[i] then owners[ko + 1], owners[ko + 2], ko = id, owned[i], ko + 2 end
     flags[i] = '1'
   end
 end
 if k > 0 then
-  bulk('HSET', TASK, rows); bulk('HSET', PARAMS, params); bulk('HSET', OWNER, owners)
+  bulk('HSET', TASK, rows); bulk('HSET', OWNER, owners)
   bulk('ZADD', QUEUE, queue); bulk('ZADD', SCHEDULE, scheduled); bulk('ZADD', LIVE, live)
 end
 for l, c in pairs(by_lane) do count('QUEUED', string.sub(l, 9, 8 + tonumber(string.sub(l, 1, 8), 16)), c) end
@@ -88,7 +88,7 @@ return done(table.concat(flags))
 # ARGV[4] token, ARGV[5] n, then the tokens of n take_many calls that raised (they may have run), then the
 # number of wants, then per want: limit, the number of methods, the methods, the number of named queues, the
 # queues. Answers a list per want of the tasks taken, the highest priority first, then the earliest
-# submitted: TAKE_FIELDS values each, flat (id, row, params, owner or false), as a table per task costs
+# submitted: TAKE_FIELDS values each, flat (id, row, params of a row without a payload or false, owner or false), as a table per task costs
 # Redis more to send (it looks up a few names in each table of a reply).
 TAKE_FIELDS = 4
 TAKE = r"""
@@ -154,8 +154,9 @@ for w = 1, tonumber(ARGV[6 + tonumber(ARGV[5])]) do
     table.sort(found, function(a, b) return a[1] < b[1] end)
     for i = 1, math.min(limit, #found) do members[i], ids[i], methods[i] = found[i][2], found[i][3], found[i][4] end
   end
-  local rows, params, owners = mget(TASK, ids), mget(PARAMS, ids), {}
+  local rows, params, owners = mget(TASK, ids), {}, {}
   if #ids > 0 and redis.call('EXISTS', OWNER) == 1 then owners = mget(OWNER, ids) end  -- (only with CURVE)
+  if #ids > 0 and redis.call('EXISTS', PARAMS) == 1 then params = mget(PARAMS, ids) end  -- (rows without a payload)
   local records, taken, new_rows, held, by_method, kr = {}, {}, {}, {}, {}, 0
   for i = 1, #ids do
     local id, row = ids[i], rows[i]
@@ -164,7 +165,7 @@ for w = 1, tonumber(ARGV[6 + tonumber(ARGV[5])]) do
       local new = 'ASSIGNED|' .. ME .. '||' .. string.sub(row, 10)
       local n = #new_rows
       new_rows[n + 1], new_rows[n + 2], held[n + 1], held[n + 2] = id, new, '0', ME .. '|' .. id
-      records[kr + 1], records[kr + 2], records[kr + 3], records[kr + 4], kr = id, new, params[i], owners[i] or false, kr + 4
+      records[kr + 1], records[kr + 2], records[kr + 3], records[kr + 4], kr = id, new, params[i] or false, owners[i] or false, kr + 4
       taken[#taken + 1] = id
       by_method[methods[i]] = (by_method[methods[i]] or 0) + 1
     end
@@ -198,8 +199,7 @@ local rows = mget(TASK, ids)
 local flags, recorded, seen, left, entered = {}, {}, {}, {}, {}
 local new_rows, held, ended, outcomes, params = {}, {}, {}, {}, {}
 for i = 1, n do
-  local at = 5 + i * 2
-  local id, state, row = ids[i], STATE_OF[string.byte(letters, i)], rows[i]
+  local id, state, row, outcome = ids[i], STATE_OF[string.byte(letters, i)], rows[i], ARGV[6 + i * 2]
   local cut = row and not seen[id] and string.find(row, '|', 1, true)
   local was = cut and string.sub(row, 1, cut - 1)
   if not was or FINAL[was] then
@@ -209,8 +209,18 @@ for i = 1, n do
     local cut2 = string.find(row, '|', cut + 1, true)
     if LEASED[was] and string.byte(row, cut2 + 1) == 124 then  -- held, no finished_at: cut and join its row
       held[#held + 1] = string.sub(row, cut + 1, cut2 - 1) .. '|' .. id
-      local k = #new_rows
-      new_rows[k + 1], new_rows[k + 2] = id, state .. '||' .. NOW .. string.sub(row, cut2 + 1)
+      local k, new = #new_rows, nil
+      if string.byte(row, cut2 + 2) == 31 then  -- the outcome goes in the row's payload, after the params it keeps
+        local p = string.find(row, '\31', cut2 + 3, true)  -- after the params
+        local kept = state == 'FINISHED' and '' or string.sub(row, cut2 + 3, p - 1)
+        new = state .. '||' .. NOW .. '|\31' .. kept .. '\31' .. outcome .. string.sub(row, (string.find(row, '\31', p + 1, true)))
+      else  -- a row without a payload (a version before wrote it): the outcome goes in OUTCOME
+        new = state .. '||' .. NOW .. string.sub(row, cut2 + 1)
+        local ko = #outcomes
+        outcomes[ko + 1], outcomes[ko + 2] = id, outcome
+        if state == 'FINISHED' then params[#params + 1] = id end
+      end
+      new_rows[k + 1], new_rows[k + 2] = id, new
       if not ended[state] then ended[state] = {} end
       k = #ended[state]
       ended[state][k + 1], ended[state][k + 2] = NOW, id
@@ -219,11 +229,9 @@ for i = 1, n do
       local t = load(id)
       leave(t)
       t.finished = NOW
+      set_outcome(t, state, outcome)
       enter(t, state)
     end
-    local k = #outcomes
-    outcomes[k + 1], outcomes[k + 2] = id, ARGV[at + 1]
-    if state == 'FINISHED' then params[#params + 1] = id end
     flags[i] = '1'
     recorded[#recorded + 1] = id
   end
@@ -253,7 +261,7 @@ def finish_args(outcomes: Sequence[Outcome]) -> list[Any]:
             raise ValueError(f"an outcome is FINISHED, FAILED or REVOKED, not {outcome.state}")
         letters.append(letter)
         value = {"error": outcome.error} if outcome.error is not None else {"result": outcome.result}
-        args += [outcome.task_id, jsonrpc.dumps(value)]
+        args += [outcome.task_id, b"%s" % jsonrpc.dumps(value)]  # (see WriteBuffer.add: a copy)
     args[2] = "".join(letters)
     return args
 

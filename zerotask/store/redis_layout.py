@@ -6,9 +6,16 @@ Every script gets the same KEYS (:data:`KEY_NAMES`, in that order, then any per-
 one hash tag, so that a script touches one slot (Redis Cluster). The tasks live in a few hashes keyed
 by task id rather than in a key per task, so that no script touches a key it was not given.
 
-A task's row (its field in ``task``) is ``state|lease|finished_at|seq|attempts|created_at|priority|due_at|names``:
+A task's row (its field in ``task``) is ``state|lease|finished_at|~payload|seq|attempts|created_at|priority|due_at|names``:
 what a task's way through the queue changes comes first, so that the scripts of add, take and finish
-(:mod:`zerotask.store.redis_flow`) rewrite a row by cutting and joining strings, without parsing it.
+(:mod:`zerotask.store.redis_flow`) rewrite a row by cutting and joining strings, without parsing it. The
+payload is the params (JSON ``[args, kwargs, options]``, "" once FINISHED) and the outcome (JSON
+``{"result": ...}`` or ``{"error": ...}``, "" until final), each after a byte 0x1F and the outcome followed
+by one: JSON holds no control character, so the payload needs no lengths, and each step of a task (add,
+take, finish) is one write of one hash field. (A row of a store written by a version before this one has
+no payload: its params and outcome are in ``params`` and ``outcome``, where every script reads and
+writes them as that version did; the take and finish scripts look there only when ``params`` exists,
+and a row keeps its form for its life.)
 ``seq`` is 12 hex digits; ``names`` is the named queue's length in bytes (8 hex digits), the queue and
 the method (last: queue and method may hold any character; a broker id holds no "|"; lease, finished_at
 and due_at are "" for none, and lease and finished_at are "" while the task is QUEUED or SCHEDULED). Times
@@ -39,9 +46,9 @@ from zerotask.wire import ASSIGNED, FAILED, FINISHED, QUEUED, RETRY, REVOKED, SC
 
 # The keys every script gets, as KEYS[1..n]: suffixes after "<prefix>:{<queue>}:".
 KEY_NAMES = (
-    "task",  # hash: task id -> its row, state|lease|finished_at|seq|attempts|created_at|priority|due_at|names
-    "params",  # hash: task id -> JSON [args, kwargs, options] (gone once FINISHED)
-    "outcome",  # hash: task id -> JSON {"result": ...} or {"error": ...}
+    "task",  # hash: task id -> its row (see above), with its params and outcome
+    "params",  # hash: task id -> JSON [args, kwargs, options] (gone once FINISHED), of rows without a payload
+    "outcome",  # hash: task id -> JSON {"result": ...} or {"error": ...}, of rows without a payload
     "owner",  # hash: task id -> the key that submitted it (only when there is one)
     "queue",  # sorted set by member: the QUEUED tasks, one range per method and named queue, in order
     "scheduled",  # sorted set: the SCHEDULED tasks' sequence and id -> due_at
@@ -140,9 +147,16 @@ end
 local function load(id)
   local m = hget(TASK, id)
   if not m then return nil end
-  local t, names = {id = id, row = m}, nil
-  t.state, t.lease, t.finished, t.seq, t.attempts, t.created, t.priority, t.due, names =
-    string.match(m, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  local t, names, at = {id = id, row = m}, nil, nil
+  t.state, t.lease, t.finished, at = string.match(m, '^([^|]*)|([^|]*)|([^|]*)|()')
+  if string.byte(m, at) == 31 then  -- its params and outcome are in the row (else in PARAMS and OUTCOME)
+    local p = string.find(m, '\31', at + 1, true)
+    local o = string.find(m, '\31', p + 1, true)
+    t.params, t.outcome = string.sub(m, at + 1, p - 1), string.sub(m, p + 1, o - 1)
+    at = o + 2
+  end
+  t.seq, t.attempts, t.created, t.priority, t.due, names =
+    string.match(m, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$', at)
   local n = tonumber(string.sub(names, 1, 8), 16)
   t.queue, t.method = string.sub(names, 9, 8 + n), string.sub(names, 9 + n)
   return t
@@ -198,14 +212,30 @@ local function enter(t, state)
   elseif LEASED[state] then t.lease, leased = ME, true; put('z', HELD, ME .. '|' .. t.id, 0)
   else put('z', ENDED[state], t.id, t.finished) end
   count(state, t.method, 1)
-  t.row = table.concat({t.state, t.lease, t.finished, t.seq, t.attempts, t.created, t.priority, t.due,
-    prefix(t.queue) .. t.method}, '|')
+  local head = t.state .. '|' .. t.lease .. '|' .. t.finished .. '|'
+  if t.params then
+    head = head .. '\31' .. t.params .. '\31' .. t.outcome .. '\31|'
+  end
+  t.row = head .. table.concat({t.seq, t.attempts, t.created, t.priority, t.due, prefix(t.queue) .. t.method}, '|')
   put('h', TASK, t.id, t.row)
 end
 
 -- a task as the store returns it (see task_from_row)
 local function record(t)
+  if t.params then return {t.id, t.row, false, false, hget(OWNER, t.id)} end
   return {t.id, t.row, hget(PARAMS, t.id), FINAL[t.state] and hget(OUTCOME, t.id) or false, hget(OWNER, t.id)}
+end
+
+-- a task's outcome is `outcome`, and FINISHED, it keeps no params: in its row, or (a task a version before
+-- this one wrote) in OUTCOME and PARAMS
+local function set_outcome(t, state, outcome)
+  if t.params then
+    t.outcome = outcome
+    if state == 'FINISHED' then t.params = '' end
+  else
+    put('h', OUTCOME, t.id, outcome)
+    if state == 'FINISHED' then put('h', PARAMS, t.id, false) end
+  end
 end
 
 local function apply(key, delta)
@@ -245,9 +275,15 @@ def task_from_row(row: list[Any]) -> TaskRecord:
 def task_from_parts(
     task_id: bytes, task_row: bytes, params: bytes | None, outcome: bytes | None, owner: bytes | None
 ) -> TaskRecord:
-    """A task from the parts of a script's ``record(t)``. (Every task a broker takes comes through here:
-    TaskRecord is made with positional arguments, in the order of its fields, at a third of the cost.)"""
-    state, _, finished, _, attempts, created, priority, due, names = task_row.split(b"|", 8)
+    """A task from the parts of a script's ``record(t)`` (``params`` and ``outcome`` are those of a row
+    without a payload). (Every task a broker takes comes through here: TaskRecord is made with positional
+    arguments, in the order of its fields, at a third of the cost.)"""
+    state, _, finished, rest = task_row.split(b"|", 3)
+    if rest[0] == 0x1F:  # the payload: params and outcome
+        _, params, outcome, rest = rest.split(b"\x1f", 3)
+        _, _, attempts, created, priority, due, names = rest.split(b"|", 6)
+    else:
+        _, attempts, created, priority, due, names = rest.split(b"|", 5)
     method_queue = _decoded.get(names)
     if method_queue is None:
         if len(_decoded) >= 4096:  # names come from clients: keep a bounded few

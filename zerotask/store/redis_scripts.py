@@ -67,7 +67,8 @@ preload(ids, {TASK})
 for i = 1, n do
   local t = load(ids[i])
   leave(t)
-  for _, key in ipairs({TASK, PARAMS, OUTCOME, OWNER}) do put('h', key, t.id, false) end
+  put('h', TASK, t.id, false); put('h', OWNER, t.id, false)
+  if not t.params then put('h', PARAMS, t.id, false); put('h', OUTCOME, t.id, false) end  -- (a row without a payload)
   put('z', LIVE, t.id, false)  -- (an id a version before left there)
 end
 return done(n)
@@ -78,7 +79,7 @@ RESET = r"""
 local t = load(ARGV[4])
 if not t or (t.state ~= 'FAILED' and t.state ~= 'REVOKED') then return done(0) end
 leave(t)
-put('h', OUTCOME, t.id, false)
+if t.params then t.outcome = '' else put('h', OUTCOME, t.id, false) end
 t.seq, t.attempts, t.created, t.finished, t.due = new_seq(), '0', NOW, '', ''
 enter(t, 'QUEUED')
 publish('Q', {})
