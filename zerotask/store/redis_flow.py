@@ -19,8 +19,9 @@ from zerotask.store.redis_layout import task_from_parts
 from zerotask.wire import FAILED, FINISHED, REVOKED
 
 # ARGV[4] token, ARGV[5] n, ARGV[6] m, then per task (ADD_FIELDS): id, its row's payload and the "|" after it
-# (see redis_layout: its params, no outcome), the end of its row after the sequence ("|attempts|created_at|priority|due_at|names") and its lane with 9 - priority (where it goes in
-# QUEUE, before the sequence); then m triples for the tasks that have a due_at or an owner: the task's place
+# (see redis_layout: its params, no outcome), the end of its row after the sequence
+# ("|attempts|created_at|priority|due_at|names") and its lane with 9 - priority (where it goes in QUEUE,
+# before the sequence); then m triples for the tasks that have a due_at or an owner: the task's place
 # in the batch (from 1), due_at ("" for none), owner ("" or "+" .. owner). Most tasks have neither: they cost
 # no arguments for them. A task due later than now is SCHEDULED, any other QUEUED. Answers one "1" (added)
 # or "0" (refused: the id exists) per task. A batch sent again with the same token (its reply was lost, and
@@ -88,8 +89,8 @@ return done(table.concat(flags))
 # ARGV[4] token, ARGV[5] n, then the tokens of n take_many calls that raised (they may have run), then the
 # number of wants, then per want: limit, the number of methods, the methods, the number of named queues, the
 # queues. Answers a list per want of the tasks taken, the highest priority first, then the earliest
-# submitted: TAKE_FIELDS values each, flat (id, row, params of a row without a payload or false, owner or false), as a table per task costs
-# Redis more to send (it looks up a few names in each table of a reply).
+# submitted: TAKE_FIELDS values each, flat (id, row, params of a row without a payload or false, owner or
+# false), as a table per task costs Redis more to send (it looks up a few names in each table of a reply).
 TAKE_FIELDS = 4
 TAKE = r"""
 local doubt = {}
@@ -157,15 +158,16 @@ for w = 1, tonumber(ARGV[6 + tonumber(ARGV[5])]) do
   local rows, params, owners = mget(TASK, ids), {}, {}
   if #ids > 0 and redis.call('EXISTS', OWNER) == 1 then owners = mget(OWNER, ids) end  -- (only with CURVE)
   if #ids > 0 and redis.call('EXISTS', PARAMS) == 1 then params = mget(PARAMS, ids) end  -- (rows without a payload)
-  local records, taken, new_rows, held, by_method, kr = {}, {}, {}, {}, {}, 0
+  local records, taken, new_rows, by_method, kr = {}, {}, {}, {}, 0
   for i = 1, #ids do
     local id, row = ids[i], rows[i]
     -- QUEUED, with no lease and no finished_at, as every QUEUED task is (else it is dropped from QUEUE)
-    if row and string.sub(row, 1, 9) == 'QUEUED|||' then
+    if row and string.find(row, 'QUEUED|||', 1, true) == 1 then
       local new = 'ASSIGNED|' .. ME .. '||' .. string.sub(row, 10)
       local n = #new_rows
-      new_rows[n + 1], new_rows[n + 2], held[n + 1], held[n + 2] = id, new, '0', ME .. '|' .. id
-      records[kr + 1], records[kr + 2], records[kr + 3], records[kr + 4], kr = id, new, params[i] or false, owners[i] or false, kr + 4
+      new_rows[n + 1], new_rows[n + 2] = id, new
+      records[kr + 1], records[kr + 2], records[kr + 3], records[kr + 4] = id, new, params[i] or false, owners[i] or false
+      kr = kr + 4
       taken[#taken + 1] = id
       by_method[methods[i]] = (by_method[methods[i]] or 0) + 1
     end
@@ -173,7 +175,7 @@ for w = 1, tonumber(ARGV[6 + tonumber(ARGV[5])]) do
   for method, n in pairs(by_method) do count('QUEUED', method, -n) end
   bulk('ZREM', QUEUE, members)  -- before the next want looks
   bulk('HSET', TASK, new_rows)
-  bulk('ZADD', HELD, held)
+  bulk('SADD', MINE, taken)
   count('ASSIGNED', nil, #taken)
   answer[w], groups[w], any = records, taken, any or #taken > 0
   at = at + 3 + k + q
@@ -197,7 +199,8 @@ local STATE_OF = {[string.byte('F')] = 'FINISHED', [string.byte('E')] = 'FAILED'
 for i = 1, n do ids[i] = ARGV[5 + i * 2] end
 local rows = mget(TASK, ids)
 local flags, recorded, seen, left, entered = {}, {}, {}, {}, {}
-local new_rows, held, ended, outcomes, params = {}, {}, {}, {}, {}
+local new_rows, released, old, ended, outcomes, params = {}, {}, {}, {}, {}, {}
+local lease_of_mine, legacy = ME .. '|', old_held()
 for i = 1, n do
   local id, state, row, outcome = ids[i], STATE_OF[string.byte(letters, i)], rows[i], ARGV[6 + i * 2]
   local cut = row and not seen[id] and string.find(row, '|', 1, true)
@@ -208,12 +211,16 @@ for i = 1, n do
     seen[id] = true
     local cut2 = string.find(row, '|', cut + 1, true)
     if LEASED[was] and string.byte(row, cut2 + 1) == 124 then  -- held, no finished_at: cut and join its row
-      held[#held + 1] = string.sub(row, cut + 1, cut2 - 1) .. '|' .. id
+      if cut2 - cut - 1 == #ME and string.find(row, lease_of_mine, cut + 1, true) == cut + 1 then
+        released[#released + 1] = id  -- (held by another broker: its set keeps it, see redis_layout)
+      end
+      if legacy then old[#old + 1] = string.sub(row, cut + 1, cut2 - 1) .. '|' .. id end
       local k, new = #new_rows, nil
       if string.byte(row, cut2 + 2) == 31 then  -- the outcome goes in the row's payload, after the params it keeps
         local p = string.find(row, '\31', cut2 + 3, true)  -- after the params
         local kept = state == 'FINISHED' and '' or string.sub(row, cut2 + 3, p - 1)
-        new = state .. '||' .. NOW .. '|\31' .. kept .. '\31' .. outcome .. string.sub(row, (string.find(row, '\31', p + 1, true)))
+        local tail = string.find(row, '\31', p + 1, true)  -- after the outcome ("" while held)
+        new = state .. '||' .. NOW .. '|\31' .. kept .. '\31' .. outcome .. string.sub(row, tail)
       else  -- a row without a payload (a version before wrote it): the outcome goes in OUTCOME
         new = state .. '||' .. NOW .. string.sub(row, cut2 + 1)
         local ko = #outcomes
@@ -239,7 +246,8 @@ end
 for state, c in pairs(left) do count(state, nil, -c) end
 for state, c in pairs(entered) do count(state, nil, c) end
 bulk('HSET', TASK, new_rows)
-bulk('ZREM', HELD, held)
+bulk('SREM', MINE, released)
+bulk('ZREM', HELD, old)
 for state, values in pairs(ended) do bulk('ZADD', ENDED[state], values) end
 bulk('HSET', OUTCOME, outcomes)
 bulk('HDEL', PARAMS, params)

@@ -24,8 +24,14 @@ ordered by member (all scores 0): a member is the method's length (8 hex digits)
 named queue's length and the queue, 9 minus the priority (one digit), the sequence and the task id. So
 one method's tasks in one named queue are a range in the order to take them: the highest priority first,
 then the earliest submitted. ``scheduled`` holds the SCHEDULED tasks by ``due_at``, each as its sequence
-and id, so that ties go in the order submitted. ``held`` is ordered by member as ``lease|id``: one
-broker's tasks are a range, for :meth:`reclaim`.
+and id, so that ties go in the order submitted. The ASSIGNED and RETRY tasks leased to a broker are in
+its set ``held:<broker id>``, for :meth:`reclaim` (an add to and a remove from a set cost a task a third
+of what they cost in a sorted set; every script gets this broker's set as the key after
+:data:`KEY_NAMES`). A script may move a task another broker holds (a claim, a revoke): it cannot name
+that broker's set, so the id stays there, and the scripts that read a set skip an id whose task is not
+leased to its broker (the broker's reclaim drops them from its own set a few at a time). A store written
+by a version before this one has its held tasks in the sorted set ``held``, as ``lease|id``: reclaim
+and listings read it too, and every script removes a task from it while it exists.
 
 ``live`` holds the SCHEDULED tasks by created_at, for listings (the QUEUED and held ones are listed from
 where they wait). A store written by a version before this one holds there every task that was unfinished
@@ -56,7 +62,7 @@ KEY_NAMES = (
     "ended:FINISHED",  # sorted sets: final task id -> finished_at (listings, expire)
     "ended:FAILED",
     "ended:REVOKED",
-    "held",  # sorted set by member: lease|id of ASSIGNED and RETRY tasks
+    "held",  # sorted set by member: lease|id of ASSIGNED and RETRY tasks, of a version before (see above)
     "queued",  # hash: method -> how many QUEUED
     "states",  # hash: state -> how many (QUEUED aside)
     "next",  # the last sequence number given
@@ -71,15 +77,17 @@ local TASK, PARAMS, OUTCOME, OWNER, QUEUE, SCHEDULE, LIVE = KEYS[1], KEYS[2], KE
 local ENDED = {FINISHED = KEYS[8], FAILED = KEYS[9], REVOKED = KEYS[10]}
 local HELD, QUEUED, STATES, NEXT, BROKERS = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
 local REPLY_ADD, REPLY_TAKE, REPLY_FINISH = KEYS[16], KEYS[17], KEYS[18]
+local MINE = KEYS[@MINE@]  -- set: the ids of the tasks leased to this broker (see held_key)
 local ME, NOW, CHANNEL = ARGV[1], ARGV[2], ARGV[3]
 local FINAL = {FINISHED = true, FAILED = true, REVOKED = true}
 local LEASED = {ASSIGNED = true, RETRY = true}
 local queued_delta, states_delta, leased = {}, {}, false
 
--- Writes wait in `writes` (key -> member or field -> score or value, false to remove) and go out in a
--- few variadic commands at sync(): a command per task per index would cost several times more. Reads
--- of hashes see them; sync() comes before any read of a sorted set.
+-- Writes wait in `writes` (key -> member or field -> score or value, or true for a set's member, false to
+-- remove) and go out in a few variadic commands at sync(): a command per task per index would cost several
+-- times more. Reads of hashes see them; sync() comes before any read of a sorted set or a set.
 local writes, kinds, cache = {}, {}, {}
+local REMOVE, ADD = {z = 'ZREM', h = 'HDEL', s = 'SREM'}, {z = 'ZADD', h = 'HSET', s = 'SADD'}
 local function put(kind, key, name, value)
   if not writes[key] then writes[key], kinds[key] = {}, kind end
   writes[key][name] = value
@@ -87,16 +95,17 @@ end
 
 local function sync()
   for key, pending in pairs(writes) do
-    local z, set, gone = kinds[key] == 'z', {}, {}
-    if not z then cache[key] = cache[key] or {} end
+    local kind, set, gone = kinds[key], {}, {}
+    if kind == 'h' then cache[key] = cache[key] or {} end
     for name, value in pairs(pending) do
-      if not z then cache[key][name] = value end
+      if kind == 'h' then cache[key][name] = value end
       if not value then gone[#gone + 1] = name
-      elseif z then set[#set + 1] = value; set[#set + 1] = name
+      elseif kind == 'z' then set[#set + 1] = value; set[#set + 1] = name
+      elseif kind == 's' then set[#set + 1] = name
       else set[#set + 1] = name; set[#set + 1] = value end
     end
-    for i = 1, #gone, 1000 do redis.call(z and 'ZREM' or 'HDEL', key, unpack(gone, i, math.min(i + 999, #gone))) end
-    for i = 1, #set, 2000 do redis.call(z and 'ZADD' or 'HSET', key, unpack(set, i, math.min(i + 1999, #set))) end
+    for i = 1, #gone, 1000 do redis.call(REMOVE[kind], key, unpack(gone, i, math.min(i + 999, #gone))) end
+    for i = 1, #set, 2000 do redis.call(ADD[kind], key, unpack(set, i, math.min(i + 1999, #set))) end
   end
   writes, kinds = {}, {}
 end
@@ -190,6 +199,13 @@ local function member(t)
 end
 local function timed(t) return t.seq .. t.id end
 
+-- whether the sorted set a version before kept the held tasks in still holds some (asked once a script)
+local old_held_exists
+local function old_held()
+  if old_held_exists == nil then old_held_exists = redis.call('EXISTS', HELD) == 1 end
+  return old_held_exists
+end
+
 local function count(state, method, n)
   if state == 'QUEUED' then queued_delta[method] = (queued_delta[method] or 0) + n
   else states_delta[state] = (states_delta[state] or 0) + n end
@@ -199,7 +215,9 @@ end
 local function leave(t)
   if t.state == 'QUEUED' then put('z', QUEUE, member(t), false)
   elseif t.state == 'SCHEDULED' then put('z', SCHEDULE, timed(t), false); put('z', LIVE, t.id, false)
-  elseif LEASED[t.state] then put('z', HELD, t.lease .. '|' .. t.id, false)
+  elseif LEASED[t.state] then
+    if t.lease == ME then put('s', MINE, t.id, false) end  -- (another broker's set keeps it: see above)
+    if old_held() then put('z', HELD, t.lease .. '|' .. t.id, false) end
   elseif FINAL[t.state] then put('z', ENDED[t.state], t.id, false) end
   count(t.state, t.method, -1)
 end
@@ -209,7 +227,7 @@ local function enter(t, state)
   t.state, t.lease = state, ''
   if state == 'QUEUED' then put('z', QUEUE, member(t), 0)
   elseif state == 'SCHEDULED' then put('z', SCHEDULE, timed(t), t.due); put('z', LIVE, t.id, t.created)
-  elseif LEASED[state] then t.lease, leased = ME, true; put('z', HELD, ME .. '|' .. t.id, 0)
+  elseif LEASED[state] then t.lease, leased = ME, true; put('s', MINE, t.id, true)
   else put('z', ENDED[state], t.id, t.finished) end
   count(state, t.method, 1)
   local head = t.state .. '|' .. t.lease .. '|' .. t.finished .. '|'
@@ -265,6 +283,7 @@ local function publish(kind, ids)
   end
 end
 """
+PRELUDE = PRELUDE.replace("@MINE@", str(len(KEY_NAMES) + 1))
 
 
 def task_from_row(row: list[Any]) -> TaskRecord:
@@ -316,6 +335,11 @@ def task_from_parts(
 
 _STATES = {state.encode(): state for state in (SCHEDULED, QUEUED, ASSIGNED, RETRY, FINISHED, FAILED, REVOKED)}
 _decoded: dict[bytes, tuple[str, str]] = {}  # the end of a row -> (method, queue)
+
+
+def held_key(base: str, broker_id: str) -> str:
+    """The set of the tasks leased to broker ``broker_id`` ("" for a store that never attached)."""
+    return f"{base}held:{broker_id}"
 
 
 def names(method: str, queue: str) -> str:
