@@ -187,7 +187,8 @@ end
 return done(answer)
 """
 
-# ARGV[4] token, ARGV[5] n, ARGV[6] the outcomes' states, a letter each (STATE_LETTERS), then per outcome:
+# ARGV[4] token, ARGV[5] n, ARGV[6] the outcomes' states, a letter each (STATE_LETTERS), or one letter if
+# they all have one state (most calls: the script does not look up each), then per outcome:
 # task id, outcome JSON. Answers "1" or "0" per outcome; the same call sent again (its answer was lost on
 # the way) gets the same answers.
 STATE_LETTERS = {FINISHED: "F", FAILED: "E", REVOKED: "R"}  # a final state in the finish script's ARGV[6]
@@ -196,13 +197,14 @@ local last = redis.call('GET', REPLY_FINISH)
 if last and string.sub(last, 1, #ARGV[4] + 1) == ARGV[4] .. '\n' then return done(string.sub(last, #ARGV[4] + 2)) end
 local n, ids, letters = tonumber(ARGV[5]), {}, ARGV[6]
 local STATE_OF = {[string.byte('F')] = 'FINISHED', [string.byte('E')] = 'FAILED', [string.byte('R')] = 'REVOKED'}
+local every = #letters == 1 and STATE_OF[string.byte(letters)]  -- one state for all
 for i = 1, n do ids[i] = ARGV[5 + i * 2] end
 local rows = mget(TASK, ids)
 local flags, recorded, seen, left, entered = {}, {}, {}, {}, {}
 local new_rows, released, old, ended, outcomes, params = {}, {}, {}, {}, {}, {}
-local lease_of_mine, legacy = ME .. '|', old_held()
+local legacy = old_held()
 for i = 1, n do
-  local id, state, row, outcome = ids[i], STATE_OF[string.byte(letters, i)], rows[i], ARGV[6 + i * 2]
+  local id, state, row, outcome = ids[i], every or STATE_OF[string.byte(letters, i)], rows[i], ARGV[6 + i * 2]
   local cut = row and not seen[id] and string.find(row, '|', 1, true)
   local was = cut and string.sub(row, 1, cut - 1)
   if not was or FINAL[was] then
@@ -210,17 +212,15 @@ for i = 1, n do
   else
     seen[id] = true
     local cut2 = string.find(row, '|', cut + 1, true)
-    if LEASED[was] and string.byte(row, cut2 + 1) == 124 then  -- held, no finished_at: cut and join its row
-      if cut2 - cut - 1 == #ME and string.find(row, lease_of_mine, cut + 1, true) == cut + 1 then
-        released[#released + 1] = id  -- (held by another broker: its set keeps it, see redis_layout)
-      end
+    local after, payload = string.byte(row, cut2 + 1, cut2 + 2)
+    if LEASED[was] and after == 124 then  -- held, no finished_at: cut and join its row
+      released[#released + 1] = id  -- (if another broker holds it now, this broker's set held it for nothing)
       if legacy then old[#old + 1] = string.sub(row, cut + 1, cut2 - 1) .. '|' .. id end
       local k, new = #new_rows, nil
-      if string.byte(row, cut2 + 2) == 31 then  -- the outcome goes in the row's payload, after the params it keeps
-        local p = string.find(row, '\31', cut2 + 3, true)  -- after the params
+      if payload == 31 then  -- the outcome goes in the row's payload, after the params it keeps
+        local p = string.find(row, '\31', cut2 + 3, true)  -- after the params, then the outcome: none while held
         local kept = state == 'FINISHED' and '' or string.sub(row, cut2 + 3, p - 1)
-        local tail = string.find(row, '\31', p + 1, true)  -- after the outcome ("" while held)
-        new = state .. '||' .. NOW .. '|\31' .. kept .. '\31' .. outcome .. string.sub(row, tail)
+        new = state .. '||' .. NOW .. '|\31' .. kept .. '\31' .. outcome .. string.sub(row, p + 1)
       else  -- a row without a payload (a version before wrote it): the outcome goes in OUTCOME
         new = state .. '||' .. NOW .. string.sub(row, cut2 + 1)
         local ko = #outcomes
@@ -270,7 +270,7 @@ def finish_args(outcomes: Sequence[Outcome]) -> list[Any]:
         letters.append(letter)
         value = {"error": outcome.error} if outcome.error is not None else {"result": outcome.result}
         args += [outcome.task_id, b"%s" % jsonrpc.dumps(value)]  # (see WriteBuffer.add: a copy)
-    args[2] = "".join(letters)
+    args[2] = letters[0] if len(set(letters)) == 1 else "".join(letters)
     return args
 
 
