@@ -68,7 +68,7 @@ KEY_NAMES = (
     "next",  # the last sequence number given
     "brokers",  # set: broker ids that attached
     "reply:add",  # the last add batch of this store: its token and answers (replays are answered alike)
-    "reply:take",  # the last take_many of this store: its token and the ids it took
+    "reply:take",  # list: the last take_many of this store: its token, its wants' counts and the ids it took
     "reply:finish",  # the last finish_many of this store: its token and answers
 )
 
