@@ -126,7 +126,9 @@ for i = 6, #ARGV do
   if left <= 0 then break end
   if broker == '' or (broker == ME and mine) or (broker ~= ME and redis.call('EXISTS', KEYS[base + i - 5]) == 0) then
     sync()
-    local ids = redis.call('SPOP', KEYS[base + count + i - 5], left)
+    local set = KEYS[base + count + i - 5]
+    local ids = redis.call('SRANDMEMBER', set, left)  -- (removed as the other writes are: at the end)
+    for _, id in ipairs(ids) do put('s', set, id, false) end
     if #ids < left and old_held() then
       local p = broker .. '|'
       for _, m in ipairs(redis.call('ZRANGEBYLEX', HELD, '[' .. p, '(' .. p .. '\255', 'LIMIT', 0, left - #ids)) do
