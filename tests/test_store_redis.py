@@ -25,7 +25,7 @@ from zerotask.wire import ASSIGNED, FINISHED, QUEUED, RETRY
 
 redis = pytest.importorskip("redis")
 from zerotask.store.redis import RedisStore  # noqa: E402 - only once redis-py is known to be there
-from zerotask.store.redis_flow import TAKE_FIELDS  # noqa: E402
+from zerotask.store.redis_flow import TAKE_FIELDS, taken_tasks  # noqa: E402
 from zerotask.store.redis_layout import lane, names  # noqa: E402
 
 
@@ -50,8 +50,8 @@ def take(store: RedisStore, limit: int = 100, methods: tuple[str, ...] = ("a",))
 
 
 def _add_args(task_id: str, created: str) -> list[Any]:
-    """What the add script gets for a task of method "a", priority 0, in the default queue."""
-    return [task_id, b"[[],{},{}]", f"|0|{created}|0||{names('a', 'default')}", lane("a", "default") + "9"]
+    """What the add script gets for a task of method "a" with args [7], priority 0, in the default queue."""
+    return [task_id, b"\x1f[[7],{},{}]\x1f\x1f|", f"|0|{created}|0||{names('a', 'default')}", lane("a", "default") + "9"]
 
 
 def state(store: RedisStore, task_id: str) -> str:
@@ -226,6 +226,7 @@ class TestTwoBrokers:
         take_args = [token, 0, 1, 5, 1, "a", 1, "default"]
         taken = a._call("take", *take_args)
         assert taken[0][::TAKE_FIELDS] == [b"t1", b"t2"]
+        assert [record.args for record in taken_tasks(taken[0])] == [[7], [7]]  # the row holds them
         assert a._call("take", *take_args)[0][::TAKE_FIELDS] == [b"t1", b"t2"]
         finish_args = [token, 2, "FF", "t1", b'{"result":1}', "t1", b'{"result":2}']
         assert a._call("finish", *finish_args) == b"10"

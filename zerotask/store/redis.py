@@ -46,7 +46,7 @@ from zerotask.store.base import (
 from zerotask.store.redis_calls import RedisCalls
 from zerotask.store.redis_client import SOCKET_TIMEOUT_S, Redis
 from zerotask.store.redis_flow import finish_args, recorded_flags, take_args, taken_tasks
-from zerotask.store.redis_layout import pairs, score, task_from_row
+from zerotask.store.redis_layout import held_key, pairs, score, task_from_row
 from zerotask.store.redis_notify import Notifications
 from zerotask.store.redis_registry import RedisRegistry
 from zerotask.wire import QUEUED
@@ -233,7 +233,9 @@ class RedisStore(RedisCalls, Store):
         method's named queue and priority, each final state), so that a listing never blocks Redis for
         long."""
         bound = "+inf" if before is None else score(before)
-        rows = self._read("list", state or "", method or "", max(limit, 0), bound)
+        brokers = self._brokers()
+        held = [held_key(self._base, broker) for broker in brokers]
+        rows = self._read("list", state or "", method or "", max(limit, 0), bound, *brokers, keys=held)
         return [task_from_row(row) for row in rows]
 
     # ---- several brokers -----------------------------------------------------------------------------
@@ -243,6 +245,7 @@ class RedisStore(RedisCalls, Store):
         if not broker_id or "|" in broker_id:
             raise ValueError(f"a broker id is non-empty and holds no '|': {broker_id!r}")
         self._me, self._lease_ms = broker_id, max(1, round(lease_s * 1000))
+        self._keys[-1] = held_key(self._base, broker_id)
         self.heartbeat()
         self._notifications = Notifications(self._route, (self._channel + broker_id).encode(), broker_id)
 
@@ -264,11 +267,15 @@ class RedisStore(RedisCalls, Store):
 
     def _reclaim(self, mine: bool) -> int:
         """``mine``: this broker's own tasks too."""
-        (brokers,) = self._run([("SMEMBERS", self._key("brokers"))])
-        candidates = sorted({"", self._me, *(broker.decode() for broker in brokers)})
-        keys = [self._broker_key(broker) for broker in candidates]
+        candidates = self._brokers()
+        keys = [self._broker_key(broker) for broker in candidates] + [held_key(self._base, broker) for broker in candidates]
         reclaimed: int = self._call("reclaim", RECLAIM_LIMIT, "1" if mine else "0", *candidates, keys=keys)
         return reclaimed
+
+    def _brokers(self) -> list[str]:
+        """The ids of the brokers that may hold tasks: those that attached, this one, and "" (none)."""
+        (brokers,) = self._run([("SMEMBERS", self._key("brokers"))])
+        return sorted({"", self._me, *(broker.decode() for broker in brokers)})
 
     def recover(self) -> int:
         """Queues again the tasks of brokers whose lease ran out, and this broker's own from before it

@@ -13,7 +13,7 @@ from typing import Any
 from zerotask.store.base import MAX_REMEMBERED_METHODS, TaskRecord
 from zerotask.store.redis_buffer import Command, QueuedCounts, WriteBuffer
 from zerotask.store.redis_client import Redis, Route, check, is_missing_script, reaching_redis
-from zerotask.store.redis_layout import KEY_NAMES, pairs
+from zerotask.store.redis_layout import KEY_NAMES, held_key, pairs
 from zerotask.store.redis_scripts import SCRIPTS, source
 
 
@@ -29,6 +29,7 @@ class RedisCalls:
         self._base = base
         instance = uuid.uuid4().hex  # this store's replies are its own
         self._keys = [base + name + (f":{instance}" if name.startswith("reply:") else "") for name in KEY_NAMES]
+        self._keys.append(held_key(base, ""))  # this broker's held tasks: another key once attached
         self._methods_key = base + "methods"  # sorted set: task name -> when a node last announced it
         self._channel = base + "events:"  # and the broker's id: each broker hears on a channel of its own
         self._shas = {name: hashlib.sha1(source(name).encode()).hexdigest() for name in SCRIPTS}

@@ -18,9 +18,10 @@ from zerotask.store.base import Outcome, TaskRecord, Want, want_parts
 from zerotask.store.redis_layout import task_from_parts
 from zerotask.wire import FAILED, FINISHED, REVOKED
 
-# ARGV[4] token, ARGV[5] n, ARGV[6] m, then per task (ADD_FIELDS): id, params, the end of its row after the
-# sequence ("|attempts|created_at|priority|due_at|names") and its lane with 9 - priority (where it goes in
-# QUEUE, before the sequence); then m triples for the tasks that have a due_at or an owner: the task's place
+# ARGV[4] token, ARGV[5] n, ARGV[6] m, then per task (ADD_FIELDS): id, its row's payload and the "|" after it
+# (see redis_layout: its params, no outcome), the end of its row after the sequence
+# ("|attempts|created_at|priority|due_at|names") and its lane with 9 - priority (where it goes in QUEUE,
+# before the sequence); then m triples for the tasks that have a due_at or an owner: the task's place
 # in the batch (from 1), due_at ("" for none), owner ("" or "+" .. owner). Most tasks have neither: they cost
 # no arguments for them. A task due later than now is SCHEDULED, any other QUEUED. Answers one "1" (added)
 # or "0" (refused: the id exists) per task. A batch sent again with the same token (its reply was lost, and
@@ -42,11 +43,14 @@ end
 local first, ids = #flags + 1, {}
 for i = first, n do ids[i - first + 1] = ARGV[3 + i * 4] end
 local existing = mget(TASK, ids)
-local rows, params, owners, queue, scheduled, live = {}, {}, {}, {}, {}, {}
+local rows, owners, queue, scheduled, live = {}, {}, {}, {}, {}
 local k, kq, ks, ko = 0, 0, 0, 0
 -- every task of the batch gets a number (one INCRBY), whether added or not: gaps do no harm
 local seq = #ids > 0 and redis.call('INCRBY', NEXT, #ids) - #ids or 0
 local seen, by_lane, added, later = {}, {}, 0, 0
+-- a sequence number's 12 hex digits as 10 made once every 256 numbers and 2 looked up (string.format costs ~2,000
+-- instructions a call); both are joined into the strings that hold them, as one concatenation each
+local high, hex_high, HEX2 = -1, '', {[0] = @HEX2@}
 for i = first, n do
   local at = 2 + i * 4
   local id = ARGV[at + 1]
@@ -55,27 +59,29 @@ for i = first, n do
   else
     seen[id] = true
     seq = seq + 1
-    local hex, due = string.format('%012x', seq), dues[i]
+    local low, due = seq % 256, dues[i]
+    if seq - low ~= high then high = seq - low; hex_high = string.format('%010x', high / 256) end
+    local hex_low = HEX2[low]
     if due and tonumber(due) > now then
-      rows[k + 1], rows[k + 2] = id, 'SCHEDULED|||' .. hex .. ARGV[at + 3]
-      scheduled[ks + 1], scheduled[ks + 2], ks = due, hex .. id, ks + 2
+      rows[k + 1], rows[k + 2] = id, 'SCHEDULED|||' .. ARGV[at + 2] .. hex_high .. hex_low .. ARGV[at + 3]
+      scheduled[ks + 1], scheduled[ks + 2], ks = due, hex_high .. hex_low .. id, ks + 2
       local kl = #live
       live[kl + 1], live[kl + 2] = string.match(ARGV[at + 3], '^|[^|]*|([^|]*)'), id  -- created_at
       later = later + 1
     else
       local l = ARGV[at + 4]
-      rows[k + 1], rows[k + 2] = id, 'QUEUED|||' .. hex .. ARGV[at + 3]
-      queue[kq + 1], queue[kq + 2], kq = '0', l .. hex .. id, kq + 2
+      rows[k + 1], rows[k + 2] = id, 'QUEUED|||' .. ARGV[at + 2] .. hex_high .. hex_low .. ARGV[at + 3]
+      queue[kq + 1], queue[kq + 2], kq = '0', l .. hex_high .. hex_low .. id, kq + 2
       by_lane[l] = (by_lane[l] or 0) + 1
       added = added + 1
     end
-    params[k + 1], params[k + 2], k = id, ARGV[at + 2], k + 2
+    k = k + 2
     if owned[i] then owners[ko + 1], owners[ko + 2], ko = id, owned[i], ko + 2 end
     flags[i] = '1'
   end
 end
 if k > 0 then
-  bulk('HSET', TASK, rows); bulk('HSET', PARAMS, params); bulk('HSET', OWNER, owners)
+  bulk('HSET', TASK, rows); bulk('HSET', OWNER, owners)
   bulk('ZADD', QUEUE, queue); bulk('ZADD', SCHEDULE, scheduled); bulk('ZADD', LIVE, live)
 end
 for l, c in pairs(by_lane) do count('QUEUED', string.sub(l, 9, 8 + tonumber(string.sub(l, 1, 8), 16)), c) end
@@ -88,20 +94,21 @@ return done(table.concat(flags))
 # ARGV[4] token, ARGV[5] n, then the tokens of n take_many calls that raised (they may have run), then the
 # number of wants, then per want: limit, the number of methods, the methods, the number of named queues, the
 # queues. Answers a list per want of the tasks taken, the highest priority first, then the earliest
-# submitted: TAKE_FIELDS values each, flat (id, row, params, owner or false), as a table per task costs
-# Redis more to send (it looks up a few names in each table of a reply).
+# submitted: TAKE_FIELDS values each, flat (id, row, params of a row without a payload or false, owner or
+# false), as a table per task costs Redis more to send (it looks up a few names in each table of a reply).
 TAKE_FIELDS = 4
 TAKE = r"""
 local doubt = {}
 for i = 6, 5 + tonumber(ARGV[5]) do doubt[ARGV[i]] = true end
-local last = redis.call('GET', REPLY_TAKE)
-if last then
-  local cut = string.find(last, '\n', 1, true)
-  local token, groups = string.sub(last, 1, cut - 1), cjson.decode(string.sub(last, cut + 1))
-  if token == ARGV[4] or doubt[token] then
-    local answer, all = {}, {}
-    for _, ids in ipairs(groups) do
-      for _, id in ipairs(ids) do all[#all + 1] = id end
+local token = redis.call('LINDEX', REPLY_TAKE, 0)  -- (see the end: the ids are read only if they are wanted)
+if token and (token == ARGV[4] or doubt[token]) then
+  do
+    local saved, groups, answer, all = redis.call('LRANGE', REPLY_TAKE, 1, -1), {}, {}, {}
+    local at = 2 + tonumber(saved[1])
+    for w = 1, tonumber(saved[1]) do
+      local ids = {}
+      for j = 1, tonumber(saved[1 + w]) do ids[j], all[#all + 1], at = saved[at], saved[at], at + 1 end
+      groups[w] = ids
     end
     preload(all, {TASK, PARAMS, OWNER})
     for w, ids in ipairs(groups) do
@@ -154,17 +161,19 @@ for w = 1, tonumber(ARGV[6 + tonumber(ARGV[5])]) do
     table.sort(found, function(a, b) return a[1] < b[1] end)
     for i = 1, math.min(limit, #found) do members[i], ids[i], methods[i] = found[i][2], found[i][3], found[i][4] end
   end
-  local rows, params, owners = mget(TASK, ids), mget(PARAMS, ids), {}
+  local rows, params, owners = mget(TASK, ids), {}, {}
   if #ids > 0 and redis.call('EXISTS', OWNER) == 1 then owners = mget(OWNER, ids) end  -- (only with CURVE)
-  local records, taken, new_rows, held, by_method, kr = {}, {}, {}, {}, {}, 0
+  if #ids > 0 and redis.call('EXISTS', PARAMS) == 1 then params = mget(PARAMS, ids) end  -- (rows without a payload)
+  local records, taken, new_rows, by_method, kr = {}, {}, {}, {}, 0
   for i = 1, #ids do
     local id, row = ids[i], rows[i]
     -- QUEUED, with no lease and no finished_at, as every QUEUED task is (else it is dropped from QUEUE)
-    if row and string.sub(row, 1, 9) == 'QUEUED|||' then
+    if row and string.find(row, 'QUEUED|||', 1, true) == 1 then
       local new = 'ASSIGNED|' .. ME .. '||' .. string.sub(row, 10)
       local n = #new_rows
-      new_rows[n + 1], new_rows[n + 2], held[n + 1], held[n + 2] = id, new, '0', ME .. '|' .. id
-      records[kr + 1], records[kr + 2], records[kr + 3], records[kr + 4], kr = id, new, params[i], owners[i] or false, kr + 4
+      new_rows[n + 1], new_rows[n + 2] = id, new
+      records[kr + 1], records[kr + 2], records[kr + 3], records[kr + 4] = id, new, params[i] or false, owners[i] or false
+      kr = kr + 4
       taken[#taken + 1] = id
       by_method[methods[i]] = (by_method[methods[i]] or 0) + 1
     end
@@ -172,19 +181,27 @@ for w = 1, tonumber(ARGV[6 + tonumber(ARGV[5])]) do
   for method, n in pairs(by_method) do count('QUEUED', method, -n) end
   bulk('ZREM', QUEUE, members)  -- before the next want looks
   bulk('HSET', TASK, new_rows)
-  bulk('ZADD', HELD, held)
+  bulk('SADD', MINE, taken)
   count('ASSIGNED', nil, #taken)
   answer[w], groups[w], any = records, taken, any or #taken > 0
   at = at + 3 + k + q
 end
-if any then
+if any then  -- what this call took, for the same call sent again: a list of its token, the wants' counts and the ids
   leased = true
-  redis.call('SET', REPLY_TAKE, ARGV[4] .. '\n' .. cjson.encode(groups), 'PX', 3600000)
+  local saved = {ARGV[4], #groups}
+  for w = 1, #groups do saved[w + 2] = #groups[w] end
+  for w = 1, #groups do
+    for _, id in ipairs(groups[w]) do saved[#saved + 1] = id end
+  end
+  redis.call('DEL', REPLY_TAKE)
+  bulk('RPUSH', REPLY_TAKE, saved)
+  redis.call('PEXPIRE', REPLY_TAKE, 3600000)
 end
 return done(answer)
 """
 
-# ARGV[4] token, ARGV[5] n, ARGV[6] the outcomes' states, a letter each (STATE_LETTERS), then per outcome:
+# ARGV[4] token, ARGV[5] n, ARGV[6] the outcomes' states, a letter each (STATE_LETTERS), or one letter if
+# they all have one state (most calls: the script does not look up each), then per outcome:
 # task id, outcome JSON. Answers "1" or "0" per outcome; the same call sent again (its answer was lost on
 # the way) gets the same answers.
 STATE_LETTERS = {FINISHED: "F", FAILED: "E", REVOKED: "R"}  # a final state in the finish script's ARGV[6]
@@ -193,13 +210,14 @@ local last = redis.call('GET', REPLY_FINISH)
 if last and string.sub(last, 1, #ARGV[4] + 1) == ARGV[4] .. '\n' then return done(string.sub(last, #ARGV[4] + 2)) end
 local n, ids, letters = tonumber(ARGV[5]), {}, ARGV[6]
 local STATE_OF = {[string.byte('F')] = 'FINISHED', [string.byte('E')] = 'FAILED', [string.byte('R')] = 'REVOKED'}
+local every = #letters == 1 and STATE_OF[string.byte(letters)]  -- one state for all
 for i = 1, n do ids[i] = ARGV[5 + i * 2] end
 local rows = mget(TASK, ids)
 local flags, recorded, seen, left, entered = {}, {}, {}, {}, {}
-local new_rows, held, ended, outcomes, params = {}, {}, {}, {}, {}
+local new_rows, released, old, ended, outcomes, params = {}, {}, {}, {}, {}, {}
+local legacy = old_held()
 for i = 1, n do
-  local at = 5 + i * 2
-  local id, state, row = ids[i], STATE_OF[string.byte(letters, i)], rows[i]
+  local id, state, row, outcome = ids[i], every or STATE_OF[string.byte(letters, i)], rows[i], ARGV[6 + i * 2]
   local cut = row and not seen[id] and string.find(row, '|', 1, true)
   local was = cut and string.sub(row, 1, cut - 1)
   if not was or FINAL[was] then
@@ -207,10 +225,22 @@ for i = 1, n do
   else
     seen[id] = true
     local cut2 = string.find(row, '|', cut + 1, true)
-    if LEASED[was] and string.byte(row, cut2 + 1) == 124 then  -- held, no finished_at: cut and join its row
-      held[#held + 1] = string.sub(row, cut + 1, cut2 - 1) .. '|' .. id
-      local k = #new_rows
-      new_rows[k + 1], new_rows[k + 2] = id, state .. '||' .. NOW .. string.sub(row, cut2 + 1)
+    local after, payload = string.byte(row, cut2 + 1, cut2 + 2)
+    if LEASED[was] and after == 124 then  -- held, no finished_at: cut and join its row
+      released[#released + 1] = id  -- (if another broker holds it now, this broker's set held it for nothing)
+      if legacy then old[#old + 1] = string.sub(row, cut + 1, cut2 - 1) .. '|' .. id end
+      local k, new = #new_rows, nil
+      if payload == 31 then  -- the outcome goes in the row's payload, after the params it keeps
+        local p = string.find(row, '\31', cut2 + 3, true)  -- after the params, then the outcome: none while held
+        local kept = state == 'FINISHED' and '' or string.sub(row, cut2 + 3, p - 1)
+        new = state .. '||' .. NOW .. '|\31' .. kept .. '\31' .. outcome .. string.sub(row, p + 1)
+      else  -- a row without a payload (a version before wrote it): the outcome goes in OUTCOME
+        new = state .. '||' .. NOW .. string.sub(row, cut2 + 1)
+        local ko = #outcomes
+        outcomes[ko + 1], outcomes[ko + 2] = id, outcome
+        if state == 'FINISHED' then params[#params + 1] = id end
+      end
+      new_rows[k + 1], new_rows[k + 2] = id, new
       if not ended[state] then ended[state] = {} end
       k = #ended[state]
       ended[state][k + 1], ended[state][k + 2] = NOW, id
@@ -219,11 +249,9 @@ for i = 1, n do
       local t = load(id)
       leave(t)
       t.finished = NOW
+      set_outcome(t, state, outcome)
       enter(t, state)
     end
-    local k = #outcomes
-    outcomes[k + 1], outcomes[k + 2] = id, ARGV[at + 1]
-    if state == 'FINISHED' then params[#params + 1] = id end
     flags[i] = '1'
     recorded[#recorded + 1] = id
   end
@@ -231,7 +259,8 @@ end
 for state, c in pairs(left) do count(state, nil, -c) end
 for state, c in pairs(entered) do count(state, nil, c) end
 bulk('HSET', TASK, new_rows)
-bulk('ZREM', HELD, held)
+bulk('SREM', MINE, released)
+bulk('ZREM', HELD, old)
 for state, values in pairs(ended) do bulk('ZADD', ENDED[state], values) end
 bulk('HSET', OUTCOME, outcomes)
 bulk('HDEL', PARAMS, params)
@@ -240,6 +269,7 @@ redis.call('SET', REPLY_FINISH, ARGV[4] .. '\n' .. table.concat(flags), 'PX', 36
 return done(table.concat(flags))
 """
 
+ADD = ADD.replace("@HEX2@", ", ".join(f"'{byte:02x}'" for byte in range(256)))
 FLOW_SCRIPTS = {"add": ADD, "take": TAKE, "finish": FINISH}
 
 
@@ -253,8 +283,8 @@ def finish_args(outcomes: Sequence[Outcome]) -> list[Any]:
             raise ValueError(f"an outcome is FINISHED, FAILED or REVOKED, not {outcome.state}")
         letters.append(letter)
         value = {"error": outcome.error} if outcome.error is not None else {"result": outcome.result}
-        args += [outcome.task_id, jsonrpc.dumps(value)]
-    args[2] = "".join(letters)
+        args += [outcome.task_id, b"%s" % jsonrpc.dumps(value)]  # (see WriteBuffer.add: a copy)
+    args[2] = letters[0] if len(set(letters)) == 1 else "".join(letters)
     return args
 
 

@@ -6,9 +6,16 @@ Every script gets the same KEYS (:data:`KEY_NAMES`, in that order, then any per-
 one hash tag, so that a script touches one slot (Redis Cluster). The tasks live in a few hashes keyed
 by task id rather than in a key per task, so that no script touches a key it was not given.
 
-A task's row (its field in ``task``) is ``state|lease|finished_at|seq|attempts|created_at|priority|due_at|names``:
+A task's row (its field in ``task``) is ``state|lease|finished_at|~payload|seq|attempts|created_at|priority|due_at|names``:
 what a task's way through the queue changes comes first, so that the scripts of add, take and finish
-(:mod:`zerotask.store.redis_flow`) rewrite a row by cutting and joining strings, without parsing it.
+(:mod:`zerotask.store.redis_flow`) rewrite a row by cutting and joining strings, without parsing it. The
+payload is the params (JSON ``[args, kwargs, options]``, "" once FINISHED) and the outcome (JSON
+``{"result": ...}`` or ``{"error": ...}``, "" until final), each after a byte 0x1F and the outcome followed
+by one: JSON holds no control character, so the payload needs no lengths, and each step of a task (add,
+take, finish) is one write of one hash field. (A row of a store written by a version before this one has
+no payload: its params and outcome are in ``params`` and ``outcome``, where every script reads and
+writes them as that version did; the take and finish scripts look there only when ``params`` exists,
+and a row keeps its form for its life.)
 ``seq`` is 12 hex digits; ``names`` is the named queue's length in bytes (8 hex digits), the queue and
 the method (last: queue and method may hold any character; a broker id holds no "|"; lease, finished_at
 and due_at are "" for none, and lease and finished_at are "" while the task is QUEUED or SCHEDULED). Times
@@ -17,8 +24,14 @@ ordered by member (all scores 0): a member is the method's length (8 hex digits)
 named queue's length and the queue, 9 minus the priority (one digit), the sequence and the task id. So
 one method's tasks in one named queue are a range in the order to take them: the highest priority first,
 then the earliest submitted. ``scheduled`` holds the SCHEDULED tasks by ``due_at``, each as its sequence
-and id, so that ties go in the order submitted. ``held`` is ordered by member as ``lease|id``: one
-broker's tasks are a range, for :meth:`reclaim`.
+and id, so that ties go in the order submitted. The ASSIGNED and RETRY tasks leased to a broker are in
+its set ``held:<broker id>``, for :meth:`reclaim` (an add to and a remove from a set cost a task a third
+of what they cost in a sorted set; every script gets this broker's set as the key after
+:data:`KEY_NAMES`). A script may move a task another broker holds (a claim, a revoke): it cannot name
+that broker's set, so the id stays there, and the scripts that read a set skip an id whose task is not
+leased to its broker (the broker's reclaim drops them from its own set a few at a time). A store written
+by a version before this one has its held tasks in the sorted set ``held``, as ``lease|id``: reclaim
+and listings read it too, and every script removes a task from it while it exists.
 
 ``live`` holds the SCHEDULED tasks by created_at, for listings (the QUEUED and held ones are listed from
 where they wait). A store written by a version before this one holds there every task that was unfinished
@@ -39,9 +52,9 @@ from zerotask.wire import ASSIGNED, FAILED, FINISHED, QUEUED, RETRY, REVOKED, SC
 
 # The keys every script gets, as KEYS[1..n]: suffixes after "<prefix>:{<queue>}:".
 KEY_NAMES = (
-    "task",  # hash: task id -> its row, state|lease|finished_at|seq|attempts|created_at|priority|due_at|names
-    "params",  # hash: task id -> JSON [args, kwargs, options] (gone once FINISHED)
-    "outcome",  # hash: task id -> JSON {"result": ...} or {"error": ...}
+    "task",  # hash: task id -> its row (see above), with its params and outcome
+    "params",  # hash: task id -> JSON [args, kwargs, options] (gone once FINISHED), of rows without a payload
+    "outcome",  # hash: task id -> JSON {"result": ...} or {"error": ...}, of rows without a payload
     "owner",  # hash: task id -> the key that submitted it (only when there is one)
     "queue",  # sorted set by member: the QUEUED tasks, one range per method and named queue, in order
     "scheduled",  # sorted set: the SCHEDULED tasks' sequence and id -> due_at
@@ -49,13 +62,13 @@ KEY_NAMES = (
     "ended:FINISHED",  # sorted sets: final task id -> finished_at (listings, expire)
     "ended:FAILED",
     "ended:REVOKED",
-    "held",  # sorted set by member: lease|id of ASSIGNED and RETRY tasks
+    "held",  # sorted set by member: lease|id of ASSIGNED and RETRY tasks, of a version before (see above)
     "queued",  # hash: method -> how many QUEUED
     "states",  # hash: state -> how many (QUEUED aside)
     "next",  # the last sequence number given
     "brokers",  # set: broker ids that attached
     "reply:add",  # the last add batch of this store: its token and answers (replays are answered alike)
-    "reply:take",  # the last take_many of this store: its token and the ids it took
+    "reply:take",  # list: the last take_many of this store: its token, its wants' counts and the ids it took
     "reply:finish",  # the last finish_many of this store: its token and answers
 )
 
@@ -64,15 +77,17 @@ local TASK, PARAMS, OUTCOME, OWNER, QUEUE, SCHEDULE, LIVE = KEYS[1], KEYS[2], KE
 local ENDED = {FINISHED = KEYS[8], FAILED = KEYS[9], REVOKED = KEYS[10]}
 local HELD, QUEUED, STATES, NEXT, BROKERS = KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
 local REPLY_ADD, REPLY_TAKE, REPLY_FINISH = KEYS[16], KEYS[17], KEYS[18]
+local MINE = KEYS[@MINE@]  -- set: the ids of the tasks leased to this broker (see held_key)
 local ME, NOW, CHANNEL = ARGV[1], ARGV[2], ARGV[3]
 local FINAL = {FINISHED = true, FAILED = true, REVOKED = true}
 local LEASED = {ASSIGNED = true, RETRY = true}
 local queued_delta, states_delta, leased = {}, {}, false
 
--- Writes wait in `writes` (key -> member or field -> score or value, false to remove) and go out in a
--- few variadic commands at sync(): a command per task per index would cost several times more. Reads
--- of hashes see them; sync() comes before any read of a sorted set.
+-- Writes wait in `writes` (key -> member or field -> score or value, or true for a set's member, false to
+-- remove) and go out in a few variadic commands at sync(): a command per task per index would cost several
+-- times more. Reads of hashes see them; sync() comes before any read of a sorted set or a set.
 local writes, kinds, cache = {}, {}, {}
+local REMOVE, ADD = {z = 'ZREM', h = 'HDEL', s = 'SREM'}, {z = 'ZADD', h = 'HSET', s = 'SADD'}
 local function put(kind, key, name, value)
   if not writes[key] then writes[key], kinds[key] = {}, kind end
   writes[key][name] = value
@@ -80,16 +95,17 @@ end
 
 local function sync()
   for key, pending in pairs(writes) do
-    local z, set, gone = kinds[key] == 'z', {}, {}
-    if not z then cache[key] = cache[key] or {} end
+    local kind, set, gone = kinds[key], {}, {}
+    if kind == 'h' then cache[key] = cache[key] or {} end
     for name, value in pairs(pending) do
-      if not z then cache[key][name] = value end
+      if kind == 'h' then cache[key][name] = value end
       if not value then gone[#gone + 1] = name
-      elseif z then set[#set + 1] = value; set[#set + 1] = name
+      elseif kind == 'z' then set[#set + 1] = value; set[#set + 1] = name
+      elseif kind == 's' then set[#set + 1] = name
       else set[#set + 1] = name; set[#set + 1] = value end
     end
-    for i = 1, #gone, 1000 do redis.call(z and 'ZREM' or 'HDEL', key, unpack(gone, i, math.min(i + 999, #gone))) end
-    for i = 1, #set, 2000 do redis.call(z and 'ZADD' or 'HSET', key, unpack(set, i, math.min(i + 1999, #set))) end
+    for i = 1, #gone, 1000 do redis.call(REMOVE[kind], key, unpack(gone, i, math.min(i + 999, #gone))) end
+    for i = 1, #set, 2000 do redis.call(ADD[kind], key, unpack(set, i, math.min(i + 1999, #set))) end
   end
   writes, kinds = {}, {}
 end
@@ -140,9 +156,16 @@ end
 local function load(id)
   local m = hget(TASK, id)
   if not m then return nil end
-  local t, names = {id = id, row = m}, nil
-  t.state, t.lease, t.finished, t.seq, t.attempts, t.created, t.priority, t.due, names =
-    string.match(m, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  local t, names, at = {id = id, row = m}, nil, nil
+  t.state, t.lease, t.finished, at = string.match(m, '^([^|]*)|([^|]*)|([^|]*)|()')
+  if string.byte(m, at) == 31 then  -- its params and outcome are in the row (else in PARAMS and OUTCOME)
+    local p = string.find(m, '\31', at + 1, true)
+    local o = string.find(m, '\31', p + 1, true)
+    t.params, t.outcome = string.sub(m, at + 1, p - 1), string.sub(m, p + 1, o - 1)
+    at = o + 2
+  end
+  t.seq, t.attempts, t.created, t.priority, t.due, names =
+    string.match(m, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$', at)
   local n = tonumber(string.sub(names, 1, 8), 16)
   t.queue, t.method = string.sub(names, 9, 8 + n), string.sub(names, 9 + n)
   return t
@@ -176,6 +199,13 @@ local function member(t)
 end
 local function timed(t) return t.seq .. t.id end
 
+-- whether the sorted set a version before kept the held tasks in still holds some (asked once a script)
+local old_held_exists
+local function old_held()
+  if old_held_exists == nil then old_held_exists = redis.call('EXISTS', HELD) == 1 end
+  return old_held_exists
+end
+
 local function count(state, method, n)
   if state == 'QUEUED' then queued_delta[method] = (queued_delta[method] or 0) + n
   else states_delta[state] = (states_delta[state] or 0) + n end
@@ -185,7 +215,9 @@ end
 local function leave(t)
   if t.state == 'QUEUED' then put('z', QUEUE, member(t), false)
   elseif t.state == 'SCHEDULED' then put('z', SCHEDULE, timed(t), false); put('z', LIVE, t.id, false)
-  elseif LEASED[t.state] then put('z', HELD, t.lease .. '|' .. t.id, false)
+  elseif LEASED[t.state] then
+    if t.lease == ME then put('s', MINE, t.id, false) end  -- (another broker's set keeps it: see above)
+    if old_held() then put('z', HELD, t.lease .. '|' .. t.id, false) end
   elseif FINAL[t.state] then put('z', ENDED[t.state], t.id, false) end
   count(t.state, t.method, -1)
 end
@@ -195,17 +227,33 @@ local function enter(t, state)
   t.state, t.lease = state, ''
   if state == 'QUEUED' then put('z', QUEUE, member(t), 0)
   elseif state == 'SCHEDULED' then put('z', SCHEDULE, timed(t), t.due); put('z', LIVE, t.id, t.created)
-  elseif LEASED[state] then t.lease, leased = ME, true; put('z', HELD, ME .. '|' .. t.id, 0)
+  elseif LEASED[state] then t.lease, leased = ME, true; put('s', MINE, t.id, true)
   else put('z', ENDED[state], t.id, t.finished) end
   count(state, t.method, 1)
-  t.row = table.concat({t.state, t.lease, t.finished, t.seq, t.attempts, t.created, t.priority, t.due,
-    prefix(t.queue) .. t.method}, '|')
+  local head = t.state .. '|' .. t.lease .. '|' .. t.finished .. '|'
+  if t.params then
+    head = head .. '\31' .. t.params .. '\31' .. t.outcome .. '\31|'
+  end
+  t.row = head .. table.concat({t.seq, t.attempts, t.created, t.priority, t.due, prefix(t.queue) .. t.method}, '|')
   put('h', TASK, t.id, t.row)
 end
 
 -- a task as the store returns it (see task_from_row)
 local function record(t)
+  if t.params then return {t.id, t.row, false, false, hget(OWNER, t.id)} end
   return {t.id, t.row, hget(PARAMS, t.id), FINAL[t.state] and hget(OUTCOME, t.id) or false, hget(OWNER, t.id)}
+end
+
+-- a task's outcome is `outcome`, and FINISHED, it keeps no params: in its row, or (a task a version before
+-- this one wrote) in OUTCOME and PARAMS
+local function set_outcome(t, state, outcome)
+  if t.params then
+    t.outcome = outcome
+    if state == 'FINISHED' then t.params = '' end
+  else
+    put('h', OUTCOME, t.id, outcome)
+    if state == 'FINISHED' then put('h', PARAMS, t.id, false) end
+  end
 end
 
 local function apply(key, delta)
@@ -235,6 +283,7 @@ local function publish(kind, ids)
   end
 end
 """
+PRELUDE = PRELUDE.replace("@MINE@", str(len(KEY_NAMES) + 1))
 
 
 def task_from_row(row: list[Any]) -> TaskRecord:
@@ -245,9 +294,15 @@ def task_from_row(row: list[Any]) -> TaskRecord:
 def task_from_parts(
     task_id: bytes, task_row: bytes, params: bytes | None, outcome: bytes | None, owner: bytes | None
 ) -> TaskRecord:
-    """A task from the parts of a script's ``record(t)``. (Every task a broker takes comes through here:
-    TaskRecord is made with positional arguments, in the order of its fields, at a third of the cost.)"""
-    state, _, finished, _, attempts, created, priority, due, names = task_row.split(b"|", 8)
+    """A task from the parts of a script's ``record(t)`` (``params`` and ``outcome`` are those of a row
+    without a payload). (Every task a broker takes comes through here: TaskRecord is made with positional
+    arguments, in the order of its fields, at a third of the cost.)"""
+    state, _, finished, rest = task_row.split(b"|", 3)
+    if rest[0] == 0x1F:  # the payload: params and outcome
+        _, params, outcome, rest = rest.split(b"\x1f", 3)
+        _, _, attempts, created, priority, due, names = rest.split(b"|", 6)
+    else:
+        _, attempts, created, priority, due, names = rest.split(b"|", 5)
     method_queue = _decoded.get(names)
     if method_queue is None:
         if len(_decoded) >= 4096:  # names come from clients: keep a bounded few
@@ -280,6 +335,11 @@ def task_from_parts(
 
 _STATES = {state.encode(): state for state in (SCHEDULED, QUEUED, ASSIGNED, RETRY, FINISHED, FAILED, REVOKED)}
 _decoded: dict[bytes, tuple[str, str]] = {}  # the end of a row -> (method, queue)
+
+
+def held_key(base: str, broker_id: str) -> str:
+    """The set of the tasks leased to broker ``broker_id`` ("" for a store that never attached)."""
+    return f"{base}held:{broker_id}"
 
 
 def names(method: str, queue: str) -> str:

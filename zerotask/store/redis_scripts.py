@@ -67,7 +67,8 @@ preload(ids, {TASK})
 for i = 1, n do
   local t = load(ids[i])
   leave(t)
-  for _, key in ipairs({TASK, PARAMS, OUTCOME, OWNER}) do put('h', key, t.id, false) end
+  put('h', TASK, t.id, false); put('h', OWNER, t.id, false)
+  if not t.params then put('h', PARAMS, t.id, false); put('h', OUTCOME, t.id, false) end  -- (a row without a payload)
   put('z', LIVE, t.id, false)  -- (an id a version before left there)
 end
 return done(n)
@@ -78,7 +79,7 @@ RESET = r"""
 local t = load(ARGV[4])
 if not t or (t.state ~= 'FAILED' and t.state ~= 'REVOKED') then return done(0) end
 leave(t)
-put('h', OUTCOME, t.id, false)
+if t.params then t.outcome = '' else put('h', OUTCOME, t.id, false) end
 t.seq, t.attempts, t.created, t.finished, t.due = new_seq(), '0', NOW, '', ''
 enter(t, 'QUEUED')
 publish('Q', {})
@@ -112,31 +113,48 @@ return redis.call('ZRANGE', SCHEDULE, 0, 0, 'WITHSCORES')[2] or false
 """
 
 # ARGV[4] limit, ARGV[5] "1" to reclaim this broker's own tasks too (it starts: no node holds them), then
-# broker ids; KEYS after KEY_NAMES are their liveness keys, in the same order. Queues again, in their old
-# places, up to limit tasks leased to brokers whose liveness key is gone (to "" always: a store that never
-# attached holds no lease). A gone broker with nothing left is forgotten.
+# broker ids; KEYS after KEY_NAMES and MINE are their liveness keys, then their sets of held tasks, in the
+# same order. Queues again, in their old places, up to limit tasks leased to brokers whose liveness key is
+# gone (to "" always: a store that never attached holds no lease), from their sets and from HELD (a version
+# before kept them there). A gone broker with nothing left is forgotten. Then drops from this broker's own
+# set a few ids of tasks no longer leased to it (another broker claimed or finished them).
 RECLAIM = r"""
-local left, n, base, mine = tonumber(ARGV[4]), 0, #KEYS - (#ARGV - 5), ARGV[5] == '1'
+local left, n, mine, count = tonumber(ARGV[4]), 0, ARGV[5] == '1', #ARGV - 5
+local base = #KEYS - 2 * count
 for i = 6, #ARGV do
   local broker = ARGV[i]
   if left <= 0 then break end
   if broker == '' or (broker == ME and mine) or (broker ~= ME and redis.call('EXISTS', KEYS[base + i - 5]) == 0) then
-    local p, ids = broker .. '|', {}
     sync()
-    local members = redis.call('ZRANGEBYLEX', HELD, '[' .. p, '(' .. p .. '\255', 'LIMIT', 0, left)
-    for j, m in ipairs(members) do ids[j] = string.sub(m, #p + 1) end
-    preload(ids, {TASK})
-    for j, m in ipairs(members) do
-      local t = load(ids[j])
-      if t and LEASED[t.state] and t.lease == broker then
-        leave(t); enter(t, 'QUEUED')
-        n = n + 1
-      else
+    local set = KEYS[base + count + i - 5]
+    local ids = redis.call('SRANDMEMBER', set, left)  -- (removed as the other writes are: at the end)
+    for _, id in ipairs(ids) do put('s', set, id, false) end
+    if #ids < left and old_held() then
+      local p = broker .. '|'
+      for _, m in ipairs(redis.call('ZRANGEBYLEX', HELD, '[' .. p, '(' .. p .. '\255', 'LIMIT', 0, left - #ids)) do
+        ids[#ids + 1] = string.sub(m, #p + 1)
         put('z', HELD, m, false)
       end
     end
-    if #members < left and broker ~= '' and broker ~= ME then redis.call('SREM', BROKERS, broker) end
-    left = left - #members
+    preload(ids, {TASK})
+    for _, id in ipairs(ids) do
+      local t = load(id)
+      if t and LEASED[t.state] and t.lease == broker then
+        leave(t); enter(t, 'QUEUED')
+        n = n + 1
+      end
+    end
+    if #ids < left and broker ~= '' and broker ~= ME then redis.call('SREM', BROKERS, broker) end
+    left = left - #ids
+  end
+end
+if not mine then
+  sync()
+  local ids = redis.call('SRANDMEMBER', MINE, 32)
+  preload(ids, {TASK})
+  for _, id in ipairs(ids) do
+    local t = load(id)
+    if not (t and LEASED[t.state] and t.lease == ME) then put('s', MINE, id, false) end
   end
 end
 if n > 0 then publish('Q', {}) end
@@ -174,29 +192,30 @@ end
 return answer
 """
 
-# ARGV[4] state or "", ARGV[5] method or "", ARGV[6] limit, ARGV[7] before (exclusive) or "+inf".
+# ARGV[4] state or "", ARGV[5] method or "", ARGV[6] limit, ARGV[7] before (exclusive) or "+inf", then the
+# brokers' ids; KEYS after KEY_NAMES and MINE are their sets of held tasks, in the same order.
 # Newest first: a final task by finished_at (from its ENDED set), an unfinished one by created_at: the
 # SCHEDULED ones from LIVE, the QUEUED ones where they wait, each lane and priority of QUEUE read from its
 # end (the latest sequence, so the latest created_at, as one broker's clock goes) until it gave limit tasks,
-# the held ones (few: what nodes hold) from HELD, read whole. Looks at no more than SCAN tasks of each set
+# the held ones (few: what nodes hold) from each broker's set and HELD, read whole. Looks at no more than SCAN tasks of each set
 # (of each lane and priority in QUEUE): a filter that matches few tasks among many lists fewer than it
 # could rather than block Redis.
 LIST = r"""
 local state, method, limit, before = ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local SCAN, CHUNK = 100000, 500
 local cutoff = before == '+inf' and math.huge or tonumber(before)
-local found = {}
+local found, listed = {}, {}  -- (listed: a held task may be in two sets, see redis_layout)
 -- the tasks `ids` in the state `where` (a set of states) and the filters, created before the cutoff, up to
 -- `room` of them (newest first if `ids` are); answers how many
 local function unfinished(ids, where, room)
   preload(ids, {TASK})
   local mine = 0
   for _, id in ipairs(ids) do
-    local t = load(id)
+    local t = not listed[id] and load(id)
     if mine >= room then break end
     if t and where[t.state] and (state == '' or t.state == state) and (method == '' or t.method == method) then
       local created = tonumber(t.created)
-      if created < cutoff then found[#found + 1] = {created, id, t}; mine = mine + 1 end
+      if created < cutoff then found[#found + 1] = {created, id, t}; mine = mine + 1; listed[id] = true end
     end
   end
   return mine
@@ -253,6 +272,16 @@ if limit <= 0 then return {} end
 if state == '' or state == 'QUEUED' then queued() end
 if state == '' or state == 'SCHEDULED' then newest(LIVE, {SCHEDULED = true}) end
 if state == '' or LEASED[state] then
+  for i = 8, #ARGV do  -- each broker's set of held tasks (an id whose task another broker holds now is skipped)
+    local ids = redis.call('SRANDMEMBER', KEYS[#KEYS - #ARGV + i], SCAN)
+    local held = {}
+    preload(ids, {TASK})
+    for _, id in ipairs(ids) do
+      local t = load(id)
+      if t and t.lease == ARGV[i] then held[#held + 1] = id end
+    end
+    unfinished(held, LEASED, SCAN)
+  end
   read(function(start, stop) return redis.call('ZRANGE', HELD, start, stop) end, nil, LEASED, SCAN)
 end
 if state == '' then for _, key in pairs(ENDED) do newest(key) end elseif FINAL[state] then newest(ENDED[state]) end
