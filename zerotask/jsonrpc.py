@@ -70,6 +70,13 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value)
 
 
+def dumps_kept(value: Any) -> bytes:
+    """:func:`dumps`, for JSON kept a long time (a queued task's packed arguments): orjson's bytes keep the
+    room of the buffer they were written in, about 8 KB of RSS for 2 KB of JSON (measured); a copy keeps its
+    length."""
+    return b"%s" % orjson.dumps(value)
+
+
 def loads(data: bytes | str, max_depth: int | None = None) -> Any:
     """Decode JSON; raises InvalidMessage(PARSE_ERROR) on anything that is not JSON, and (with
     ``max_depth``) on arrays and objects nested more than ``max_depth`` levels deep."""

@@ -87,7 +87,7 @@ def _checked(report: Any, held: Container[str]) -> tuple[dict[str, Any], int] | 
         return None
     if info is None:
         return {"done": done, "total": total, "info": None}, 0
-    encoded = jsonrpc.dumps(info)
+    encoded = jsonrpc.dumps_kept(info)  # (kept while the task runs)
     if len(encoded) > MAX_INFO_BYTES:
         return None
     return {"done": done, "total": total, "info": orjson.Fragment(encoded)}, len(encoded)

@@ -70,7 +70,7 @@ class MemoryStore(Store):
         self._room_for_one()
         # Small arguments stay as they are (packing costs an encode and a decode per task); large ones
         # are packed. Both count against max_bytes: small ones at what Python objects may take.
-        packed = jsonrpc.dumps([record.args, record.kwargs]) if size_hint > PACK_OVER_BYTES else None
+        packed = jsonrpc.dumps_kept([record.args, record.kwargs]) if size_hint > PACK_OVER_BYTES else None
         charge = len(packed) if packed is not None else size_hint * INFLATION
         if self._charged_bytes() + charge > self.max_bytes:
             self.expire(float("inf"), limit=max(1, self.max_tasks // 100))
