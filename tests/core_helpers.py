@@ -9,7 +9,7 @@ the hooks are called at the points zerotask.broker.hooks documents. The fixtures
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pytest
@@ -18,12 +18,24 @@ from zerotask import wire
 from zerotask.broker.assignment import NodeId, NodeSlot
 from zerotask.broker.core import BrokerCore
 from zerotask.broker.hooks import Hooks, Retries, TimeLimits
-from zerotask.store import MemoryStore, TaskRecord
+from zerotask.store import MemoryStore, TaskRecord, Want
 from zerotask.task import Dispatcher
 from zerotask.testing import ManualClock
 from zerotask.wire import QUEUED
 
 # ---- helpers ---------------------------------------------------------------------------------------
+
+
+class CountingStore(MemoryStore):
+    """A MemoryStore that counts its takes (``takes``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.takes = 0
+
+    def take_many(self, wants: Sequence[Want]) -> list[list[TaskRecord]]:
+        self.takes += 1
+        return super().take_many(wants)
 
 
 class Recorder(Hooks):

@@ -6,9 +6,8 @@ else about it is as if it had been queued and taken.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 
-from tests.core_helpers import Recorder, assigned, connect, done, state_of, submit
+from tests.core_helpers import CountingStore, Recorder, assigned, connect, done, state_of, submit
 
 # pytest finds fixtures by name in the test module: each is imported as itself (core needs clock and recorder).
 from tests.core_helpers import clock as clock
@@ -17,21 +16,9 @@ from tests.core_helpers import recorder as recorder
 from zerotask.broker.core import BrokerCore
 from zerotask.broker.hooks import Retries, TimeLimits
 from zerotask.broker.placement import Placement
-from zerotask.store import MemoryStore, SqliteStore, TaskRecord, Want
+from zerotask.store import SqliteStore
 from zerotask.testing import ManualClock
 from zerotask.wire import ASSIGNED, FINISHED, QUEUED, REVOKED, SCHEDULED
-
-
-class CountingStore(MemoryStore):
-    """Counts the takes: the direct path makes none."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.takes = 0
-
-    def take_many(self, wants: Sequence[Want]) -> list[list[TaskRecord]]:
-        self.takes += 1
-        return super().take_many(wants)
 
 
 def counted(clock: ManualClock) -> tuple[BrokerCore, CountingStore]:

@@ -6,11 +6,10 @@ tests/core_helpers.py.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
 
 import pytest
 
-from tests.core_helpers import Recorder, assigned, connect, done, state_of, submit
+from tests.core_helpers import CountingStore, Recorder, assigned, connect, done, state_of, submit
 
 # pytest finds fixtures by name in the test module: each is imported as itself (core needs clock and recorder).
 from tests.core_helpers import clock as clock
@@ -19,7 +18,6 @@ from tests.core_helpers import recorder as recorder
 from zerotask.broker.assignment import NodeId
 from zerotask.broker.core import BrokerCore
 from zerotask.broker.hooks import Retries, TimeLimits
-from zerotask.store import MemoryStore, TaskRecord, Want
 from zerotask.testing import ManualClock
 from zerotask.wire import ASSIGNED, FINISHED, QUEUED, RUNNING
 
@@ -255,15 +253,6 @@ def test_lose_of_an_unknown_node_returns_none(core: BrokerCore, recorder: Record
 
 
 def test_nodes_serving_different_names_are_served_in_one_store_call(clock: ManualClock, recorder: Recorder) -> None:
-    class CountingStore(MemoryStore):
-        def __init__(self) -> None:
-            super().__init__()
-            self.take_many_calls = 0
-
-        def take_many(self, wants: Sequence[Want]) -> list[list[TaskRecord]]:
-            self.take_many_calls += 1
-            return super().take_many(wants)
-
     store = CountingStore()
     core = BrokerCore(store, clock, [Retries(), TimeLimits(), recorder])
     names = [f"m{n}" for n in range(20)]
@@ -272,7 +261,7 @@ def test_nodes_serving_different_names_are_served_in_one_store_call(clock: Manua
     for name in names:
         connect(core, name.encode(), name, credit=50)
     handed = {node.id: records for node, records in core.assign()}
-    assert store.take_many_calls == 1
+    assert store.takes == 1
     assert set(handed) == {name.encode() for name in names}
     for name in names:
         records = handed[name.encode()]

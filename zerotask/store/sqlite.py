@@ -109,22 +109,20 @@ class SqliteStore(Store):
             self._in_transaction = True
 
     def add(self, record: TaskRecord, size_hint: int = 0) -> bool:
-        if self._archive.size and self._archive.has(record.id):
-            return False
-        if not self._memory.add(record, size_hint):
-            return False
-        self._live[record.id] = None
-        self._ops.append(put(record))
-        return True
+        return self._add(record, size_hint, held=False)
 
     def add_held(self, record: TaskRecord, size_hint: int = 0) -> bool:
+        return self._add(record, size_hint, held=True)
+
+    def _add(self, record: TaskRecord, size_hint: int, held: bool) -> bool:
         if self._archive.size and self._archive.has(record.id):
             return False
-        if not self._memory.add_held(record, size_hint):
+        if not (self._memory.add_held if held else self._memory.add)(record, size_hint):
             return False
         self._live[record.id] = None
-        self._ops.append(put(record))  # (as QUEUED: the journal's next op says it is held)
-        self._ops.append([HELD, record.id])
+        self._ops.append(put(record))  # (as QUEUED or SCHEDULED: a held task's next op says it is held)
+        if held:
+            self._ops.append([HELD, record.id])
         return True
 
     def take_many(self, wants: Sequence[Want]) -> list[list[TaskRecord]]:
