@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -240,6 +241,13 @@ def test_a_file_of_the_version_before_the_journal_opens_with_tasks_in_every_stat
         again.close()
 
 
+def copy(store: SqliteStore, task_id: str) -> TaskRecord:
+    """The task as the store has it now (a copy: the store changes its own)."""
+    record = store.get(task_id)
+    assert record is not None
+    return dataclasses.replace(record)
+
+
 def test_a_reopened_file_gives_back_every_field_of_every_task(tmp_path: Path, clock: Clock) -> None:
     path = str(tmp_path / "tasks.db")
     store = SqliteStore(path)
@@ -274,7 +282,7 @@ def test_a_reopened_file_gives_back_every_field_of_every_task(tmp_path: Path, cl
     assert [record.id for record in store.claim(["t3"])] == ["t3"]
     store.flush()
     ids = [record.id for record in adds] + ["direct"]
-    before = {task_id: dataclasses.replace(store.get(task_id)) for task_id in ids}  # type: ignore[type-var]
+    before = {task_id: copy(store, task_id) for task_id in ids}
     store.close()
     reopened = SqliteStore(path)
     try:
@@ -330,3 +338,25 @@ def test_a_journal_of_the_earlier_per_task_ops_opens(tmp_path: Path, clock: Cloc
         assert d is not None and d.state == ASSIGNED
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("kwargs", {"k": 1}), ("options", {"time_limit_s": 5}), ("queue", "io"), ("priority", 3), ("owner", "key"), ("attempts", 2)],
+)
+def test_a_task_added_with_one_field_not_at_its_default_is_read_back_with_it(
+    tmp_path: Path, clock: Clock, field: str, value: Any
+) -> None:
+    """Tasks added with the defaults are journaled shorter (ADDED): any other is journaled whole (PUT)."""
+    path = str(tmp_path / "tasks.db")
+    store = SqliteStore(path)
+    assert store.add(dataclasses.replace(TaskRecord("odd", "add", [1]), **{field: value}))
+    assert store.add(TaskRecord("plain", "add", [2]))
+    before = [copy(store, task_id) for task_id in ("odd", "plain")]
+    assert getattr(before[0], field) == value
+    store.close()
+    reopened = SqliteStore(path)
+    try:
+        assert [reopened.get(task_id) for task_id in ("odd", "plain")] == before
+    finally:
+        reopened.close()

@@ -30,9 +30,9 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from zerotask.store.base import Outcome, Store, TaskRecord, Want
 from zerotask.store.memory import MemoryStore
 from zerotask.store.sqlite_archive import SqliteArchive
-from zerotask.store.sqlite_journal import DUE, FORGOT, HELD, OUTCOMES, PUT, REQUEUED, RETRIED, Op, SqliteJournal, put, snapshot
+from zerotask.store.sqlite_journal import ADDED, DUE, FORGOT, HELD, OUTCOMES, REQUEUED, RETRIED, Op, SqliteJournal, put, snapshot
 from zerotask.store.sqlite_registry import SqliteRegistry
-from zerotask.wire import ASSIGNED, FAILED, FINAL_STATES, QUEUED, RETRY, REVOKED, SCHEDULED
+from zerotask.wire import ASSIGNED, DEFAULT_QUEUE, FAILED, FINAL_STATES, QUEUED, RETRY, REVOKED, SCHEDULED
 
 # Outcomes kept in memory (a few hundred bytes each for small results): beyond, the oldest are archived.
 ARCHIVE_OVER = 100_000
@@ -110,38 +110,33 @@ class SqliteStore(Store):
             self._db.execute("BEGIN")
             self._in_transaction = True
 
-    def add(self, record: TaskRecord, size_hint: int = 0) -> bool:
-        return self._add(record, size_hint, held=False)
-
     def add_held(self, record: TaskRecord, size_hint: int = 0) -> bool:
-        return self._add(record, size_hint, held=True)
+        return self.add(record, size_hint, held=True)
 
-    def _add(self, record: TaskRecord, size_hint: int, held: bool) -> bool:
+    def add(self, record: TaskRecord, size_hint: int = 0, held: bool = False) -> bool:
+        """(``held``: as :meth:`add_held`. One body for both, and one Python call per add: a call more
+        cost 7% of what this store adds to the memory store's work per task.)"""
         if self._archive.size and self._archive.has(record.id):
             return False
         memory = self._memory
         if not (memory.add_held(record, size_hint) if held else memory.add(record, size_hint)):
             return False
         self._live[record.id] = None
-        # put(record), inline (this runs for every task), in the state the memory store gave it: QUEUED,
-        # SCHEDULED, or ASSIGNED if held (the caller's record has it, and its arguments unpacked).
-        self._ops.append(
-            [
-                PUT,
-                record.id,
-                record.method,
-                record.args,
-                record.kwargs,
-                record.options,
-                record.queue,
-                record.priority,
-                record.due_at,
-                record.owner,
-                record.created_at,
-                record.attempts,
-                record.state,
-            ]
-        )
+        # The caller's record has its arguments unpacked, and the state the memory store gave it: QUEUED,
+        # SCHEDULED, or ASSIGNED if held. Most tasks are ADDED ops, the journal's short PUT (checked here,
+        # not in a function of the journal's: a call more per task costs 4%).
+        if (
+            record.state == QUEUED
+            and not record.options
+            and record.queue == DEFAULT_QUEUE
+            and not record.priority
+            and record.due_at is None
+            and record.owner is None
+            and not record.attempts
+        ):
+            self._ops.append([ADDED, record.id, record.method, record.args, record.kwargs, record.created_at])
+        else:
+            self._ops.append(put(record, record.state))
         return True
 
     def take_many(self, wants: Sequence[Want]) -> list[list[TaskRecord]]:
