@@ -3,16 +3,20 @@ before the journal. The behaviour every store shares is in test_store_contract.p
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.test_store_contract import Clock
 from tests.test_store_contract import clock as clock  # (the fixture, by name)
+from zerotask import jsonrpc
 from zerotask.store import Outcome, SqliteStore, TaskRecord
 from zerotask.store import sqlite as sqlite_store
-from zerotask.wire import ASSIGNED, FAILED, FINISHED, QUEUED, RETRY, SCHEDULED
+from zerotask.store import sqlite_journal as journal
+from zerotask.wire import ASSIGNED, FAILED, FINISHED, QUEUED, RETRY, REVOKED, SCHEDULED
 
 
 def rows(path: str, table: str) -> int:
@@ -235,3 +239,124 @@ def test_a_file_of_the_version_before_the_journal_opens_with_tasks_in_every_stat
         assert bad is not None and (bad.queue, bad.args, bad.attempts) == ("io", [3], 1)
     finally:
         again.close()
+
+
+def copy(store: SqliteStore, task_id: str) -> TaskRecord:
+    """The task as the store has it now (a copy: the store changes its own)."""
+    record = store.get(task_id)
+    assert record is not None
+    return dataclasses.replace(record)
+
+
+def test_a_reopened_file_gives_back_every_field_of_every_task(tmp_path: Path, clock: Clock) -> None:
+    path = str(tmp_path / "tasks.db")
+    store = SqliteStore(path)
+    big = ["x" * 2000]  # packed by the memory store while it waits: the journal has it as it came
+    adds = [
+        TaskRecord("plain", "add", [1, 2]),
+        TaskRecord("full", "mul", [3], {"k": 4}, options={"time_limit_s": 5}, owner="key", queue="io", priority=7),
+        TaskRecord("later", "add", [5], due_at=clock.now + 60),
+        TaskRecord("big", "add", big),
+        *(TaskRecord(f"t{n}", "add", [n]) for n in range(6)),
+    ]
+    for record in adds:
+        clock.now += 0.25
+        assert store.add(record, 3000 if record.id == "big" else 20)
+    clock.now += 0.25
+    assert store.add_held(TaskRecord("direct", "add", [9], owner="key"), 20)
+    clock.now += 1
+    (taken,) = store.take_many([(["add", "mul"], 4)])
+    assert [record.id for record in taken] == ["plain", "big", "t0", "t1"]
+    clock.now += 1
+    outcomes = [
+        Outcome("plain", FINISHED, result={"sum": 3}, held=True),
+        Outcome("t0", FAILED, error={"code": 1, "message": "no"}, held=True),
+        Outcome("t2", REVOKED, error={"code": 2, "message": "revoked"}),
+        Outcome("nobody", FINISHED, result=1),
+    ]
+    assert store.finish_many(outcomes) == [True, True, True, False]
+    store.flush()
+    clock.now += 1
+    assert store.finish_many([Outcome("direct", FINISHED, result=10, held=True)]) == [True]
+    store.retry("t1", 2)
+    assert [record.id for record in store.claim(["t3"])] == ["t3"]
+    store.flush()
+    ids = [record.id for record in adds] + ["direct"]
+    before = {task_id: copy(store, task_id) for task_id in ids}
+    store.close()
+    reopened = SqliteStore(path)
+    try:
+        assert {task_id: reopened.get(task_id) for task_id in ids} == before
+        assert before["big"].args == big and before["direct"].finished_at == clock.now
+        assert before["plain"].finished_at == before["t0"].finished_at == clock.now - 1
+        assert [before[task_id].state for task_id in ("full", "later", "t1", "t3", "t4")] == [
+            QUEUED,
+            SCHEDULED,
+            RETRY,
+            ASSIGNED,
+            QUEUED,
+        ]
+        (taken,) = reopened.take_many([(["add", "mul"], 10, ["default", "io"])])  # the first in line first
+        assert [record.id for record in taken] == ["full", "t4", "t5"]
+    finally:
+        reopened.close()
+
+
+def test_a_journal_of_the_earlier_per_task_ops_opens(tmp_path: Path, clock: Clock) -> None:
+    """Before outcomes were journaled in one op per call, each had an ENDED op, and a task added held
+    was PUT as QUEUED, then HELD."""
+    path = str(tmp_path / "tasks.db")
+    SqliteStore(path).close()
+    now = clock.now
+    ops = [
+        [journal.PUT, "a", "add", [1], {}, {}, "default", 0, None, None, now - 5, 0, QUEUED],
+        [journal.PUT, "b", "add", [2], {"k": 1}, {}, "io", 3, None, "key", now - 4, 0, QUEUED],
+        [journal.PUT, "c", "add", [3], {}, {}, "default", 0, None, None, now - 3, 0, QUEUED],
+        [journal.PUT, "d", "add", [4], {}, {}, "default", 0, None, None, now - 2, 0, QUEUED],
+        [journal.HELD, "a", "b", "d"],
+        [journal.ENDED, "a", FINISHED, 2, None, now - 1],
+        [journal.ENDED, "b", FAILED, None, {"code": 1, "message": "no"}, now],
+    ]
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO journal (entry) VALUES (?)", (jsonrpc.dumps(ops),))
+    db.close()
+    store = SqliteStore(path)
+    try:
+        a, b, c, d = (store.get(task_id) for task_id in "abcd")
+        assert a is not None and (a.state, a.result, a.args, a.finished_at) == (FINISHED, 2, [], now - 1)
+        assert b is not None and (b.state, b.error, b.args, b.kwargs, b.owner, b.queue, b.priority, b.finished_at) == (
+            FAILED,
+            {"code": 1, "message": "no"},
+            [2],
+            {"k": 1},
+            "key",
+            "io",
+            3,
+            now,
+        )
+        assert c is not None and (c.state, c.created_at) == (QUEUED, now - 3)
+        assert d is not None and d.state == ASSIGNED
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("kwargs", {"k": 1}), ("options", {"time_limit_s": 5}), ("queue", "io"), ("priority", 3), ("owner", "key"), ("attempts", 2)],
+)
+def test_a_task_added_with_one_field_not_at_its_default_is_read_back_with_it(
+    tmp_path: Path, clock: Clock, field: str, value: Any
+) -> None:
+    """Tasks added with the defaults are journaled shorter (ADDED): any other is journaled whole (PUT)."""
+    path = str(tmp_path / "tasks.db")
+    store = SqliteStore(path)
+    assert store.add(dataclasses.replace(TaskRecord("odd", "add", [1]), **{field: value}))
+    assert store.add(TaskRecord("plain", "add", [2]))
+    before = [copy(store, task_id) for task_id in ("odd", "plain")]
+    assert getattr(before[0], field) == value
+    store.close()
+    reopened = SqliteStore(path)
+    try:
+        assert [reopened.get(task_id) for task_id in ("odd", "plain")] == before
+    finally:
+        reopened.close()

@@ -10,13 +10,18 @@ when a store opens it (:meth:`SqliteJournal.replay`).
 The ops (each a JSON array, its first element the kind):
 
 - ``[PUT, id, method, args, kwargs, options, queue, priority, due_at, owner, created_at, attempts, state]``:
-  a task queued (added, or reset) at the back, QUEUED or SCHEDULED;
+  a task queued (added, or reset) at the back, QUEUED or SCHEDULED, or added ASSIGNED (held at once);
+- ``[ADDED, id, method, args, kwargs, created_at]``: a PUT of a task added with the defaults (no options,
+  the default queue, priority 0, not due later, no owner, no attempts: QUEUED), most tasks, in half the
+  bytes;
 - ``[HELD, id, ...]``: these tasks are ASSIGNED (taken or claimed);
 - ``[REQUEUED, id, ...]``: those of these that were ASSIGNED or RETRY are back in line, QUEUED;
 - ``[DUE, now, limit]``: up to ``limit`` SCHEDULED tasks whose due_at is ``now`` or earlier are QUEUED,
   the earliest first (then the first queued), as :meth:`zerotask.store.Store.due` did;
 - ``[RETRIED, id, attempts]``: RETRY, with this many attempts;
 - ``[ENDED, id, state, result, error, finished_at]``: its outcome;
+- ``[OUTCOMES, finished_at, id, state, result, error, id, state, result, error, ...]``: outcomes recorded
+  at one time, as ENDED ops (what the store writes: files of earlier versions hold ENDED ops);
 - ``[FORGOT, id, ...]``: no longer the journal's (expired, or archived in the same transaction).
 
 An op about a task the journal does not hold (or holds with an outcome already, for all but PUT and
@@ -33,16 +38,17 @@ from typing import Any
 
 from zerotask import jsonrpc
 from zerotask.store.base import NO_ENTRIES, TaskRecord
-from zerotask.wire import ASSIGNED, FINISHED, QUEUED, RETRY, SCHEDULED
+from zerotask.wire import ASSIGNED, DEFAULT_QUEUE, FINISHED, QUEUED, RETRY, SCHEDULED
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY, entry BLOB NOT NULL);"
-PUT, HELD, REQUEUED, RETRIED, ENDED, FORGOT, DUE = range(7)
+PUT, HELD, REQUEUED, RETRIED, ENDED, FORGOT, DUE, OUTCOMES, ADDED = range(9)
 _ROWS_PER_SNAPSHOT_ENTRY = 10_000  # tasks per row of a snapshot: no row holds hundreds of megabytes
 
 Op = list[Any]
 
 
-def put(record: TaskRecord) -> Op:
+def put(record: TaskRecord, state: str | None = None) -> Op:
+    """The PUT op of a task, in ``state`` (by default QUEUED, or SCHEDULED if it is)."""
     return [
         PUT,
         record.id,
@@ -56,7 +62,7 @@ def put(record: TaskRecord) -> Op:
         record.owner,
         record.created_at,
         record.attempts,
-        SCHEDULED if record.state == SCHEDULED else QUEUED,
+        state or (SCHEDULED if record.state == SCHEDULED else QUEUED),
     ]
 
 
@@ -108,7 +114,8 @@ class SqliteJournal:
         """What the journal holds, after ``first``: the unfinished tasks in their order in line (each in
         the state the journal left it: QUEUED, SCHEDULED, ASSIGNED or RETRY), and the tasks with an
         outcome, in the order they ended."""
-        # id -> [its PUT op, state, attempts, its ENDED op or None, when it ended, when it was put]
+        # id -> [its PUT op, state, attempts, its outcome (state, result, error, finished_at) or None, when it
+        # ended, when it was put]
         tasks: dict[str, list[Any]] = {}
         scheduled: dict[str, None] = {}  # the ids of SCHEDULED tasks
         self.ops = ends = puts = 0
@@ -117,12 +124,25 @@ class SqliteJournal:
             self.ops += len(ops)
             for op in ops:
                 kind = op[0]
+                if kind == ADDED:
+                    _, task_id, method, args, kwargs, created_at = op
+                    op = [PUT, task_id, method, args, kwargs, None, DEFAULT_QUEUE, 0, None, None, created_at, 0, QUEUED]
+                    kind = PUT
                 if kind == PUT:
                     tasks.pop(op[1], None)  # a reset: to the back
                     puts += 1
                     tasks[op[1]] = [op, op[12], op[11], None, 0, puts]
                     if op[12] == SCHEDULED:
                         scheduled[op[1]] = None
+                    continue
+                if kind == OUTCOMES:
+                    finished_at = op[1]
+                    for at in range(2, len(op), 4):
+                        task = tasks.get(op[at])
+                        if task is not None and task[3] is None:
+                            scheduled.pop(op[at], None)
+                            ends += 1
+                            task[3], task[4] = (op[at + 1], op[at + 2], op[at + 3], finished_at), ends
                     continue
                 if kind == DUE:
                     _, now, limit = op
@@ -141,7 +161,7 @@ class SqliteJournal:
                     scheduled.pop(task_id, None)
                     if kind == ENDED:
                         ends += 1
-                        task[3], task[4] = op, ends
+                        task[3], task[4] = op[2:6], ends
                     elif kind == RETRIED:
                         task[1], task[2] = RETRY, op[2]
                     elif kind == HELD:
@@ -166,11 +186,25 @@ class SqliteJournal:
             if end is None:
                 live.append(record)
                 continue
-            record.state, record.result, record.error, record.finished_at = end[2], end[3], end[4], end[5]
+            record.state, record.result, record.error, record.finished_at = end
             if record.state == FINISHED:
                 record.args, record.kwargs = [], NO_ENTRIES
             done.append(record)
         return live, done
 
 
-__all__ = ["DUE", "ENDED", "FORGOT", "HELD", "PUT", "REQUEUED", "RETRIED", "SqliteJournal", "ended", "put", "snapshot"]
+__all__ = [
+    "ADDED",
+    "DUE",
+    "ENDED",
+    "FORGOT",
+    "HELD",
+    "OUTCOMES",
+    "PUT",
+    "REQUEUED",
+    "RETRIED",
+    "SqliteJournal",
+    "ended",
+    "put",
+    "snapshot",
+]
