@@ -24,7 +24,8 @@ from zerotask.testing import scaled
 from zerotask.wire import ASSIGNED, FINISHED, QUEUED, RETRY
 
 redis = pytest.importorskip("redis")
-from zerotask.store.redis import RedisStore  # noqa: E402 - only once redis-py is known to be there
+from zerotask.store import redis as redis_store  # noqa: E402 - only once redis-py is known to be there
+from zerotask.store.redis import RedisStore  # noqa: E402
 from zerotask.store.redis_flow import TAKE_FIELDS, taken_tasks  # noqa: E402
 from zerotask.store.redis_layout import lane, names  # noqa: E402
 
@@ -212,6 +213,32 @@ class TestTwoBrokers:
         restarted.attach("broker-a", 60.0)  # the same id, its lease still running: no node holds its tasks now
         assert restarted.recover() == 3
         assert take(restarted) == ["t1", "t2", "t3"]
+
+    def test_a_restarted_broker_recovers_its_tasks_behind_many_finished_elsewhere(
+        self, pair: tuple[RedisStore, RedisStore], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A broker's set of held tasks keeps the ids of tasks another broker claimed and finished (their
+        nodes moved there) until a reclaim looks at them. Recover looks at RECLAIM_LIMIT ids a call (five
+        here), at random: it goes on until none is left, not until a call queues nothing again, which left
+        the one task still held behind 300 such ids with a chance of 98%."""
+        monkeypatch.setattr(redis_store, "RECLAIM_LIMIT", 5)
+        a, b = pair
+        a.attach("broker-a", 60.0)
+        task_ids = [f"t{n}" for n in range(301)]
+        queue(a, *task_ids)
+        assert len(take(a, 400)) == 301
+        b.attach("broker-b", 60.0)
+        moved = task_ids[:300]
+        assert len(b.claim(moved)) == 300
+        assert b.finish_many([Outcome(task_id, FINISHED, 1) for task_id in moved]) == [True] * 300
+        assert b.flush() == []
+        restarted = RedisStore(REDIS_URL, prefix=a.prefix)
+        try:
+            restarted.attach("broker-a", 60.0)  # the same id: no node holds its tasks now
+            assert restarted.recover() == 1
+            assert take(restarted) == ["t300"]
+        finally:
+            restarted.close()
 
     def test_a_call_sent_twice_is_answered_alike_and_done_once(self, pair: tuple[RedisStore, RedisStore]) -> None:
         """What redis-py sends again after a connection error (the first answer may have been lost)."""

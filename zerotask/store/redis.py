@@ -263,14 +263,15 @@ class RedisStore(RedisCalls, Store):
             self._notifications.poll()
 
     def reclaim(self) -> int:
-        return self._reclaim(mine=False)
+        return self._reclaim(mine=False)[0]
 
-    def _reclaim(self, mine: bool) -> int:
-        """``mine``: this broker's own tasks too."""
+    def _reclaim(self, mine: bool) -> tuple[int, int]:
+        """``mine``: this broker's own tasks too. Returns how many tasks were queued again, and how many ids
+        were looked at (each leaves its broker's set: queued, or held there no more)."""
         candidates = self._brokers()
         keys = [self._broker_key(broker) for broker in candidates] + [held_key(self._base, broker) for broker in candidates]
-        reclaimed: int = self._call("reclaim", RECLAIM_LIMIT, "1" if mine else "0", *candidates, keys=keys)
-        return reclaimed
+        queued, looked = self._call("reclaim", RECLAIM_LIMIT, "1" if mine else "0", *candidates, keys=keys)
+        return int(queued), int(looked)
 
     def _brokers(self) -> list[str]:
         """The ids of the brokers that may hold tasks: those that attached, this one, and "" (none)."""
@@ -281,7 +282,9 @@ class RedisStore(RedisCalls, Store):
         """Queues again the tasks of brokers whose lease ran out, and this broker's own from before it
         started (a broker restarted under the same id), never a live broker's (all of them for a store
         that never attached). Returns how many tasks are queued."""
-        while self._reclaim(mine=True):
+        # Until every set it may take from is empty: a call that queued nothing may have looked only at
+        # ids another broker finished, with tasks still held behind them.
+        while self._reclaim(mine=True)[1]:
             pass
         return sum(self._queued.values())
 

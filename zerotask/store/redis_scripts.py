@@ -117,9 +117,11 @@ return redis.call('ZRANGE', SCHEDULE, 0, 0, 'WITHSCORES')[2] or false
 # same order. Queues again, in their old places, up to limit tasks leased to brokers whose liveness key is
 # gone (to "" always: a store that never attached holds no lease), from their sets and from HELD (a version
 # before kept them there). A gone broker with nothing left is forgotten. Then drops from this broker's own
-# set a few ids of tasks no longer leased to it (another broker claimed or finished them).
+# set a few ids of tasks no longer leased to it (another broker claimed or finished them). Answers how
+# many it queued, and how many ids it took out of those sets (queued, or no longer leased to that broker).
 RECLAIM = r"""
 local left, n, mine, count = tonumber(ARGV[4]), 0, ARGV[5] == '1', #ARGV - 5
+local looked = 0
 local base = #KEYS - 2 * count
 for i = 6, #ARGV do
   local broker = ARGV[i]
@@ -145,7 +147,7 @@ for i = 6, #ARGV do
       end
     end
     if #ids < left and broker ~= '' and broker ~= ME then redis.call('SREM', BROKERS, broker) end
-    left = left - #ids
+    left, looked = left - #ids, looked + #ids
   end
 end
 if not mine then
@@ -158,7 +160,7 @@ if not mine then
   end
 end
 if n > 0 then publish('Q', {}) end
-return done(n)
+return done({n, looked})
 """
 
 # ARGV[4..] task ids. Answers a record, or false, per id.
