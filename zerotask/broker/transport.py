@@ -54,11 +54,6 @@ DEFAULT_RESULT_TTL_S = 86400.0
 # out: big enough to share a commit among many tasks, small enough that nodes keep getting work while a
 # client floods us with submits.
 _ROUND_BUDGET = 1000
-# But once this many are handled, a round ends as soon as a node has room while tasks wait: in a flood, a
-# node that asked for more mid-round (its tasks done) would sit idle for the rest of it, up to 1000 submits
-# (~10 ms) later, and get its credit's worth (a hundred tasks or so) once per such round until the flood
-# was read (AsyncClient runs of 10,000 adds, 9 of each: median 43,300 -> 45,500 tasks/s).
-_ROUND_HUNGRY = 250
 # And a round ends after this many bytes of messages, whatever their count: parsing a 10 MB message of
 # pathological JSON takes ~0.4 s, and thirty of them in one round held the loop (heartbeats, timers) 9.5 s.
 _ROUND_BYTES = 8 * 1024 * 1024
@@ -222,13 +217,6 @@ class Broker(EventLoop):
             budget -= self._on_message(frames)
             if not sockets.waiting(self.requests):
                 return
-            if budget <= _ROUND_BUDGET - _ROUND_HUNGRY and self._hungry():
-                return
-
-    def _hungry(self) -> bool:
-        """Whether tasks wait while a node has room for more (it may serve none of them: a round that
-        ends early for nothing only shares its commit among fewer tasks)."""
-        return bool(self.core.queued) and any(node.credit > 0 and not node.draining for node in self.core.nodes)
 
     def _on_subscription(self) -> None:
         while True:
