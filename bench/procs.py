@@ -10,10 +10,13 @@ import itertools
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
+
+_checked_source = False
 
 
 class Process:
@@ -31,6 +34,7 @@ class Process:
         """``pipes``: stdin and stdout are pipes to this process (stderr still goes to the log).
         ``leader_first``: :meth:`stop` sends SIGTERM to the process alone, so that it stops its own
         children (a zerotask node its workers), and only then SIGKILL to whatever is left of the group."""
+        _check_source(cwd)
         self.args = args
         self.log_path = log_path
         self.leader_first = leader_first
@@ -114,3 +118,24 @@ def drain(left: Callable[[], tuple[int, int]], count: int, limit_s: float) -> tu
         if (queued == 0 and held == 0) or seconds >= limit_s:
             return count - queued - held, seconds
         time.sleep(0.05)
+
+
+def _check_source(cwd: Path | None) -> None:
+    """Warn, once, when the processes started would run zerotask from another tree than PYTHONPATH names:
+    ``python -m`` puts the directory it starts in before PYTHONPATH, so an A/B run from one checkout with
+    PYTHONPATH set to another runs the first checkout's code in every process it starts (both arms alike:
+    a void comparison, made here once)."""
+    global _checked_source
+    if _checked_source:
+        return
+    _checked_source = True
+    first = os.environ.get("PYTHONPATH", "").split(os.pathsep)[0]
+    if not first or not (Path(first) / "zerotask").is_dir():
+        return
+    start = (cwd or Path.cwd()).resolve()
+    if (start / "zerotask").is_dir() and start != Path(first).resolve():
+        print(
+            f"warning: PYTHONPATH names {first}, but the processes started here run the zerotask of {start}"
+            f" (python -m puts its starting directory first): run from {first} to measure its code",
+            file=sys.stderr,
+        )
