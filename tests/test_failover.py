@@ -21,8 +21,12 @@ from typing import Any
 
 import pytest
 
+from tests.test_fuzz import Context, ask, connect_node, dealer, rpc
+from tests.test_fuzz import zmq_context as zmq_context
+from zerotask import wire
 from zerotask.client import AsyncClient, Client
 from zerotask.node import Node
+from zerotask.node.delivery import Deliveries
 from zerotask.testing import Cluster, ManagedProcess, free_port, scaled, wait_until
 
 KILL_BOUND_S = 2.0  # answered again this soon after kill -9 of the broker
@@ -301,19 +305,80 @@ def test_one_endpoint_behaves_as_before(cluster: Cluster) -> None:
 # ---- outcomes on their way ---------------------------------------------------------------------------------
 
 
-def test_an_outcome_sent_while_the_broker_was_down_is_kept_not_run_again(sqlite_cluster: Cluster, tmp_path: Path) -> None:
-    """The task ends while its broker is dead; the node sends its outcome again after it connects, listing
-    the task as running, so the restarted broker takes the outcome instead of running the task again."""
-    cluster = sqlite_cluster
+def traced_task(cluster: Cluster, tmp_path: Path, *node_args: str) -> tuple[ManagedProcess, Client, Path, str]:
+    """Start the cluster's broker and a node (with ``node_args``), and a one-second traced task on it; returns
+    the node, the client, the task's trace and its id, once the task has started."""
     cluster.start_broker()
-    cluster.start_node("tests.tasks", "tests.failover_tasks")
+    node = cluster.start_node("tests.tasks", "tests.failover_tasks", extra=list(node_args))
     client = cluster.client()
     trace = tmp_path / "trace"
     task_id = client.submit("traced_sleep", str(trace), 1.0)
     wait_until(trace.exists, 20, "the task to start")
+    return node, client, trace, task_id
+
+
+def test_an_outcome_sent_while_the_broker_was_down_is_kept_not_run_again(sqlite_cluster: Cluster, tmp_path: Path) -> None:
+    """The task ends while its broker is dead; the node sends its outcome again after it connects, listing
+    the task as running, so the restarted broker takes the outcome instead of running the task again."""
+    cluster = sqlite_cluster
+    node, client, trace, task_id = traced_task(cluster, tmp_path)
     lose(cluster, "kill")
     wait_until(lambda: "end" in trace.read_text(), 20, "the task to end")
     time.sleep(0.5)  # its outcome is sent, into a connection to no one
     cluster.start_broker()
     assert client.result(task_id, timeout=scaled(30)) == 1.0
-    assert trace.read_text().split() == ["start", "end"]  # it ran once
+    assert trace.read_text().split() == ["start", "end"], node.output()  # it ran once
+
+
+def test_outcomes_lost_with_a_dead_broker_are_not_confirmed_by_its_successor(sqlite_cluster: Cluster, tmp_path: Path) -> None:
+    """The outcome goes into the buffers of a frozen broker, which is then killed; ZeroMQ reconnects the
+    node's socket to the broker started in its place before the node notices any silence (liveness 30), and
+    the node's next ping reaches that broker. Order alone would take its answer as proof that the outcome
+    arrived (and the task, queued again at recovery, would run twice); the count in the answer says it did not."""
+    cluster = sqlite_cluster
+    node, client, trace, task_id = traced_task(cluster, tmp_path, "--liveness", "30")
+    lose(cluster, "stop")
+    wait_until(lambda: "end" in trace.read_text(), 20, "the task to end")
+    time.sleep(0.05)  # its outcome is sent, into the frozen broker's socket buffer
+    assert cluster.broker is not None
+    cluster.broker.kill()
+    cluster.start_broker()
+    assert client.result(task_id, timeout=scaled(30)) == 1.0
+    assert trace.read_text().split() == ["start", "end"], node.output()  # it ran once
+    assert "did not get every outcome" in node.output()
+
+
+def test_a_ping_from_a_node_is_answered_with_the_outcomes_heard_from_it(cluster: Cluster, zmq_context: Context) -> None:
+    """docs/protocol.md 5.7 and 8.4, with raw sockets: the count is of the outcomes reported since the node's
+    connect, whether or not they were of tasks it held; null for a peer that is not a connected node."""
+    cluster.start_broker()
+    stranger = dealer(zmq_context, cluster.endpoint, b"stranger")
+    answer = ask(stranger, rpc(wire.PING, {"finished": 4}, "p0"), "p0")
+    assert answer["result"]["finished"] is None
+    assert "finished" not in ask(stranger, rpc(wire.PING, None, "p1"), "p1")["result"]  # a client's ping, as before
+    assert ask(stranger, rpc(wire.PING, {"finished": "4"}, "p2"), "p2")["error"]["code"] == -32602
+    node = connect_node(zmq_context, cluster.endpoint, b"raw-node", ["add"])
+    outcomes = [{"task_id": f"nobody-{n}", "result": n} for n in range(3)]
+    node.send(rpc(wire.FINISHED_TASKS, {"tasks": outcomes[:2]}, notification=True))
+    node.send(rpc(wire.FINISHED_TASKS, {"tasks": outcomes[2:]}, notification=True))
+    assert ask(node, rpc(wire.PING, {"finished": 3}, "p3"), "p3")["result"]["finished"] == 3
+    connect_node(zmq_context, cluster.endpoint, b"raw-node", ["add"]).close(linger=0)  # a connect starts the count again
+    node.close(linger=0)
+
+
+def test_a_ping_answer_confirms_outcomes_only_when_its_count_matches() -> None:
+    deliveries = Deliveries()
+    deliveries.sent([{"task_id": "a"}, {"task_id": "b"}])
+    first = deliveries.ping()
+    assert first is not None and first[1] == {"finished": 2}
+    deliveries.sent([{"task_id": "c"}])
+    second = deliveries.ping()
+    assert second is not None and second[1] == {"finished": 3} and deliveries.ping() is None
+    assert deliveries.answered(first[0], {"instance": "x"})  # a broker of an earlier version: order is taken as proof
+    assert not deliveries.answered(second[0], {"finished": 2})  # one lost on the way
+    assert not deliveries.answered(second[0], {"finished": None})  # a broker that does not know the node
+    assert [outcome["task_id"] for outcome in deliveries.unconfirmed()] == ["c"]
+    deliveries.sent([{"task_id": "c"}])
+    third = deliveries.ping()
+    assert third is not None and third[1] == {"finished": 1}  # counted from the new connect
+    assert deliveries.answered(third[0], {"finished": 1}) and deliveries.unconfirmed() == []

@@ -39,6 +39,7 @@ class NodeLink:
     workers: int
     last_seen: float = field(default_factory=time.monotonic)
     last_sent: float = field(default_factory=time.monotonic)
+    outcomes_heard: int = 0  # outcomes it reported since its connect: its ping asks (zerotask.node.delivery)
 
 
 class NodeProtocol:
@@ -183,8 +184,16 @@ class NodeProtocol:
 
     def finished(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
         outcomes = param(request.params, "tasks", 0, list)
+        link = self._links.get(envelope[0])
+        if link is not None:
+            link.outcomes_heard += len(outcomes)
         self._core.report(self._node(request, envelope), outcomes)
         return None
+
+    def outcomes_heard(self, identity: bytes) -> int | None:
+        """How many outcomes the node ``identity`` reported since it connected; None if it is not connected."""
+        link = self._links.get(identity)
+        return link.outcomes_heard if link is not None and self._core.node(identity) is not None else None
 
     def heartbeat(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
         self._node(request, envelope)

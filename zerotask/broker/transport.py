@@ -28,6 +28,7 @@ from zerotask.broker.finish_spans import FinishSpans
 from zerotask.broker.hooks import Hooks, Retries, TimeLimits
 from zerotask.broker.metrics import BrokerMetrics
 from zerotask.broker.node_protocol import NodeProtocol
+from zerotask.broker.params import param
 from zerotask.broker.periodic import Periodic
 from zerotask.broker.progress import Progress
 from zerotask.broker.replies import DEFERRED, Envelope, Handler, Outbox, PeerGone, Reply, Respond, split_frames
@@ -364,4 +365,7 @@ class Broker(EventLoop):
         }
 
     def _ping(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
-        return {"instance": self.instance, "max_message_bytes": self.max_message_bytes}
+        answer: dict[str, Any] = {"instance": self.instance, "max_message_bytes": self.max_message_bytes}
+        if param(request.params, "finished", 0, int, None) is not None:  # a node's: did its outcomes arrive?
+            answer["finished"] = self.nodes.outcomes_heard(envelope[0])
+        return answer

@@ -8,6 +8,12 @@ since the last such ping, the node sends one. When it connects again, to the sam
 sends again every outcome not confirmed, after its connect, which lists those tasks as running so that
 the broker lets it end them. A broker keeps the first outcome of a task: one that arrives twice does no
 harm.
+
+Order alone does not prove arrival: ZeroMQ reconnects a dropped connection by itself, so outcomes lost
+with a dead broker's buffers may be followed by a ping that reaches the broker started in its place. So
+the ping says how many outcomes the node sent since its connect, and the broker answers how many it
+heard from it (null if it does not know the node): only an answer that matches confirms; any other
+means some were lost, and the node connects again.
 """
 
 from __future__ import annotations
@@ -27,38 +33,54 @@ class Deliveries:
 
     def __init__(self) -> None:
         self._unpinged: list[list[Outcome]] = []  # batches sent since the last ping
-        self._pinged: collections.deque[tuple[int, list[list[Outcome]]]] = collections.deque()
+        # (ping number, outcomes sent on this connection before it, the batches it confirms)
+        self._pinged: collections.deque[tuple[int, int, list[list[Outcome]]]] = collections.deque()
         self._pings = itertools.count(1)
+        self._sent = 0  # outcomes sent since the connect
 
     def sent(self, outcomes: list[Outcome]) -> None:
         """``outcomes`` went to the broker (the list is kept as it is: do not change it afterwards)."""
         self._unpinged.append(outcomes)
+        self._sent += len(outcomes)
 
-    def ping_id(self) -> str | None:
-        """The id of a ping to send now, if outcomes went out since the last one; else None."""
+    def ping(self) -> tuple[str, dict[str, int]] | None:
+        """The id and params of a ping to send now, if outcomes went out since the last one; else None."""
         if not self._unpinged:
             return None
         number = next(self._pings)
-        self._pinged.append((number, self._unpinged))
+        self._pinged.append((number, self._sent, self._unpinged))
         self._unpinged = []
         if len(self._pinged) > MAX_PINGS:
             self._pinged.popleft()
-        return f"{PING_PREFIX}{number}"
+        return f"{PING_PREFIX}{number}", {"finished": self._sent}
 
-    def answered(self, response_id: Any) -> bool:
-        """Whether ``response_id`` is the id of one of these pings. If it is, everything sent before
-        that ping has arrived, and is forgotten here."""
-        if not isinstance(response_id, str) or not response_id.startswith(PING_PREFIX):
-            return False
+    @staticmethod
+    def is_ping(response_id: Any) -> bool:
+        """Whether ``response_id`` is the id of a ping made here."""
+        return isinstance(response_id, str) and response_id.startswith(PING_PREFIX)
+
+    def answered(self, response_id: str, result: Any) -> bool:
+        """The broker answered the ping ``response_id`` with ``result``. Returns False if the answer shows
+        that outcomes were lost on the way (connect again: :meth:`unconfirmed` gives them back); else
+        True, and everything sent before that ping is forgotten here as arrived."""
         number = response_id.removeprefix(PING_PREFIX)
-        if number.isdigit():
-            while self._pinged and self._pinged[0][0] <= int(number):
-                self._pinged.popleft()
+        if not number.isdigit():
+            return True
+        found = [sent for ping, sent, _ in self._pinged if ping == int(number)]
+        if not found:  # answered after a later ping's answer, or from before the connect: nothing to learn
+            return True
+        # A broker of an earlier version says nothing of what it heard: then order is all there is to go on.
+        if not isinstance(result, dict) or result.get("finished", found[0]) != found[0]:
+            return False
+        while self._pinged and self._pinged[0][0] <= int(number):
+            self._pinged.popleft()
         return True
 
     def unconfirmed(self) -> list[Outcome]:
-        """Every outcome sent and not confirmed, oldest first, forgotten here: the caller sends them again."""
-        batches = [batch for _, pinged in self._pinged for batch in pinged] + self._unpinged
+        """Every outcome sent and not confirmed, oldest first, forgotten here: the caller sends them again,
+        on a new connection."""
+        batches = [batch for _, _, pinged in self._pinged for batch in pinged] + self._unpinged
         self._pinged.clear()
         self._unpinged = []
+        self._sent = 0
         return [outcome for batch in batches for outcome in batch]

@@ -258,7 +258,10 @@ class Node(EventLoop):
 
     def _on_broker_item(self, item: dict[str, Any]) -> None:
         if jsonrpc.is_response(item):
-            if self._deliveries.answered(item.get("id")):
+            if Deliveries.is_ping(item.get("id")):
+                if not self._deliveries.answered(item["id"], item.get("result")):
+                    log.warning("the broker did not get every outcome sent to it: connecting again to report them again")
+                    self._connect()
                 return
             if item.get("error"):
                 log.error("the broker refused us: %s", item["error"])
@@ -365,9 +368,9 @@ class Node(EventLoop):
     def _heartbeat(self) -> None:
         self._check_silence()  # after a connect, nothing below is due
         due = time.monotonic() - self._last_sent >= self.heartbeat_s
-        ping_id = self._deliveries.ping_id()
-        if ping_id is not None:  # its answer confirms the outcomes sent before it
-            self._send(jsonrpc.request(wire.PING, {}, ping_id))
+        ping = self._deliveries.ping()
+        if ping is not None:  # its answer confirms the outcomes sent before it (zerotask.node.delivery)
+            self._send(jsonrpc.request(wire.PING, ping[1], ping[0]))
         if due:
             self._send(jsonrpc.notification(wire.HEARTBEAT, {}))
 
