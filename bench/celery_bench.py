@@ -69,12 +69,12 @@ def run(workers: int, config: Config) -> Run:
     with _worker(workers, config):
         client = ClientProcess("celery", config.redis_url, config.workdir, f"celery-{pool_for(workers)}-{workers}")
         try:
-            seconds, sum_ok = client.throughput(config.tasks, config)
+            seconds, sum_ok = client.throughput(config.celery_tasks, config)
             latency = client.latency(config.calls, config, lambda: {})
         finally:
             client.stop()
     name = f"celery-{pool_for(workers)}"
-    return Run.of(name, workers, config.tasks, seconds, sum_ok, latency.latencies_s, latency.calls_ok, None)
+    return Run.of(name, workers, config.celery_tasks, seconds, sum_ok, latency.latencies_s, latency.calls_ok, None)
 
 
 def scale(workers: int, count: int, config: Config) -> ScaleRun:

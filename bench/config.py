@@ -14,7 +14,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    tasks: int  # throughput: add(x, y) tasks per run
+    tasks: int  # throughput: add(x, y) tasks per run, for zerotask and the raw ceiling
+    celery_tasks: int  # the same for Celery, some 50 times slower: as many would take minutes a run
     calls: int  # latency: sequential blocking calls per run
     warmup: int  # tasks run through each system before anything is timed (and blocking calls before the latency loop)
     window: int  # requests in flight at most, for the pipelined raw and zerotask-queueing clients

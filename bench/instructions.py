@@ -113,7 +113,18 @@ def _run(system: str, role: str, calls: int, directory: Path) -> int:
                 _control("-i", "on", str(pids[role]))
             return {}
 
-        config = Config(0, calls, 200, 1, 1, 0.0, timeout_s=600.0, workdir=directory, redis_url=None)
+        config = Config(
+            tasks=0,
+            celery_tasks=0,
+            calls=calls,
+            warmup=200,
+            window=1,
+            raw_credit=1,
+            drain_s=0.0,
+            timeout_s=600.0,
+            workdir=directory,
+            redis_url=None,
+        )
         latency = client.latency(calls, config, counting)
         assert latency.calls_ok, "a wrong answer"
         if not forked:

@@ -17,7 +17,22 @@ import pytest
 from zerotask.testing import scaled
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--tasks", "200", "--calls", "50", "--scale", "2000", "--celery-scale", "300", "--repeat", "1", "--warmup", "20"]
+TINY = [
+    "--tasks",
+    "200",
+    "--celery-tasks",
+    "200",
+    "--calls",
+    "50",
+    "--scale",
+    "2000",
+    "--celery-scale",
+    "300",
+    "--repeat",
+    "1",
+    "--warmup",
+    "20",
+]
 # A redis-server of its own when one is installed, so that runs on a shared machine never flush each other's data.
 ISOLATED = ["--drain-seconds", "60", "--private-redis", "--redis-db", "14"]
 
