@@ -344,8 +344,10 @@ def test_outcomes_lost_with_a_dead_broker_are_not_confirmed_by_its_successor(sql
     cluster.broker.kill()
     cluster.start_broker()
     assert client.result(task_id, timeout=scaled(30)) == 1.0
-    assert trace.read_text().split() == ["start", "end"], node.output()  # it ran once
-    assert "did not get every outcome" in node.output()
+    # It ran once. (Without the count it ran twice, 3 times in 3; a heartbeat's ping that happens to go out
+    # before the kill is lost too, and then the node hears of the new broker when its next heartbeat is
+    # refused: the node's log need not say "did not get every outcome".)
+    assert trace.read_text().split() == ["start", "end"], node.output()
 
 
 def test_a_ping_from_a_node_is_answered_with_the_outcomes_heard_from_it(cluster: Cluster, zmq_context: Context) -> None:
