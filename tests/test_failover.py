@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_fuzz import Context, ask, connect_node, dealer, rpc
+from tests.test_fuzz import Context, ask, connect_node, dealer, receive, rpc
 from tests.test_fuzz import zmq_context as zmq_context
 from zerotask import wire
 from zerotask.client import AsyncClient, Client
@@ -384,3 +384,45 @@ def test_a_ping_answer_confirms_outcomes_only_when_its_count_matches() -> None:
     third = deliveries.ping()
     assert third is not None and third[1] == {"finished": 1}  # counted from the new connect
     assert deliveries.answered(third[0], {"finished": 1}) and deliveries.unconfirmed() == []
+
+
+def test_a_heartbeat_that_counts_more_messages_than_arrived_makes_the_node_connect_again(
+    cluster: Cluster, zmq_context: Context
+) -> None:
+    """docs/protocol.md 8.5, with raw sockets: a heartbeat's ``sent`` is the number of messages the node sent
+    since its connect, before the heartbeat; a count above what arrived (a credit request lost on a
+    connection ZeroMQ made again by itself, say) gets zerotask.node.reconnect, a right one nothing."""
+    cluster.start_broker()
+    node = connect_node(zmq_context, cluster.endpoint, b"counted", ["add"])
+
+    def methods_until_pong(request_id: str) -> list[Any]:
+        """Ping, and the methods of what the broker sent before its answer."""
+        node.send(rpc(wire.PING, None, request_id))
+        seen: list[Any] = []
+        while True:
+            for item in receive(node):
+                if item.get("id") == request_id and "method" not in item:
+                    return seen
+                seen.append(item.get("method"))
+
+    node.send(rpc(wire.REQUEST, {"credit": 0}, notification=True))
+    node.send(rpc(wire.HEARTBEAT, {"sent": 1}, notification=True))  # right: the request arrived
+    assert wire.NODE_RECONNECT not in methods_until_pong("a")
+    node.send(rpc(wire.HEARTBEAT, {"sent": 5}, notification=True))  # 3 were sent (request, heartbeat, ping): 2 lost
+    assert wire.NODE_RECONNECT in methods_until_pong("b")
+    node.close(linger=0)
+
+
+def test_a_working_node_is_never_asked_to_connect_again(cluster: Cluster) -> None:
+    """The count the Python node puts in its heartbeats agrees with what the broker hears, through calls,
+    outcomes, credit requests and idle heartbeats."""
+    cluster.start_broker()
+    node = cluster.start_node("tests.tasks", workers=2)
+    with Client(cluster.endpoint, timeout=scaled(30), **cluster.peer("client")) as client:
+        for n in range(200):
+            assert client.add(n, 1) == n + 1
+        time.sleep(3.5)  # idle: three heartbeats, each with its count
+        assert client.add(1, 1) == 2
+    assert cluster.broker is not None
+    assert "asking it to connect again" not in cluster.broker.output()
+    assert node.output().count("connecting to") == 1, node.output()

@@ -40,6 +40,7 @@ class NodeLink:
     last_seen: float = field(default_factory=time.monotonic)
     last_sent: float = field(default_factory=time.monotonic)
     outcomes_heard: int = 0  # outcomes it reported since its connect: its ping asks (zerotask.node.delivery)
+    messages_heard: int = 0  # messages since its connect: its heartbeat says how many it sent
 
 
 class NodeProtocol:
@@ -73,6 +74,7 @@ class NodeProtocol:
         if link is None:
             return False
         link.last_seen = time.monotonic()
+        link.messages_heard += 1
         return True
 
     def describe(self) -> list[dict[str, Any]]:
@@ -196,7 +198,20 @@ class NodeProtocol:
         return link.outcomes_heard if link is not None and self._core.node(identity) is not None else None
 
     def heartbeat(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:
-        self._node(request, envelope)
+        """A node's heartbeat may say how many messages it sent since its connect (before this one). If we
+        heard fewer, some were lost on a connection ZeroMQ dropped and made again by itself (a credit
+        request, a release): the node and we no longer agree on what it holds, so it connects again."""
+        sent = param(request.params, "sent", 0, int, None)
+        node = self._node(request, envelope)
+        link = self._links.get(envelope[0])
+        if node is not None and link is not None and sent is not None and sent != link.messages_heard - 1:
+            log.warning(
+                "node %r sent %d message(s) since it connected, %d arrived: asking it to connect again",
+                link.name,
+                sent,
+                link.messages_heard - 1,
+            )
+            self._outbox.send(envelope, jsonrpc.notification(wire.NODE_RECONNECT, {}))
         return None
 
     def disconnect(self, request: jsonrpc.Request, envelope: Envelope, respond: Respond | None) -> Any:

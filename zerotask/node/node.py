@@ -123,6 +123,7 @@ class Node(EventLoop):
         self._silence = Silence(heartbeat_s, liveness)
         self._answered = False  # whether the broker ever said anything: if not, the hint is about keys
         self._connects = 0
+        self._sent_messages = 0
 
     @property
     def broker_endpoint(self) -> str:
@@ -201,6 +202,7 @@ class Node(EventLoop):
         if self.queues is not None:
             params["queues"] = self.queues
         self._send(jsonrpc.request(wire.CONNECT, params, f"connect-{self._connects}"))
+        self._sent_messages = 0  # since the connect: each heartbeat says how many (the broker compares)
         self._silence.last_heard = time.monotonic()
         log.info("node %s connecting to %s with %d task name(s)", self.name, self.broker_endpoint, len(methods))
 
@@ -364,6 +366,7 @@ class Node(EventLoop):
         except zmq.Again:  # no connection: a refused CURVE handshake leaves none (libzmq does not retry it)
             log.debug("no connection to the broker: a message dropped; the heartbeat reconnects")
         self._last_sent = time.monotonic()
+        self._sent_messages += 1
 
     def _heartbeat(self) -> None:
         self._check_silence()  # after a connect, nothing below is due
@@ -372,7 +375,7 @@ class Node(EventLoop):
         if ping is not None:  # its answer confirms the outcomes sent before it (zerotask.node.delivery)
             self._send(jsonrpc.request(wire.PING, ping[1], ping[0]))
         if due:
-            self._send(jsonrpc.notification(wire.HEARTBEAT, {}))
+            self._send(jsonrpc.notification(wire.HEARTBEAT, {"sent": self._sent_messages}))
 
     def _check_silence(self) -> None:
         """If the broker has been silent too long, connect again (to the next broker, of several)."""
