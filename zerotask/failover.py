@@ -11,7 +11,8 @@ its tasks), so the broker it reaches finds a task it already has (brokers sharin
 After a whole round of endpoints with no broker answering, each next move waits (1 heartbeat, doubling
 up to MAX_SILENCE_S): one warning per move, and no storm of reconnects while every broker is down.
 Meanwhile ZeroMQ keeps reconnecting to the current endpoint by itself. With one endpoint nothing moves:
-the peer reconnects to it, as it always did.
+the peer reconnects to it, as it always did. A node watches even one endpoint, for the connection
+dropping: what was in flight on it is gone, so it connects again (zerotask.node.node).
 """
 
 from __future__ import annotations
@@ -87,10 +88,15 @@ class Brokers:
         unbounded: bool = False,
         curve: sockets.CurveKeys | None = None,
         retry_max_ms: int = 0,
+        watch_alone: bool = False,
     ) -> tuple[sockets.Socket, sockets.Socket | None]:
         """A DEALER connected to the current endpoint and, with several endpoints, a monitor of its
         ``events`` (see :func:`gone`; ``retry_max_ms``: see :func:`zerotask.sockets.watched_dealer`);
-        with one, None: there is nowhere to move to. Close both with :func:`zerotask.sockets.close_watched`."""
+        with one, None: there is nowhere to move to; or, ``watch_alone``, a monitor of the connection
+        dropping (EVENT_DISCONNECTED only: no event while no one listens there). Close both with
+        :func:`zerotask.sockets.close_watched`."""
+        if not self.several and watch_alone:
+            return sockets.watched_dealer(context, self.current, zmq.EVENT_DISCONNECTED, routing_id, unbounded, curve)
         if not self.several:
             return sockets.dealer(context, self.current, routing_id, unbounded, curve), None
         return sockets.watched_dealer(context, self.current, events, routing_id, unbounded, curve, retry_max_ms)

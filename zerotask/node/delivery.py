@@ -22,6 +22,8 @@ import collections
 import itertools
 from typing import Any
 
+from zerotask import jsonrpc, wire
+
 PING_PREFIX = "delivered-"
 MAX_PINGS = 8  # unanswered pings remembered: what was sent before older ones is taken as delivered
 
@@ -84,3 +86,15 @@ class Deliveries:
         self._unpinged = []
         self._sent = 0
         return [outcome for batch in batches for outcome in batch]
+
+
+def split_outcomes(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The batch's notifications with ``zerotask.broker.finished`` cut into one per outcome (each of
+    which the pool has checked fits the broker's limit), for a batch over the broker's limit."""
+    split: list[dict[str, Any]] = []
+    for message in batch:
+        if message["method"] == wire.FINISHED_TASKS:
+            split.extend(jsonrpc.notification(message["method"], {"tasks": [outcome]}) for outcome in message["params"]["tasks"])
+        else:
+            split.append(message)
+    return split

@@ -28,7 +28,7 @@ from zerotask import auth, failover, jsonrpc, sockets, wire
 from zerotask.describe import descriptions
 from zerotask.loop import EventLoop, Silence
 from zerotask.node.base import ENVELOPE_ROOM
-from zerotask.node.delivery import Deliveries
+from zerotask.node.delivery import Deliveries, split_outcomes
 from zerotask.node.metrics import NodeMetrics
 from zerotask.node.pools import make_pool
 from zerotask.task import Dispatcher, PoolKind, default_dispatcher
@@ -124,6 +124,7 @@ class Node(EventLoop):
         self._answered = False  # whether the broker ever said anything: if not, the hint is about keys
         self._connects = 0
         self._sent_messages = 0
+        self._heard_since_connect = False
 
     @property
     def broker_endpoint(self) -> str:
@@ -177,7 +178,9 @@ class Node(EventLoop):
             if self._monitor is not None:
                 self.remove_socket(self._monitor)
             sockets.close_watched(self._socket, self._monitor)
-        self._socket, self._monitor = self.brokers.connect(self.context, routing_id=self.identity, curve=self.curve)
+        self._socket, self._monitor = self.brokers.connect(
+            self.context, routing_id=self.identity, curve=self.curve, watch_alone=True
+        )
         self._socket.setsockopt(zmq.SNDHWM, 0)  # what the node says is bounded by its credit and workers
         self._send_frame = sockets.sender(self._socket)
         self.add_socket(self._socket, self._on_broker)
@@ -203,6 +206,7 @@ class Node(EventLoop):
             params["queues"] = self.queues
         self._send(jsonrpc.request(wire.CONNECT, params, f"connect-{self._connects}"))
         self._sent_messages = 0  # since the connect: each heartbeat says how many (the broker compares)
+        self._heard_since_connect = False
         self._silence.last_heard = time.monotonic()
         log.info("node %s connecting to %s with %d task name(s)", self.name, self.broker_endpoint, len(methods))
 
@@ -247,7 +251,7 @@ class Node(EventLoop):
                 return
             self._silence.heard()
             self.brokers.heard()
-            self._answered = True
+            self._answered = self._heard_since_connect = True
             for item in jsonrpc.items(payload):
                 self._on_broker_item(item)
             # A reconnect made while handling the message registered a new socket: the loop polls that one.
@@ -255,8 +259,13 @@ class Node(EventLoop):
                 return
 
     def _on_monitor(self) -> None:
-        if self._monitor is not None and failover.gone(self._monitor) and self.brokers.lost("its connection dropped"):
-            self._connect()
+        """The connection dropped. ZeroMQ would make it again by itself, but what was in flight either way is
+        gone (tasks sent to us, credit we asked for, outcomes): connect again, which sets both sides straight,
+        to the next broker of several; to this one if it had answered on it (else a broker that refuses us,
+        or is not there, would make us reconnect in a loop: silence covers those)."""
+        if self._monitor is not None and failover.gone(self._monitor):
+            if self.brokers.lost("its connection dropped") or self._heard_since_connect:
+                self._connect()
 
     def _on_broker_item(self, item: dict[str, Any]) -> None:
         if jsonrpc.is_response(item):
@@ -353,7 +362,7 @@ class Node(EventLoop):
             if len(payload) <= self.pool.max_outcome_bytes:
                 self._send_bytes(payload)
             else:  # over the broker's limit, which would disconnect us: one message per outcome
-                for message in _split(batch):
+                for message in split_outcomes(batch):
                     self._send(message)
 
     def _send(self, message: dict[str, Any] | list[Any]) -> None:
@@ -385,15 +394,3 @@ class Node(EventLoop):
                 hint = "" if self._answered else " (never answered: is it running? If it requires CURVE, check the node's keys)"
                 log.warning("broker silent for %.1f s: reconnecting%s", silent_s, hint)
             self._connect()
-
-
-def _split(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The batch's notifications with ``zerotask.broker.finished`` cut into one per outcome (each of
-    which the pool has checked fits the broker's limit)."""
-    split: list[dict[str, Any]] = []
-    for message in batch:
-        if message["method"] == wire.FINISHED_TASKS:
-            split.extend(jsonrpc.notification(message["method"], {"tasks": [outcome]}) for outcome in message["params"]["tasks"])
-        else:
-            split.append(message)
-    return split
