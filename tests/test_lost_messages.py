@@ -2,11 +2,12 @@
 
 ZeroMQ hides a dropped connection: a DEALER connects again by itself, and what was in flight either way is
 gone. Outcomes in a dying broker's buffers, a credit request, tasks sent to a node: each lost one left the
-node and its broker with different views of what the node holds, and a task ran twice or waited for ever.
-The node now counts what it sends (a ping's answer confirms outcomes only if the broker heard as many, a
-heartbeat says how many messages went) and connects again when its connection drops. The tests lose
-messages for real: a frozen broker killed with outcomes in its buffers, and a TCP relay between a node and
-its broker that swallows what the broker sends and then cuts the connection.
+node and its broker with different views of what the node holds, and a task ran twice or waited for ever;
+an answer lost on its way to a client left the client waiting. The node now counts what it sends (a ping's
+answer confirms outcomes only if the broker heard as many, a heartbeat says how many messages went) and
+connects again when its connection drops; the clients ask again. The tests lose messages for real: a
+frozen broker killed with outcomes in its buffers, and a TCP relay between a peer and the broker that
+swallows what the broker sends and then cuts the connection.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tests.test_failover import lose, traced_task
 from tests.test_fuzz import Context, ask, connect_node, dealer, receive, rpc
 from tests.test_fuzz import zmq_context as zmq_context
 from zerotask import wire
-from zerotask.client import Client
+from zerotask.client import AsyncClient, Client
 from zerotask.node.delivery import Deliveries
 from zerotask.testing import Cluster, scaled, wait_until
 
@@ -122,6 +123,40 @@ def test_tasks_sent_on_a_connection_that_drops_are_not_lost(cluster: Cluster) ->
         wait_until(lambda: relay.swallowed > 0, 10, "the task to be sent to the node")
         relay.cut()
         assert client.result(task_id, timeout=scaled(20)) == 5, node.output()
+
+
+def test_an_answer_lost_on_a_connection_that_drops_reaches_a_blocking_client(cluster: Cluster) -> None:
+    """The broker's answer to a blocking call is lost as the client's connection drops; ZeroMQ makes it
+    again. The client waited for its timeout (for ever, without one). Now, at its next ping, it sees on its
+    socket's monitor that the connection dropped and asks again: the task, named by the client, is found."""
+    cluster.start_broker()
+    cluster.start_node("tests.tasks")
+    with Relay(int(cluster.endpoint.rsplit(":", 1)[1])) as relay:
+        with Client(f"tcp://127.0.0.1:{relay.port}", timeout=scaled(20)) as client:
+            assert client.add(1, 2) == 3
+            relay.swallow()
+            answered: list[Any] = []
+            caller = threading.Thread(target=lambda: answered.append(client.add(2, 3)), daemon=True)
+            caller.start()
+            wait_until(lambda: relay.swallowed > 0, 10, "the answer to be sent to the client")
+            relay.cut()
+            caller.join(scaled(20))
+            assert answered == [5]
+
+
+def test_an_outcome_lost_on_a_connection_that_drops_reaches_an_async_client(cluster: Cluster) -> None:
+    """The same for the AsyncClient: the outcome the broker pushes is lost as the connection drops. The
+    client, told by its socket's monitor, connects again and submits again what has no outcome."""
+    cluster.start_broker()
+    cluster.start_node("tests.tasks")
+    with Relay(int(cluster.endpoint.rsplit(":", 1)[1])) as relay:
+        with AsyncClient(f"tcp://127.0.0.1:{relay.port}", timeout=scaled(20)) as client:
+            assert client.add(1, 2).result() == 3
+            relay.swallow()
+            handle = client.add(2, 3)
+            wait_until(lambda: relay.swallowed > 0, 10, "the outcome to be sent to the client")
+            relay.cut()
+            assert handle.result() == 5
 
 
 def test_outcomes_lost_with_a_dead_broker_are_not_confirmed_by_its_successor(sqlite_cluster: Cluster, tmp_path: Path) -> None:

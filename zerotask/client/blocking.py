@@ -73,6 +73,7 @@ class Client:
         self.liveness = calls.liveness(liveness, len(self.brokers.endpoints))
         self._socket: zmq.Socket[bytes] | None = None
         self._monitor: zmq.Socket[bytes] | None = None  # with several brokers: tells when the connection drops
+        self._dropped: zmq.Socket[bytes] | None = None  # with one: the same, read only when a ping is due
         self._poller = zmq.Poller()
         self._ids = itertools.count(1)
         self._pings = itertools.count(1)
@@ -207,6 +208,9 @@ class Client:
                 _send(sock, request)
             elif now - last_ping >= self.heartbeat_s:
                 last_ping = now
+                if self._dropped is not None and failover.gone(self._dropped):
+                    # ZeroMQ made the connection again, but the request or its answer may have been in flight.
+                    _send(sock, request)
                 self._ping(sock)
 
     def _poll(self, sock: zmq.Socket[bytes], wait_s: float) -> bool:
@@ -256,8 +260,14 @@ class Client:
             # Nothing reads the monitor while the client is idle: ZeroMQ's retries of a broker that
             # refuses (each an event) slow down to one every MAX_SILENCE_S, so that it stays small.
             retry_max_ms = int(MAX_SILENCE_S * 1000)
-            connected = self.brokers.connect(zmq.Context.instance(), curve=self.curve, retry_max_ms=retry_max_ms)
-            self._socket, self._monitor = connected
+            connected = self.brokers.connect(
+                zmq.Context.instance(), curve=self.curve, retry_max_ms=retry_max_ms, watch_alone=True
+            )
+            self._socket, monitor = connected
+            if self.brokers.several:
+                self._monitor = monitor
+            else:
+                self._dropped = monitor
             self._socket.setsockopt(zmq.RCVTIMEO, RECEIVE_WAIT_MS)
             if self._monitor is not None:
                 self._poller = zmq.Poller()
@@ -294,8 +304,8 @@ class Client:
 
     def close(self) -> None:
         if self._socket is not None:
-            sockets.close_watched(self._socket, self._monitor)
-            self._socket = self._monitor = None
+            sockets.close_watched(self._socket, self._monitor or self._dropped)
+            self._socket = self._monitor = self._dropped = None
 
     def __enter__(self) -> Client:
         return self

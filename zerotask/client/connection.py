@@ -144,7 +144,7 @@ class BrokerConnection:
         self._poller = zmq.Poller()
         self._poller.register(self._wake_reader.fileno(), zmq.POLLIN)
         self._socket: zmq.Socket[bytes] | None = None
-        self._monitor: zmq.Socket[bytes] | None = None  # with several brokers: tells when the connection drops
+        self._monitor: zmq.Socket[bytes] | None = None  # tells when the connection drops
         self._open_socket()
         running = True
         try:
@@ -166,7 +166,8 @@ class BrokerConnection:
     def _open_socket(self) -> None:
         self._close_socket()
         # Flow control is the caller's business: never block or drop here.
-        sock, self._monitor = self.brokers.connect(zmq.Context.instance(), unbounded=True, curve=self.curve)
+        sock, self._monitor = self.brokers.connect(zmq.Context.instance(), unbounded=True, curve=self.curve, watch_alone=True)
+        self._heard_on_socket = False
         self._socket = sock
         self._poller.register(sock, zmq.POLLIN)
         if self._monitor is not None:
@@ -225,7 +226,9 @@ class BrokerConnection:
         return max(0, math.ceil(min(self.heartbeat_s, due - now) * 1000))
 
     def _on_monitor(self, monitor: zmq.Socket[bytes]) -> None:
-        if failover.gone(monitor) and self.brokers.lost("its connection dropped"):
+        """The connection dropped, and what was in flight with it: move to the next broker, of several (with one, a
+        fresh socket if it had answered on this one; silence covers one that never did), and send everything again."""
+        if failover.gone(monitor) and (self.brokers.lost("its connection dropped") or self._heard_on_socket):
             self._reconnect()
 
     def _check_liveness(self) -> None:
@@ -335,7 +338,7 @@ class BrokerConnection:
                 return
             self._silence.heard()
             self.brokers.heard()
-            self.answered = True
+            self.answered = self._heard_on_socket = True
             for item in jsonrpc.items(payload):
                 self._on_item(item)
 
