@@ -175,7 +175,7 @@ class Node(EventLoop):
         assert self.context is not None
         if self._socket is not None:
             self.remove_socket(self._socket)
-            if self._monitor is not None:
+            if self._monitor is not None and self.brokers.several:
                 self.remove_socket(self._monitor)
             sockets.close_watched(self._socket, self._monitor)
         self._socket, self._monitor = self.brokers.connect(
@@ -184,7 +184,7 @@ class Node(EventLoop):
         self._socket.setsockopt(zmq.SNDHWM, 0)  # what the node says is bounded by its credit and workers
         self._send_frame = sockets.sender(self._socket)
         self.add_socket(self._socket, self._on_broker)
-        if self._monitor is not None:
+        if self._monitor is not None and self.brokers.several:  # (one broker's: read at each heartbeat)
             self.add_socket(self._monitor, self._on_monitor)
         self.pool.take_pending()
         self._released.clear()
@@ -378,6 +378,8 @@ class Node(EventLoop):
         self._sent_messages += 1
 
     def _heartbeat(self) -> None:
+        if not self.brokers.several:  # polled with the socket, its monitor would cost every round ~2,000 instructions
+            self._on_monitor()
         self._check_silence()  # after a connect, nothing below is due
         due = time.monotonic() - self._last_sent >= self.heartbeat_s
         ping = self._deliveries.ping()
