@@ -11,8 +11,8 @@ its tasks), so the broker it reaches finds a task it already has (brokers sharin
 After a whole round of endpoints with no broker answering, each next move waits (1 heartbeat, doubling
 up to MAX_SILENCE_S): one warning per move, and no storm of reconnects while every broker is down.
 Meanwhile ZeroMQ keeps reconnecting to the current endpoint by itself. With one endpoint nothing moves:
-the peer reconnects to it, as it always did. A node watches even one endpoint, for the connection
-dropping: what was in flight on it is gone, so it connects again (zerotask.node.node).
+the peer reconnects to it, as it always did. Nodes and clients watch even one endpoint, for the
+connection dropping: what was in flight on it is gone, so they connect or ask again (``watch_alone``).
 """
 
 from __future__ import annotations
