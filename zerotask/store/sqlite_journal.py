@@ -204,7 +204,6 @@ __all__ = [
     "REQUEUED",
     "RETRIED",
     "SqliteJournal",
-    "ended",
     "put",
     "snapshot",
 ]
